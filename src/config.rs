@@ -1,0 +1,367 @@
+//! Configuration: one serde tree, layered by figment as defaults -> TOML file -> `IIIFD_*` environment
+//! variables (`__` separates nesting levels, e.g. `IIIFD_LIMITS__MAX_AREA`) -> command-line flags.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default), and every value is
+//! validated once here, so the rest of iiifd can trust it. `examples/config.toml` documents every key.
+
+use crate::iiif::Limits;
+use figment::providers::{Format as _, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the public IIIF listener. Env: `IIIFD_LISTEN`.
+    pub listen: SocketAddr,
+    /// Directory of source images. Env: `IIIFD_IMAGES`.
+    pub images: PathBuf,
+    /// Directory of the derivative store. Env: `IIIFD_STORE`.
+    pub store: PathBuf,
+    /// URL path prefix of the IIIF routes, e.g. `/iiif`. Env: `IIIFD_PREFIX`.
+    pub prefix: String,
+    /// Public URL of the prefix (e.g. `https://images.example.org/iiif`), used for info.json `id` and
+    /// Link headers; when empty, derived from `X-Forwarded-*` or `Host`. Env: `IIIFD_PUBLIC_BASE_URL`.
+    pub public_base_url: String,
+    /// Tile edge advertised in info.json. Env: `IIIFD_TILE_SIZE`.
+    pub tile_size: u32,
+    /// Output and source limits.
+    pub limits: LimitsConfig,
+    /// The render pool and encoders.
+    pub render: RenderConfig,
+    /// HTTP behaviour.
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest output width (info.json `maxWidth`). Env: `IIIFD_LIMITS__MAX_WIDTH`.
+    pub max_width: u32,
+    /// Largest output height (`maxHeight`). Env: `IIIFD_LIMITS__MAX_HEIGHT`.
+    pub max_height: u32,
+    /// Largest output area in pixels (`maxArea`). Env: `IIIFD_LIMITS__MAX_AREA`.
+    pub max_area: u64,
+    /// Sources with more pixels are refused before decoding. Env: `IIIFD_LIMITS__MAX_SOURCE_PIXELS`.
+    pub max_source_pixels: u64,
+    /// Sources larger than this many bytes are refused. Env: `IIIFD_LIMITS__MAX_SOURCE_BYTES`.
+    pub max_source_bytes: u64,
+}
+
+/// `[render]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenderConfig {
+    /// Render threads; 0 means one per CPU core. Env: `IIIFD_RENDER__WORKERS`.
+    pub workers: usize,
+    /// Renders that may wait for a worker before requests get 503. Env: `IIIFD_RENDER__QUEUE`.
+    pub queue: usize,
+    /// JPEG quality 1-100. Env: `IIIFD_RENDER__JPEG_QUALITY`.
+    pub jpeg_quality: u8,
+    /// Most bytes one decode may allocate. Env: `IIIFD_RENDER__MAX_DECODE_BYTES`.
+    pub max_decode_bytes: u64,
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `Cache-Control: max-age` of images and info.json, in seconds. Env: `IIIFD_HTTP__MAX_AGE`.
+    pub max_age: u64,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`. Env: `IIIFD_LOG__FORMAT`.
+    pub format: String,
+    /// A tracing filter such as `info` or `iiifd=debug`. Env: `IIIFD_LOG__LEVEL`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            images: PathBuf::from("examples/images"),
+            store: PathBuf::from("data"),
+            prefix: "/iiif".into(),
+            public_base_url: String::new(),
+            tile_size: 512,
+            limits: LimitsConfig::default(),
+            render: RenderConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsConfig {
+            max_width: l.max_width,
+            max_height: l.max_height,
+            max_area: l.max_area,
+            max_source_pixels: 250_000_000,
+            max_source_bytes: 2 << 30,
+        }
+    }
+}
+
+impl Default for RenderConfig {
+    fn default() -> Self {
+        RenderConfig { workers: 0, queue: 64, jpeg_quality: 85, max_decode_bytes: 1 << 30 }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { max_age: 2_592_000 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "text".into(), level: "info".into() }
+    }
+}
+
+/// Command-line values that override every other layer when given.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--images`.
+    pub images: Option<PathBuf>,
+    /// `--store`.
+    pub store: Option<PathBuf>,
+}
+
+/// A configuration that could not be loaded; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Load defaults, then `file` (if given; it must exist), then `IIIFD_*` variables from `env`, then
+    /// `overrides`. `env` is passed in (rather than read from the process) so tests can supply it.
+    pub fn load(file: Option<&Path>, env: &[(String, String)], overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        let env_map: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+        fig = fig.merge(EnvSnapshot(env_map));
+        if let Some(v) = overrides.listen {
+            fig = fig.merge(("listen", v));
+        }
+        if let Some(v) = &overrides.images {
+            fig = fig.merge(("images", v));
+        }
+        if let Some(v) = &overrides.store {
+            fig = fig.merge(("store", v));
+        }
+        let config: Config = fig.extract().map_err(|e| ConfigError(describe_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Load with the process environment.
+    pub fn load_from_process(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Config::load(file, &env, overrides)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("key `{key}`: {why}")));
+        if !self.prefix.is_empty() && (!self.prefix.starts_with('/') || self.prefix.ends_with('/')) {
+            return bad("prefix", "must be empty or start with '/' and not end with '/' (e.g. \"/iiif\")");
+        }
+        if !self.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b)) {
+            return bad("prefix", "may contain only letters, digits, '/', '-', '.', '_' and '~'");
+        }
+        let base = &self.public_base_url;
+        if !base.is_empty()
+            && (!(base.starts_with("http://") || base.starts_with("https://"))
+                || base.ends_with('/')
+                || base.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'"' || b == b'<' || b == b'>'))
+        {
+            return bad("public_base_url", "must be an http(s) URL without a trailing '/' or spaces");
+        }
+        if !(64..=4096).contains(&self.tile_size) {
+            return bad("tile_size", "must be between 64 and 4096");
+        }
+        let l = &self.limits;
+        if l.max_width == 0 || l.max_height == 0 || l.max_area == 0 {
+            return bad("limits", "max_width, max_height and max_area must be above 0");
+        }
+        if l.max_source_pixels == 0 || l.max_source_bytes == 0 {
+            return bad("limits", "max_source_pixels and max_source_bytes must be above 0");
+        }
+        if !(1..=100).contains(&self.render.jpeg_quality) {
+            return bad("render.jpeg_quality", "must be between 1 and 100");
+        }
+        if self.render.max_decode_bytes < 1 << 20 {
+            return bad("render.max_decode_bytes", "must be at least 1 MiB");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad("log.format", "must be \"text\" or \"json\"");
+        }
+        Ok(())
+    }
+
+    /// The output limits advertised in info.json.
+    pub fn limits(&self) -> Limits {
+        Limits { max_width: self.limits.max_width, max_height: self.limits.max_height, max_area: self.limits.max_area }
+    }
+
+    /// Render threads to start.
+    pub fn render_workers(&self) -> usize {
+        match self.render.workers {
+            0 => std::thread::available_parallelism().map(usize::from).unwrap_or(2),
+            n => n,
+        }
+    }
+}
+
+/// figment's `Env` provider reads the live process environment; this provider applies the same rules
+/// (`IIIFD_` prefix, lower-cased keys, `__` for nesting, values parsed as TOML-like scalars) to an
+/// explicit snapshot, so loading is a pure function of its inputs.
+struct EnvSnapshot(std::collections::HashMap<String, String>);
+
+impl figment::Provider for EnvSnapshot {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("IIIFD_ environment variable(s)")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        use figment::value::{Dict, Value};
+        let mut root = Dict::new();
+        for (k, v) in &self.0 {
+            let Some(rest) = k.strip_prefix("IIIFD_") else { continue };
+            if rest.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            let value: Value = v.parse().unwrap_or_else(|_| Value::from(v.clone()));
+            insert_path(&mut root, &path, value);
+        }
+        Ok(figment::Profile::Default.collect(root))
+    }
+}
+
+fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {
+    use figment::value::{Dict, Value};
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict.entry(first.clone()).or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            } else {
+                let mut inner = Dict::new();
+                insert_path(&mut inner, rest, value);
+                *entry = Value::from(inner);
+            }
+        }
+    }
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    let mut parts = Vec::new();
+    for err in e {
+        let key = if err.path.is_empty() { String::new() } else { format!("key `{}`: ", err.path.join(".")) };
+        let source = err.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+        parts.push(format!("{key}{}{source}", err.kind));
+    }
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults() -> Result<(), ConfigError> {
+        let c = Config::load(None, &[], &Overrides::default())?;
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.prefix, "/iiif");
+        Ok(())
+    }
+
+    #[test]
+    fn layering_file_env_flags() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "prefix = \"/img\"\ntile_size = 256\n[limits]\nmax_area = 1000000\n")?;
+        let e = env(&[("IIIFD_LIMITS__MAX_AREA", "2000000"), ("IIIFD_PUBLIC_BASE_URL", "https://x.org/iiif"), ("OTHER", "1")]);
+        let o = Overrides { listen: Some("127.0.0.1:9999".parse()?), ..Overrides::default() };
+        let c = Config::load(Some(&file), &e, &o)?;
+        assert_eq!(c.prefix, "/img");
+        assert_eq!(c.tile_size, 256);
+        assert_eq!(c.limits.max_area, 2_000_000, "env beats file");
+        assert_eq!(c.public_base_url, "https://x.org/iiif");
+        assert_eq!(c.listen.port(), 9999, "flags beat env");
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let msg = |e: &[(&str, &str)]| match Config::load(None, &env(e), &Overrides::default()) {
+            Err(err) => err.to_string(),
+            Ok(_) => String::from("accepted"),
+        };
+        assert!(msg(&[("IIIFD_LIMITS__MAX_AREA", "lots")]).contains("limits.max_area"), "{}", msg(&[("IIIFD_LIMITS__MAX_AREA", "lots")]));
+        assert!(msg(&[("IIIFD_LIMTS__MAX_AREA", "5")]).contains("limts"));
+        assert!(msg(&[("IIIFD_TILE_SIZE", "1")]).contains("tile_size"));
+        assert!(msg(&[("IIIFD_PREFIX", "iiif")]).contains("prefix"));
+    }
+
+    #[test]
+    fn example_config_parses_and_documents_every_key() -> Result<(), Box<dyn std::error::Error>> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config.toml");
+        let c = Config::load(Some(&path), &[], &Overrides::default())?;
+        assert_eq!(c, Config::default(), "examples/config.toml shows the defaults");
+        let text = std::fs::read_to_string(&path)?;
+        let defaults = serde_json::to_value(Config::default())?;
+        let mut keys = Vec::new();
+        collect_keys(&defaults, "", &mut keys);
+        for key in keys {
+            let env_name = format!("IIIFD_{}", key.replace('.', "__").to_ascii_uppercase());
+            assert!(text.contains(&env_name), "examples/config.toml must document {key} ({env_name})");
+        }
+        Ok(())
+    }
+
+    fn collect_keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(map) = v {
+            for (k, v) in map {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                if v.is_object() {
+                    collect_keys(v, &key, out);
+                } else {
+                    out.push(key);
+                }
+            }
+        }
+    }
+}

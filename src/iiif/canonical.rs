@@ -1,0 +1,420 @@
+//! Canonical form (3.0 §4.8, 2.1 §4.7; 1.1 is served with 2.1's rules and 1.1's quality names): a parsed
+//! request resolved against the image's real size and the server limits, so every spelling of the same
+//! pixels becomes one [`CanonicalRequest`]. `pct:` regions become pixels, `0,0,W,H` becomes `full`,
+//! `w,` / `,h` / `!w,h` / `pct:n` become explicit dimensions, and the request's key material
+//! ([`CanonicalRequest::key_material`]) is independent of the API version, so a 2.1 `w,` tile and a 3.0
+//! `w,h` tile of the same pixels share one stored derivative.
+//!
+//! Pure: needs only the image's width and height.
+
+use super::number::format_decimal;
+use super::parse::{ImageRequest, RegionSpec, SizeKind};
+use super::{ApiVersion, Format, Limits, Quality};
+use std::fmt;
+
+/// Full-image dimensions, as reported in info.json.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ImageSize {
+    /// Width in pixels (> 0).
+    pub width: u32,
+    /// Height in pixels (> 0).
+    pub height: u32,
+}
+
+/// A rectangle of source pixels, always non-empty and inside the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rect {
+    /// Left edge.
+    pub x: u32,
+    /// Top edge.
+    pub y: u32,
+    /// Width (> 0).
+    pub w: u32,
+    /// Height (> 0).
+    pub h: u32,
+}
+
+/// Why a syntactically valid request cannot be served for this image.
+///
+/// All of these answer 400. For sizes above the server limits 3.0 is self-contradictory (§4.2 says 400,
+/// the §7.3 table 404) and 2.1's table says 404; iiifd answers 400 in every version, because the request
+/// is what is wrong, not the identifier, and caches treat 404s as "no such image".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CanonicalError {
+    /// The region starts outside the image (3.0 §4.1).
+    RegionOutside,
+    /// The resulting image would be narrower or shorter than one pixel (3.0 §4.2).
+    ZeroSize,
+    /// A 3.0 size larger than the region without `^` (3.0 §4.2).
+    UpscaleWithoutCaret,
+    /// The result would exceed `maxWidth`, `maxHeight` or `maxArea`.
+    OverLimits {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+    },
+}
+
+impl fmt::Display for CanonicalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CanonicalError::RegionOutside => f.write_str("the region lies entirely outside the image"),
+            CanonicalError::ZeroSize => f.write_str("the requested size is smaller than one pixel"),
+            CanonicalError::UpscaleWithoutCaret => {
+                f.write_str("the requested size is larger than the region; prefix the size with ^ to upscale")
+            }
+            CanonicalError::OverLimits { width, height } => {
+                write!(f, "the requested size {width}x{height} exceeds the server's maxWidth, maxHeight or maxArea")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CanonicalError {}
+
+/// A request resolved against one image: exactly which pixels to produce.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CanonicalRequest {
+    version: ApiVersion,
+    region: Rect,
+    full_region: bool,
+    width: u32,
+    height: u32,
+    max_size: (u32, u32),
+    upscaled_max: (u32, u32),
+    mirror: bool,
+    degrees: f64,
+    quality: Quality,
+    format: Format,
+}
+
+/// The one rounding rule of iiifd for converting a real-valued pixel position or length to pixels:
+/// nearest integer, halves rounded up, clamped to `0..=u32::MAX`. Every conversion in this module goes
+/// through it (or through [`scale_dim`], its exact integer form), so that equivalent spellings always
+/// round the same way. `round` rather than `floor`/`ceil` because it is what other servers use for the
+/// derived dimension of `w,` and `,h`, so the sizes clients compute from info.json agree with ours.
+fn round_px(v: f64) -> u32 {
+    if v.is_nan() || v <= 0.0 {
+        0
+    } else if v >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        (v + 0.5).floor() as u32
+    }
+}
+
+/// `round_px(value * num / den)` in exact integer arithmetic (no float error for pixel ratios).
+fn scale_dim(value: u32, num: u32, den: u32) -> u32 {
+    if den == 0 {
+        return 0;
+    }
+    let (v, n, d) = (u128::from(value), u128::from(num), u128::from(den));
+    let r = (2 * v * n + d) / (2 * d);
+    u32::try_from(r).unwrap_or(u32::MAX)
+}
+
+/// Largest size with the aspect ratio of `w` x `h` that fits `limits`, scaling by at most `max_scale`
+/// (1.0: never enlarge). Dimensions are floored so the result never exceeds a limit, and never below 1.
+fn fit(w: u32, h: u32, limits: &Limits, max_scale: f64) -> (u32, u32) {
+    let (wf, hf) = (f64::from(w), f64::from(h));
+    let scale = (f64::from(limits.max_width) / wf)
+        .min(f64::from(limits.max_height) / hf)
+        .min((limits.max_area as f64 / (wf * hf)).sqrt())
+        .min(max_scale);
+    if scale == 1.0 {
+        return (w, h);
+    }
+    let mut out = (((wf * scale).floor() as u32).max(1), ((hf * scale).floor() as u32).max(1));
+    // Floating error can leave the area one pixel row over; step down until it fits.
+    while !limits.allows(out.0, out.1) && out.0 > 1 && out.1 > 1 {
+        out = (out.0 - 1, scale_dim(out.0 - 1, h, w).max(1));
+    }
+    out
+}
+
+/// Resolve the region (3.0 §4.1) to pixels clipped at the image's edges.
+fn resolve_region(spec: RegionSpec, img: ImageSize) -> Result<Rect, CanonicalError> {
+    let (iw, ih) = (img.width, img.height);
+    let (x, y, w, h) = match spec {
+        RegionSpec::Full => (0, 0, iw, ih),
+        RegionSpec::Square => {
+            let side = iw.min(ih);
+            ((iw - side) / 2, (ih - side) / 2, side, side)
+        }
+        RegionSpec::Pixels { x, y, w, h } => (x, y, w, h),
+        RegionSpec::Percent { x, y, w, h } => {
+            // Convert edges, not lengths, so adjacent pct: regions tile without gaps or overlaps.
+            let px = |p: f64, dim: u32| round_px(f64::from(dim) * p / 100.0);
+            let (x0, y0) = (px(x, iw), px(y, ih));
+            let (x1, y1) = (px(x + w, iw), px(y + h, ih));
+            // A positive percentage never collapses to nothing: at least one pixel.
+            (x0, y0, x1.saturating_sub(x0).max(1), y1.saturating_sub(y0).max(1))
+        }
+    };
+    if x >= iw || y >= ih {
+        return Err(CanonicalError::RegionOutside);
+    }
+    Ok(Rect { x, y, w: w.min(iw - x), h: h.min(ih - y) })
+}
+
+impl CanonicalRequest {
+    /// Resolve `req` against an image of size `img` under `limits`.
+    pub fn resolve(req: &ImageRequest, img: ImageSize, limits: &Limits) -> Result<CanonicalRequest, CanonicalError> {
+        if img.width == 0 || img.height == 0 {
+            return Err(CanonicalError::ZeroSize);
+        }
+        let region = resolve_region(req.region, img)?;
+        let (rw, rh) = (region.w, region.h);
+        let max_size = fit(rw, rh, limits, 1.0);
+        let upscaled_max = fit(rw, rh, limits, f64::INFINITY);
+        // 3.0 forbids growing past the region without `^`; 2.1 and 1.1 allow it (sizeAboveFull).
+        let may_upscale = req.size.upscale || req.version != ApiVersion::V3;
+        let (width, height) = match req.size.kind {
+            SizeKind::Max | SizeKind::Full if req.size.upscale => upscaled_max,
+            SizeKind::Max | SizeKind::Full => max_size,
+            SizeKind::Width(w) => (w, scale_dim(rh, w, rw).max(1)),
+            SizeKind::Height(h) => (scale_dim(rw, h, rh).max(1), h),
+            SizeKind::Percent(p) => {
+                if !may_upscale && p > 100.0 {
+                    return Err(CanonicalError::UpscaleWithoutCaret);
+                }
+                let s = |d: u32| round_px(f64::from(d) * p / 100.0);
+                (s(rw), s(rh))
+            }
+            SizeKind::Exact(w, h) => (w, h),
+            SizeKind::Confined(cw, ch) => {
+                // Best fit: the constraining side gets exactly its box dimension, the other follows the
+                // aspect ratio (cw/rw <= ch/rh  <=>  cw*rh <= ch*rw, exact in u64).
+                let (w, h) = if u64::from(cw) * u64::from(rh) <= u64::from(ch) * u64::from(rw) {
+                    (cw, scale_dim(rh, cw, rw).clamp(1, ch))
+                } else {
+                    (scale_dim(rw, ch, rh).clamp(1, cw), ch)
+                };
+                // 3.0 `!w,h` without `^` must not be larger than the region. The spec text would clamp to
+                // the region, but the official validator (size_noup) requires `!2000,3000` on a 1000 px
+                // image to fail, so such a request is answered 400 by the check below, like every other
+                // 3.0 size that would upscale without `^`. 2.1 and 1.1 may upscale.
+                (w, h)
+            }
+        };
+        if width == 0 || height == 0 {
+            return Err(CanonicalError::ZeroSize);
+        }
+        if !may_upscale && (width > rw || height > rh) {
+            return Err(CanonicalError::UpscaleWithoutCaret);
+        }
+        if !limits.allows(width, height) {
+            return Err(CanonicalError::OverLimits { width, height });
+        }
+        let full_region = region == Rect { x: 0, y: 0, w: img.width, h: img.height };
+        Ok(CanonicalRequest {
+            version: req.version,
+            region,
+            full_region,
+            width,
+            height,
+            max_size,
+            upscaled_max,
+            mirror: req.rotation.mirror,
+            degrees: req.rotation.degrees,
+            quality: req.quality,
+            format: req.format,
+        })
+    }
+
+    /// API version of the request.
+    pub fn version(&self) -> ApiVersion {
+        self.version
+    }
+    /// Source pixels to extract.
+    pub fn region(&self) -> Rect {
+        self.region
+    }
+    /// Output width before rotation.
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+    /// Output height before rotation.
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+    /// Mirror before rotating.
+    pub fn mirror(&self) -> bool {
+        self.mirror
+    }
+    /// Clockwise rotation in degrees.
+    pub fn degrees(&self) -> f64 {
+        self.degrees
+    }
+    /// Requested quality.
+    pub fn quality(&self) -> Quality {
+        self.quality
+    }
+    /// Output format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    fn region_str(&self) -> String {
+        if self.full_region {
+            "full".to_owned()
+        } else {
+            let r = self.region;
+            format!("{},{},{},{}", r.x, r.y, r.w, r.h)
+        }
+    }
+
+    fn size_str(&self) -> String {
+        let (w, h) = (self.width, self.height);
+        let (rw, rh) = (self.region.w, self.region.h);
+        match self.version {
+            ApiVersion::V3 => {
+                let upscaled = w > rw || h > rh;
+                if !upscaled && (w, h) == self.max_size {
+                    "max".into()
+                } else if upscaled && (w, h) == self.upscaled_max {
+                    "^max".into()
+                } else if upscaled {
+                    format!("^{w},{h}")
+                } else {
+                    format!("{w},{h}")
+                }
+            }
+            ApiVersion::V2 | ApiVersion::V1 => {
+                if (w, h) == (rw, rh) {
+                    "full".into()
+                } else if scale_dim(rh, w, rw).max(1) == h {
+                    format!("{w},")
+                } else {
+                    format!("{w},{h}")
+                }
+            }
+        }
+    }
+
+    fn rotation_str(&self) -> String {
+        format!("{}{}", if self.mirror { "!" } else { "" }, format_decimal(self.degrees))
+    }
+
+    /// The canonical parameter path of this request in its own API version:
+    /// `{region}/{size}/{rotation}/{quality}.{format}`.
+    pub fn to_path(&self) -> String {
+        format!(
+            "{}/{}/{}/{}.{}",
+            self.region_str(),
+            self.size_str(),
+            self.rotation_str(),
+            self.quality.name(self.version),
+            self.format
+        )
+    }
+
+    /// What identifies the output pixels, independent of API version and spelling: the input to the
+    /// derivative key. Changing this text changes every key, so it is versioned.
+    pub fn key_material(&self) -> String {
+        let r = self.region;
+        format!(
+            "geometry-v1 region={},{},{},{} size={},{} mirror={} rotation={} quality={} format={}",
+            r.x,
+            r.y,
+            r.w,
+            r.h,
+            self.width,
+            self.height,
+            u8::from(self.mirror),
+            format_decimal(self.degrees),
+            self.quality.name(ApiVersion::V3),
+            self.format
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iiif::parse::{parse_image_params, ParseError};
+    use proptest::prelude::*;
+
+    fn canon(v: ApiVersion, w: u32, h: u32, path: &str) -> Result<CanonicalRequest, String> {
+        let p: Vec<&str> = path.split('/').collect();
+        let req = parse_image_params(v, p[0], p[1], p[2], p[3], Format::Jpg).map_err(|e: ParseError| e.to_string())?;
+        CanonicalRequest::resolve(&req, ImageSize { width: w, height: h }, &Limits::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn spec_region_example_crops_at_the_edge() {
+        let c = canon(ApiVersion::V3, 300, 200, "125,15,200,200/max/0/default.jpg").expect("valid");
+        assert_eq!((c.width(), c.height()), (175, 185));
+        assert_eq!(c.to_path(), "125,15,175,185/max/0/default.jpg");
+    }
+
+    #[test]
+    fn equivalent_spellings_share_key_material() {
+        let a = canon(ApiVersion::V3, 1000, 800, "full/pct:50/0/default.jpg").expect("valid");
+        let b = canon(ApiVersion::V3, 1000, 800, "0,0,1000,800/500,400/0/default.jpg").expect("valid");
+        let c = canon(ApiVersion::V2, 1000, 800, "pct:0,0,100,100/500,/0/default.jpg").expect("valid");
+        assert_eq!(a.key_material(), b.key_material());
+        assert_eq!(a.key_material(), c.key_material());
+        assert_eq!(a.to_path(), "full/500,400/0/default.jpg");
+        assert_eq!(c.to_path(), "full/500,/0/default.jpg");
+    }
+
+    #[test]
+    fn errors() {
+        assert!(canon(ApiVersion::V3, 100, 100, "100,0,10,10/max/0/default.jpg").is_err());
+        assert!(canon(ApiVersion::V3, 100, 100, "full/200,/0/default.jpg").is_err());
+        assert!(canon(ApiVersion::V3, 100, 100, "full/^200,/0/default.jpg").is_ok());
+        assert!(canon(ApiVersion::V2, 100, 100, "full/200,/0/default.jpg").is_ok());
+        assert!(canon(ApiVersion::V3, 100, 100, "full/pct:0.1/0/default.jpg").is_err());
+        assert!(canon(ApiVersion::V3, 100, 100, "full/^20000,/0/default.jpg").is_err());
+    }
+
+    #[test]
+    fn max_respects_limits() {
+        let c = canon(ApiVersion::V3, 20000, 15000, "full/max/0/default.jpg").expect("valid");
+        assert!(Limits::default().allows(c.width(), c.height()));
+        assert_eq!(c.to_path(), "full/max/0/default.jpg");
+        let up = canon(ApiVersion::V3, 100, 50, "full/^max/0/default.jpg").expect("valid");
+        assert_eq!((up.width(), up.height()), (8944, 4472));
+    }
+
+    fn arb_request() -> impl Strategy<Value = (u32, u32, String, ApiVersion)> {
+        let region = prop_oneof![
+            Just("full".to_string()),
+            Just("square".to_string()),
+            (0u32..3000, 0u32..3000, 1u32..3000, 1u32..3000).prop_map(|(x, y, w, h)| format!("{x},{y},{w},{h}")),
+            (0u32..100, 0u32..100, 1u32..100, 1u32..100).prop_map(|(x, y, w, h)| format!("pct:{x},{y},{w},{h}")),
+        ];
+        let size = prop_oneof![
+            Just("max".to_string()),
+            Just("^max".to_string()),
+            (1u32..4000).prop_map(|w| format!("{w},")),
+            (1u32..4000).prop_map(|h| format!(",{h}")),
+            (1u32..200).prop_map(|p| format!("pct:{p}")),
+            (1u32..4000, 1u32..4000).prop_map(|(w, h)| format!("{w},{h}")),
+            (1u32..4000, 1u32..4000).prop_map(|(w, h)| format!("!{w},{h}")),
+            (1u32..4000, 1u32..4000).prop_map(|(w, h)| format!("^!{w},{h}")),
+        ];
+        let version = prop_oneof![Just(ApiVersion::V3), Just(ApiVersion::V2)];
+        (1u32..5000, 1u32..5000, region, size, 0u32..720, version).prop_map(|(w, h, r, s, rot, v)| {
+            let s = if v == ApiVersion::V2 { s.trim_start_matches('^').replace("max", "full") } else { s };
+            (w, h, format!("{r}/{s}/{}/default.jpg", f64::from(rot) / 2.0), v)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn canonical_form_is_idempotent((w, h, path, v) in arb_request()) {
+            if let Ok(c) = canon(v, w, h, &path) {
+                prop_assert!(c.width() >= 1 && c.height() >= 1);
+                prop_assert!(Limits::default().allows(c.width(), c.height()));
+                let r = c.region();
+                prop_assert!(r.w >= 1 && r.h >= 1 && r.x + r.w <= w && r.y + r.h <= h);
+                let again = canon(v, w, h, &c.to_path()).expect("canonical form must parse and resolve");
+                prop_assert_eq!(again.to_path(), c.to_path());
+                prop_assert_eq!(again.key_material(), c.key_material());
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The image information document, `info.json` (3.0 §5, 2.1 §5, 1.1 §5), built from an image's size,
+//! the server limits and the tile size. Pure: the caller supplies the service's public base URI.
+//!
+//! Lists only what iiifd really does: every feature, quality and format named here is exercised by the
+//! conformance run in CI.
+
+use super::canonical::ImageSize;
+use super::{ApiVersion, Format, Limits};
+use serde::Serialize;
+
+/// Features beyond level 2 that iiifd supports, with their 3.0 names (2.1 names differ where noted).
+const EXTRA_FEATURES_V3: [&str; 5] =
+    ["canonicalLinkHeader", "mirroring", "profileLinkHeader", "rotationArbitrary", "sizeUpscaling"];
+const SUPPORTS_V2: [&str; 6] =
+    ["canonicalLinkHeader", "mirroring", "profileLinkHeader", "regionSquare", "rotationArbitrary", "sizeAboveFull"];
+
+/// What an info.json is built from.
+#[derive(Clone, Debug)]
+pub struct InfoInput<'a> {
+    /// The image service's base URI: `{scheme}://{host}{prefix}/{version}/{encoded identifier}`.
+    pub id: &'a str,
+    /// Full image size.
+    pub size: ImageSize,
+    /// Server limits.
+    pub limits: Limits,
+    /// Tile edge in pixels.
+    pub tile: u32,
+}
+
+/// Scale factors 1, 2, 4, ... down to the first level whose whole image fits in one tile.
+pub fn scale_factors(size: ImageSize, tile: u32) -> Vec<u32> {
+    let tile = u64::from(tile.max(1));
+    let mut out = vec![1u32];
+    let mut s: u64 = 1;
+    while (u64::from(size.width).div_ceil(s) > tile || u64::from(size.height).div_ceil(s) > tile) && s < 1 << 30 {
+        s *= 2;
+        out.push(s as u32);
+    }
+    out
+}
+
+/// The image's size at each scale factor, smallest first, rounded up as OpenSeadragon computes level
+/// sizes (`ceil(width / 2^k)`), keeping only those within the limits.
+pub fn sizes(size: ImageSize, tile: u32, limits: &Limits) -> Vec<(u32, u32)> {
+    scale_factors(size, tile)
+        .into_iter()
+        .rev()
+        .map(|s| (size.width.div_ceil(s), size.height.div_ceil(s)))
+        .filter(|&(w, h)| limits.allows(w, h))
+        .collect()
+}
+
+#[derive(Serialize)]
+struct Size3 {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    width: u32,
+    height: u32,
+}
+
+#[derive(Serialize)]
+struct Tile3 {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(rename = "scaleFactors")]
+    scale_factors: Vec<u32>,
+    width: u32,
+    height: u32,
+}
+
+#[derive(Serialize)]
+struct Info3<'a> {
+    #[serde(rename = "@context")]
+    context: &'static str,
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    protocol: &'static str,
+    profile: &'static str,
+    width: u32,
+    height: u32,
+    #[serde(rename = "maxWidth")]
+    max_width: u32,
+    #[serde(rename = "maxHeight")]
+    max_height: u32,
+    #[serde(rename = "maxArea")]
+    max_area: u64,
+    sizes: Vec<Size3>,
+    tiles: Vec<Tile3>,
+    #[serde(rename = "preferredFormats")]
+    preferred_formats: [&'static str; 1],
+    #[serde(rename = "extraFormats")]
+    extra_formats: Vec<&'static str>,
+    #[serde(rename = "extraQualities")]
+    extra_qualities: [&'static str; 1],
+    #[serde(rename = "extraFeatures")]
+    extra_features: [&'static str; 5],
+}
+
+#[derive(Serialize)]
+struct Size2 {
+    width: u32,
+    height: u32,
+}
+
+#[derive(Serialize)]
+struct Tile2 {
+    #[serde(rename = "scaleFactors")]
+    scale_factors: Vec<u32>,
+    width: u32,
+    height: u32,
+}
+
+#[derive(Serialize)]
+struct Profile2 {
+    formats: Vec<&'static str>,
+    supports: [&'static str; 6],
+    #[serde(rename = "maxWidth")]
+    max_width: u32,
+    #[serde(rename = "maxHeight")]
+    max_height: u32,
+    #[serde(rename = "maxArea")]
+    max_area: u64,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ProfileEntry2 {
+    Uri(&'static str),
+    Object(Profile2),
+}
+
+#[derive(Serialize)]
+struct Info2<'a> {
+    #[serde(rename = "@context")]
+    context: &'static str,
+    #[serde(rename = "@id")]
+    id: &'a str,
+    protocol: &'static str,
+    width: u32,
+    height: u32,
+    sizes: Vec<Size2>,
+    tiles: Vec<Tile2>,
+    profile: [ProfileEntry2; 2],
+}
+
+#[derive(Serialize)]
+struct Info1<'a> {
+    #[serde(rename = "@context")]
+    context: &'static str,
+    #[serde(rename = "@id")]
+    id: &'a str,
+    width: u32,
+    height: u32,
+    scale_factors: Vec<u32>,
+    tile_width: u32,
+    tile_height: u32,
+    formats: Vec<&'static str>,
+    qualities: [&'static str; 4],
+    profile: &'static str,
+}
+
+/// Formats beyond level 2's jpg and png.
+fn extra_formats() -> Vec<&'static str> {
+    Format::RENDERED.iter().filter(|f| !matches!(f, Format::Jpg | Format::Png)).map(|f| f.extension()).collect()
+}
+
+/// Build the info.json document for `version`, as compact JSON with `@context` first.
+pub fn info_json(version: ApiVersion, input: &InfoInput<'_>) -> String {
+    let InfoInput { id, size, limits, tile } = *input;
+    let factors = scale_factors(size, tile);
+    let sizes = sizes(size, tile, &limits);
+    let result = match version {
+        ApiVersion::V3 => serde_json::to_string(&Info3 {
+            context: version.context_uri(),
+            id,
+            kind: "ImageService3",
+            protocol: "http://iiif.io/api/image",
+            profile: "level2",
+            width: size.width,
+            height: size.height,
+            max_width: limits.max_width,
+            max_height: limits.max_height,
+            max_area: limits.max_area,
+            sizes: sizes.into_iter().map(|(width, height)| Size3 { kind: "Size", width, height }).collect(),
+            tiles: vec![Tile3 { kind: "Tile", scale_factors: factors, width: tile, height: tile }],
+            preferred_formats: ["jpg"],
+            extra_formats: extra_formats(),
+            extra_qualities: ["bitonal"],
+            extra_features: EXTRA_FEATURES_V3,
+        }),
+        ApiVersion::V2 => serde_json::to_string(&Info2 {
+            context: version.context_uri(),
+            id,
+            protocol: "http://iiif.io/api/image",
+            width: size.width,
+            height: size.height,
+            sizes: sizes.into_iter().map(|(width, height)| Size2 { width, height }).collect(),
+            tiles: vec![Tile2 { scale_factors: factors, width: tile, height: tile }],
+            profile: [
+                ProfileEntry2::Uri(version.profile_uri()),
+                ProfileEntry2::Object(Profile2 {
+                    formats: extra_formats(),
+                    supports: SUPPORTS_V2,
+                    max_width: limits.max_width,
+                    max_height: limits.max_height,
+                    max_area: limits.max_area,
+                }),
+            ],
+        }),
+        ApiVersion::V1 => serde_json::to_string(&Info1 {
+            context: version.context_uri(),
+            id,
+            width: size.width,
+            height: size.height,
+            scale_factors: factors,
+            tile_width: tile,
+            tile_height: tile,
+            formats: Format::RENDERED.iter().map(|f| f.extension()).collect(),
+            qualities: ["native", "color", "grey", "bitonal"],
+            profile: version.profile_uri(),
+        }),
+    };
+    // Serialising these plain structs cannot fail; an empty object is still valid JSON if it ever did.
+    result.unwrap_or_else(|_| "{}".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn parse(v: ApiVersion, w: u32, h: u32) -> Value {
+        let input =
+            InfoInput { id: "http://x/iiif/3/a", size: ImageSize { width: w, height: h }, limits: Limits::default(), tile: 512 };
+        serde_json::from_str(&info_json(v, &input)).expect("valid JSON")
+    }
+
+    #[test]
+    fn scale_factors_stop_at_one_tile() {
+        assert_eq!(scale_factors(ImageSize { width: 6000, height: 4000 }, 512), vec![1, 2, 4, 8, 16]);
+        assert_eq!(scale_factors(ImageSize { width: 512, height: 100 }, 512), vec![1]);
+        assert_eq!(scale_factors(ImageSize { width: 513, height: 100 }, 512), vec![1, 2]);
+        assert_eq!(sizes(ImageSize { width: 1001, height: 999 }, 512, &Limits::default()), vec![(501, 500), (1001, 999)]);
+    }
+
+    #[test]
+    fn v3_document() {
+        let v = parse(ApiVersion::V3, 6000, 4000);
+        let text = info_json(
+            ApiVersion::V3,
+            &InfoInput { id: "i", size: ImageSize { width: 1, height: 1 }, limits: Limits::default(), tile: 512 },
+        );
+        assert!(text.starts_with("{\"@context\""), "@context must come first");
+        assert_eq!(v["type"], "ImageService3");
+        assert_eq!(v["profile"], "level2");
+        assert_eq!(v["width"], 6000);
+        assert_eq!(v["tiles"][0]["scaleFactors"], serde_json::json!([1, 2, 4, 8, 16]));
+        assert_eq!(v["sizes"][0]["width"], 375);
+        assert_eq!(v["extraFormats"], serde_json::json!(["gif", "tif", "webp"]));
+    }
+
+    #[test]
+    fn v2_and_v1_documents() {
+        let v = parse(ApiVersion::V2, 600, 400);
+        assert_eq!(v["profile"][0], "http://iiif.io/api/image/2/level2.json");
+        assert_eq!(v["profile"][1]["maxArea"], 40_000_000);
+        assert_eq!(v["@id"], "http://x/iiif/3/a");
+        let v = parse(ApiVersion::V1, 600, 400);
+        assert_eq!(v["scale_factors"], serde_json::json!([1, 2]));
+        assert_eq!(v["qualities"][2], "grey");
+    }
+
+    #[test]
+    fn sizes_respect_limits() {
+        let v = parse(ApiVersion::V3, 20000, 15000);
+        for s in v["sizes"].as_array().expect("sizes") {
+            let (w, h) = (s["width"].as_u64().unwrap_or(0), s["height"].as_u64().unwrap_or(0));
+            assert!(w <= 10_000 && h <= 10_000 && w * h <= 40_000_000, "{w}x{h}");
+        }
+    }
+}
