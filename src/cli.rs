@@ -53,8 +53,16 @@ const EXIT_CONFIG: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, listen, images } => {
-            let overrides = Overrides { listen, images, store: config.store.clone() };
+        Command::Serve {
+            config,
+            listen,
+            images,
+        } => {
+            let overrides = Overrides {
+                listen,
+                images,
+                store: config.store.clone(),
+            };
             let cfg = match Config::load_from_process(config.config.as_deref(), &overrides) {
                 Ok(c) => c,
                 Err(e) => {
@@ -77,12 +85,21 @@ pub fn main() -> ExitCode {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if cfg.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if cfg.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn serve(cfg: Config) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("iiifd-async").build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("iiifd-async")
+        .build()?;
     runtime.block_on(async move {
         let app = Arc::new(App::new(cfg.clone())?);
         let listener = tokio::net::TcpListener::bind(cfg.listen)

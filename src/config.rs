@@ -118,7 +118,12 @@ impl Default for LimitsConfig {
 
 impl Default for RenderConfig {
     fn default() -> Self {
-        RenderConfig { workers: 0, queue: 64, jpeg_quality: 85, max_decode_bytes: 1 << 30 }
+        RenderConfig {
+            workers: 0,
+            queue: 64,
+            jpeg_quality: 85,
+            max_decode_bytes: 1 << 30,
+        }
     }
 }
 
@@ -130,7 +135,10 @@ impl Default for HttpConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: "text".into(), level: "info".into() }
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
     }
 }
 
@@ -153,11 +161,18 @@ pub struct ConfigError(String);
 impl Config {
     /// Load defaults, then `file` (if given; it must exist), then `IIIFD_*` variables from `env`, then
     /// `overrides`. `env` is passed in (rather than read from the process) so tests can supply it.
-    pub fn load(file: Option<&Path>, env: &[(String, String)], overrides: &Overrides) -> Result<Config, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             fig = fig.merge(Toml::file_exact(path));
         }
@@ -172,42 +187,69 @@ impl Config {
         if let Some(v) = &overrides.store {
             fig = fig.merge(("store", v));
         }
-        let config: Config = fig.extract().map_err(|e| ConfigError(describe_figment_error(e)))?;
+        let config: Config = fig
+            .extract()
+            .map_err(|e| ConfigError(describe_figment_error(e)))?;
         config.validate()?;
         Ok(config)
     }
 
     /// Load with the process environment.
-    pub fn load_from_process(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    pub fn load_from_process(
+        file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = std::env::vars().collect();
         Config::load(file, &env, overrides)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("key `{key}`: {why}")));
-        if !self.prefix.is_empty() && (!self.prefix.starts_with('/') || self.prefix.ends_with('/')) {
-            return bad("prefix", "must be empty or start with '/' and not end with '/' (e.g. \"/iiif\")");
+        if !self.prefix.is_empty() && (!self.prefix.starts_with('/') || self.prefix.ends_with('/'))
+        {
+            return bad(
+                "prefix",
+                "must be empty or start with '/' and not end with '/' (e.g. \"/iiif\")",
+            );
         }
-        if !self.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b)) {
-            return bad("prefix", "may contain only letters, digits, '/', '-', '.', '_' and '~'");
+        if !self
+            .prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b))
+        {
+            return bad(
+                "prefix",
+                "may contain only letters, digits, '/', '-', '.', '_' and '~'",
+            );
         }
         let base = &self.public_base_url;
         if !base.is_empty()
             && (!(base.starts_with("http://") || base.starts_with("https://"))
                 || base.ends_with('/')
-                || base.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'"' || b == b'<' || b == b'>'))
+                || base.bytes().any(|b| {
+                    b.is_ascii_control() || b == b' ' || b == b'"' || b == b'<' || b == b'>'
+                }))
         {
-            return bad("public_base_url", "must be an http(s) URL without a trailing '/' or spaces");
+            return bad(
+                "public_base_url",
+                "must be an http(s) URL without a trailing '/' or spaces",
+            );
         }
         if !(64..=4096).contains(&self.tile_size) {
             return bad("tile_size", "must be between 64 and 4096");
         }
         let l = &self.limits;
         if l.max_width == 0 || l.max_height == 0 || l.max_area == 0 {
-            return bad("limits", "max_width, max_height and max_area must be above 0");
+            return bad(
+                "limits",
+                "max_width, max_height and max_area must be above 0",
+            );
         }
         if l.max_source_pixels == 0 || l.max_source_bytes == 0 {
-            return bad("limits", "max_source_pixels and max_source_bytes must be above 0");
+            return bad(
+                "limits",
+                "max_source_pixels and max_source_bytes must be above 0",
+            );
         }
         if !(1..=100).contains(&self.render.jpeg_quality) {
             return bad("render.jpeg_quality", "must be between 1 and 100");
@@ -223,13 +265,19 @@ impl Config {
 
     /// The output limits advertised in info.json.
     pub fn limits(&self) -> Limits {
-        Limits { max_width: self.limits.max_width, max_height: self.limits.max_height, max_area: self.limits.max_area }
+        Limits {
+            max_width: self.limits.max_width,
+            max_height: self.limits.max_height,
+            max_area: self.limits.max_area,
+        }
     }
 
     /// Render threads to start.
     pub fn render_workers(&self) -> usize {
         match self.render.workers {
-            0 => std::thread::available_parallelism().map(usize::from).unwrap_or(2),
+            0 => std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(2),
             n => n,
         }
     }
@@ -245,11 +293,15 @@ impl figment::Provider for EnvSnapshot {
         figment::Metadata::named("IIIFD_ environment variable(s)")
     }
 
-    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         use figment::value::{Dict, Value};
         let mut root = Dict::new();
         for (k, v) in &self.0 {
-            let Some(rest) = k.strip_prefix("IIIFD_") else { continue };
+            let Some(rest) = k.strip_prefix("IIIFD_") else {
+                continue;
+            };
             if rest.is_empty() {
                 continue;
             }
@@ -269,7 +321,9 @@ fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment:
             dict.insert(last.clone(), value);
         }
         [first, rest @ ..] => {
-            let entry = dict.entry(first.clone()).or_insert_with(|| Value::from(Dict::new()));
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
             if let Value::Dict(_, inner) = entry {
                 insert_path(inner, rest, value);
             } else {
@@ -284,8 +338,16 @@ fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment:
 fn describe_figment_error(e: figment::Error) -> String {
     let mut parts = Vec::new();
     for err in e {
-        let key = if err.path.is_empty() { String::new() } else { format!("key `{}`: ", err.path.join(".")) };
-        let source = err.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+        let key = if err.path.is_empty() {
+            String::new()
+        } else {
+            format!("key `{}`: ", err.path.join("."))
+        };
+        let source = err
+            .metadata
+            .as_ref()
+            .map(|m| format!(" (from {})", m.name))
+            .unwrap_or_default();
         parts.push(format!("{key}{}{source}", err.kind));
     }
     parts.join("; ")
@@ -296,7 +358,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -312,9 +377,19 @@ mod tests {
     fn layering_file_env_flags() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "prefix = \"/img\"\ntile_size = 256\n[limits]\nmax_area = 1000000\n")?;
-        let e = env(&[("IIIFD_LIMITS__MAX_AREA", "2000000"), ("IIIFD_PUBLIC_BASE_URL", "https://x.org/iiif"), ("OTHER", "1")]);
-        let o = Overrides { listen: Some("127.0.0.1:9999".parse()?), ..Overrides::default() };
+        std::fs::write(
+            &file,
+            "prefix = \"/img\"\ntile_size = 256\n[limits]\nmax_area = 1000000\n",
+        )?;
+        let e = env(&[
+            ("IIIFD_LIMITS__MAX_AREA", "2000000"),
+            ("IIIFD_PUBLIC_BASE_URL", "https://x.org/iiif"),
+            ("OTHER", "1"),
+        ]);
+        let o = Overrides {
+            listen: Some("127.0.0.1:9999".parse()?),
+            ..Overrides::default()
+        };
         let c = Config::load(Some(&file), &e, &o)?;
         assert_eq!(c.prefix, "/img");
         assert_eq!(c.tile_size, 256);
@@ -330,7 +405,11 @@ mod tests {
             Err(err) => err.to_string(),
             Ok(_) => String::from("accepted"),
         };
-        assert!(msg(&[("IIIFD_LIMITS__MAX_AREA", "lots")]).contains("limits.max_area"), "{}", msg(&[("IIIFD_LIMITS__MAX_AREA", "lots")]));
+        assert!(
+            msg(&[("IIIFD_LIMITS__MAX_AREA", "lots")]).contains("limits.max_area"),
+            "{}",
+            msg(&[("IIIFD_LIMITS__MAX_AREA", "lots")])
+        );
         assert!(msg(&[("IIIFD_LIMTS__MAX_AREA", "5")]).contains("limts"));
         assert!(msg(&[("IIIFD_TILE_SIZE", "1")]).contains("tile_size"));
         assert!(msg(&[("IIIFD_PREFIX", "iiif")]).contains("prefix"));
@@ -340,14 +419,21 @@ mod tests {
     fn example_config_parses_and_documents_every_key() -> Result<(), Box<dyn std::error::Error>> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config.toml");
         let c = Config::load(Some(&path), &[], &Overrides::default())?;
-        assert_eq!(c, Config::default(), "examples/config.toml shows the defaults");
+        assert_eq!(
+            c,
+            Config::default(),
+            "examples/config.toml shows the defaults"
+        );
         let text = std::fs::read_to_string(&path)?;
         let defaults = serde_json::to_value(Config::default())?;
         let mut keys = Vec::new();
         collect_keys(&defaults, "", &mut keys);
         for key in keys {
             let env_name = format!("IIIFD_{}", key.replace('.', "__").to_ascii_uppercase());
-            assert!(text.contains(&env_name), "examples/config.toml must document {key} ({env_name})");
+            assert!(
+                text.contains(&env_name),
+                "examples/config.toml must document {key} ({env_name})"
+            );
         }
         Ok(())
     }
@@ -355,7 +441,11 @@ mod tests {
     fn collect_keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
         if let serde_json::Value::Object(map) = v {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 if v.is_object() {
                     collect_keys(v, &key, out);
                 } else {

@@ -19,7 +19,11 @@ pub struct DerivativeKey([u8; 32]);
 impl DerivativeKey {
     /// The key of `request` rendered from the source with `fingerprint` by an encoder described by
     /// `encoder` (e.g. `"jpeg q=85"`).
-    pub fn derive(fingerprint: &Fingerprint, request: &CanonicalRequest, encoder: &str) -> DerivativeKey {
+    pub fn derive(
+        fingerprint: &Fingerprint,
+        request: &CanonicalRequest,
+        encoder: &str,
+    ) -> DerivativeKey {
         let mut h = blake3::Hasher::new_derive_key(CONTEXT);
         // Fixed-width fields first, then length-prefixed strings: no two inputs share an encoding.
         h.update(&fingerprint.len.to_le_bytes());
@@ -69,19 +73,38 @@ mod tests {
     use crate::iiif::{ApiVersion, Format, Limits};
 
     fn req(v: ApiVersion, size: &str) -> CanonicalRequest {
-        let r = parse_image_params(v, "full", size, "0", "default.jpg", Format::Jpg).expect("valid");
-        CanonicalRequest::resolve(&r, ImageSize { width: 800, height: 600 }, &Limits::default()).expect("valid")
+        let r =
+            parse_image_params(v, "full", size, "0", "default.jpg", Format::Jpg).expect("valid");
+        CanonicalRequest::resolve(
+            &r,
+            ImageSize {
+                width: 800,
+                height: 600,
+            },
+            &Limits::default(),
+        )
+        .expect("valid")
     }
 
     #[test]
     fn keys_follow_pixels_and_source() {
-        let fp = Fingerprint { len: 10, mtime_ns: 5, inode: 7 };
+        let fp = Fingerprint {
+            len: 10,
+            mtime_ns: 5,
+            inode: 7,
+        };
         let a = DerivativeKey::derive(&fp, &req(ApiVersion::V3, "400,300"), "jpeg q=85");
         let b = DerivativeKey::derive(&fp, &req(ApiVersion::V2, "400,"), "jpeg q=85");
         assert_eq!(a, b, "v2 w, and v3 w,h of the same pixels share a key");
         let replaced = Fingerprint { mtime_ns: 6, ..fp };
-        assert_ne!(a, DerivativeKey::derive(&replaced, &req(ApiVersion::V3, "400,300"), "jpeg q=85"));
-        assert_ne!(a, DerivativeKey::derive(&fp, &req(ApiVersion::V3, "400,300"), "jpeg q=90"));
+        assert_ne!(
+            a,
+            DerivativeKey::derive(&replaced, &req(ApiVersion::V3, "400,300"), "jpeg q=85")
+        );
+        assert_ne!(
+            a,
+            DerivativeKey::derive(&fp, &req(ApiVersion::V3, "400,300"), "jpeg q=90")
+        );
         assert_eq!(DerivativeKey::from_hex(&a.to_hex()), Some(a));
         assert_eq!(a.etag().len(), 66);
     }

@@ -57,7 +57,10 @@ impl App {
     /// Build the application state from a validated configuration.
     pub fn new(config: Config) -> std::io::Result<App> {
         let sources = Sources::new(&config.images).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("image directory {}: {e}", config.images.display()))
+            std::io::Error::new(
+                e.kind(),
+                format!("image directory {}: {e}", config.images.display()),
+            )
         })?;
         let pool = RenderPool::new(config.render_workers(), config.render.queue);
         Ok(App {
@@ -66,7 +69,9 @@ impl App {
                 max_source_pixels: config.limits.max_source_pixels,
                 max_source_bytes: config.limits.max_source_bytes,
             },
-            encode: EncodeSettings { jpeg_quality: config.render.jpeg_quality },
+            encode: EncodeSettings {
+                jpeg_quality: config.render.jpeg_quality,
+            },
             sources,
             pool,
             config,
@@ -114,18 +119,40 @@ impl App {
     }
 
     /// The info.json document of `identifier` for `version`, with `id` = `base`.
-    pub async fn info(self: &Arc<Self>, version: ApiVersion, identifier: &str, base: &str) -> Result<(String, Source)> {
+    pub async fn info(
+        self: &Arc<Self>,
+        version: ApiVersion,
+        identifier: &str,
+        base: &str,
+    ) -> Result<(String, Source)> {
         let source = self.source(identifier).await?;
-        let input = InfoInput { id: base, size: source.size, limits: self.limits, tile: self.config.tile_size };
+        let input = InfoInput {
+            id: base,
+            size: source.size,
+            limits: self.limits,
+            tile: self.config.tile_size,
+        };
         Ok((info_json(version, &input), source))
     }
 
     /// Resolve an image request up to its derivative key, without touching pixels.
-    pub async fn prepare(self: &Arc<Self>, identifier: &str, request: &ImageRequest) -> Result<Prepared> {
+    pub async fn prepare(
+        self: &Arc<Self>,
+        identifier: &str,
+        request: &ImageRequest,
+    ) -> Result<Prepared> {
         let source = self.source(identifier).await?;
         let canonical = CanonicalRequest::resolve(request, source.size, &self.limits)?;
-        let key = DerivativeKey::derive(&source.file.fingerprint, &canonical, &self.encode.describe(canonical.format()));
-        Ok(Prepared { source, canonical, key })
+        let key = DerivativeKey::derive(
+            &source.file.fingerprint,
+            &canonical,
+            &self.encode.describe(canonical.format()),
+        );
+        Ok(Prepared {
+            source,
+            canonical,
+            key,
+        })
     }
 
     /// Render a prepared request on the pool.
@@ -134,7 +161,11 @@ impl App {
         let canonical = prepared.canonical.clone();
         let encode = self.encode;
         let max_decode = self.config.render.max_decode_bytes;
-        match self.pool.run(move || render::render(&path, &canonical, &encode, max_decode)).await {
+        match self
+            .pool
+            .run(move || render::render(&path, &canonical, &encode, max_decode))
+            .await
+        {
             Ok(result) => result,
             Err(PoolError::Busy) => Err(Error::Busy),
             Err(PoolError::Panicked) => Err(Error::RenderPanicked),

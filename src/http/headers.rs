@@ -14,14 +14,23 @@ pub fn not_modified(
     last_modified: SystemTime,
 ) -> bool {
     if let Some(inm) = if_none_match {
-        let Some(etag) = etag else { return inm.trim() == "*" };
+        let Some(etag) = etag else {
+            return inm.trim() == "*";
+        };
         let ours = etag.trim_start_matches("W/");
-        return inm.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == ours);
+        return inm
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t.trim_start_matches("W/") == ours);
     }
     match if_modified_since.map(httpdate::parse_http_date) {
         Some(Ok(since)) => {
             // HTTP dates have one-second resolution; compare at that resolution.
-            let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let secs = |t: SystemTime| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            };
             secs(last_modified) <= secs(since)
         }
         _ => false,
@@ -40,7 +49,9 @@ pub fn negotiate_format(accept: Option<&str>) -> Format {
             .next()
             .and_then(|v| v.parse::<f32>().ok())
             .unwrap_or(1.0);
-        let format = Format::RENDERED.into_iter().find(|f| f.media_type() == media);
+        let format = Format::RENDERED
+            .into_iter()
+            .find(|f| f.media_type() == media);
         if let Some(f) = format {
             if q > 0.0 && best.is_none_or(|(bq, _)| q > bq) {
                 best = Some((q, f));
@@ -54,7 +65,9 @@ pub fn negotiate_format(accept: Option<&str>) -> Format {
 pub fn info_content_type(version: ApiVersion, accept: Option<&str>) -> String {
     let wants_ld = accept.is_some_and(|a| a.to_ascii_lowercase().contains("application/ld+json"));
     match (version, wants_ld) {
-        (ApiVersion::V3, true) => format!("application/ld+json;profile=\"{}\"", version.context_uri()),
+        (ApiVersion::V3, true) => {
+            format!("application/ld+json;profile=\"{}\"", version.context_uri())
+        }
         (ApiVersion::V2, true) => "application/ld+json".into(),
         _ => "application/json".into(),
     }
@@ -74,11 +87,17 @@ pub struct Forwarded<'a> {
 }
 
 fn valid_host(h: &str) -> bool {
-    !h.is_empty() && h.len() <= 255 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
 }
 
 fn valid_prefix(p: &str) -> bool {
-    p.starts_with('/') && p.len() <= 255 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-._~%".contains(&b))
+    p.starts_with('/')
+        && p.len() <= 255
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~%".contains(&b))
 }
 
 /// The public URL of the IIIF prefix, e.g. `https://images.example.org/iiif`.
@@ -87,7 +106,12 @@ fn valid_prefix(p: &str) -> bool {
 /// Host or fallback}{X-Forwarded-Prefix}{prefix}`: the forwarded prefix is where the proxy mounted
 /// iiifd's root, prepended to iiifd's own prefix. Header values that are not plain host names or paths
 /// are ignored, never echoed, so a hostile header cannot inject text into info.json or Link headers.
-pub fn public_base(configured: &str, prefix: &str, fwd: Forwarded<'_>, fallback_host: &str) -> String {
+pub fn public_base(
+    configured: &str,
+    prefix: &str,
+    fwd: Forwarded<'_>,
+    fallback_host: &str,
+) -> String {
     if !configured.is_empty() {
         return configured.to_owned();
     }
@@ -103,7 +127,9 @@ pub fn public_base(configured: &str, prefix: &str, fwd: Forwarded<'_>, fallback_
         .flatten()
         .find(|h| valid_host(h))
         .unwrap_or(fallback_host);
-    let fwd_prefix = first(fwd.prefix).filter(|p| valid_prefix(p)).map_or("", |p| p.trim_end_matches('/'));
+    let fwd_prefix = first(fwd.prefix)
+        .filter(|p| valid_prefix(p))
+        .map_or("", |p| p.trim_end_matches('/'));
     format!("{proto}://{host}{fwd_prefix}{prefix}")
 }
 
@@ -117,37 +143,79 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let date = httpdate::fmt_http_date(t);
         assert!(not_modified(Some("\"abc\""), None, Some("\"abc\""), t));
-        assert!(not_modified(Some("\"x\", W/\"abc\""), None, Some("\"abc\""), t));
-        assert!(!not_modified(Some("\"x\""), Some(&date), Some("\"abc\""), t), "If-None-Match decides");
+        assert!(not_modified(
+            Some("\"x\", W/\"abc\""),
+            None,
+            Some("\"abc\""),
+            t
+        ));
+        assert!(
+            !not_modified(Some("\"x\""), Some(&date), Some("\"abc\""), t),
+            "If-None-Match decides"
+        );
         assert!(not_modified(None, Some(&date), Some("\"abc\""), t));
-        assert!(!not_modified(None, Some(&date), None, t + Duration::from_secs(5)));
-        assert!(!not_modified(None, Some("yesterday-ish"), None, t), "bad dates are ignored");
+        assert!(!not_modified(
+            None,
+            Some(&date),
+            None,
+            t + Duration::from_secs(5)
+        ));
+        assert!(
+            !not_modified(None, Some("yesterday-ish"), None, t),
+            "bad dates are ignored"
+        );
         assert!(not_modified(Some("*"), None, Some("\"abc\""), t));
     }
 
     #[test]
     fn negotiation() {
         assert_eq!(negotiate_format(Some("image/png;q=1.0")), Format::Png);
-        assert_eq!(negotiate_format(Some("image/webp;q=0.5, image/gif")), Format::Gif);
+        assert_eq!(
+            negotiate_format(Some("image/webp;q=0.5, image/gif")),
+            Format::Gif
+        );
         assert_eq!(negotiate_format(Some("*/*")), Format::Jpg);
         assert_eq!(negotiate_format(None), Format::Jpg);
-        assert!(info_content_type(ApiVersion::V3, Some("application/ld+json")).starts_with("application/ld+json;profile="));
+        assert!(
+            info_content_type(ApiVersion::V3, Some("application/ld+json"))
+                .starts_with("application/ld+json;profile=")
+        );
         assert_eq!(info_content_type(ApiVersion::V2, None), "application/json");
     }
 
     #[test]
     fn public_base_urls() {
-        let f = Forwarded { host_header: Some("example.org:8080"), ..Forwarded::default() };
-        assert_eq!(public_base("", "/iiif", f, "fallback"), "http://example.org:8080/iiif");
+        let f = Forwarded {
+            host_header: Some("example.org:8080"),
+            ..Forwarded::default()
+        };
+        assert_eq!(
+            public_base("", "/iiif", f, "fallback"),
+            "http://example.org:8080/iiif"
+        );
         let f = Forwarded {
             proto: Some("https"),
             host: Some("images.example.org, proxy"),
             prefix: Some("/museum/"),
             host_header: Some("internal"),
         };
-        assert_eq!(public_base("", "/iiif", f, "x"), "https://images.example.org/museum/iiif");
-        assert_eq!(public_base("https://cdn.org/iiif", "/iiif", f, "x"), "https://cdn.org/iiif");
-        let evil = Forwarded { host: Some("a\"><script>"), prefix: Some("/x\r\nSet-Cookie: 1"), host_header: None, proto: None };
-        assert_eq!(public_base("", "/iiif", evil, "127.0.0.1:1"), "http://127.0.0.1:1/iiif");
+        assert_eq!(
+            public_base("", "/iiif", f, "x"),
+            "https://images.example.org/museum/iiif"
+        );
+        assert_eq!(
+            public_base("https://cdn.org/iiif", "/iiif", f, "x"),
+            "https://cdn.org/iiif"
+        );
+        let evil = Forwarded {
+            host: Some("a\"><script>"),
+            prefix: Some("/x\r\nSet-Cookie: 1"),
+            host_header: None,
+            proto: None,
+        };
+        assert_eq!(
+            public_base("", "/iiif", evil, "127.0.0.1:1"),
+            "http://127.0.0.1:1/iiif"
+        );
     }
 }

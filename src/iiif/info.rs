@@ -9,10 +9,21 @@ use super::{ApiVersion, Format, Limits};
 use serde::Serialize;
 
 /// Features beyond level 2 that iiifd supports, with their 3.0 names (2.1 names differ where noted).
-const EXTRA_FEATURES_V3: [&str; 5] =
-    ["canonicalLinkHeader", "mirroring", "profileLinkHeader", "rotationArbitrary", "sizeUpscaling"];
-const SUPPORTS_V2: [&str; 6] =
-    ["canonicalLinkHeader", "mirroring", "profileLinkHeader", "regionSquare", "rotationArbitrary", "sizeAboveFull"];
+const EXTRA_FEATURES_V3: [&str; 5] = [
+    "canonicalLinkHeader",
+    "mirroring",
+    "profileLinkHeader",
+    "rotationArbitrary",
+    "sizeUpscaling",
+];
+const SUPPORTS_V2: [&str; 6] = [
+    "canonicalLinkHeader",
+    "mirroring",
+    "profileLinkHeader",
+    "regionSquare",
+    "rotationArbitrary",
+    "sizeAboveFull",
+];
 
 /// What an info.json is built from.
 #[derive(Clone, Debug)]
@@ -32,7 +43,9 @@ pub fn scale_factors(size: ImageSize, tile: u32) -> Vec<u32> {
     let tile = u64::from(tile.max(1));
     let mut out = vec![1u32];
     let mut s: u64 = 1;
-    while (u64::from(size.width).div_ceil(s) > tile || u64::from(size.height).div_ceil(s) > tile) && s < 1 << 30 {
+    while (u64::from(size.width).div_ceil(s) > tile || u64::from(size.height).div_ceil(s) > tile)
+        && s < 1 << 30
+    {
         s *= 2;
         out.push(s as u32);
     }
@@ -162,12 +175,21 @@ struct Info1<'a> {
 
 /// Formats beyond level 2's jpg and png.
 fn extra_formats() -> Vec<&'static str> {
-    Format::RENDERED.iter().filter(|f| !matches!(f, Format::Jpg | Format::Png)).map(|f| f.extension()).collect()
+    Format::RENDERED
+        .iter()
+        .filter(|f| !matches!(f, Format::Jpg | Format::Png))
+        .map(|f| f.extension())
+        .collect()
 }
 
 /// Build the info.json document for `version`, as compact JSON with `@context` first.
 pub fn info_json(version: ApiVersion, input: &InfoInput<'_>) -> String {
-    let InfoInput { id, size, limits, tile } = *input;
+    let InfoInput {
+        id,
+        size,
+        limits,
+        tile,
+    } = *input;
     let factors = scale_factors(size, tile);
     let sizes = sizes(size, tile, &limits);
     let result = match version {
@@ -182,8 +204,20 @@ pub fn info_json(version: ApiVersion, input: &InfoInput<'_>) -> String {
             max_width: limits.max_width,
             max_height: limits.max_height,
             max_area: limits.max_area,
-            sizes: sizes.into_iter().map(|(width, height)| Size3 { kind: "Size", width, height }).collect(),
-            tiles: vec![Tile3 { kind: "Tile", scale_factors: factors, width: tile, height: tile }],
+            sizes: sizes
+                .into_iter()
+                .map(|(width, height)| Size3 {
+                    kind: "Size",
+                    width,
+                    height,
+                })
+                .collect(),
+            tiles: vec![Tile3 {
+                kind: "Tile",
+                scale_factors: factors,
+                width: tile,
+                height: tile,
+            }],
             preferred_formats: ["jpg"],
             extra_formats: extra_formats(),
             extra_qualities: ["bitonal"],
@@ -195,8 +229,15 @@ pub fn info_json(version: ApiVersion, input: &InfoInput<'_>) -> String {
             protocol: "http://iiif.io/api/image",
             width: size.width,
             height: size.height,
-            sizes: sizes.into_iter().map(|(width, height)| Size2 { width, height }).collect(),
-            tiles: vec![Tile2 { scale_factors: factors, width: tile, height: tile }],
+            sizes: sizes
+                .into_iter()
+                .map(|(width, height)| Size2 { width, height })
+                .collect(),
+            tiles: vec![Tile2 {
+                scale_factors: factors,
+                width: tile,
+                height: tile,
+            }],
             profile: [
                 ProfileEntry2::Uri(version.profile_uri()),
                 ProfileEntry2::Object(Profile2 {
@@ -231,17 +272,61 @@ mod tests {
     use serde_json::Value;
 
     fn parse(v: ApiVersion, w: u32, h: u32) -> Value {
-        let input =
-            InfoInput { id: "http://x/iiif/3/a", size: ImageSize { width: w, height: h }, limits: Limits::default(), tile: 512 };
+        let input = InfoInput {
+            id: "http://x/iiif/3/a",
+            size: ImageSize {
+                width: w,
+                height: h,
+            },
+            limits: Limits::default(),
+            tile: 512,
+        };
         serde_json::from_str(&info_json(v, &input)).expect("valid JSON")
     }
 
     #[test]
     fn scale_factors_stop_at_one_tile() {
-        assert_eq!(scale_factors(ImageSize { width: 6000, height: 4000 }, 512), vec![1, 2, 4, 8, 16]);
-        assert_eq!(scale_factors(ImageSize { width: 512, height: 100 }, 512), vec![1]);
-        assert_eq!(scale_factors(ImageSize { width: 513, height: 100 }, 512), vec![1, 2]);
-        assert_eq!(sizes(ImageSize { width: 1001, height: 999 }, 512, &Limits::default()), vec![(501, 500), (1001, 999)]);
+        assert_eq!(
+            scale_factors(
+                ImageSize {
+                    width: 6000,
+                    height: 4000
+                },
+                512
+            ),
+            vec![1, 2, 4, 8, 16]
+        );
+        assert_eq!(
+            scale_factors(
+                ImageSize {
+                    width: 512,
+                    height: 100
+                },
+                512
+            ),
+            vec![1]
+        );
+        assert_eq!(
+            scale_factors(
+                ImageSize {
+                    width: 513,
+                    height: 100
+                },
+                512
+            ),
+            vec![1, 2]
+        );
+        assert_eq!(
+            sizes(
+                ImageSize {
+                    width: 1001,
+                    height: 999
+                },
+                512,
+                &Limits::default()
+            ),
+            vec![(501, 500), (1001, 999)]
+        );
     }
 
     #[test]
@@ -249,13 +334,27 @@ mod tests {
         let v = parse(ApiVersion::V3, 6000, 4000);
         let text = info_json(
             ApiVersion::V3,
-            &InfoInput { id: "i", size: ImageSize { width: 1, height: 1 }, limits: Limits::default(), tile: 512 },
+            &InfoInput {
+                id: "i",
+                size: ImageSize {
+                    width: 1,
+                    height: 1,
+                },
+                limits: Limits::default(),
+                tile: 512,
+            },
         );
-        assert!(text.starts_with("{\"@context\""), "@context must come first");
+        assert!(
+            text.starts_with("{\"@context\""),
+            "@context must come first"
+        );
         assert_eq!(v["type"], "ImageService3");
         assert_eq!(v["profile"], "level2");
         assert_eq!(v["width"], 6000);
-        assert_eq!(v["tiles"][0]["scaleFactors"], serde_json::json!([1, 2, 4, 8, 16]));
+        assert_eq!(
+            v["tiles"][0]["scaleFactors"],
+            serde_json::json!([1, 2, 4, 8, 16])
+        );
         assert_eq!(v["sizes"][0]["width"], 375);
         assert_eq!(v["extraFormats"], serde_json::json!(["gif", "tif", "webp"]));
     }
@@ -275,7 +374,10 @@ mod tests {
     fn sizes_respect_limits() {
         let v = parse(ApiVersion::V3, 20000, 15000);
         for s in v["sizes"].as_array().expect("sizes") {
-            let (w, h) = (s["width"].as_u64().unwrap_or(0), s["height"].as_u64().unwrap_or(0));
+            let (w, h) = (
+                s["width"].as_u64().unwrap_or(0),
+                s["height"].as_u64().unwrap_or(0),
+            );
             assert!(w <= 10_000 && h <= 10_000 && w * h <= 40_000_000, "{w}x{h}");
         }
     }

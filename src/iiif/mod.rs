@@ -52,7 +52,9 @@ impl ApiVersion {
     /// The compliance-level URI sent in the `Link: <...>;rel="profile"` header.
     pub fn profile_uri(self) -> &'static str {
         match self {
-            ApiVersion::V1 => "http://library.stanford.edu/iiif/image-api/1.1/compliance.html#level2",
+            ApiVersion::V1 => {
+                "http://library.stanford.edu/iiif/image-api/1.1/compliance.html#level2"
+            }
             ApiVersion::V2 => "http://iiif.io/api/image/2/level2.json",
             ApiVersion::V3 => "http://iiif.io/api/image/3/level2.json",
         }
@@ -97,9 +99,14 @@ impl Quality {
 
     /// Parse a quality as spelled in `version`; other versions' spellings are rejected.
     pub fn parse(s: &str, version: ApiVersion) -> Option<Quality> {
-        [Quality::Default, Quality::Color, Quality::Gray, Quality::Bitonal]
-            .into_iter()
-            .find(|q| q.name(version) == s)
+        [
+            Quality::Default,
+            Quality::Color,
+            Quality::Gray,
+            Quality::Bitonal,
+        ]
+        .into_iter()
+        .find(|q| q.name(version) == s)
     }
 }
 
@@ -124,7 +131,13 @@ pub enum Format {
 
 impl Format {
     /// Formats iiifd can encode, in the order info.json lists them.
-    pub const RENDERED: [Format; 5] = [Format::Jpg, Format::Png, Format::Gif, Format::Tif, Format::Webp];
+    pub const RENDERED: [Format; 5] = [
+        Format::Jpg,
+        Format::Png,
+        Format::Gif,
+        Format::Tif,
+        Format::Webp,
+    ];
 
     /// The URL extension.
     pub fn extension(self) -> &'static str {
@@ -154,9 +167,17 @@ impl Format {
 
     /// The format named by a spec extension. `jpeg` and `tiff` are not spec names and are rejected.
     pub fn from_extension(s: &str) -> Option<Format> {
-        [Format::Jpg, Format::Png, Format::Webp, Format::Gif, Format::Tif, Format::Jp2, Format::Pdf]
-            .into_iter()
-            .find(|f| f.extension() == s)
+        [
+            Format::Jpg,
+            Format::Png,
+            Format::Webp,
+            Format::Gif,
+            Format::Tif,
+            Format::Jp2,
+            Format::Pdf,
+        ]
+        .into_iter()
+        .find(|f| f.extension() == s)
     }
 
     /// Whether iiifd can produce this format.
@@ -192,7 +213,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_width: 10_000, max_height: 10_000, max_area: 40_000_000 }
+        Limits {
+            max_width: 10_000,
+            max_height: 10_000,
+            max_area: 40_000_000,
+        }
     }
 }
 

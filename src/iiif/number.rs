@@ -66,7 +66,10 @@ mod tests {
         assert_eq!(parse_u32("0"), Ok(0));
         assert_eq!(parse_u32("4294967295"), Ok(u32::MAX));
         assert_eq!(parse_u32("4294967296"), Err(NumberError::TooLarge));
-        assert_eq!(parse_u32("99999999999999999999999999"), Err(NumberError::TooLarge));
+        assert_eq!(
+            parse_u32("99999999999999999999999999"),
+            Err(NumberError::TooLarge)
+        );
         for bad in ["", "-1", "+1", "1.0", "1e3", " 1", "0x10", "１"] {
             assert_eq!(parse_u32(bad), Err(NumberError::Syntax), "{bad:?}");
         }
@@ -78,7 +81,9 @@ mod tests {
         assert_eq!(parse_decimal(".5", 100.0), Ok(0.5));
         assert_eq!(parse_decimal("5.", 100.0), Ok(5.0));
         assert_eq!(parse_decimal("360.1", 360.0), Err(NumberError::TooLarge));
-        for bad in ["", ".", "1e308", "-1", "+1", "1..2", "1.2.3", "inf", "NaN", "1,5"] {
+        for bad in [
+            "", ".", "1e308", "-1", "+1", "1..2", "1.2.3", "inf", "NaN", "1,5",
+        ] {
             assert_eq!(parse_decimal(bad, 1e9), Err(NumberError::Syntax), "{bad:?}");
         }
     }
@@ -89,6 +94,9 @@ mod tests {
         assert_eq!(format_decimal(22.5), "22.5");
         assert_eq!(format_decimal(0.5), "0.5");
         assert_eq!(format_decimal(0.0000001), "0.0000001");
-        assert_eq!(format_decimal(parse_decimal("010.50", 360.0).unwrap_or(0.0)), "10.5");
+        assert_eq!(
+            format_decimal(parse_decimal("010.50", 360.0).unwrap_or(0.0)),
+            "10.5"
+        );
     }
 }

@@ -183,11 +183,18 @@ pub enum ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ParseError::Invalid { part, value, expected } => {
+            ParseError::Invalid {
+                part,
+                value,
+                expected,
+            } => {
                 write!(f, "invalid {part} '{value}': expected {expected}")
             }
             ParseError::UnsupportedFormat(fmt_) => {
-                write!(f, "format '{fmt_}' is valid IIIF but not produced by this server")
+                write!(
+                    f,
+                    "format '{fmt_}' is valid IIIF but not produced by this server"
+                )
             }
         }
     }
@@ -196,7 +203,11 @@ impl fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 fn invalid(part: Part, value: &str, expected: &'static str) -> ParseError {
-    ParseError::Invalid { part, value: printable(value), expected }
+    ParseError::Invalid {
+        part,
+        value: printable(value),
+        expected,
+    }
 }
 
 /// Shorten and escape a user-supplied string so that it can be echoed in an error body or log line
@@ -240,7 +251,10 @@ pub fn decode_segment(raw: &str, part: Part) -> Result<String, ParseError> {
         match bytes[i] {
             b'%' => {
                 let hex = |b: u8| (b as char).to_digit(16);
-                match (bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b))) {
+                match (
+                    bytes.get(i + 1).and_then(|&b| hex(b)),
+                    bytes.get(i + 2).and_then(|&b| hex(b)),
+                ) {
                     (Some(hi), Some(lo)) => out.push((hi * 16 + lo) as u8),
                     _ => return Err(invalid(part, raw, "valid percent-escapes (%XX)")),
                 }
@@ -252,7 +266,8 @@ pub fn decode_segment(raw: &str, part: Part) -> Result<String, ParseError> {
             }
         }
     }
-    let s = String::from_utf8(out).map_err(|_| invalid(part, raw, "UTF-8 after percent-decoding"))?;
+    let s =
+        String::from_utf8(out).map_err(|_| invalid(part, raw, "UTF-8 after percent-decoding"))?;
     if s.chars().any(char::is_control) {
         return Err(invalid(part, raw, "no control characters"));
     }
@@ -283,17 +298,27 @@ pub fn parse_route(path: &str, negotiated: Format) -> Result<Route, ParseError> 
     let version = ApiVersion::from_path_segment(version_raw)
         .ok_or_else(|| invalid(Part::Version, version_raw, VERSION_EXPECTED))?;
     if rest.is_empty() {
-        return Err(invalid(Part::Identifier, "", "an identifier after the version"));
+        return Err(invalid(
+            Part::Identifier,
+            "",
+            "an identifier after the version",
+        ));
     }
     let segments: Vec<&str> = rest.split('/').collect();
     let n = segments.len();
     if segments[n - 1] == "info.json" {
         let identifier = parse_identifier(&segments[..n - 1])?;
-        return Ok(Route::Info { version, identifier });
+        return Ok(Route::Info {
+            version,
+            identifier,
+        });
     }
     if n == 1 {
         let identifier = parse_identifier(&segments)?;
-        return Ok(Route::Base { version, identifier });
+        return Ok(Route::Base {
+            version,
+            identifier,
+        });
     }
     if n < 5 {
         return Err(invalid(
@@ -303,9 +328,17 @@ pub fn parse_route(path: &str, negotiated: Format) -> Result<Route, ParseError> 
         ));
     }
     let identifier = parse_identifier(&segments[..n - 4])?;
-    let (region, size, rotation, qf) = (segments[n - 4], segments[n - 3], segments[n - 2], segments[n - 1]);
+    let (region, size, rotation, qf) = (
+        segments[n - 4],
+        segments[n - 3],
+        segments[n - 2],
+        segments[n - 1],
+    );
     let request = parse_image_params(version, region, size, rotation, qf, negotiated)?;
-    Ok(Route::Image { identifier, request })
+    Ok(Route::Image {
+        identifier,
+        request,
+    })
 }
 
 /// Decode an identifier, joining segments that arrived with unencoded slashes.
@@ -338,8 +371,19 @@ pub fn parse_image_params(
     let region = parse_region(version, &decode_segment(region, Part::Region)?)?;
     let size = parse_size(version, &decode_segment(size, Part::Size)?)?;
     let rotation = parse_rotation(version, &decode_segment(rotation, Part::Rotation)?)?;
-    let (quality, format) = parse_quality_format(version, &decode_segment(quality_format, Part::Quality)?, negotiated)?;
-    Ok(ImageRequest { version, region, size, rotation, quality, format })
+    let (quality, format) = parse_quality_format(
+        version,
+        &decode_segment(quality_format, Part::Quality)?,
+        negotiated,
+    )?;
+    Ok(ImageRequest {
+        version,
+        region,
+        size,
+        rotation,
+        quality,
+        format,
+    })
 }
 
 fn split4(s: &str) -> Option<[&str; 4]> {
@@ -349,7 +393,11 @@ fn split4(s: &str) -> Option<[&str; 4]> {
 }
 
 fn parse_region(version: ApiVersion, s: &str) -> Result<RegionSpec, ParseError> {
-    let expected = if version == ApiVersion::V1 { REGION_EXPECTED_V1 } else { REGION_EXPECTED };
+    let expected = if version == ApiVersion::V1 {
+        REGION_EXPECTED_V1
+    } else {
+        REGION_EXPECTED
+    };
     let bad = || invalid(Part::Region, s, expected);
     match s {
         "full" => return Ok(RegionSpec::Full),
@@ -411,7 +459,9 @@ fn parse_size(version: ApiVersion, s: &str) -> Result<SizeSpec, ParseError> {
                     match v {
                         "" => Ok(None),
                         v => match parse_u32(v) {
-                            Ok(0) | Err(NumberError::Syntax) | Err(NumberError::TooLarge) => Err(bad()),
+                            Ok(0) | Err(NumberError::Syntax) | Err(NumberError::TooLarge) => {
+                                Err(bad())
+                            }
                             Ok(n) => Ok(Some(n)),
                         },
                     }
@@ -430,7 +480,11 @@ fn parse_size(version: ApiVersion, s: &str) -> Result<SizeSpec, ParseError> {
 }
 
 fn parse_rotation(version: ApiVersion, s: &str) -> Result<Rotation, ParseError> {
-    let expected = if version == ApiVersion::V1 { ROTATION_EXPECTED_V1 } else { ROTATION_EXPECTED };
+    let expected = if version == ApiVersion::V1 {
+        ROTATION_EXPECTED_V1
+    } else {
+        ROTATION_EXPECTED
+    };
     let bad = || invalid(Part::Rotation, s, expected);
     let (mirror, body) = match s.strip_prefix('!') {
         // Mirroring arrived in 2.0.
@@ -442,16 +496,32 @@ fn parse_rotation(version: ApiVersion, s: &str) -> Result<Rotation, ParseError> 
     Ok(Rotation { mirror, degrees })
 }
 
-fn parse_quality_format(version: ApiVersion, s: &str, negotiated: Format) -> Result<(Quality, Format), ParseError> {
-    let quality_expected = if version == ApiVersion::V1 { QUALITY_EXPECTED_V1 } else { QUALITY_EXPECTED_V23 };
+fn parse_quality_format(
+    version: ApiVersion,
+    s: &str,
+    negotiated: Format,
+) -> Result<(Quality, Format), ParseError> {
+    let quality_expected = if version == ApiVersion::V1 {
+        QUALITY_EXPECTED_V1
+    } else {
+        QUALITY_EXPECTED_V23
+    };
     let (q, f) = match s.rsplit_once('.') {
         Some(pair) => pair,
         // 1.1 §4.5: the format extension is optional; the client then chooses it with `Accept`.
         None if version == ApiVersion::V1 => (s, negotiated.extension()),
-        None => return Err(invalid(Part::Format, s, "{quality}.{format}, e.g. default.jpg")),
+        None => {
+            return Err(invalid(
+                Part::Format,
+                s,
+                "{quality}.{format}, e.g. default.jpg",
+            ))
+        }
     };
-    let quality = Quality::parse(q, version).ok_or_else(|| invalid(Part::Quality, q, quality_expected))?;
-    let format = Format::from_extension(f).ok_or_else(|| invalid(Part::Format, f, FORMAT_EXPECTED))?;
+    let quality =
+        Quality::parse(q, version).ok_or_else(|| invalid(Part::Quality, q, quality_expected))?;
+    let format =
+        Format::from_extension(f).ok_or_else(|| invalid(Part::Format, f, FORMAT_EXPECTED))?;
     if !format.is_rendered() {
         return Err(ParseError::UnsupportedFormat(format));
     }
@@ -474,12 +544,24 @@ mod tests {
     fn routes() {
         assert_eq!(
             parse_route("3/abc/info.json", Format::Jpg),
-            Ok(Route::Info { version: ApiVersion::V3, identifier: "abc".into() })
+            Ok(Route::Info {
+                version: ApiVersion::V3,
+                identifier: "abc".into()
+            })
         );
-        assert_eq!(parse_route("2/a%2Fb", Format::Jpg), Ok(Route::Base { version: ApiVersion::V2, identifier: "a/b".into() }));
+        assert_eq!(
+            parse_route("2/a%2Fb", Format::Jpg),
+            Ok(Route::Base {
+                version: ApiVersion::V2,
+                identifier: "a/b".into()
+            })
+        );
         assert_eq!(
             parse_route("3/a%2Fb/info.json", Format::Jpg),
-            Ok(Route::Info { version: ApiVersion::V3, identifier: "a/b".into() })
+            Ok(Route::Info {
+                version: ApiVersion::V3,
+                identifier: "a/b".into()
+            })
         );
         // A proxy that decoded %2F: parsed from the right, still one identifier.
         match parse_route("3/a/b/full/max/0/default.jpg", Format::Jpg) {
@@ -496,27 +578,76 @@ mod tests {
     #[test]
     fn full_grammar_v3() {
         let r = image("3/i/pct:10,20.5,30,40/^!100,200/!22.5/gray.png").expect("valid");
-        assert_eq!(r.region, RegionSpec::Percent { x: 10.0, y: 20.5, w: 30.0, h: 40.0 });
-        assert_eq!(r.size, SizeSpec { kind: SizeKind::Confined(100, 200), upscale: true });
-        assert_eq!(r.rotation, Rotation { mirror: true, degrees: 22.5 });
+        assert_eq!(
+            r.region,
+            RegionSpec::Percent {
+                x: 10.0,
+                y: 20.5,
+                w: 30.0,
+                h: 40.0
+            }
+        );
+        assert_eq!(
+            r.size,
+            SizeSpec {
+                kind: SizeKind::Confined(100, 200),
+                upscale: true
+            }
+        );
+        assert_eq!(
+            r.rotation,
+            Rotation {
+                mirror: true,
+                degrees: 22.5
+            }
+        );
         assert_eq!((r.quality, r.format), (Quality::Gray, Format::Png));
-        assert_eq!(image("3/i/square/%5Emax/0/default.jpg").expect("valid").size.kind, SizeKind::Max);
-        assert_eq!(image("3/i/full/,120/0/default.jpg").expect("valid").size.kind, SizeKind::Height(120));
-        assert_eq!(image("3/i/full/^pct:120/0/default.jpg").expect("valid").size.kind, SizeKind::Percent(120.0));
+        assert_eq!(
+            image("3/i/square/%5Emax/0/default.jpg")
+                .expect("valid")
+                .size
+                .kind,
+            SizeKind::Max
+        );
+        assert_eq!(
+            image("3/i/full/,120/0/default.jpg")
+                .expect("valid")
+                .size
+                .kind,
+            SizeKind::Height(120)
+        );
+        assert_eq!(
+            image("3/i/full/^pct:120/0/default.jpg")
+                .expect("valid")
+                .size
+                .kind,
+            SizeKind::Percent(120.0)
+        );
     }
 
     #[test]
     fn version_specific_spellings() {
-        assert!(image("3/i/full/full/0/default.jpg").is_err(), "full size was removed in 3.0");
+        assert!(
+            image("3/i/full/full/0/default.jpg").is_err(),
+            "full size was removed in 3.0"
+        );
         assert!(image("2/i/full/full/0/default.jpg").is_ok());
-        assert!(image("2/i/full/^max/0/default.jpg").is_err(), "^ is 3.0 only");
+        assert!(
+            image("2/i/full/^max/0/default.jpg").is_err(),
+            "^ is 3.0 only"
+        );
         assert!(image("1/i/full/full/0/native.jpg").is_ok());
         assert!(image("1/i/full/full/0/grey.png").is_ok());
         assert!(image("1/i/full/full/0/default.jpg").is_err());
         assert!(image("2/i/full/full/0/native.jpg").is_err());
         assert!(image("1/i/square/full/0/native.jpg").is_err());
         assert!(image("1/i/full/full/!0/native.jpg").is_err());
-        assert_eq!(image("1/i/full/full/0/native").expect("1.1 format is optional").format, Format::Jpg);
+        assert_eq!(
+            image("1/i/full/full/0/native")
+                .expect("1.1 format is optional")
+                .format,
+            Format::Jpg
+        );
     }
 
     #[test]
@@ -542,7 +673,10 @@ mod tests {
                 other => panic!("{path}: {other:?}"),
             }
         }
-        assert_eq!(parse_route("3/i/full/max/0/default.jp2", Format::Jpg), Err(ParseError::UnsupportedFormat(Format::Jp2)));
+        assert_eq!(
+            parse_route("3/i/full/max/0/default.jp2", Format::Jpg),
+            Err(ParseError::UnsupportedFormat(Format::Jp2))
+        );
     }
 
     proptest! {

@@ -42,7 +42,12 @@ impl EncodeSettings {
 }
 
 /// Decode `path` and produce the encoded image that `req` describes.
-pub fn render(path: &Path, req: &CanonicalRequest, settings: &EncodeSettings, max_decode_bytes: u64) -> Result<Vec<u8>> {
+pub fn render(
+    path: &Path,
+    req: &CanonicalRequest,
+    settings: &EncodeSettings,
+    max_decode_bytes: u64,
+) -> Result<Vec<u8>> {
     let img = decode(path, max_decode_bytes)?;
     let img = apply(img, req);
     encode(img, req.format(), req.quality(), settings)
@@ -56,7 +61,9 @@ fn decode(path: &Path, max_decode_bytes: u64) -> Result<DynamicImage> {
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_decode_bytes);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| Error::Undecodable(e.to_string()))?;
+    let img = reader
+        .decode()
+        .map_err(|e| Error::Undecodable(e.to_string()))?;
     use image::ColorType as C;
     // Everything downstream works on 8-bit samples; gray stays gray (a third of the memory of RGB).
     Ok(match img.color() {
@@ -71,13 +78,21 @@ fn decode(path: &Path, max_decode_bytes: u64) -> Result<DynamicImage> {
 /// Region, size, mirror, rotation, in that order.
 fn apply(img: DynamicImage, req: &CanonicalRequest) -> DynamicImage {
     let r = req.region();
-    let img = if (r.x, r.y, r.w, r.h) == (0, 0, img.width(), img.height()) { img } else { img.crop_imm(r.x, r.y, r.w, r.h) };
+    let img = if (r.x, r.y, r.w, r.h) == (0, 0, img.width(), img.height()) {
+        img
+    } else {
+        img.crop_imm(r.x, r.y, r.w, r.h)
+    };
     let img = if (img.width(), img.height()) == (req.width(), req.height()) {
         img
     } else {
         // Triangle (bilinear, widened when shrinking) is a good quality/speed balance for both
         // directions; the speed issue replaces this with a SIMD resizer.
-        img.resize_exact(req.width(), req.height(), image::imageops::FilterType::Triangle)
+        img.resize_exact(
+            req.width(),
+            req.height(),
+            image::imageops::FilterType::Triangle,
+        )
     };
     let img = if req.mirror() { img.fliph() } else { img };
     let degrees = req.degrees() % 360.0;
@@ -119,7 +134,12 @@ fn rotate_arbitrary(src: &RgbaImage, degrees: f64) -> RgbaImage {
             let p = src.get_pixel(x as u32, y as u32).0;
             // Premultiply so transparent neighbours do not darken edges.
             let a = f64::from(p[3]) / 255.0;
-            [f64::from(p[0]) * a, f64::from(p[1]) * a, f64::from(p[2]) * a, f64::from(p[3])]
+            [
+                f64::from(p[0]) * a,
+                f64::from(p[1]) * a,
+                f64::from(p[2]) * a,
+                f64::from(p[3]),
+            ]
         }
     };
     ImageBuffer::from_fn(ow, oh, |ox, oy| {
@@ -131,7 +151,12 @@ fn rotate_arbitrary(src: &RgbaImage, degrees: f64) -> RgbaImage {
         let (x0, y0) = (sx.floor(), sy.floor());
         let (fx, fy) = (sx - x0, sy - y0);
         let (x0, y0) = (x0 as i64, y0 as i64);
-        let (p00, p10, p01, p11) = (sample(x0, y0), sample(x0 + 1, y0), sample(x0, y0 + 1), sample(x0 + 1, y0 + 1));
+        let (p00, p10, p01, p11) = (
+            sample(x0, y0),
+            sample(x0 + 1, y0),
+            sample(x0, y0 + 1),
+            sample(x0 + 1, y0 + 1),
+        );
         let mut out = [0f64; 4];
         for i in 0..4 {
             let top = p00[i] * (1.0 - fx) + p10[i] * fx;
@@ -139,14 +164,27 @@ fn rotate_arbitrary(src: &RgbaImage, degrees: f64) -> RgbaImage {
             out[i] = top * (1.0 - fy) + bottom * fy;
         }
         let a = out[3];
-        let un = |v: f64| if a > 0.0 { (v * 255.0 / a).round().clamp(0.0, 255.0) as u8 } else { 0 };
-        Rgba([un(out[0]), un(out[1]), un(out[2]), a.round().clamp(0.0, 255.0) as u8])
+        let un = |v: f64| {
+            if a > 0.0 {
+                (v * 255.0 / a).round().clamp(0.0, 255.0) as u8
+            } else {
+                0
+            }
+        };
+        Rgba([
+            un(out[0]),
+            un(out[1]),
+            un(out[2]),
+            a.round().clamp(0.0, 255.0) as u8,
+        ])
     })
 }
 
 /// Composite any alpha onto white (for formats and qualities without transparency).
 fn flatten(img: DynamicImage) -> DynamicImage {
-    let blend = |c: u8, a: u8| ((u16::from(c) * u16::from(a) + 255 * (255 - u16::from(a)) + 127) / 255) as u8;
+    let blend = |c: u8, a: u8| {
+        ((u16::from(c) * u16::from(a) + 255 * (255 - u16::from(a)) + 127) / 255) as u8
+    };
     match img {
         DynamicImage::ImageRgba8(buf) => {
             let (w, h) = buf.dimensions();
@@ -168,7 +206,12 @@ fn flatten(img: DynamicImage) -> DynamicImage {
 }
 
 /// Quality (after rotation), then the encoder.
-fn encode(img: DynamicImage, format: Format, quality: Quality, settings: &EncodeSettings) -> Result<Vec<u8>> {
+fn encode(
+    img: DynamicImage,
+    format: Format,
+    quality: Quality,
+    settings: &EncodeSettings,
+) -> Result<Vec<u8>> {
     let keep_alpha = format.has_alpha() && img.color().has_alpha();
     let img = match quality {
         Quality::Default | Quality::Color => img,
@@ -187,25 +230,31 @@ fn encode(img: DynamicImage, format: Format, quality: Quality, settings: &Encode
     match format {
         Format::Jpg => {
             let img = flatten(img);
-            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, settings.jpeg_quality);
+            let enc =
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, settings.jpeg_quality);
             img.write_with_encoder(enc).map_err(err)?;
         }
         Format::Png => {
             use image::codecs::png::{CompressionType, FilterType, PngEncoder};
             // Fast compression: ~15x cheaper than the default for ~11 % more bytes; derivatives are
             // stored once and served many times, but the first viewer waits for this.
-            let enc = PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
+            let enc =
+                PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
             img.write_with_encoder(enc).map_err(err)?;
         }
         Format::Webp => {
             let img = match img {
-                DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => DynamicImage::ImageRgb8(img.to_rgb8()),
+                DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => {
+                    DynamicImage::ImageRgb8(img.to_rgb8())
+                }
                 other => DynamicImage::ImageRgba8(other.to_rgba8()),
             };
             img.write_to(&mut out, ImageFormat::WebP).map_err(err)?;
         }
         Format::Gif => {
-            DynamicImage::ImageRgba8(img.to_rgba8()).write_to(&mut out, ImageFormat::Gif).map_err(err)?;
+            DynamicImage::ImageRgba8(img.to_rgba8())
+                .write_to(&mut out, ImageFormat::Gif)
+                .map_err(err)?;
         }
         Format::Tif => {
             let img = match img {
@@ -215,7 +264,9 @@ fn encode(img: DynamicImage, format: Format, quality: Quality, settings: &Encode
             img.write_to(&mut out, ImageFormat::Tiff).map_err(err)?;
         }
         Format::Jp2 | Format::Pdf => {
-            return Err(Error::Internal(format!("format {format} cannot be rendered")));
+            return Err(Error::Internal(format!(
+                "format {format} cannot be rendered"
+            )));
         }
     }
     Ok(out.into_inner())

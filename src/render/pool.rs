@@ -111,7 +111,11 @@ impl RenderPool {
         if let Ok(mut s) = self.sender.lock() {
             s.take();
         }
-        let handles = self.workers.lock().map(|mut w| std::mem::take(&mut *w)).unwrap_or_default();
+        let handles = self
+            .workers
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
         for h in handles {
             let _ = h.join();
         }
@@ -148,7 +152,10 @@ mod tests {
     async fn runs_contains_panics_and_refuses_when_full() {
         let pool = RenderPool::new(1, 1);
         assert_eq!(pool.run(|| 2 + 2).await, Ok(4));
-        assert_eq!(pool.run(|| -> u32 { panic!("boom") }).await, Err(PoolError::Panicked));
+        assert_eq!(
+            pool.run(|| -> u32 { panic!("boom") }).await,
+            Err(PoolError::Panicked)
+        );
         assert_eq!(pool.run(|| 7).await, Ok(7), "the worker survived the panic");
 
         let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
@@ -156,7 +163,10 @@ mod tests {
         let h = Arc::clone(&hold_rx);
         let pool = Arc::new(pool);
         let p = Arc::clone(&pool);
-        let running = tokio::spawn(async move { p.run(move || h.lock().map(|r| r.recv().is_ok()).unwrap_or(false)).await });
+        let running = tokio::spawn(async move {
+            p.run(move || h.lock().map(|r| r.recv().is_ok()).unwrap_or(false))
+                .await
+        });
         while pool.pending() == 0 {
             tokio::task::yield_now().await;
         }
@@ -166,7 +176,11 @@ mod tests {
         while pool.pending() < 2 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(pool.run(|| 1).await, Err(PoolError::Busy), "queue of one is full");
+        assert_eq!(
+            pool.run(|| 1).await,
+            Err(PoolError::Busy),
+            "queue of one is full"
+        );
         hold_tx.send(()).ok();
         assert_eq!(running.await.ok(), Some(Ok(true)));
         assert_eq!(queued.await.ok(), Some(Ok(1)));

@@ -69,7 +69,12 @@ pub struct Sources {
 
 /// Check that an identifier can only name a path below the root.
 pub fn check_identifier(identifier: &str) -> Result<()> {
-    let bad = |reason| Err(Error::BadIdentifier { identifier: identifier.to_owned(), reason });
+    let bad = |reason| {
+        Err(Error::BadIdentifier {
+            identifier: identifier.to_owned(),
+            reason,
+        })
+    };
     if identifier.contains('\\') {
         return bad("backslashes are not allowed");
     }
@@ -78,7 +83,11 @@ pub fn check_identifier(identifier: &str) -> Result<()> {
     }
     for component in identifier.split('/') {
         match component {
-            "" => return bad("empty path components (and leading or doubled slashes) are not allowed"),
+            "" => {
+                return bad(
+                    "empty path components (and leading or doubled slashes) are not allowed",
+                )
+            }
             "." | ".." => return bad("'.' and '..' components are not allowed"),
             _ => {}
         }
@@ -89,7 +98,9 @@ pub fn check_identifier(identifier: &str) -> Result<()> {
 impl Sources {
     /// Open the image root (it must exist).
     pub fn new(root: &Path) -> io::Result<Sources> {
-        Ok(Sources { root: fs::canonicalize(root)? })
+        Ok(Sources {
+            root: fs::canonicalize(root)?,
+        })
     }
 
     /// The canonical root directory.
@@ -109,14 +120,19 @@ impl Sources {
             candidates.push(PathBuf::from(name));
         }
         for candidate in candidates {
-            let Ok(path) = fs::canonicalize(&candidate) else { continue };
+            let Ok(path) = fs::canonicalize(&candidate) else {
+                continue;
+            };
             if !path.starts_with(&self.root) {
                 // A symlink out of the root: treated exactly like a missing file.
                 continue;
             }
             match fs::metadata(&path) {
                 Ok(meta) if meta.is_file() => {
-                    return Ok(SourceFile { fingerprint: Fingerprint::of(&meta), path });
+                    return Ok(SourceFile {
+                        fingerprint: Fingerprint::of(&meta),
+                        path,
+                    });
                 }
                 _ => continue,
             }
@@ -136,7 +152,10 @@ impl Sources {
                 if ft.is_dir() {
                     stack.push(path);
                 } else if ft.is_file() {
-                    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+                    let ext = path
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .map(str::to_ascii_lowercase);
                     if ext.is_some_and(|e| EXTENSIONS.contains(&e.as_str())) {
                         if let Ok(rel) = path.with_extension("").strip_prefix(&self.root) {
                             if let Some(s) = rel.to_str() {
@@ -163,7 +182,9 @@ pub fn probe(file: &SourceFile, limits: &SourceLimits) -> Result<ImageSize> {
     let reader = image::ImageReader::open(&file.path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| Error::Internal(format!("cannot read the source: {e}")))?;
-    let (width, height) = reader.into_dimensions().map_err(|e| Error::Undecodable(e.to_string()))?;
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| Error::Undecodable(e.to_string()))?;
     if width == 0 || height == 0 {
         return Err(Error::Undecodable("the image has no pixels".into()));
     }
@@ -183,7 +204,17 @@ mod tests {
 
     #[test]
     fn identifiers_cannot_escape() {
-        for bad in ["..", "../x", "a/../b", "/etc/passwd", "a//b", "a\\b", "./a", "a/.", "a\0b"] {
+        for bad in [
+            "..",
+            "../x",
+            "a/../b",
+            "/etc/passwd",
+            "a//b",
+            "a\\b",
+            "./a",
+            "a/.",
+            "a\0b",
+        ] {
             assert!(check_identifier(bad).is_err(), "{bad:?}");
         }
         for good in ["a", "a/b", "a.b", "..a", "a..", "[frob]"] {
@@ -198,13 +229,20 @@ mod tests {
         fs::write(outside.path().join("secret.png"), b"x")?;
         fs::create_dir(root.path().join("sub"))?;
         fs::write(root.path().join("sub/img.png"), b"x")?;
-        std::os::unix::fs::symlink(outside.path().join("secret.png"), root.path().join("leak.png"))?;
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.png"),
+            root.path().join("leak.png"),
+        )?;
         let sources = Sources::new(root.path())?;
         assert!(sources.locate("sub/img").is_ok());
         assert!(sources.locate("sub/img.png").is_ok());
         assert!(matches!(sources.locate("leak"), Err(Error::NotFound(_))));
         assert!(matches!(sources.locate("nothing"), Err(Error::NotFound(_))));
-        assert_eq!(sources.list()?, vec!["sub/img".to_string()], "symlinks are not listed");
+        assert_eq!(
+            sources.list()?,
+            vec!["sub/img".to_string()],
+            "symlinks are not listed"
+        );
         Ok(())
     }
 }

@@ -1,0 +1,442 @@
+//! The HTTP API end to end, against the real binary.
+
+use crate::common::{raw, Server};
+use image::GenericImageView;
+use std::process::Command;
+
+const CHART: &str = "/iiif/3/chart";
+
+#[test]
+fn readme_example_serves_a_jpeg() {
+    let s = Server::start();
+    let r = s.get(&format!("{CHART}/full/max/0/default.jpg"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("image/jpeg"));
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.image().dimensions(), (1600, 1000));
+    assert_eq!(s.get("/health").status, 200);
+}
+
+#[test]
+fn info_json_in_every_version() {
+    let s = Server::start();
+    let v3 = s.get(&format!("{CHART}/info.json"));
+    assert_eq!(v3.status, 200);
+    assert_eq!(v3.header("content-type"), Some("application/json"));
+    assert_eq!(
+        v3.header("link"),
+        Some("<http://iiif.io/api/image/3/level2.json>;rel=\"profile\"")
+    );
+    let j = v3.json();
+    assert_eq!(j["id"], format!("http://{}/iiif/3/chart", s.addr));
+    assert_eq!(
+        (j["width"].as_u64(), j["height"].as_u64()),
+        (Some(1600), Some(1000))
+    );
+    assert_eq!(j["type"], "ImageService3");
+    assert_eq!(j["tiles"][0]["scaleFactors"], serde_json::json!([1, 2, 4]));
+    assert!(v3
+        .text()
+        .starts_with("{\"@context\":\"http://iiif.io/api/image/3/context.json\""));
+
+    let ld = s.request(
+        "GET",
+        &format!("{CHART}/info.json"),
+        &[("Accept", "application/ld+json")],
+    );
+    assert_eq!(
+        ld.header("content-type"),
+        Some("application/ld+json;profile=\"http://iiif.io/api/image/3/context.json\"")
+    );
+
+    let v2 = s.get("/iiif/2/chart/info.json").json();
+    assert_eq!(v2["@id"], format!("http://{}/iiif/2/chart", s.addr));
+    assert_eq!(v2["profile"][0], "http://iiif.io/api/image/2/level2.json");
+    let v1 = s.get("/iiif/1/chart/info.json").json();
+    assert_eq!(
+        v1["@context"],
+        "http://library.stanford.edu/iiif/image-api/1.1/context.json"
+    );
+    assert_eq!(v1["tile_width"], 512);
+}
+
+#[test]
+fn public_id_follows_forwarded_headers_and_config() {
+    let s = Server::start();
+    let fwd = s.request(
+        "GET",
+        "/iiif/3/chart/info.json",
+        &[
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "images.example.org"),
+            ("X-Forwarded-Prefix", "/museum"),
+        ],
+    );
+    assert_eq!(
+        fwd.json()["id"],
+        "https://images.example.org/museum/iiif/3/chart"
+    );
+    let hostile = s.request(
+        "GET",
+        "/iiif/3/chart/info.json",
+        &[("X-Forwarded-Host", "evil\"><script>")],
+    );
+    assert_eq!(
+        hostile.json()["id"],
+        format!("http://{}/iiif/3/chart", s.addr)
+    );
+    drop(s);
+    let s = Server::start_with(
+        &[],
+        &[("IIIFD_PUBLIC_BASE_URL", "https://cdn.example.org/iiif")],
+    );
+    assert_eq!(
+        s.get("/iiif/2/chart/info.json").json()["@id"],
+        "https://cdn.example.org/iiif/2/chart"
+    );
+}
+
+#[test]
+fn base_uri_redirects_to_info() {
+    let s = Server::start();
+    let r = s.get("/iiif/3/collection%2Fpage");
+    assert_eq!(r.status, 303);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://{}/iiif/3/collection%2Fpage/info.json", s.addr).as_str())
+    );
+}
+
+#[test]
+fn encoded_slash_names_a_subfolder() {
+    let s = Server::start();
+    let info = s.get("/iiif/3/collection%2Fpage/info.json");
+    assert_eq!(info.status, 200);
+    assert_eq!(
+        info.json()["id"],
+        format!("http://{}/iiif/3/collection%2Fpage", s.addr)
+    );
+    let img = s.get("/iiif/2/collection%2Fpage/full/300,/0/default.png");
+    assert_eq!(img.status, 200);
+    assert_eq!(img.image().dimensions(), (300, 400));
+    // Decoded exactly once: %252F is a literal "%2F" in the identifier, which names nothing.
+    assert_eq!(s.get("/iiif/3/collection%252Fpage/info.json").status, 404);
+}
+
+#[test]
+fn head_and_options() {
+    let s = Server::start();
+    let get = s.get(&format!("{CHART}/full/200,/0/default.jpg"));
+    let head = s.request("HEAD", &format!("{CHART}/full/200,/0/default.jpg"), &[]);
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), get.header("content-length"));
+    assert_eq!(head.header("etag"), get.header("etag"));
+    let pre = s.request(
+        "OPTIONS",
+        &format!("{CHART}/info.json"),
+        &[
+            ("Origin", "http://viewer.example"),
+            ("Access-Control-Request-Method", "GET"),
+        ],
+    );
+    assert_eq!(pre.status, 204);
+    assert_eq!(pre.header("access-control-allow-origin"), Some("*"));
+    assert!(pre
+        .header("access-control-allow-methods")
+        .is_some_and(|m| m.contains("GET")));
+    let post = s.request(
+        "POST",
+        &format!("{CHART}/info.json"),
+        &[("Content-Length", "0")],
+    );
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("access-control-allow-origin"), Some("*"));
+}
+
+#[test]
+fn equivalent_spellings_share_etag_and_canonical_link() {
+    let s = Server::start();
+    let spellings = [
+        "/iiif/3/chart/full/pct:50/0/default.jpg",
+        "/iiif/3/chart/0,0,1600,1000/800,500/0/default.jpg",
+        "/iiif/3/chart/pct:0,0,100,100/800,/0/default.jpg",
+        "/iiif/3/chart/full/!800,800/0/default.jpg",
+        "/iiif/2/chart/full/800,/0/default.jpg",
+        "/iiif/1/chart/full/,500/0/native.jpg",
+    ];
+    let responses: Vec<_> = spellings.iter().map(|p| s.get(p)).collect();
+    for (p, r) in spellings.iter().zip(&responses) {
+        assert_eq!(r.status, 200, "{p}");
+        assert_eq!(r.header("etag"), responses[0].header("etag"), "{p}");
+        assert_eq!(r.image().dimensions(), (800, 500), "{p}");
+    }
+    let base = format!("http://{}", s.addr);
+    assert_eq!(
+        responses[0].header("link"),
+        Some(
+            format!(
+                "<{base}/iiif/3/chart/full/800,500/0/default.jpg>;rel=\"canonical\", <http://iiif.io/api/image/3/level2.json>;rel=\"profile\""
+            )
+            .as_str()
+        )
+    );
+    assert!(responses[4]
+        .header("link")
+        .is_some_and(|l| l.starts_with(&format!("<{base}/iiif/2/chart/full/800,/0/default.jpg>"))));
+    let etag = responses[0].header("etag").unwrap_or("");
+    assert!(
+        etag.len() == 66 && etag.starts_with('"'),
+        "strong ETag: {etag}"
+    );
+}
+
+#[test]
+fn conditional_requests() {
+    let s = Server::start();
+    let url = format!("{CHART}/full/100,/0/default.jpg");
+    let first = s.get(&url);
+    let etag = first.header("etag").unwrap_or("").to_owned();
+    let modified = first.header("last-modified").unwrap_or("").to_owned();
+    assert_eq!(
+        first.header("cache-control"),
+        Some("public, max-age=2592000")
+    );
+    let r = s.request("GET", &url, &[("If-None-Match", &etag)]);
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert_eq!(
+        s.request("GET", &url, &[("If-Modified-Since", &modified)])
+            .status,
+        304
+    );
+    assert_eq!(
+        s.request("GET", &url, &[("If-Modified-Since", "not a date")])
+            .status,
+        200
+    );
+    assert_eq!(
+        s.request("GET", &url, &[("If-None-Match", "\"other\"")])
+            .status,
+        200
+    );
+    assert_eq!(
+        s.request(
+            "GET",
+            &format!("{CHART}/info.json"),
+            &[("If-Modified-Since", &modified)]
+        )
+        .status,
+        304
+    );
+}
+
+#[test]
+fn replaced_source_gets_a_new_key() {
+    let s = Server::start();
+    let url = "/iiif/3/rings/full/64,/0/default.png";
+    let before = s.get(url);
+    let path = s.images.join("rings.png");
+    let replacement = image::RgbaImage::from_pixel(640, 640, image::Rgba([0, 0, 255, 255]));
+    let tmp = s.images.join("rings.tmp.png");
+    replacement.save(&tmp).expect("write");
+    std::fs::rename(&tmp, &path).expect("replace");
+    let after = s.get(url);
+    assert_eq!(after.status, 200);
+    assert_ne!(before.header("etag"), after.header("etag"));
+    assert_eq!(
+        after.image().to_rgba8().get_pixel(32, 32).0,
+        [0, 0, 255, 255]
+    );
+}
+
+/// Mean absolute difference per channel between two RGB images of one size.
+fn mean_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let sum: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    sum as f64 / a.as_raw().len() as f64
+}
+
+#[test]
+fn pixels_follow_region_size_mirror_rotation_quality() {
+    let s = Server::start();
+    let source = image::open(s.images.join("chart.jpg"))
+        .expect("decode source")
+        .to_rgb8();
+    // Region + size: compare with the reference crop scaled by the reference decoder.
+    let r = s
+        .get("/iiif/3/chart/400,200,400,300/200,150/0/default.png")
+        .image()
+        .to_rgb8();
+    let reference = image::imageops::resize(
+        &image::imageops::crop_imm(&source, 400, 200, 400, 300).to_image(),
+        200,
+        150,
+        image::imageops::FilterType::Triangle,
+    );
+    assert!(
+        mean_diff(&r, &reference) < 3.0,
+        "region/size pixels differ: {}",
+        mean_diff(&r, &reference)
+    );
+    // Mirror: the mirrored output equals the flipped unmirrored one.
+    let plain = s
+        .get("/iiif/3/chart/0,0,300,200/max/0/default.png")
+        .image()
+        .to_rgb8();
+    let mirrored = s
+        .get("/iiif/3/chart/0,0,300,200/max/!0/default.png")
+        .image()
+        .to_rgb8();
+    assert!(mean_diff(&image::imageops::flip_horizontal(&plain), &mirrored) < 0.5);
+    // Rotation by 90: dimensions swap and pixels match the reference rotation.
+    let rotated = s
+        .get("/iiif/3/chart/0,0,300,200/max/90/default.png")
+        .image()
+        .to_rgb8();
+    assert!(mean_diff(&image::imageops::rotate90(&plain), &rotated) < 0.5);
+    // Mirror is applied before rotation (3.0 §4.3).
+    let mr = s
+        .get("/iiif/3/chart/0,0,300,200/max/!90/default.png")
+        .image()
+        .to_rgb8();
+    assert!(
+        mean_diff(
+            &image::imageops::rotate90(&image::imageops::flip_horizontal(&plain)),
+            &mr
+        ) < 0.5
+    );
+    // Arbitrary rotation: png corners transparent, jpg corners white, bounding box grows.
+    let png = s
+        .get("/iiif/3/rings/full/200,/30/default.png")
+        .image()
+        .to_rgba8();
+    assert_eq!(png.dimensions(), (274, 274));
+    assert_eq!(png.get_pixel(0, 0).0[3], 0);
+    let jpg = s
+        .get("/iiif/3/chart/full/200,/45/default.jpg")
+        .image()
+        .to_rgb8();
+    assert!(
+        jpg.get_pixel(1, 1).0.iter().all(|&c| c > 240),
+        "white corner: {:?}",
+        jpg.get_pixel(1, 1)
+    );
+    // Quality.
+    let gray = s.get("/iiif/3/chart/full/100,/0/gray.png").image();
+    assert!(matches!(gray.color(), image::ColorType::L8));
+    let bitonal = s
+        .get("/iiif/3/chart/full/100,/0/bitonal.png")
+        .image()
+        .to_luma8();
+    assert!(bitonal.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+    // Every rendered format decodes.
+    for fmt in ["jpg", "png", "gif", "tif", "webp"] {
+        let r = s.get(&format!("/iiif/3/rings/full/50,/0/default.{fmt}"));
+        assert_eq!(r.status, 200, "{fmt}");
+        assert_eq!(r.image().dimensions(), (50, 50), "{fmt}");
+    }
+}
+
+#[test]
+fn corrupt_and_oversized_sources() {
+    let s = Server::start();
+    let bytes = std::fs::read(s.images.join("chart.jpg")).expect("read");
+    std::fs::write(s.images.join("truncated.jpg"), &bytes[..bytes.len() / 3]).expect("write");
+    std::fs::write(s.images.join("garbage.png"), b"this is not an image").expect("write");
+    let r = s.get("/iiif/3/garbage/full/max/0/default.jpg");
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("could not be decoded"), "{}", r.text());
+    let r = s.get("/iiif/3/truncated/full/max/0/default.jpg");
+    assert!(
+        r.status == 500 || r.status == 200,
+        "a truncated JPEG is an error or a partial decode, never a crash: {}",
+        r.status
+    );
+    assert_eq!(s.get("/health").status, 200);
+    drop(s);
+    let s = Server::start_with(&[], &[("IIIFD_LIMITS__MAX_SOURCE_PIXELS", "1000000")]);
+    let r = s.get("/iiif/3/chart/full/100,/0/default.jpg");
+    assert_eq!(r.status, 501);
+    assert!(r.text().contains("max_source_pixels"), "{}", r.text());
+    assert_eq!(
+        s.get("/iiif/3/rings/info.json").status,
+        200,
+        "small images still work"
+    );
+}
+
+#[test]
+fn full_queue_answers_503_with_retry_after() {
+    let s = Server::start_with(
+        &[],
+        &[("IIIFD_RENDER__WORKERS", "1"), ("IIIFD_RENDER__QUEUE", "0")],
+    );
+    let addr = s.addr;
+    let handles: Vec<_> = (0..12)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let req = format!(
+                    "GET /iiif/3/chart/full/^{},/{}/default.png HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    3000 + i,
+                    i
+                );
+                raw(addr, req.as_bytes())
+            })
+        })
+        .collect();
+    let responses: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
+    let busy: Vec<_> = responses.iter().filter(|r| r.status == 503).collect();
+    assert!(
+        !busy.is_empty(),
+        "statuses: {:?}",
+        responses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(busy.iter().all(|r| r.header("retry-after") == Some("1")));
+    assert!(responses.iter().all(|r| r.status == 200 || r.status == 503));
+    assert!(responses.iter().any(|r| r.status == 200));
+    assert_eq!(
+        s.get("/iiif/3/rings/full/10,/0/default.jpg").status,
+        200,
+        "recovers when idle"
+    );
+}
+
+#[test]
+fn invalid_config_exits_2_naming_the_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_iiifd"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("IIIFD_LIMITS__MAX_AREA", "lots")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("limits.max_area"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_iiifd"))
+        .args(["serve", "--config", "/nonexistent.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(env!("CARGO_BIN_EXE_iiifd"))
+        .arg("--version")
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn sigterm_exits_cleanly() {
+    let s = Server::start();
+    assert_eq!(s.get("/health").status, 200);
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}");
+}
