@@ -22,10 +22,10 @@ pub struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfigArgs {
     /// TOML configuration file (see examples/config.toml).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Directory of the derivative store.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pub store: Option<PathBuf>,
 }
 
@@ -43,6 +43,35 @@ pub enum Command {
         /// Directory of source images.
         #[arg(long, value_name = "DIR")]
         images: Option<PathBuf>,
+    },
+    /// Maintain the derivative store offline (while no server uses it; a running server offers the same
+    /// on its admin listener under /admin/store/).
+    Store {
+        /// Configuration file and store.
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The operation.
+        #[command(subcommand)]
+        op: StoreOp,
+    },
+}
+
+/// Store operations.
+#[derive(Subcommand, Debug, Clone)]
+pub enum StoreOp {
+    /// Objects, bytes and budget.
+    Stats,
+    /// Check every object against its length and blake3; exit status 1 if any is bad.
+    Verify,
+    /// Remove temp files, dangling entries, index orphan files, enforce the budget.
+    Gc,
+    /// Rebuild the index from the object files.
+    Reindex,
+    /// Remove every derivative of one identifier.
+    Purge {
+        /// The identifier.
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -79,6 +108,68 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Store { config, op } => {
+            let overrides = Overrides {
+                store: config.store.clone(),
+                ..Overrides::default()
+            };
+            let cfg = match Config::load_from_process(config.config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("iiifd: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_logging(&cfg);
+            store_command(&cfg, &op)
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("iiifd: {e}"),
+    }
+}
+
+fn store_command(cfg: &Config, op: &StoreOp) -> ExitCode {
+    let (store, recovery) = match crate::store::Store::open(crate::service::store_settings(cfg)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("iiifd: store {}: {e}", cfg.store.path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match op {
+        StoreOp::Stats => Ok(serde_json::json!({ "stats": store.stats(), "recovery": recovery })),
+        StoreOp::Verify => store
+            .verify()
+            .map(|r| serde_json::json!({ "verify": r, "recovery": recovery })),
+        StoreOp::Gc => store
+            .gc()
+            .map(|r| serde_json::json!({ "gc": r, "stats": store.stats() })),
+        StoreOp::Reindex => store
+            .reindex()
+            .map(|r| serde_json::json!({ "reindex": r, "stats": store.stats() })),
+        StoreOp::Purge { id } => store
+            .purge(id)
+            .map(|n| serde_json::json!({ "purged": n, "stats": store.stats() })),
+    };
+    let _ = store.flush();
+    match result {
+        Ok(v) => {
+            print_json(&v);
+            if v["verify"]["bad"].as_u64().unwrap_or(0) > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("iiifd: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -101,16 +192,36 @@ fn serve(cfg: Config) -> std::io::Result<()> {
         .thread_name("iiifd-async")
         .build()?;
     runtime.block_on(async move {
-        let app = Arc::new(App::new(cfg.clone())?);
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
-        let addr = listener.local_addr()?;
-        // One line on stdout with the real address, so scripts and tests using port 0 can find it.
+        let cfg2 = cfg.clone();
+        let (app, recovery) = tokio::task::spawn_blocking(move || App::new(cfg2)).await.map_err(std::io::Error::other)??;
+        tracing::info!(?recovery, "store opened");
+        let app = Arc::new(app);
+        let bind = |addr: SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        };
+        let listener = bind(cfg.listen).await?;
+        let admin_listener = bind(cfg.admin.listen).await?;
+        let (addr, admin_addr) = (listener.local_addr()?, admin_listener.local_addr()?);
+        // The real addresses on stdout, so scripts and tests using port 0 can find them.
         println!("iiifd listening on http://{addr}{}/", cfg.prefix);
-        tracing::info!(%addr, images = %cfg.images.display(), workers = app.pool().size(), "iiifd started");
-        crate::http::serve(Arc::clone(&app), listener, shutdown_signal()).await;
-        app.pool().shutdown();
+        println!("iiifd admin on http://{admin_addr}/");
+        tracing::info!(%addr, %admin_addr, images = %cfg.images.display(), workers = app.pool().size(), "iiifd started");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let (a, b) = (Arc::clone(&app), Arc::clone(&app));
+        let public = crate::http::serve(listener, stopped(stop_rx.clone()), move |req| crate::http::routes::handle(Arc::clone(&a), req));
+        let admin = crate::http::serve(admin_listener, stopped(stop_rx), move |req| crate::http::admin::handle(Arc::clone(&b), req));
+        let signal = async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(public, admin, signal);
+        let app2 = Arc::clone(&app);
+        let _ = tokio::task::spawn_blocking(move || app2.shutdown()).await;
         tracing::info!("iiifd stopped");
         Ok(())
     })

@@ -19,8 +19,6 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory of source images. Env: `IIIFD_IMAGES`.
     pub images: PathBuf,
-    /// Directory of the derivative store. Env: `IIIFD_STORE`.
-    pub store: PathBuf,
     /// URL path prefix of the IIIF routes, e.g. `/iiif`. Env: `IIIFD_PREFIX`.
     pub prefix: String,
     /// Public URL of the prefix (e.g. `https://images.example.org/iiif`), used for info.json `id` and
@@ -34,6 +32,10 @@ pub struct Config {
     pub render: RenderConfig,
     /// HTTP behaviour.
     pub http: HttpConfig,
+    /// The derivative store.
+    pub store: StoreConfig,
+    /// The admin listener (metrics, store maintenance, crawl).
+    pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -76,6 +78,54 @@ pub struct HttpConfig {
     pub max_age: u64,
 }
 
+/// `[store]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Directory of the derivative store. Env: `IIIFD_STORE__PATH`; flag `--store`.
+    pub path: PathBuf,
+    /// Size budget; least-recently-used objects are evicted beyond it. Env: `IIIFD_STORE__MAX_BYTES`.
+    pub max_bytes: u64,
+    /// Writes stop while less than this is free on the store's disk. Env: `IIIFD_STORE__MIN_FREE_BYTES`.
+    pub min_free_bytes: u64,
+    /// Check the blake3 of every object read. Env: `IIIFD_STORE__VERIFY_READS`.
+    pub verify_reads: bool,
+    /// When set (e.g. `/_iiifd/`), hits answer with `X-Accel-Redirect: {this}ab/cd/<key>.<ext>` and no
+    /// body, for nginx to send the file. Env: `IIIFD_STORE__ACCEL_REDIRECT`.
+    pub accel_redirect: String,
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener; keep it on loopback. Env: `IIIFD_ADMIN__LISTEN`.
+    pub listen: SocketAddr,
+    /// When set, admin requests need `Authorization: Bearer <token>`. Env: `IIIFD_ADMIN__TOKEN`.
+    pub token: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("data"),
+            max_bytes: 10 << 30,
+            min_free_bytes: 512 << 20,
+            verify_reads: true,
+            accel_redirect: String::new(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            token: String::new(),
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -91,13 +141,14 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             images: PathBuf::from("examples/images"),
-            store: PathBuf::from("data"),
             prefix: "/iiif".into(),
             public_base_url: String::new(),
             tile_size: 512,
             limits: LimitsConfig::default(),
             render: RenderConfig::default(),
             http: HttpConfig::default(),
+            store: StoreConfig::default(),
+            admin: AdminConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -185,7 +236,7 @@ impl Config {
             fig = fig.merge(("images", v));
         }
         if let Some(v) = &overrides.store {
-            fig = fig.merge(("store", v));
+            fig = fig.merge(Serialized::default("store.path", v));
         }
         let config: Config = fig
             .extract()
@@ -257,6 +308,21 @@ impl Config {
         if self.render.max_decode_bytes < 1 << 20 {
             return bad("render.max_decode_bytes", "must be at least 1 MiB");
         }
+        let accel = &self.store.accel_redirect;
+        let accel_ok = accel.is_empty()
+            || (accel.starts_with('/') && accel.ends_with('/') && valid_path(accel));
+        if !accel_ok {
+            return bad(
+                "store.accel_redirect",
+                "must be empty or a path starting and ending with '/', e.g. \"/_iiifd/\"",
+            );
+        }
+        if self.store.max_bytes == 0 {
+            return bad("store.max_bytes", "must be above 0");
+        }
+        if !self.admin.token.is_empty() && !self.admin.token.bytes().all(|b| b.is_ascii_graphic()) {
+            return bad("admin.token", "must be printable ASCII without spaces");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be \"text\" or \"json\"");
         }
@@ -281,6 +347,11 @@ impl Config {
             n => n,
         }
     }
+}
+
+fn valid_path(p: &str) -> bool {
+    p.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b))
 }
 
 /// figment's `Env` provider reads the live process environment; this provider applies the same rules
@@ -388,6 +459,7 @@ mod tests {
         ]);
         let o = Overrides {
             listen: Some("127.0.0.1:9999".parse()?),
+            store: Some("/tmp/s".into()),
             ..Overrides::default()
         };
         let c = Config::load(Some(&file), &e, &o)?;
@@ -396,6 +468,8 @@ mod tests {
         assert_eq!(c.limits.max_area, 2_000_000, "env beats file");
         assert_eq!(c.public_base_url, "https://x.org/iiif");
         assert_eq!(c.listen.port(), 9999, "flags beat env");
+        assert_eq!(c.store.path, PathBuf::from("/tmp/s"));
+        assert!(c.store.verify_reads);
         Ok(())
     }
 

@@ -47,6 +47,9 @@ pub enum Error {
     /// A render panicked; the panic was contained.
     #[error("internal error while rendering the image")]
     RenderPanicked,
+    /// The failure of a render this request waited on (single flight).
+    #[error("{0}")]
+    Shared(std::sync::Arc<Error>),
     /// An I/O or other unexpected failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -71,12 +74,17 @@ impl Error {
             Error::SourceTooLarge(_) => 501,
             Error::Undecodable(_) | Error::RenderPanicked | Error::Internal(_) => 500,
             Error::Busy => 503,
+            Error::Shared(inner) => inner.status(),
         }
     }
 
     /// Seconds a client should wait before retrying, for statuses where a retry can succeed.
     pub fn retry_after(&self) -> Option<u32> {
-        matches!(self, Error::Busy).then_some(1)
+        match self {
+            Error::Busy => Some(1),
+            Error::Shared(inner) => inner.retry_after(),
+            _ => None,
+        }
     }
 }
 

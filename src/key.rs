@@ -1,6 +1,6 @@
 //! The derivative key: the name of one rendered image in the store and its strong `ETag`.
 //!
-//! The only blake3 call in iiifd. The key covers everything that determines the output bytes: the source
+//! The only blake3 calls in iiifd (the key, and [`content_hash`] of stored bytes). The key covers everything that determines the output bytes: the source
 //! file's fingerprint (so a replaced file gets new keys), the version-independent canonical request
 //! ([`CanonicalRequest::key_material`]) and the encoder settings. The derive-key context string is
 //! versioned: changing what goes into a key means changing the context, which retires every old key.
@@ -57,6 +57,11 @@ impl DerivativeKey {
     pub fn etag(&self) -> String {
         format!("\"{}\"", self.to_hex())
     }
+}
+
+/// blake3 of a stored file's bytes, hex: what the store checks a file against on read.
+pub fn content_hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
 }
 
 impl fmt::Debug for DerivativeKey {

@@ -20,9 +20,12 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod flight;
 pub mod http;
 pub mod iiif;
 pub mod key;
+pub mod metrics;
 pub mod render;
 pub mod service;
 pub mod source;
+pub mod store;

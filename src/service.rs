@@ -1,25 +1,33 @@
-//! The request pipeline without HTTP: locate -> probe (cached) -> canonicalise -> key -> render.
+//! The request pipeline without HTTP: locate -> probe (cached) -> canonicalise -> key -> store lookup ->
+//! render (single flight, pool) -> persist.
 //!
 //! Returns domain types only; [`crate::http`] turns them into responses. Image requests come in two
 //! steps so that conditional requests can be answered from the key alone: [`App::prepare`] does
-//! everything up to the key (no pixels touched), [`App::render`] produces the bytes.
+//! everything up to the key (no pixels touched), [`App::deliver`] finds or produces the bytes.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::flight::{Flights, Role};
 use crate::iiif::canonical::{CanonicalRequest, ImageSize};
 use crate::iiif::info::{info_json, InfoInput};
 use crate::iiif::parse::ImageRequest;
 use crate::iiif::{ApiVersion, Limits};
 use crate::key::DerivativeKey;
+use crate::metrics::{self, Metrics};
 use crate::render::pool::{PoolError, RenderPool};
 use crate::render::{self, EncodeSettings};
 use crate::source::{self, Fingerprint, SourceFile, SourceLimits, Sources};
+use crate::store::index::InfoRecord;
+use crate::store::{Hit, Recovery, Store, StoreSettings};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-/// Entries kept in the in-memory info cache before it is cleared (a crude bound; the store issue
-/// replaces it with a persistent cache).
+/// Entries kept in the in-memory info cache before it is cleared; the sled info cache behind it keeps
+/// everything.
 const INFO_CACHE_ENTRIES: usize = 10_000;
 
 /// Everything a request needs, shared by all connections.
@@ -27,6 +35,9 @@ pub struct App {
     config: Config,
     sources: Sources,
     pool: RenderPool,
+    store: Arc<Store>,
+    flights: Flights<Result<Rendered, Arc<Error>>>,
+    metrics: Metrics,
     limits: Limits,
     source_limits: SourceLimits,
     encode: EncodeSettings,
@@ -45,6 +56,8 @@ pub struct Source {
 /// An image request resolved up to its key.
 #[derive(Clone, Debug)]
 pub struct Prepared {
+    /// The identifier.
+    pub identifier: String,
     /// The source.
     pub source: Source,
     /// The canonical request.
@@ -53,17 +66,66 @@ pub struct Prepared {
     pub key: DerivativeKey,
 }
 
+/// A freshly rendered derivative.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// Encoded bytes.
+    pub bytes: Bytes,
+    /// Whether it was persisted.
+    pub stored: bool,
+}
+
+/// How the bytes of a response are delivered.
+#[derive(Debug)]
+pub enum Body {
+    /// iiifd sends them.
+    Bytes(Bytes),
+    /// The proxy sends the stored file at this path below `objects/` (`X-Accel-Redirect`).
+    Accel(String),
+}
+
+/// Where a response came from (RFC 9211 `Cache-Status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from the store.
+    Hit,
+    /// Rendered and stored.
+    Stored,
+    /// Rendered but not stored (the store could not write).
+    NotStored,
+    /// Waited on another request's render.
+    Collapsed,
+}
+
+/// A derivative ready to send.
+#[derive(Debug)]
+pub struct Delivered {
+    /// The body.
+    pub body: Body,
+    /// Its origin.
+    pub cache: CacheStatus,
+}
+
 impl App {
-    /// Build the application state from a validated configuration.
-    pub fn new(config: Config) -> std::io::Result<App> {
+    /// Build the application state from a validated configuration: open the image root and the store
+    /// (running its recovery), start the render pool and the evictor.
+    pub fn new(config: Config) -> std::io::Result<(App, Recovery)> {
         let sources = Sources::new(&config.images).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("image directory {}: {e}", config.images.display()),
             )
         })?;
+        let (store, recovery) = Store::open(store_settings(&config)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("store {}: {e}", config.store.path.display()),
+            )
+        })?;
+        let store = Arc::new(store);
+        store.start_evictor()?;
         let pool = RenderPool::new(config.render_workers(), config.render.queue);
-        Ok(App {
+        let app = App {
             limits: config.limits(),
             source_limits: SourceLimits {
                 max_source_pixels: config.limits.max_source_pixels,
@@ -74,9 +136,13 @@ impl App {
             },
             sources,
             pool,
+            store,
+            flights: Flights::default(),
+            metrics: Metrics::default(),
             config,
             info_cache: Mutex::new(HashMap::new()),
-        })
+        };
+        Ok((app, recovery))
     }
 
     /// The configuration.
@@ -89,14 +155,36 @@ impl App {
         &self.pool
     }
 
-    /// Locate the source and read its size, from the info cache when the file has not changed.
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The service metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The image root.
+    pub fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
+    /// Stop background work and flush the index (at shutdown, after the last request).
+    pub fn shutdown(&self) {
+        self.pool.shutdown();
+        self.store.stop_evictor();
+        if let Err(e) = self.store.flush() {
+            tracing::warn!("flushing the store index failed: {e}");
+        }
+    }
+
+    /// Locate the source and read its size, from the info caches when the file has not changed.
     pub async fn source(self: &Arc<Self>, identifier: &str) -> Result<Source> {
         let app = Arc::clone(self);
         let identifier = identifier.to_owned();
-        // File-system calls block: run them on tokio's blocking threads, not the async ones.
-        tokio::task::spawn_blocking(move || app.source_blocking(&identifier))
-            .await
-            .map_err(|e| Error::Internal(format!("source lookup failed: {e}")))?
+        // File-system and sled calls block: run them on tokio's blocking threads, not the async ones.
+        blocking(move || app.source_blocking(&identifier)).await?
     }
 
     fn source_blocking(&self, identifier: &str) -> Result<Source> {
@@ -108,12 +196,32 @@ impl App {
                 }
             }
         }
-        let size = source::probe(&file, &self.source_limits)?;
+        let fp = file.fingerprint;
+        let size = match self.store.info_get(&file.path) {
+            Some(r) if (r.len, r.mtime_ns, r.inode) == (fp.len, fp.mtime_ns, fp.inode) => {
+                ImageSize {
+                    width: r.width,
+                    height: r.height,
+                }
+            }
+            _ => {
+                let size = source::probe(&file, &self.source_limits)?;
+                let record = InfoRecord {
+                    len: fp.len,
+                    mtime_ns: fp.mtime_ns,
+                    inode: fp.inode,
+                    width: size.width,
+                    height: size.height,
+                };
+                self.store.info_put(&file.path, &record);
+                size
+            }
+        };
         if let Ok(mut cache) = self.info_cache.lock() {
             if cache.len() >= INFO_CACHE_ENTRIES {
                 cache.clear();
             }
-            cache.insert(file.path.clone(), (file.fingerprint, size));
+            cache.insert(file.path.clone(), (fp, size));
         }
         Ok(Source { file, size })
     }
@@ -149,10 +257,90 @@ impl App {
             &self.encode.describe(canonical.format()),
         );
         Ok(Prepared {
+            identifier: identifier.to_owned(),
             source,
             canonical,
             key,
         })
+    }
+
+    async fn lookup(self: &Arc<Self>, key: DerivativeKey, read_body: bool) -> Result<Option<Hit>> {
+        let store = Arc::clone(&self.store);
+        blocking(move || store.lookup(&key, read_body)).await
+    }
+
+    /// The derivative for `prepared`: from the store when present, else rendered once (however many
+    /// requests ask at the same moment), persisted, and returned.
+    pub async fn deliver(self: &Arc<Self>, prepared: &Prepared) -> Result<Delivered> {
+        let accel = !self.config.store.accel_redirect.is_empty();
+        if let Some(hit) = self.lookup(prepared.key, !accel).await? {
+            let body = match hit.bytes {
+                Some(b) => Body::Bytes(Bytes::from(b)),
+                None => Body::Accel(hit.relative_path),
+            };
+            return Ok(Delivered {
+                body,
+                cache: CacheStatus::Hit,
+            });
+        }
+        let app = Arc::clone(self);
+        let work = prepared.clone();
+        let (result, role) = self
+            .flights
+            .run(prepared.key, async move {
+                app.render_and_store(&work).await.map_err(Arc::new)
+            })
+            .await;
+        let rendered = match result {
+            None => return Err(Error::RenderPanicked),
+            Some(Err(e)) => return Err(Error::Shared(e)),
+            Some(Ok(r)) => r,
+        };
+        let cache = match (role, rendered.stored) {
+            (Role::Follower, _) => {
+                self.metrics.collapsed.fetch_add(1, Ordering::Relaxed);
+                CacheStatus::Collapsed
+            }
+            (Role::Leader, true) => CacheStatus::Stored,
+            (Role::Leader, false) => CacheStatus::NotStored,
+        };
+        Ok(Delivered {
+            body: Body::Bytes(rendered.bytes),
+            cache,
+        })
+    }
+
+    /// Render on the pool and persist. Checks the store once more first: a render that finished between
+    /// this request's lookup and its flight has already stored the object.
+    pub async fn render_and_store(self: &Arc<Self>, prepared: &Prepared) -> Result<Rendered> {
+        let store = Arc::clone(&self.store);
+        let key = prepared.key;
+        if let Some(Some(bytes)) =
+            blocking(move || store.lookup(&key, true).map(|h| h.bytes)).await?
+        {
+            return Ok(Rendered {
+                bytes: Bytes::from(bytes),
+                stored: true,
+            });
+        }
+        let started = Instant::now();
+        let bytes = Bytes::from(self.render(prepared).await?);
+        self.metrics.observe_render(started.elapsed());
+        let store = Arc::clone(&self.store);
+        let (data, ext, id) = (
+            bytes.clone(),
+            prepared.canonical.format().extension(),
+            prepared.identifier.clone(),
+        );
+        let stored = match blocking(move || store.put(&key, ext, &data, &id)).await? {
+            Ok(()) => true,
+            Err(e) => {
+                // Flask-IIIF's IIIF_CACHE_IGNORE_ERRORS, as the default: the viewer still gets its image.
+                tracing::warn!(key = %key.to_hex(), "could not store derivative: {e}");
+                false
+            }
+        };
+        Ok(Rendered { bytes, stored })
     }
 
     /// Render a prepared request on the pool.
@@ -172,4 +360,91 @@ impl App {
             Err(PoolError::Closed) => Err(Error::Busy),
         }
     }
+
+    /// The Prometheus exposition of every metric.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        self.metrics.render_into(&mut out);
+        let c = &self.store.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        metrics::counter(
+            &mut out,
+            "iiifd_store_hits_total",
+            "Derivatives served from the store.",
+            load(&c.hits),
+        );
+        metrics::counter(
+            &mut out,
+            "iiifd_store_misses_total",
+            "Store lookups that found nothing usable.",
+            load(&c.misses),
+        );
+        metrics::counter(
+            &mut out,
+            "iiifd_store_evictions_total",
+            "Derivatives evicted for the budget.",
+            load(&c.evictions),
+        );
+        metrics::counter(
+            &mut out,
+            "iiifd_store_write_errors_total",
+            "Derivatives that could not be stored.",
+            load(&c.write_errors),
+        );
+        metrics::counter(
+            &mut out,
+            "iiifd_store_repairs_total",
+            "Stored derivatives found missing, short or corrupt.",
+            load(&c.repairs),
+        );
+        let stats = self.store.stats();
+        metrics::gauge(
+            &mut out,
+            "iiifd_store_bytes",
+            "Bytes in the store.",
+            stats.bytes,
+        );
+        metrics::gauge(
+            &mut out,
+            "iiifd_store_objects",
+            "Derivatives in the store.",
+            stats.objects,
+        );
+        metrics::gauge(
+            &mut out,
+            "iiifd_store_max_bytes",
+            "The store's budget.",
+            stats.max_bytes,
+        );
+        metrics::gauge(
+            &mut out,
+            "iiifd_pool_pending",
+            "Renders queued or running.",
+            self.pool.pending() as u64,
+        );
+        metrics::gauge(
+            &mut out,
+            "iiifd_pool_workers",
+            "Render threads.",
+            self.pool.size() as u64,
+        );
+        out
+    }
+}
+
+/// The store settings of a configuration.
+pub fn store_settings(config: &Config) -> StoreSettings {
+    StoreSettings {
+        path: config.store.path.clone(),
+        max_bytes: config.store.max_bytes,
+        min_free_bytes: config.store.min_free_bytes,
+        verify_reads: config.store.verify_reads,
+    }
+}
+
+/// Run blocking work on tokio's blocking threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))
 }

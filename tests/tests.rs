@@ -5,3 +5,4 @@ mod common;
 mod golden;
 mod http_api;
 mod malformed;
+mod store;

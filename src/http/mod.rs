@@ -2,18 +2,20 @@
 //! HTTP/2 with prior knowledge on one listener), routes requests ([`routes`]) and maps every
 //! [`crate::error::Error`] to a response in one place ([`response`]).
 
+pub mod admin;
 pub mod headers;
 pub mod response;
 pub mod routes;
 
-use crate::service::App;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
+use response::Body;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -22,9 +24,13 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// In-flight requests get this long to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Serve `app` on `listener` until `shutdown` completes, then finish in-flight requests (bounded by a
-/// grace period) and return.
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// Serve `handler` on `listener` until `shutdown` completes, then finish in-flight requests (bounded by
+/// a grace period) and return.
+pub async fn serve<H, F>(listener: TcpListener, shutdown: impl Future<Output = ()>, handler: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -50,10 +56,10 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = Arc::clone(&app);
+                let handler = handler.clone();
                 let service = service_fn(move |req| {
-                    let app = Arc::clone(&app);
-                    async move { Ok::<_, Infallible>(routes::handle(app, req).await) }
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
                 tokio::spawn(async move {

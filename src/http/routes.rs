@@ -3,34 +3,44 @@
 //! maps errors in one place and writes the access log line.
 
 use super::headers::{info_content_type, negotiate_format, not_modified, public_base, Forwarded};
-use super::response::{self, Body};
+use super::response;
 use crate::error::{Error, Result};
 use crate::iiif::parse::{encode_identifier, parse_route, printable, ImageRequest, Route};
 use crate::iiif::ApiVersion;
-use crate::service::App;
+use crate::service::{App, Body, CacheStatus};
 use hyper::body::Incoming;
+use hyper::header::HeaderName;
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Answer one request. Never fails: errors become responses here.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<response::Body> {
     let started = Instant::now();
     let result = route(&app, &req).await;
     let resp = result.unwrap_or_else(|e| response::error(&e));
+    let path = req.uri().path();
+    let version = path
+        .strip_prefix(app.config().prefix.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.split('/').next())
+        .and_then(ApiVersion::from_path_segment)
+        .map_or("other", ApiVersion::path_segment);
+    app.metrics().count_request(version, resp.status().as_u16());
     tracing::info!(
         target: "iiifd::access",
         method = %req.method(),
-        path = %printable(req.uri().path()),
+        path = %printable(path),
         status = resp.status().as_u16(),
+        cache = resp.headers().get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or("-"),
         bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("0"),
         ms = started.elapsed().as_secs_f64() * 1000.0,
     );
     resp
 }
 
-async fn route(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>> {
+async fn route(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<response::Body>> {
     if req.method() == Method::OPTIONS {
         return Ok(preflight(req.headers()));
     }
@@ -100,7 +110,7 @@ fn service_base(app: &App, headers: &HeaderMap, version: ApiVersion, identifier:
     )
 }
 
-fn preflight(headers: &HeaderMap) -> Response<Body> {
+fn preflight(headers: &HeaderMap) -> Response<response::Body> {
     let mut resp = response::base(StatusCode::NO_CONTENT, "");
     resp.headers_mut().remove(header::CONTENT_LENGTH);
     response::set(
@@ -126,7 +136,7 @@ fn base_redirect(
     headers: &HeaderMap,
     version: ApiVersion,
     identifier: &str,
-) -> Response<Body> {
+) -> Response<response::Body> {
     let location = format!(
         "{}/info.json",
         service_base(app, headers, version, identifier)
@@ -145,7 +155,7 @@ async fn info(
     headers: &HeaderMap,
     version: ApiVersion,
     identifier: &str,
-) -> Result<Response<Body>> {
+) -> Result<Response<response::Body>> {
     let base = service_base(app, headers, version, identifier);
     let (json, source) = app.info(version, identifier, &base).await?;
     let modified = source.file.fingerprint.modified();
@@ -181,7 +191,7 @@ async fn image(
     headers: &HeaderMap,
     identifier: &str,
     request: &ImageRequest,
-) -> Result<Response<Body>> {
+) -> Result<Response<response::Body>> {
     let prepared = app.prepare(identifier, request).await?;
     let version = request.version;
     let canonical_url = format!(
@@ -202,12 +212,24 @@ async fn image(
         r.headers_mut().remove(header::CONTENT_LENGTH);
         r
     } else {
-        let bytes = app.render(&prepared).await?;
-        let mut r = response::base(StatusCode::OK, bytes);
+        let delivered = app.deliver(&prepared).await?;
+        let mut r = match delivered.body {
+            Body::Bytes(bytes) => response::base(StatusCode::OK, bytes),
+            Body::Accel(relative) => {
+                // nginx replaces this empty body with the stored file and keeps our headers.
+                let mut r = response::base(StatusCode::OK, "");
+                r.headers_mut().remove(header::CONTENT_LENGTH);
+                let target = format!("{}{relative}", app.config().store.accel_redirect);
+                response::set(&mut r, HeaderName::from_static("x-accel-redirect"), &target);
+                r
+            }
+        };
+        let media_type = prepared.canonical.format().media_type();
+        response::set(&mut r, header::CONTENT_TYPE, media_type);
         response::set(
             &mut r,
-            header::CONTENT_TYPE,
-            prepared.canonical.format().media_type(),
+            HeaderName::from_static("cache-status"),
+            cache_status(delivered.cache),
         );
         r
     };
@@ -231,4 +253,14 @@ async fn image(
         ),
     );
     Ok(resp)
+}
+
+/// RFC 9211 `Cache-Status` value.
+fn cache_status(c: CacheStatus) -> &'static str {
+    match c {
+        CacheStatus::Hit => "iiifd; hit",
+        CacheStatus::Stored => "iiifd; fwd=miss; stored",
+        CacheStatus::NotStored => "iiifd; fwd=miss",
+        CacheStatus::Collapsed => "iiifd; fwd=miss; collapsed",
+    }
 }

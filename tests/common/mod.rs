@@ -13,14 +13,74 @@ use std::time::Duration;
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     pub images: PathBuf,
     pub store: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     _tmp: tempfile::TempDir,
 }
 
 /// The repository's sample images.
 pub fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/images")
+}
+
+fn spawn(
+    images: &Path,
+    store: &Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> (Child, SocketAddr, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iiifd"));
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--images")
+        .arg(images)
+        .arg("--store")
+        .arg(store);
+    cmd.args(args);
+    // A clean environment for config: no IIIFD_* from the developer's shell.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("IIIFD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("IIIFD_LOG__LEVEL", "warn");
+    cmd.env("IIIFD_ADMIN__LISTEN", "127.0.0.1:0");
+    cmd.env("IIIFD_STORE__MIN_FREE_BYTES", "0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("start iiifd");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // Keep draining after the two address lines so the child never blocks on a full pipe.
+            let _ = tx.send(line);
+        }
+    });
+    let mut addrs = Vec::new();
+    while addrs.len() < 2 {
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("iiifd did not report its addresses");
+            }
+        };
+        let addr: Option<SocketAddr> = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|a| a.parse().ok());
+        addrs.push(addr.unwrap_or_else(|| panic!("unexpected line: {line}")));
+    }
+    (child, addrs[0], addrs[1])
 }
 
 impl Server {
@@ -35,57 +95,54 @@ impl Server {
         let images = tmp.path().join("images");
         copy_dir(&examples(), &images);
         let store = tmp.path().join("store");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_iiifd"));
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--images")
-            .arg(&images)
-            .arg("--store")
-            .arg(&store);
-        cmd.args(args);
-        // A clean environment for config: no IIIFD_* from the developer's shell.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("IIIFD_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("IIIFD_LOG__LEVEL", "warn");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("start iiifd");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the child never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("iiifd did not report its address");
-            }
-        };
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, addr, admin) = spawn(&images, &store, &args, &env);
         Server {
             child,
             addr,
+            admin,
             images,
             store,
+            args,
+            env,
             _tmp: tmp,
         }
+    }
+
+    /// SIGKILL the server (no clean-up of any kind), wait for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the server again on the same images and store (after [`Server::kill9`]).
+    pub fn restart(&mut self) {
+        self.kill9();
+        let (child, addr, admin) = spawn(&self.images, &self.store, &self.args, &self.env);
+        self.child = child;
+        self.addr = addr;
+        self.admin = admin;
+    }
+
+    /// GET on the admin listener.
+    pub fn admin_get(&self, path: &str) -> Response {
+        raw(
+            self.admin,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    }
+
+    /// The value of an unlabelled Prometheus metric.
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.admin_get("/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not found"))
     }
 
     pub fn get(&self, path: &str) -> Response {

@@ -1,0 +1,128 @@
+//! Prometheus metrics (text exposition format 0.0.4), served on the admin listener at `/metrics`.
+//! Plain atomics and one fixed-bucket histogram: no registry, no globals; the state lives in `App`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the render-duration histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Counters kept by the service and the HTTP layer.
+#[derive(Default)]
+pub struct Metrics {
+    /// Renders performed.
+    pub renders: AtomicU64,
+    /// Requests that waited on another request's render.
+    pub collapsed: AtomicU64,
+    render_buckets: [AtomicU64; BUCKETS.len()],
+    render_count: AtomicU64,
+    render_micros: AtomicU64,
+    requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
+}
+
+impl Metrics {
+    /// Record one render's duration.
+    pub fn observe_render(&self, d: Duration) {
+        self.renders.fetch_add(1, Ordering::Relaxed);
+        let secs = d.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.render_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.render_count.fetch_add(1, Ordering::Relaxed);
+        self.render_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Count one answered request by API version (`"3"`, `"2"`, `"1"` or `"other"`) and status.
+    pub fn count_request(&self, version: &str, status: u16) {
+        if let Ok(mut map) = self.requests.lock() {
+            *map.entry((version.to_owned(), status)).or_insert(0) += 1;
+        }
+    }
+
+    /// Append this struct's metrics to `out`.
+    pub fn render_into(&self, out: &mut String) {
+        counter(
+            out,
+            "iiifd_renders_total",
+            "Derivatives rendered.",
+            self.renders.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "iiifd_store_collapsed_total",
+            "Requests served by waiting on another request's render.",
+            self.collapsed.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(out, "# HELP iiifd_render_duration_seconds Time to decode, transform and encode one derivative.");
+        let _ = writeln!(out, "# TYPE iiifd_render_duration_seconds histogram");
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let n = self.render_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "iiifd_render_duration_seconds_bucket{{le=\"{le}\"}} {n}"
+            );
+        }
+        let count = self.render_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "iiifd_render_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = self.render_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "iiifd_render_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "iiifd_render_duration_seconds_count {count}");
+        let _ = writeln!(
+            out,
+            "# HELP iiifd_requests_total Requests answered, by API version and status."
+        );
+        let _ = writeln!(out, "# TYPE iiifd_requests_total counter");
+        if let Ok(map) = self.requests.lock() {
+            for ((version, status), n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "iiifd_requests_total{{version=\"{version}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+    }
+}
+
+/// Append one counter.
+pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+/// Append one gauge.
+pub fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition() {
+        let m = Metrics::default();
+        m.observe_render(Duration::from_millis(30));
+        m.count_request("3", 200);
+        let mut out = String::new();
+        m.render_into(&mut out);
+        assert!(out.contains("iiifd_renders_total 1\n"));
+        assert!(out.contains("iiifd_render_duration_seconds_bucket{le=\"0.025\"} 0\n"));
+        assert!(out.contains("iiifd_render_duration_seconds_bucket{le=\"0.05\"} 1\n"));
+        assert!(out.contains("iiifd_requests_total{version=\"3\",status=\"200\"} 1\n"));
+    }
+}

@@ -1,0 +1,651 @@
+//! The derivative store: rendered images persisted as files ([`files`], the truth) and indexed in sled
+//! ([`index`], a rebuildable cache).
+//!
+//! - Read: index entry -> file; the length is always checked, the blake3 of the bytes when
+//!   `verify_reads` is on. A missing, short or mismatching file is a miss (and counted as a repair), never
+//!   a corrupt response.
+//! - Write: file first (atomic, durable), index entry second. Writes are skipped, not failed, when the
+//!   disk is nearly full (`min_free_bytes`), because sled has corrupted itself on full disks.
+//! - Budget: `max_bytes`, enforced by least-recently-used eviction in the background.
+//! - Recovery on open: temp files removed; entries without a file dropped; files without an entry
+//!   indexed; an index that cannot be opened is moved aside and rebuilt from the files.
+//!
+//! Every method blocks; the service calls them off the async threads.
+
+pub mod files;
+pub mod index;
+
+use crate::key::{content_hash, DerivativeKey};
+use files::Files;
+use index::{Entry, Index, IndexError, InfoRecord};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Store settings (`[store]` in the configuration).
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    /// Root directory.
+    pub path: PathBuf,
+    /// Size budget in bytes.
+    pub max_bytes: u64,
+    /// Stop writing when less than this is free on the file system.
+    pub min_free_bytes: u64,
+    /// Check the blake3 of every file read.
+    pub verify_reads: bool,
+}
+
+/// Counters kept by the store (exported as Prometheus metrics).
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    /// Objects served from the store.
+    pub hits: AtomicU64,
+    /// Lookups that found nothing usable.
+    pub misses: AtomicU64,
+    /// Entries whose file was missing, short or corrupt.
+    pub repairs: AtomicU64,
+    /// Objects evicted for the budget.
+    pub evictions: AtomicU64,
+    /// Writes that failed or were skipped for lack of space.
+    pub write_errors: AtomicU64,
+}
+
+/// A stored object found by [`Store::lookup`].
+#[derive(Debug)]
+pub struct Hit {
+    /// The bytes, when asked for.
+    pub bytes: Option<Vec<u8>>,
+    /// Path below `objects/` (for `X-Accel-Redirect`).
+    pub relative_path: String,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// What recovery did when the store was opened.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Recovery {
+    /// Temp files removed.
+    pub temps_removed: usize,
+    /// Entries dropped because their file was gone.
+    pub dangling_dropped: usize,
+    /// Files indexed that had no entry.
+    pub orphans_indexed: usize,
+    /// Whether the index was unreadable and rebuilt from the files.
+    pub rebuilt: bool,
+}
+
+/// Result of [`Store::verify`].
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    /// Entries checked.
+    pub checked: usize,
+    /// Entries whose file is missing, short or does not match its hash.
+    pub bad: usize,
+    /// Keys of the bad entries (at most 20).
+    pub bad_keys: Vec<String>,
+    /// Files on disk with no entry.
+    pub unindexed: usize,
+}
+
+/// Size figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Stats {
+    /// Objects indexed.
+    pub objects: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// The budget.
+    pub max_bytes: u64,
+}
+
+/// The store.
+pub struct Store {
+    settings: StoreSettings,
+    files: Files,
+    index: Index,
+    bytes: AtomicU64,
+    objects: AtomicU64,
+    /// Counters for metrics.
+    pub counters: StoreCounters,
+    kick: Mutex<Option<SyncSender<()>>>,
+    /// Per-key lock for writes/removals so eviction never races a write of the same key.
+    write_lock: Mutex<()>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn io_err(e: IndexError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Only touch `last_access` when it is older than this, so hits do not turn into index writes.
+const ACCESS_GRANULARITY_SECS: u64 = 60;
+
+impl Store {
+    /// Open the store at `settings.path`, recovering from whatever a crash left.
+    pub fn open(settings: StoreSettings) -> io::Result<(Store, Recovery)> {
+        std::fs::create_dir_all(&settings.path)?;
+        let files = Files::open(&settings.path)?;
+        let mut recovery = Recovery::default();
+        let index_path = settings.path.join("index");
+        let index = match Index::open(&index_path) {
+            Ok(i) => i,
+            Err(e)
+                if e.to_string().contains("lock")
+                    || e.to_string().contains("Resource temporarily unavailable") =>
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "{e}: is an iiifd server using this store? Use its admin listener instead"
+                    ),
+                ));
+            }
+            Err(e) => {
+                // Unreadable index: keep it aside for inspection and rebuild from the files.
+                let aside = settings.path.join(format!("index.broken-{}", now_secs()));
+                tracing::warn!(
+                    "store index unreadable ({e}); moving it to {} and rebuilding",
+                    aside.display()
+                );
+                std::fs::rename(&index_path, &aside)?;
+                recovery.rebuilt = true;
+                Index::open(&index_path).map_err(io_err)?
+            }
+        };
+        // Only now, holding the index lock (so no server is writing), are temp files leftovers.
+        recovery.temps_removed = files.remove_temps()?;
+        let store = Store {
+            settings,
+            files,
+            index,
+            bytes: AtomicU64::new(0),
+            objects: AtomicU64::new(0),
+            counters: StoreCounters::default(),
+            kick: Mutex::new(None),
+            write_lock: Mutex::new(()),
+        };
+        let (dropped, indexed) = store.reconcile(recovery.rebuilt)?;
+        recovery.dangling_dropped = dropped;
+        recovery.orphans_indexed = indexed;
+        Ok((store, recovery))
+    }
+
+    /// Make the index agree with the files: drop entries without a file, index files without an entry.
+    /// With `rebuild`, every entry is recomputed from its file.
+    fn reconcile(&self, rebuild: bool) -> io::Result<(usize, usize)> {
+        if rebuild {
+            self.index.clear().map_err(io_err)?;
+        }
+        let on_disk = self.files.scan()?;
+        let mut disk: HashMap<DerivativeKey, &files::FoundObject> =
+            HashMap::with_capacity(on_disk.len());
+        for f in &on_disk {
+            disk.insert(f.key, f);
+        }
+        let mut dropped = 0;
+        let (mut bytes, mut objects) = (0u64, 0u64);
+        let mut indexed: HashMap<DerivativeKey, ()> = HashMap::new();
+        for (key, entry) in self.index.entries().map_err(io_err)? {
+            let file_len = disk
+                .get(&key)
+                .filter(|f| f.ext == entry.ext)
+                .and_then(|f| std::fs::metadata(&f.path).ok())
+                .map(|m| m.len());
+            if file_len == Some(entry.len) {
+                bytes += entry.len;
+                objects += 1;
+                indexed.insert(key, ());
+            } else {
+                self.index.remove(&key).map_err(io_err)?;
+                dropped += 1;
+            }
+        }
+        let mut added = 0;
+        for f in on_disk.iter().filter(|f| !indexed.contains_key(&f.key)) {
+            let Ok(data) = std::fs::read(&f.path) else {
+                continue;
+            };
+            let created = std::fs::metadata(&f.path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(now_secs(), |d| d.as_secs());
+            let entry = Entry {
+                len: data.len() as u64,
+                ext: f.ext.clone(),
+                hash: content_hash(&data),
+                created,
+                last_access: created,
+                identifier: String::new(),
+            };
+            self.index.put(&f.key, &entry).map_err(io_err)?;
+            bytes += entry.len;
+            objects += 1;
+            added += 1;
+        }
+        self.bytes.store(bytes, Ordering::Relaxed);
+        self.objects.store(objects, Ordering::Relaxed);
+        self.index.flush().map_err(io_err)?;
+        Ok((dropped, added))
+    }
+
+    /// The store's settings.
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    /// Look up `key`. With `read_body`, the file is read (and hash-checked when `verify_reads`);
+    /// without, only its length is checked (the proxy will send it). Problems are misses.
+    pub fn lookup(&self, key: &DerivativeKey, read_body: bool) -> Option<Hit> {
+        let entry = match self.index.get(key) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!("store lookup failed: {e}");
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let path = self.files.path(key, &entry.ext);
+        let bytes = if read_body {
+            match std::fs::read(&path) {
+                Ok(b)
+                    if b.len() as u64 == entry.len
+                        && (!self.settings.verify_reads || content_hash(&b) == entry.hash) =>
+                {
+                    Some(b)
+                }
+                _ => return self.repair(key, &entry),
+            }
+        } else {
+            match std::fs::metadata(&path) {
+                Ok(m) if m.len() == entry.len => None,
+                _ => return self.repair(key, &entry),
+            }
+        };
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        let now = now_secs();
+        if now.saturating_sub(entry.last_access) >= ACCESS_GRANULARITY_SECS {
+            let touched = Entry {
+                last_access: now,
+                ..entry.clone()
+            };
+            let _ = self.index.put(key, &touched);
+        }
+        Some(Hit {
+            bytes,
+            relative_path: Files::relative_path(key, &entry.ext),
+            len: entry.len,
+        })
+    }
+
+    /// A bad object: drop it so the caller re-renders and stores a good one.
+    fn repair(&self, key: &DerivativeKey, entry: &Entry) -> Option<Hit> {
+        tracing::warn!(key = %key.to_hex(), "stored object missing, short or corrupt; re-rendering");
+        self.counters.repairs.fetch_add(1, Ordering::Relaxed);
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        let _guard = self.write_lock.lock();
+        if let Ok(Some(removed)) = self.index.remove(key) {
+            self.account_removed(removed.len);
+        }
+        let _ = self.files.remove(key, &entry.ext);
+        None
+    }
+
+    fn account_removed(&self, len: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(len))
+            });
+        let _ = self
+            .objects
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// Persist `bytes` as `key`. Errors are returned for logging and counting; the caller still serves
+    /// the bytes it rendered.
+    pub fn put(
+        &self,
+        key: &DerivativeKey,
+        ext: &str,
+        bytes: &[u8],
+        identifier: &str,
+    ) -> io::Result<()> {
+        let result = self.put_inner(key, ext, bytes, identifier);
+        if result.is_err() {
+            self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn put_inner(
+        &self,
+        key: &DerivativeKey,
+        ext: &str,
+        bytes: &[u8],
+        identifier: &str,
+    ) -> io::Result<()> {
+        let free = self.files.available_bytes()?;
+        if free
+            < self
+                .settings
+                .min_free_bytes
+                .saturating_add(bytes.len() as u64)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "only {free} bytes free, min_free_bytes is {}",
+                    self.settings.min_free_bytes
+                ),
+            ));
+        }
+        let _guard = self
+            .write_lock
+            .lock()
+            .map_err(|_| io::Error::other("store lock poisoned"))?;
+        self.files.write(key, ext, bytes)?;
+        let now = now_secs();
+        let entry = Entry {
+            len: bytes.len() as u64,
+            ext: ext.to_owned(),
+            hash: content_hash(bytes),
+            created: now,
+            last_access: now,
+            identifier: identifier.to_owned(),
+        };
+        let previous = self.index.put_returning(key, &entry).map_err(io_err)?;
+        if let Some(prev) = previous {
+            self.account_removed(prev.len);
+        }
+        self.bytes.fetch_add(entry.len, Ordering::Relaxed);
+        self.objects.fetch_add(1, Ordering::Relaxed);
+        if self.bytes.load(Ordering::Relaxed) > self.settings.max_bytes {
+            self.kick_evictor();
+        }
+        Ok(())
+    }
+
+    fn kick_evictor(&self) {
+        if let Ok(guard) = self.kick.lock() {
+            if let Some(tx) = guard.as_ref() {
+                let _ = tx.try_send(());
+            }
+        }
+    }
+
+    /// Evict least-recently-used objects until the store is at most 90 % of its budget (the margin
+    /// keeps a store at its limit from evicting on every write). Returns the number evicted.
+    pub fn evict_to_budget(&self) -> usize {
+        let max = self.settings.max_bytes;
+        if self.bytes.load(Ordering::Relaxed) <= max {
+            return 0;
+        }
+        let target = max / 10 * 9;
+        let Ok(mut entries) = self.index.entries() else {
+            return 0;
+        };
+        entries.sort_by_key(|(_, e)| (e.last_access, e.created));
+        let mut evicted = 0;
+        for (key, entry) in entries {
+            if self.bytes.load(Ordering::Relaxed) <= target {
+                break;
+            }
+            let _guard = self.write_lock.lock();
+            // The file goes first: an entry without a file is a harmless miss, never a wrong answer.
+            if self.files.remove(&key, &entry.ext).is_ok() {
+                if let Ok(Some(removed)) = self.index.remove(&key) {
+                    self.account_removed(removed.len);
+                    evicted += 1;
+                }
+            }
+        }
+        self.counters
+            .evictions
+            .fetch_add(evicted as u64, Ordering::Relaxed);
+        evicted
+    }
+
+    /// Start the background evictor: it runs when a write pushes the store past its budget, and every
+    /// few seconds regardless. It stops when the store is dropped or [`Store::stop_evictor`] is called.
+    pub fn start_evictor(self: &Arc<Self>) -> io::Result<std::thread::JoinHandle<()>> {
+        let (tx, rx) = sync_channel::<()>(1);
+        if let Ok(mut guard) = self.kick.lock() {
+            *guard = Some(tx);
+        }
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("iiifd-evictor".into())
+            .spawn(move || evictor(&weak, &rx))
+    }
+
+    /// Stop the background evictor.
+    pub fn stop_evictor(&self) {
+        if let Ok(mut guard) = self.kick.lock() {
+            guard.take();
+        }
+    }
+
+    /// Check every entry against its file.
+    pub fn verify(&self) -> io::Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let entries = self.index.entries().map_err(io_err)?;
+        let indexed: std::collections::HashSet<DerivativeKey> =
+            entries.iter().map(|(k, _)| *k).collect();
+        for (key, entry) in &entries {
+            report.checked += 1;
+            let ok = std::fs::read(self.files.path(key, &entry.ext))
+                .map(|b| b.len() as u64 == entry.len && content_hash(&b) == entry.hash)
+                .unwrap_or(false);
+            if !ok {
+                report.bad += 1;
+                if report.bad_keys.len() < 20 {
+                    report.bad_keys.push(key.to_hex());
+                }
+            }
+        }
+        report.unindexed = self
+            .files
+            .scan()?
+            .iter()
+            .filter(|f| !indexed.contains(&f.key))
+            .count();
+        Ok(report)
+    }
+
+    /// Garbage-collect: temp files, entries without files, files without entries, then the budget.
+    pub fn gc(&self) -> io::Result<Recovery> {
+        let temps = self.files.remove_temps()?;
+        let (dropped, indexed) = self.reconcile(false)?;
+        self.evict_to_budget();
+        Ok(Recovery {
+            temps_removed: temps,
+            dangling_dropped: dropped,
+            orphans_indexed: indexed,
+            rebuilt: false,
+        })
+    }
+
+    /// Rebuild the index from the files.
+    pub fn reindex(&self) -> io::Result<Recovery> {
+        let (dropped, indexed) = self.reconcile(true)?;
+        Ok(Recovery {
+            temps_removed: 0,
+            dangling_dropped: dropped,
+            orphans_indexed: indexed,
+            rebuilt: true,
+        })
+    }
+
+    /// Remove every object rendered from `identifier`; returns how many.
+    pub fn purge(&self, identifier: &str) -> io::Result<usize> {
+        let mut n = 0;
+        for (key, entry) in self.index.entries().map_err(io_err)? {
+            if entry.identifier == identifier {
+                let _guard = self.write_lock.lock();
+                self.files.remove(&key, &entry.ext)?;
+                if let Ok(Some(removed)) = self.index.remove(&key) {
+                    self.account_removed(removed.len);
+                }
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Current size figures.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            objects: self.objects.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            max_bytes: self.settings.max_bytes,
+        }
+    }
+
+    /// The cached probe of a source.
+    pub fn info_get(&self, source: &Path) -> Option<InfoRecord> {
+        self.index
+            .info_get(&source.to_string_lossy())
+            .ok()
+            .flatten()
+    }
+
+    /// Cache a source probe (best effort).
+    pub fn info_put(&self, source: &Path, record: &InfoRecord) {
+        if let Err(e) = self.index.info_put(&source.to_string_lossy(), record) {
+            tracing::warn!("cannot cache source info: {e}");
+        }
+    }
+
+    /// The index, for crawl job state.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Flush the index to disk.
+    pub fn flush(&self) -> io::Result<()> {
+        self.index.flush().map_err(io_err)
+    }
+}
+
+fn evictor(store: &std::sync::Weak<Store>, rx: &Receiver<()>) {
+    loop {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let Some(store) = store.upgrade() else { return };
+        let n = store.evict_to_budget();
+        if n > 0 {
+            tracing::info!(
+                evicted = n,
+                bytes = store.stats().bytes,
+                "store back under its budget"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> DerivativeKey {
+        DerivativeKey::from_hex(&format!("{n:02x}").repeat(32)).unwrap_or_else(|| unreachable!())
+    }
+
+    fn settings(dir: &Path, max_bytes: u64) -> StoreSettings {
+        StoreSettings {
+            path: dir.to_path_buf(),
+            max_bytes,
+            min_free_bytes: 0,
+            verify_reads: true,
+        }
+    }
+
+    #[test]
+    fn put_lookup_corrupt_repair() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (store, _) = Store::open(settings(dir.path(), 1 << 20))?;
+        store.put(&key(1), "jpg", b"0123456789", "a")?;
+        assert_eq!(
+            store.lookup(&key(1), true).and_then(|h| h.bytes),
+            Some(b"0123456789".to_vec())
+        );
+        // Same length, different bytes: only the hash can tell.
+        std::fs::write(store.files.path(&key(1), "jpg"), b"9876543210")?;
+        assert!(store.lookup(&key(1), true).is_none());
+        assert_eq!(store.counters.repairs.load(Ordering::Relaxed), 1);
+        assert_eq!(store.stats().objects, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn recovery_and_budget() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        {
+            let (store, _) = Store::open(settings(dir.path(), 1 << 20))?;
+            for n in 0..10 {
+                store.put(&key(n), "png", &[n; 100], "img")?;
+            }
+            std::fs::remove_file(store.files.path(&key(3), "png"))?;
+            store.flush()?;
+        }
+        // A file without an entry (as after a crash between rename and index write) and a temp file.
+        let orphan = Files::open(dir.path())?;
+        orphan.write(&key(42), "jpg", b"orphan")?;
+        std::fs::write(dir.path().join("tmp/x.tmp"), b"partial")?;
+        let (store, rec) = Store::open(settings(dir.path(), 1 << 20))?;
+        assert_eq!(
+            (rec.temps_removed, rec.dangling_dropped, rec.orphans_indexed),
+            (1, 1, 1)
+        );
+        assert_eq!(store.stats().objects, 10);
+        assert_eq!(store.verify()?.bad, 0);
+        drop(store);
+        // Budget: 10 objects, ~906 bytes, budget 500 -> evicted to at most 450.
+        let (store, _) = Store::open(settings(dir.path(), 500))?;
+        assert!(store.evict_to_budget() > 0);
+        assert!(store.stats().bytes <= 450);
+        let count = |id: &str| -> io::Result<usize> {
+            Ok(store
+                .index
+                .entries()
+                .map_err(io_err)?
+                .iter()
+                .filter(|(_, e)| e.identifier == id)
+                .count())
+        };
+        let remaining = count("img")?;
+        assert_eq!(store.purge("img")?, remaining);
+        assert_eq!(count("img")?, 0);
+        store.put(&key(7), "gif", b"kept", "other")?;
+        store.flush()?;
+        drop(store);
+        // A destroyed index is rebuilt from the files.
+        std::fs::remove_dir_all(dir.path().join("index"))?;
+        std::fs::create_dir_all(dir.path().join("index"))?;
+        std::fs::write(dir.path().join("index/db"), b"garbage garbage garbage")?;
+        let (store, rec) = Store::open(settings(dir.path(), 1 << 20))?;
+        assert!(rec.rebuilt || rec.orphans_indexed > 0);
+        assert_eq!(store.verify()?.bad, 0);
+        assert_eq!(store.stats().objects as usize, store.files.scan()?.len());
+        Ok(())
+    }
+}
