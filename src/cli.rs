@@ -208,6 +208,7 @@ fn serve(cfg: Config) -> std::io::Result<()> {
         println!("iiifd listening on http://{addr}{}/", cfg.prefix);
         println!("iiifd admin on http://{admin_addr}/");
         tracing::info!(%addr, %admin_addr, images = %cfg.images.display(), workers = app.pool().size(), "iiifd started");
+        sd_notify("READY=1");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -217,6 +218,7 @@ fn serve(cfg: Config) -> std::io::Result<()> {
         let admin = crate::http::serve(admin_listener, stopped(stop_rx), move |req| crate::http::admin::handle(Arc::clone(&b), req));
         let signal = async move {
             shutdown_signal().await;
+            sd_notify("STOPPING=1");
             let _ = stop_tx.send(true);
         };
         tokio::join!(public, admin, signal);
@@ -243,4 +245,28 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// Tell systemd about our state (`Type=notify`) when it started us: a datagram to `$NOTIFY_SOCKET`,
+/// which is a path or, with a leading `@`, an abstract socket name. Silently nothing otherwise.
+fn sd_notify(state: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::UnixDatagram;
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = target.as_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), std::path::Path::new(&target))
+    };
+    if let Err(e) = sent {
+        tracing::warn!("sd_notify {state}: {e}");
+    }
 }

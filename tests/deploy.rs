@@ -1,0 +1,317 @@
+//! The shipped deploy files, tested like code: a real nginx with `deploy/nginx/*.conf` (templated to test
+//! ports and paths) in front of real iiifd processes; the systemd unit through `systemd-analyze verify`;
+//! sd_notify and graceful shutdown.
+
+use crate::common::{raw, Response, Server};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A real nginx serving one site file, stopped on drop.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(site: &str) -> Nginx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display();
+        // As root, nginx workers would drop to `nobody` and could not read the test's private store.
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root;"
+        } else {
+            ""
+        };
+        let conf = format!(
+            "{user}\ndaemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;\n  \
+             uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n  include {d}/site.conf;\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).expect("write conf");
+        std::fs::write(dir.path().join("site.conf"), site).expect("write site");
+        let port: u16 = site
+            .split("listen 127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .and_then(|p| p.parse().ok())
+            .expect("templated listen");
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-p")
+            .arg(dir.path())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx must be installed (Debian: nginx-light); .ci/run installs it");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn get(&self, path: &str) -> Response {
+        raw(
+            self.addr,
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.addr
+            )
+            .as_bytes(),
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `deploy/nginx/iiifd.conf` pointed at `upstream`, listening on `port`, with the store at `store`.
+fn site(upstream: SocketAddr, port: u16, store: &Path) -> String {
+    let text = std::fs::read_to_string(repo("deploy/nginx/iiifd.conf")).expect("site");
+    let out = text
+        .replace("server 127.0.0.1:8080;", &format!("server {upstream};"))
+        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+        .replace(
+            "alias /var/lib/iiifd/objects/;",
+            &format!("alias {}/objects/;", store.display()),
+        );
+    assert_ne!(
+        out, text,
+        "the shipped config no longer has the expected placeholders"
+    );
+    out
+}
+
+#[test]
+fn nginx_in_front_of_iiifd() {
+    let s = Server::start_with(&[], &[("IIIFD_STORE__ACCEL_REDIRECT", "/_iiifd/")]);
+    let nginx = Nginx::start(&site(s.addr, free_port(), &s.store));
+    // info.json through nginx, with the public URL as id.
+    let info = nginx.get("/iiif/3/chart/info.json");
+    assert_eq!(info.status, 200);
+    assert_eq!(
+        info.json()["id"],
+        format!("http://{}/iiif/3/chart", nginx.addr)
+    );
+    // %2F survives the proxy.
+    let page = nginx.get("/iiif/2/collection%2Fpage/info.json");
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_eq!(
+        page.json()["@id"],
+        format!("http://{}/iiif/2/collection%2Fpage", nginx.addr)
+    );
+    // Miss: iiifd sends the bytes. Hit: iiifd sends only X-Accel-Redirect, nginx sends the file.
+    let url = "/iiif/3/chart/full/400,/0/default.jpg";
+    let miss = nginx.get(url);
+    assert_eq!(miss.status, 200);
+    let hit = nginx.get(url);
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.body, miss.body);
+    assert_eq!(hit.header("content-type"), Some("image/jpeg"));
+    assert_eq!(hit.header("etag"), miss.header("etag"));
+    assert_eq!(hit.header("cache-status"), Some("iiifd; hit"));
+    assert_eq!(hit.header("access-control-allow-origin"), Some("*"));
+    let direct = s.get(url);
+    assert!(
+        direct.body.is_empty() && direct.header("x-accel-redirect").is_some(),
+        "iiifd itself sends no body on a hit"
+    );
+    // The internal location and the admin listener are out of reach.
+    let internal = direct.header("x-accel-redirect").unwrap_or("/_iiifd/x");
+    assert_eq!(nginx.get(internal).status, 404);
+    for admin in ["/metrics", "/admin/store/stats", "/ready"] {
+        assert_eq!(nginx.get(admin).status, 404, "{admin} must not be proxied");
+    }
+}
+
+#[test]
+fn cluster_routes_each_image_to_one_instance_and_fails_over() {
+    let images: Vec<String> = (0..8).map(|i| format!("img{i}")).collect();
+    let mut instances: Vec<Server> = (0..3).map(|_| Server::start()).collect();
+    // All instances serve the same image tree: copies of the chart under eight identifiers.
+    let shared = instances[0].images.clone();
+    for name in &images {
+        std::fs::copy(shared.join("chart.jpg"), shared.join(format!("{name}.jpg"))).expect("copy");
+    }
+    for s in &mut instances[1..] {
+        for name in &images {
+            std::fs::copy(
+                shared.join("chart.jpg"),
+                s.images.join(format!("{name}.jpg")),
+            )
+            .expect("copy");
+        }
+    }
+    let text =
+        std::fs::read_to_string(repo("deploy/nginx/iiifd-cluster.conf")).expect("cluster conf");
+    let port = free_port();
+    let mut conf = text.replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
+    for (i, s) in instances.iter().enumerate() {
+        conf = conf.replace(
+            &format!("server 127.0.0.1:809{};", i + 1),
+            &format!("server {};", s.addr),
+        );
+        conf = conf.replace(
+            &format!("server 127.0.0.1:809{} ", i + 1),
+            &format!("server {} ", s.addr),
+        );
+    }
+    let nginx = Nginx::start(&conf);
+    let urls: Vec<String> = images
+        .iter()
+        .flat_map(|id| {
+            (0..3).map(move |t| format!("/iiif/3/{id}/{},0,200,200/100,/0/default.jpg", t * 200))
+        })
+        .collect();
+    for _ in 0..2 {
+        for u in &urls {
+            assert_eq!(nginx.get(u).status, 200, "{u}");
+        }
+    }
+    let renders: Vec<f64> = instances
+        .iter()
+        .map(|s| s.metric("iiifd_renders_total"))
+        .collect();
+    assert_eq!(
+        renders.iter().sum::<f64>(),
+        urls.len() as f64,
+        "every derivative rendered exactly once: {renders:?}"
+    );
+    assert!(
+        renders.iter().filter(|&&r| r > 0.0).count() >= 2,
+        "the hash spreads images: {renders:?}"
+    );
+    // Stop the busiest instance: its images are re-rendered by the others.
+    let busiest = (0..3)
+        .max_by(|&a, &b| renders[a].total_cmp(&renders[b]))
+        .unwrap_or(0);
+    instances[busiest].kill9();
+    for u in &urls {
+        assert_eq!(nginx.get(u).status, 200, "failover for {u}");
+    }
+    let after: f64 = (0..3)
+        .filter(|&i| i != busiest)
+        .map(|i| instances[i].metric("iiifd_renders_total"))
+        .sum();
+    let before: f64 = (0..3).filter(|&i| i != busiest).map(|i| renders[i]).sum();
+    assert_eq!(
+        after - before,
+        renders[busiest],
+        "exactly the lost instance's derivatives were re-rendered"
+    );
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(repo("deploy/systemd/iiifd.service")).expect("unit");
+    // Every IIIFD_* variable the unit sets must be a real configuration key.
+    let example = std::fs::read_to_string(repo("examples/config.toml")).expect("example config");
+    for var in unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .filter_map(|l| l.split('=').next())
+    {
+        assert!(
+            example.contains(var),
+            "{var} is not a documented configuration variable"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let templated = unit.replace("/usr/local/bin/iiifd", env!("CARGO_BIN_EXE_iiifd"));
+    let path = dir.path().join("iiifd.service");
+    std::fs::write(&path, templated).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Outside a booted systemd, verify may complain about the environment itself; only unit errors count.
+    let unit_errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("iiifd.service"))
+        .collect();
+    assert!(out.status.success() || unit_errors.is_empty(), "{err}");
+    assert!(unit_errors.is_empty(), "{err}");
+}
+
+#[test]
+fn sd_notify_ready_and_stopping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let s = Server::start_with(&[], &[("NOTIFY_SOCKET", sock_path.to_str().unwrap_or(""))]);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(s.terminate().success());
+    let n = sock.recv(&mut buf).expect("STOPPING");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
+
+#[test]
+fn sigterm_finishes_fifty_in_flight_cold_renders() {
+    let s = Server::start_with(
+        &[],
+        &[
+            ("IIIFD_RENDER__WORKERS", "2"),
+            ("IIIFD_RENDER__QUEUE", "100"),
+        ],
+    );
+    let addr = s.addr;
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let url = format!("/iiif/3/chart/full/{},/{}/default.png", 600 + i, i % 4 * 90);
+                raw(
+                    addr,
+                    format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+            })
+        })
+        .collect();
+    // Wait until the renders are queued, then ask the server to stop.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.metric("iiifd_pool_pending") < 10.0 {
+        assert!(Instant::now() < deadline, "renders never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = s.terminate();
+    let statuses: Vec<u16> = handles
+        .into_iter()
+        .map(|h| h.join().map(|r| r.status).unwrap_or(0))
+        .collect();
+    assert!(statuses.iter().all(|&st| st == 200), "{statuses:?}");
+    assert!(status.success(), "{status:?}");
+}
