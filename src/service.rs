@@ -42,6 +42,9 @@ pub struct App {
     source_limits: SourceLimits,
     encode: EncodeSettings,
     info_cache: Mutex<HashMap<PathBuf, (Fingerprint, ImageSize)>>,
+    /// identifier -> the file it resolved to, so the hot path costs one `stat` instead of a search
+    /// through the candidate extensions.
+    path_cache: Mutex<HashMap<String, PathBuf>>,
 }
 
 /// A located, probed source.
@@ -64,6 +67,10 @@ pub struct Prepared {
     pub canonical: CanonicalRequest,
     /// The derivative key.
     pub key: DerivativeKey,
+    /// The stored object, when [`App::prepare`] was asked to look it up and found it.
+    pub hit: Option<Hit>,
+    /// Whether [`App::prepare`] already looked the key up.
+    pub looked_up: bool,
 }
 
 /// A freshly rendered derivative.
@@ -141,6 +148,7 @@ impl App {
             metrics: Metrics::default(),
             config,
             info_cache: Mutex::new(HashMap::new()),
+            path_cache: Mutex::new(HashMap::new()),
         };
         Ok((app, recovery))
     }
@@ -187,8 +195,34 @@ impl App {
         blocking(move || app.source_blocking(&identifier)).await?
     }
 
-    fn source_blocking(&self, identifier: &str) -> Result<Source> {
+    fn locate_cached(&self, identifier: &str) -> Result<SourceFile> {
+        let cached = self
+            .path_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(identifier).cloned());
+        if let Some(path) = cached {
+            if let Ok(meta) = std::fs::metadata(&path) {
+                if meta.is_file() {
+                    return Ok(SourceFile {
+                        fingerprint: Fingerprint::of(&meta),
+                        path,
+                    });
+                }
+            }
+        }
         let file = self.sources.locate(identifier)?;
+        if let Ok(mut cache) = self.path_cache.lock() {
+            if cache.len() >= INFO_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(identifier.to_owned(), file.path.clone());
+        }
+        Ok(file)
+    }
+
+    fn source_blocking(&self, identifier: &str) -> Result<Source> {
+        let file = self.locate_cached(identifier)?;
         if let Ok(cache) = self.info_cache.lock() {
             if let Some((fp, size)) = cache.get(&file.path) {
                 if *fp == file.fingerprint {
@@ -243,25 +277,37 @@ impl App {
         Ok((info_json(version, &input), source))
     }
 
-    /// Resolve an image request up to its derivative key, without touching pixels.
+    /// Resolve an image request up to its derivative key, without touching pixels. With `lookup`, the
+    /// store is consulted in the same trip to the blocking threads (a hit then costs one hop).
     pub async fn prepare(
         self: &Arc<Self>,
         identifier: &str,
         request: &ImageRequest,
+        lookup: bool,
     ) -> Result<Prepared> {
-        let source = self.source(identifier).await?;
-        let canonical = CanonicalRequest::resolve(request, source.size, &self.limits)?;
-        let key = DerivativeKey::derive(
-            &source.file.fingerprint,
-            &canonical,
-            &self.encode.describe(canonical.format()),
-        );
-        Ok(Prepared {
-            identifier: identifier.to_owned(),
-            source,
-            canonical,
-            key,
+        let app = Arc::clone(self);
+        let (identifier, request) = (identifier.to_owned(), request.clone());
+        let accel = !self.config.store.accel_redirect.is_empty();
+        blocking(move || {
+            let source = app.source_blocking(&identifier)?;
+            let canonical = CanonicalRequest::resolve(&request, source.size, &app.limits)?;
+            let encoder = app.encode.describe(canonical.format());
+            let key = DerivativeKey::derive(&source.file.fingerprint, &canonical, &encoder);
+            let hit = if lookup {
+                app.store.lookup(&key, !accel)
+            } else {
+                None
+            };
+            Ok(Prepared {
+                identifier,
+                source,
+                canonical,
+                key,
+                hit,
+                looked_up: lookup,
+            })
         })
+        .await?
     }
 
     async fn lookup(self: &Arc<Self>, key: DerivativeKey, read_body: bool) -> Result<Option<Hit>> {
@@ -271,9 +317,14 @@ impl App {
 
     /// The derivative for `prepared`: from the store when present, else rendered once (however many
     /// requests ask at the same moment), persisted, and returned.
-    pub async fn deliver(self: &Arc<Self>, prepared: &Prepared) -> Result<Delivered> {
+    pub async fn deliver(self: &Arc<Self>, mut prepared: Prepared) -> Result<Delivered> {
         let accel = !self.config.store.accel_redirect.is_empty();
-        if let Some(hit) = self.lookup(prepared.key, !accel).await? {
+        let hit = match (prepared.hit.take(), prepared.looked_up) {
+            (Some(hit), _) => Some(hit),
+            (None, true) => None,
+            (None, false) => self.lookup(prepared.key, !accel).await?,
+        };
+        if let Some(hit) = hit {
             let body = match hit.bytes {
                 Some(b) => Body::Bytes(Bytes::from(b)),
                 None => Body::Accel(hit.relative_path),
@@ -284,10 +335,11 @@ impl App {
             });
         }
         let app = Arc::clone(self);
-        let work = prepared.clone();
+        let work = prepared;
+        let key = work.key;
         let (result, role) = self
             .flights
-            .run(prepared.key, async move {
+            .run(key, async move {
                 app.render_and_store(&work).await.map_err(Arc::new)
             })
             .await;

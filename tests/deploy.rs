@@ -55,7 +55,8 @@ impl Nginx {
             .arg(dir.path().join("nginx.conf"))
             .arg("-p")
             .arg(dir.path())
-            .stderr(Stdio::inherit())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("nginx must be installed (Debian: nginx-light); .ci/run installs it");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -89,6 +90,17 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master must take its workers down with it, or they outlive the test
+        // (holding its output pipes open).
+        let pid = self.child.id() as libc::pid_t;
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -192,7 +192,11 @@ async fn image(
     identifier: &str,
     request: &ImageRequest,
 ) -> Result<Response<response::Body>> {
-    let prepared = app.prepare(identifier, request).await?;
+    // Look the object up in the same blocking hop unless the request is conditional (then the key alone
+    // may answer it with a 304 and reading the file would be wasted).
+    let has_validators = headers.contains_key(header::IF_NONE_MATCH)
+        || headers.contains_key(header::IF_MODIFIED_SINCE);
+    let prepared = app.prepare(identifier, request, !has_validators).await?;
     let version = request.version;
     let canonical_url = format!(
         "{}/{}",
@@ -212,7 +216,8 @@ async fn image(
         r.headers_mut().remove(header::CONTENT_LENGTH);
         r
     } else {
-        let delivered = app.deliver(&prepared).await?;
+        let media_type = prepared.canonical.format().media_type();
+        let delivered = app.deliver(prepared).await?;
         let mut r = match delivered.body {
             Body::Bytes(bytes) => response::base(StatusCode::OK, bytes),
             Body::Accel(relative) => {
@@ -224,7 +229,6 @@ async fn image(
                 r
             }
         };
-        let media_type = prepared.canonical.format().media_type();
         response::set(&mut r, header::CONTENT_TYPE, media_type);
         response::set(
             &mut r,

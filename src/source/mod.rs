@@ -28,7 +28,8 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    fn of(meta: &fs::Metadata) -> Fingerprint {
+    /// The fingerprint of a file's metadata.
+    pub fn of(meta: &fs::Metadata) -> Fingerprint {
         Fingerprint {
             len: meta.len(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),

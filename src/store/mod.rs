@@ -55,7 +55,7 @@ pub struct StoreCounters {
 }
 
 /// A stored object found by [`Store::lookup`].
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Hit {
     /// The bytes, when asked for.
     pub bytes: Option<Vec<u8>>,
