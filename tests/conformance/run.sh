@@ -16,10 +16,10 @@ cleanup() { [[ -n "$SERVER_PID" ]] && kill "$SERVER_PID" 2>/dev/null; wait 2>/de
 trap cleanup EXIT
 
 VALIDATOR_IMAGE_DIR="$WORK/images" "$HERE/iiif-validate.sh" --prepare >/dev/null
-IIIFD_LOG__LEVEL=warn "$BIN" serve --listen 127.0.0.1:0 --images "$WORK/images" --store "$WORK/store" >"$WORK/out" &
+IIIFD_LOG__LEVEL=warn IIIFD_ADMIN__LISTEN=127.0.0.1:0 "$BIN" serve --listen 127.0.0.1:0 --images "$WORK/images" --store "$WORK/store" >"$WORK/out" &
 SERVER_PID=$!
 for _ in $(seq 100); do grep -q listening "$WORK/out" 2>/dev/null && break; sleep 0.1; done
-ADDR="$(grep -o '127.0.0.1:[0-9]*' "$WORK/out")"
+ADDR="$(grep -m1 -o '127.0.0.1:[0-9]*' "$WORK/out")"
 echo "conformance: iiifd at $ADDR"
 
 total_pass=0; total_fail=0
