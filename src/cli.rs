@@ -44,6 +44,15 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         images: Option<PathBuf>,
     },
+    /// Print the URL of an image or its info.json (Flask-IIIF's `iiif_image_url`), validated.
+    Url {
+        /// Configuration (for the public base URL and prefix).
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// What to address.
+        #[command(flatten)]
+        url: UrlArgs,
+    },
     /// Maintain the derivative store offline (while no server uses it; a running server offers the same
     /// on its admin listener under /admin/store/).
     Store {
@@ -54,6 +63,34 @@ pub enum Command {
         #[command(subcommand)]
         op: StoreOp,
     },
+}
+
+/// Arguments of `iiifd url`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UrlArgs {
+    /// The identifier (a path below the image directory).
+    pub id: String,
+    /// Image API version: 3, 2 or 1.
+    #[arg(long, default_value_t = 3)]
+    pub version: u8,
+    /// Region (default full).
+    #[arg(long, default_value = "full")]
+    pub region: String,
+    /// Size (default max in 3, full in 2 and 1).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Rotation (default 0).
+    #[arg(long, default_value = "0")]
+    pub rotation: String,
+    /// Quality (default default; native in 1).
+    #[arg(long)]
+    pub quality: Option<String>,
+    /// Format (default jpg).
+    #[arg(long, default_value = "jpg")]
+    pub format: String,
+    /// Print the info.json URL instead.
+    #[arg(long)]
+    pub info: bool,
 }
 
 /// Store operations.
@@ -108,6 +145,26 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Url { config, url } => {
+            let cfg =
+                match Config::load_from_process(config.config.as_deref(), &Overrides::default()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("iiifd: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                };
+            match image_url(&cfg, &url) {
+                Ok(u) => {
+                    println!("{u}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("iiifd: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::Store { config, op } => {
             let overrides = Overrides {
                 store: config.store.clone(),
@@ -124,6 +181,47 @@ pub fn main() -> ExitCode {
             store_command(&cfg, &op)
         }
     }
+}
+
+/// The URL `iiifd url` prints, after checking the parameters parse in the chosen version.
+pub fn image_url(cfg: &Config, a: &UrlArgs) -> Result<String, String> {
+    use crate::iiif::parse::{encode_identifier, parse_image_params};
+    use crate::iiif::{ApiVersion, Format};
+    let version = ApiVersion::from_path_segment(&a.version.to_string())
+        .ok_or("--version must be 1, 2 or 3")?;
+    let base = if cfg.public_base_url.is_empty() {
+        format!("http://{}{}", cfg.listen, cfg.prefix)
+    } else {
+        cfg.public_base_url.clone()
+    };
+    let service = format!(
+        "{base}/{}/{}",
+        version.path_segment(),
+        encode_identifier(&a.id)
+    );
+    if a.info {
+        return Ok(format!("{service}/info.json"));
+    }
+    let size = a.size.clone().unwrap_or_else(|| {
+        if version == ApiVersion::V3 {
+            "max"
+        } else {
+            "full"
+        }
+        .into()
+    });
+    let quality = a.quality.clone().unwrap_or_else(|| {
+        if version == ApiVersion::V1 {
+            "native"
+        } else {
+            "default"
+        }
+        .into()
+    });
+    let qf = format!("{quality}.{}", a.format);
+    parse_image_params(version, &a.region, &size, &a.rotation, &qf, Format::Jpg)
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{service}/{}/{size}/{}/{qf}", a.region, a.rotation))
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
@@ -214,8 +312,12 @@ fn serve(cfg: Config) -> std::io::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         };
         let (a, b) = (Arc::clone(&app), Arc::clone(&app));
-        let public = crate::http::serve(listener, stopped(stop_rx.clone()), move |req| crate::http::routes::handle(Arc::clone(&a), req));
-        let admin = crate::http::serve(admin_listener, stopped(stop_rx), move |req| crate::http::admin::handle(Arc::clone(&b), req));
+        let limits = crate::http::Limits {
+            header_timeout: std::time::Duration::from_millis(cfg.http.header_timeout_ms),
+            max_connections: cfg.http.max_connections,
+        };
+        let public = crate::http::serve(listener, limits, stopped(stop_rx.clone()), move |req| crate::http::routes::handle(Arc::clone(&a), req));
+        let admin = crate::http::serve(admin_listener, limits, stopped(stop_rx), move |req| crate::http::admin::handle(Arc::clone(&b), req));
         let signal = async move {
             shutdown_signal().await;
             sd_notify("STOPPING=1");

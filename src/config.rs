@@ -36,6 +36,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The admin listener (metrics, store maintenance, crawl).
     pub admin: AdminConfig,
+    /// Compatibility routes.
+    pub compat: CompatConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -76,6 +78,31 @@ pub struct RenderConfig {
 pub struct HttpConfig {
     /// `Cache-Control: max-age` of images and info.json, in seconds. Env: `IIIFD_HTTP__MAX_AGE`.
     pub max_age: u64,
+    /// Clients must send their request headers within this many milliseconds (slowloris).
+    /// Env: `IIIFD_HTTP__HEADER_TIMEOUT_MS`.
+    pub header_timeout_ms: u64,
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    /// Env: `IIIFD_HTTP__MAX_CONNECTIONS`.
+    pub max_connections: usize,
+}
+
+/// `[compat]`: routes of the servers iiifd replaces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompatConfig {
+    /// Serve Flask-IIIF's routes (`{flask_iiif_prefix}/v1/...`, `/v2/...`). Env: `IIIFD_COMPAT__FLASK_IIIF`.
+    pub flask_iiif: bool,
+    /// Flask-IIIF's URL prefix. Env: `IIIFD_COMPAT__FLASK_IIIF_PREFIX`.
+    pub flask_iiif_prefix: String,
+}
+
+impl Default for CompatConfig {
+    fn default() -> Self {
+        CompatConfig {
+            flask_iiif: false,
+            flask_iiif_prefix: "/api/multimedia/image".into(),
+        }
+    }
 }
 
 /// `[store]`.
@@ -149,6 +176,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             store: StoreConfig::default(),
             admin: AdminConfig::default(),
+            compat: CompatConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -180,7 +208,11 @@ impl Default for RenderConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { max_age: 2_592_000 }
+        HttpConfig {
+            max_age: 2_592_000,
+            header_timeout_ms: 10_000,
+            max_connections: 10_000,
+        }
     }
 }
 
@@ -315,6 +347,19 @@ impl Config {
             return bad(
                 "store.accel_redirect",
                 "must be empty or a path starting and ending with '/', e.g. \"/_iiifd/\"",
+            );
+        }
+        let flask = &self.compat.flask_iiif_prefix;
+        if !flask.starts_with('/') || flask.ends_with('/') || !valid_path(flask) {
+            return bad(
+                "compat.flask_iiif_prefix",
+                "must start with '/' and not end with '/'",
+            );
+        }
+        if self.http.header_timeout_ms == 0 || self.http.max_connections == 0 {
+            return bad(
+                "http",
+                "header_timeout_ms and max_connections must be above 0",
             );
         }
         if self.store.max_bytes == 0 {

@@ -6,4 +6,5 @@ mod deploy;
 mod golden;
 mod http_api;
 mod malformed;
+mod operate;
 mod store;

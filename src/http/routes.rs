@@ -54,27 +54,34 @@ async fn route(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<respo
         return Ok(resp);
     }
     let prefix = app.config().prefix.as_str();
-    let rest = path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'));
-    let Some(rest) = rest else {
-        return Err(Error::NoRoute(
-            "{prefix}/{version}/{identifier}/... (version 1, 2 or 3)",
-        ));
+    let native = path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'));
+    let (rest, compat) = match native {
+        Some(rest) => (std::borrow::Cow::Borrowed(rest), false),
+        None => match flask_iiif_path(app, path) {
+            Some(rest) => (std::borrow::Cow::Owned(rest), true),
+            None => {
+                return Err(Error::NoRoute(
+                    "{prefix}/{version}/{identifier}/... (version 1, 2 or 3)",
+                ))
+            }
+        },
     };
+    let rest = rest.as_ref();
     let headers = req.headers();
     let negotiated = negotiate_format(header_str(headers, header::ACCEPT));
     match parse_route(rest, negotiated)? {
         Route::Base {
             version,
             identifier,
-        } => Ok(base_redirect(app, headers, version, &identifier)),
+        } => Ok(base_redirect(app, headers, version, &identifier, compat)),
         Route::Info {
             version,
             identifier,
-        } => info(app, headers, version, &identifier).await,
+        } => info(app, headers, version, &identifier, compat).await,
         Route::Image {
             identifier,
             request,
-        } => image(app, headers, &identifier, &request).await,
+        } => image(app, headers, &identifier, &request, compat).await,
     }
 }
 
@@ -83,8 +90,37 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 /// The public base URI of one image service: `{public base}/{version}/{encoded identifier}`.
-fn service_base(app: &App, headers: &HeaderMap, version: ApiVersion, identifier: &str) -> String {
+fn service_base(
+    app: &App,
+    headers: &HeaderMap,
+    version: ApiVersion,
+    identifier: &str,
+    compat: bool,
+) -> String {
     let cfg = app.config();
+    // Flask-IIIF routes live beside the IIIF prefix: same origin, their own mount and `v1`/`v2` segment.
+    let (mount, configured, segment) = if compat {
+        let origin = cfg
+            .public_base_url
+            .strip_suffix(cfg.prefix.as_str())
+            .unwrap_or(&cfg.public_base_url);
+        let configured = if origin.is_empty() {
+            String::new()
+        } else {
+            format!("{origin}{}", cfg.compat.flask_iiif_prefix)
+        };
+        (
+            cfg.compat.flask_iiif_prefix.as_str(),
+            configured,
+            format!("v{}", version.path_segment()),
+        )
+    } else {
+        (
+            cfg.prefix.as_str(),
+            cfg.public_base_url.clone(),
+            version.path_segment().to_owned(),
+        )
+    };
     let fwd = Forwarded {
         proto: header_str(
             headers,
@@ -97,17 +133,33 @@ fn service_base(app: &App, headers: &HeaderMap, version: ApiVersion, identifier:
         ),
         host_header: header_str(headers, header::HOST),
     };
-    let base = public_base(
-        &cfg.public_base_url,
-        &cfg.prefix,
-        fwd,
-        &cfg.listen.to_string(),
-    );
-    format!(
-        "{base}/{}/{}",
-        version.path_segment(),
-        encode_identifier(identifier)
-    )
+    let base = public_base(&configured, mount, fwd, &cfg.listen.to_string());
+    format!("{base}/{segment}/{}", encode_identifier(identifier))
+}
+
+/// A Flask-IIIF path (`{flask_iiif_prefix}/v1/...` or `/v2/...`), when those routes are enabled, as the
+/// equivalent path below iiifd's own prefix (`1/...`, `2/...`). Flask-IIIF's non-spec format names
+/// `jpeg` and `tiff` are accepted there, as Flask-IIIF did.
+fn flask_iiif_path(app: &App, path: &str) -> Option<String> {
+    let compat = &app.config().compat;
+    if !compat.flask_iiif {
+        return None;
+    }
+    let rest = path
+        .strip_prefix(compat.flask_iiif_prefix.as_str())?
+        .strip_prefix("/v")?;
+    let (version, tail) = rest.split_once('/')?;
+    if version != "1" && version != "2" {
+        return None;
+    }
+    let mut out = format!("{version}/{tail}");
+    for (alias, spec) in [(".jpeg", ".jpg"), (".tiff", ".tif")] {
+        if out.ends_with(alias) {
+            out.truncate(out.len() - alias.len());
+            out.push_str(spec);
+        }
+    }
+    Some(out)
 }
 
 fn preflight(headers: &HeaderMap) -> Response<response::Body> {
@@ -136,10 +188,11 @@ fn base_redirect(
     headers: &HeaderMap,
     version: ApiVersion,
     identifier: &str,
+    compat: bool,
 ) -> Response<response::Body> {
     let location = format!(
         "{}/info.json",
-        service_base(app, headers, version, identifier)
+        service_base(app, headers, version, identifier, compat)
     );
     let mut resp = response::base(StatusCode::SEE_OTHER, "");
     response::set(&mut resp, header::LOCATION, &location);
@@ -155,8 +208,9 @@ async fn info(
     headers: &HeaderMap,
     version: ApiVersion,
     identifier: &str,
+    compat: bool,
 ) -> Result<Response<response::Body>> {
-    let base = service_base(app, headers, version, identifier);
+    let base = service_base(app, headers, version, identifier, compat);
     let (json, source) = app.info(version, identifier, &base).await?;
     let modified = source.file.fingerprint.modified();
     let cache_control = format!("public, max-age={}", app.config().http.max_age);
@@ -191,6 +245,7 @@ async fn image(
     headers: &HeaderMap,
     identifier: &str,
     request: &ImageRequest,
+    compat: bool,
 ) -> Result<Response<response::Body>> {
     // Look the object up in the same blocking hop unless the request is conditional (then the key alone
     // may answer it with a 304 and reading the file would be wasted).
@@ -200,7 +255,7 @@ async fn image(
     let version = request.version;
     let canonical_url = format!(
         "{}/{}",
-        service_base(app, headers, version, identifier),
+        service_base(app, headers, version, identifier, compat),
         prepared.canonical.to_path()
     );
     let etag = prepared.key.etag();
