@@ -53,6 +53,8 @@ pub enum Command {
         #[command(flatten)]
         url: UrlArgs,
     },
+    /// Pre-warm a running server's store (a crawl job on its admin listener) and follow its progress.
+    Warm(crate::warm::WarmArgs),
     /// Maintain the derivative store offline (while no server uses it; a running server offers the same
     /// on its admin listener under /admin/store/).
     Store {
@@ -145,6 +147,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Warm(args) => crate::warm::run(&args),
         Command::Url { config, url } => {
             let cfg =
                 match Config::load_from_process(config.config.as_deref(), &Overrides::default()) {
@@ -294,6 +297,7 @@ fn serve(cfg: Config) -> std::io::Result<()> {
         let (app, recovery) = tokio::task::spawn_blocking(move || App::new(cfg2)).await.map_err(std::io::Error::other)??;
         tracing::info!(?recovery, "store opened");
         let app = Arc::new(app);
+        app.crawler().resume(&app);
         let bind = |addr: SocketAddr| async move {
             tokio::net::TcpListener::bind(addr)
                 .await

@@ -38,6 +38,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Compatibility routes.
     pub compat: CompatConfig,
+    /// Pre-warming.
+    pub crawl: CrawlConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -84,6 +86,15 @@ pub struct HttpConfig {
     /// Connections served at once; further ones wait in the kernel's accept queue.
     /// Env: `IIIFD_HTTP__MAX_CONNECTIONS`.
     pub max_connections: usize,
+}
+
+/// `[crawl]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrawlConfig {
+    /// Crawl renders at once; 0 = render workers - 1 (at least 1), so live requests keep a worker.
+    /// Env: `IIIFD_CRAWL__MAX_WORKERS`.
+    pub max_workers: usize,
 }
 
 /// `[compat]`: routes of the servers iiifd replaces.
@@ -177,6 +188,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             admin: AdminConfig::default(),
             compat: CompatConfig::default(),
+            crawl: CrawlConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -380,6 +392,14 @@ impl Config {
             max_width: self.limits.max_width,
             max_height: self.limits.max_height,
             max_area: self.limits.max_area,
+        }
+    }
+
+    /// Crawl renders allowed at once.
+    pub fn crawl_workers(&self) -> usize {
+        match self.crawl.max_workers {
+            0 => self.render_workers().saturating_sub(1).max(1),
+            n => n,
         }
     }
 

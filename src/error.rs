@@ -26,6 +26,9 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// A malformed admin request (crawl body, parameters).
+    #[error("bad request: {0}")]
+    BadRequest(String),
     /// No image has this identifier.
     #[error("no image with identifier '{}'", printable(.0))]
     NotFound(String),
@@ -67,7 +70,7 @@ impl Error {
                 | CanonicalError::UpscaleWithoutCaret
                 | CanonicalError::OverLimits { .. },
             ) => 400,
-            Error::BadIdentifier { .. } => 400,
+            Error::BadIdentifier { .. } | Error::BadRequest(_) => 400,
             Error::NotFound(_) | Error::NoRoute(_) => 404,
             Error::MethodNotAllowed => 405,
             // The request is valid IIIF; this server declines to process such a source.

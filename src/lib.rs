@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod crawl;
 pub mod error;
 pub mod flight;
 pub mod http;
@@ -29,3 +30,4 @@ pub mod render;
 pub mod service;
 pub mod source;
 pub mod store;
+pub mod warm;

@@ -6,6 +6,7 @@
 //! everything up to the key (no pixels touched), [`App::deliver`] finds or produces the bytes.
 
 use crate::config::Config;
+use crate::crawl::Crawler;
 use crate::error::{Error, Result};
 use crate::flight::{Flights, Role};
 use crate::iiif::canonical::{CanonicalRequest, ImageSize};
@@ -42,6 +43,8 @@ pub struct App {
     source_limits: SourceLimits,
     encode: EncodeSettings,
     info_cache: Mutex<HashMap<PathBuf, (Fingerprint, ImageSize)>>,
+    crawler: Crawler,
+    crawl_slots: tokio::sync::Semaphore,
     /// identifier -> the file it resolved to, so the hot path costs one `stat` instead of a search
     /// through the candidate extensions.
     path_cache: Mutex<HashMap<String, PathBuf>>,
@@ -132,6 +135,7 @@ impl App {
         let store = Arc::new(store);
         store.start_evictor()?;
         let pool = RenderPool::new(config.render_workers(), config.render.queue);
+        let crawl_slots = config.crawl_workers();
         let app = App {
             limits: config.limits(),
             source_limits: SourceLimits {
@@ -149,6 +153,8 @@ impl App {
             config,
             info_cache: Mutex::new(HashMap::new()),
             path_cache: Mutex::new(HashMap::new()),
+            crawler: Crawler::default(),
+            crawl_slots: tokio::sync::Semaphore::new(crawl_slots),
         };
         Ok((app, recovery))
     }
@@ -393,6 +399,35 @@ impl App {
             }
         };
         Ok(Rendered { bytes, stored })
+    }
+
+    /// The crawl jobs.
+    pub fn crawler(&self) -> &Crawler {
+        &self.crawler
+    }
+
+    /// Render and store in the crawl's low-priority lane: at most `crawl.max_workers` at once, and
+    /// only when a render worker is idle, so live requests never queue behind crawl work. Returns the
+    /// bytes rendered (0 when another request rendered it meanwhile).
+    pub async fn render_low_priority(self: &Arc<Self>, prepared: Prepared) -> Result<u64> {
+        let _slot = self.crawl_slots.acquire().await.map_err(|_| Error::Busy)?;
+        while self.pool.pending() >= self.pool.size() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let app = Arc::clone(self);
+        let key = prepared.key;
+        let (result, role) = self
+            .flights
+            .run(key, async move {
+                app.render_and_store(&prepared).await.map_err(Arc::new)
+            })
+            .await;
+        match result {
+            None => Err(Error::RenderPanicked),
+            Some(Err(e)) => Err(Error::Shared(e)),
+            Some(Ok(r)) if role == Role::Leader => Ok(r.bytes.len() as u64),
+            Some(Ok(_)) => Ok(0),
+        }
     }
 
     /// Render a prepared request on the pool.

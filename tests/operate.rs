@@ -148,7 +148,10 @@ fn envoy_config_routes_only_iiif_to_iiifd() {
         text.contains("port_value: 8080"),
         "points at iiifd's default listen port"
     );
-    assert!(!text.contains("port_value: 8081"), "the admin listener is never routed");
+    assert!(
+        !text.contains("port_value: 8081"),
+        "the admin listener is never routed"
+    );
     assert!(
         text.contains("KEEP_UNCHANGED"),
         "encoded slashes in identifiers pass unchanged"

@@ -29,7 +29,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             return r;
         }
     }
-    let query = req.uri().query().unwrap_or("");
+    let query = req.uri().query().unwrap_or("").to_owned();
+    if let Some(rest) = path.strip_prefix("/admin/crawl") {
+        return crawl(&app, req, rest).await;
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/metrics") => {
@@ -70,6 +73,62 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         _ => text(
             StatusCode::NOT_FOUND,
             "admin routes: /health /ready /metrics /admin/store/{stats,verify,gc,purge?id=}\n",
+        ),
+    }
+}
+
+/// Largest crawl request body (a manifest can be large, but not this large).
+const MAX_CRAWL_BODY: usize = 16 << 20;
+
+async fn crawl(app: &Arc<App>, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let id = rest.strip_prefix('/').filter(|s| !s.is_empty());
+    match (req.method().clone(), id) {
+        (Method::POST, None) => {
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_CRAWL_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return response::error(&Error::BadRequest(format!(
+                        "cannot read the body: {e}"
+                    )))
+                }
+            };
+            let spec: crate::crawl::CrawlSpec = match serde_json::from_slice(&body) {
+                Ok(s) => s,
+                Err(e) => {
+                    return response::error(&Error::BadRequest(format!(
+                        "malformed crawl request: {e}"
+                    )))
+                }
+            };
+            match app.crawler().submit(app, spec).await {
+                Ok(id) => {
+                    let mut r = json(&serde_json::json!({ "id": id }));
+                    *r.status_mut() = StatusCode::ACCEPTED;
+                    response::set(&mut r, header::LOCATION, &format!("/admin/crawl/{id}"));
+                    r
+                }
+                Err(e) => response::error(&e),
+            }
+        }
+        (Method::GET, None) => json(&app.crawler().list()),
+        (Method::GET, Some(id)) => match app.crawler().get(id) {
+            Some(state) => json(&state),
+            None => text(StatusCode::NOT_FOUND, "no such crawl job\n"),
+        },
+        (Method::DELETE, Some(id)) => {
+            if app.crawler().cancel(id) {
+                text(StatusCode::ACCEPTED, "cancelling\n")
+            } else {
+                text(StatusCode::NOT_FOUND, "no such crawl job\n")
+            }
+        }
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST /admin/crawl, GET or DELETE /admin/crawl/{id}\n",
         ),
     }
 }
