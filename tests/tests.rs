@@ -5,6 +5,7 @@ mod common;
 mod crawl;
 mod deploy;
 mod golden;
+mod hostile;
 mod http_api;
 mod malformed;
 mod operate;

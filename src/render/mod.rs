@@ -55,9 +55,25 @@ pub fn render(
 
 /// Decode the whole source into 8-bit gray or colour, with or without alpha.
 fn decode(path: &Path, max_decode_bytes: u64) -> Result<DynamicImage> {
-    let mut reader = image::ImageReader::open(path)
+    let reader = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| Error::Internal(format!("cannot read the source: {e}")))?;
+    decode_reader(reader, max_decode_bytes)
+}
+
+/// Decode an image held in memory, with the same limits and normalisation as a source file (for the
+/// fuzzers and the hostile-input tests).
+pub fn decode_bytes(bytes: &[u8], max_decode_bytes: u64) -> Result<DynamicImage> {
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Undecodable(e.to_string()))?;
+    decode_reader(reader, max_decode_bytes)
+}
+
+fn decode_reader<R: std::io::BufRead + std::io::Seek>(
+    mut reader: image::ImageReader<R>,
+    max_decode_bytes: u64,
+) -> Result<DynamicImage> {
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_decode_bytes);
     reader.limits(limits);
