@@ -9,4 +9,6 @@ mod hostile;
 mod http_api;
 mod malformed;
 mod operate;
+mod overload;
 mod store;
+mod traversal;
