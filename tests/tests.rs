@@ -4,6 +4,7 @@
 mod common;
 mod crawl;
 mod deploy;
+mod faults;
 mod golden;
 mod hostile;
 mod http_api;
