@@ -40,6 +40,8 @@ pub struct Config {
     pub compat: CompatConfig,
     /// Pre-warming.
     pub crawl: CrawlConfig,
+    /// The built-in viewer page.
+    pub viewer: ViewerConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -86,6 +88,25 @@ pub struct HttpConfig {
     /// Connections served at once; further ones wait in the kernel's accept queue.
     /// Env: `IIIFD_HTTP__MAX_CONNECTIONS`.
     pub max_connections: usize,
+}
+
+/// `[viewer]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ViewerConfig {
+    /// Serve `/viewer/{identifier}`. Env: `IIIFD_VIEWER__ENABLED`.
+    pub enabled: bool,
+    /// URL of the OpenSeadragon script the page loads. Env: `IIIFD_VIEWER__SCRIPT_URL`.
+    pub script_url: String,
+}
+
+impl Default for ViewerConfig {
+    fn default() -> Self {
+        ViewerConfig {
+            enabled: true,
+            script_url: "https://cdn.jsdelivr.net/npm/openseadragon@6.1.1/build/openseadragon/openseadragon.min.js".into(),
+        }
+    }
 }
 
 /// `[crawl]`.
@@ -189,6 +210,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             compat: CompatConfig::default(),
             crawl: CrawlConfig::default(),
+            viewer: ViewerConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -359,6 +381,19 @@ impl Config {
             return bad(
                 "store.accel_redirect",
                 "must be empty or a path starting and ending with '/', e.g. \"/_iiifd/\"",
+            );
+        }
+        let script = &self.viewer.script_url;
+        if !(script.starts_with("http://")
+            || script.starts_with("https://")
+            || script.starts_with('/'))
+            || script
+                .bytes()
+                .any(|b| b.is_ascii_control() || b" \"'<>`".contains(&b))
+        {
+            return bad(
+                "viewer.script_url",
+                "must be an http(s) URL or absolute path without quotes, spaces or <>",
             );
         }
         let flask = &self.compat.flask_iiif_prefix;

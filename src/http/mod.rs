@@ -6,6 +6,7 @@ pub mod admin;
 pub mod headers;
 pub mod response;
 pub mod routes;
+pub mod viewer;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;

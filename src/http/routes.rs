@@ -53,6 +53,12 @@ async fn route(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<respo
         response::set(&mut resp, header::CONTENT_TYPE, "text/plain; charset=utf-8");
         return Ok(resp);
     }
+    if let Some(id) = path
+        .strip_prefix("/viewer/")
+        .filter(|_| app.config().viewer.enabled)
+    {
+        return viewer(app, id, req.uri().query().unwrap_or("")).await;
+    }
     let prefix = app.config().prefix.as_str();
     let native = path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'));
     let (rest, compat) = match native {
@@ -311,6 +317,22 @@ async fn image(
             profile_link(version)
         ),
     );
+    Ok(resp)
+}
+
+async fn viewer(app: &Arc<App>, raw_id: &str, query: &str) -> Result<Response<response::Body>> {
+    let identifier =
+        crate::iiif::parse::decode_segment(raw_id, crate::iiif::parse::Part::Identifier)?;
+    app.source(&identifier).await?;
+    let version = if query.split('&').any(|kv| kv == "version=2") {
+        ApiVersion::V2
+    } else {
+        ApiVersion::V3
+    };
+    let cfg = app.config();
+    let html = super::viewer::page(&cfg.prefix, &cfg.viewer.script_url, version, &identifier);
+    let mut resp = response::base(StatusCode::OK, html);
+    response::set(&mut resp, header::CONTENT_TYPE, "text/html; charset=utf-8");
     Ok(resp)
 }
 
