@@ -131,12 +131,9 @@ pub fn main() -> ExitCode {
                 images,
                 store: config.store.clone(),
             };
-            let cfg = match Config::load_from_process(config.config.as_deref(), &overrides) {
+            let cfg = match load_config(&config, &overrides) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("iiifd: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(code) => return code,
             };
             init_logging(&cfg);
             match serve(cfg) {
@@ -149,14 +146,10 @@ pub fn main() -> ExitCode {
         }
         Command::Warm(args) => crate::warm::run(&args),
         Command::Url { config, url } => {
-            let cfg =
-                match Config::load_from_process(config.config.as_deref(), &Overrides::default()) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("iiifd: {e}");
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
-                };
+            let cfg = match load_config(&config, &Overrides::default()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
             match image_url(&cfg, &url) {
                 Ok(u) => {
                     println!("{u}");
@@ -173,12 +166,9 @@ pub fn main() -> ExitCode {
                 store: config.store.clone(),
                 ..Overrides::default()
             };
-            let cfg = match Config::load_from_process(config.config.as_deref(), &overrides) {
+            let cfg = match load_config(&config, &overrides) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("iiifd: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(code) => return code,
             };
             init_logging(&cfg);
             store_command(&cfg, &op)
@@ -225,6 +215,14 @@ pub fn image_url(cfg: &Config, a: &UrlArgs) -> Result<String, String> {
     parse_image_params(version, &a.region, &size, &a.rotation, &qf, Format::Jpg)
         .map_err(|e| e.to_string())?;
     Ok(format!("{service}/{}/{size}/{}/{qf}", a.region, a.rotation))
+}
+
+/// Load the configuration for a command; on failure print the message and give exit status 2.
+fn load_config(args: &ConfigArgs, overrides: &Overrides) -> Result<Config, ExitCode> {
+    Config::load_from_process(args.config.as_deref(), overrides).map_err(|e| {
+        eprintln!("iiifd: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {

@@ -53,22 +53,7 @@ fn twenty_kill_9_cycles_during_renders_and_crawls() {
                     150 + cycle * 10 + i,
                     (i % 4) * 90
                 );
-                std::thread::spawn(move || {
-                    use std::io::{Read, Write};
-                    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(20)))
-                        .ok()?;
-                    stream
-                        .write_all(
-                            format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                                .as_bytes(),
-                        )
-                        .ok()?;
-                    let mut buf = Vec::new();
-                    let _ = stream.read_to_end(&mut buf);
-                    Some((url, buf))
-                })
+                crate::common::fire(addr, url)
             })
             .collect();
         // Kill at a different moment each cycle (a deterministic spread from 20 ms to ~600 ms).
@@ -78,16 +63,7 @@ fn twenty_kill_9_cycles_during_renders_and_crawls() {
             let Some((url, buf)) = h.join().expect("client") else {
                 continue;
             };
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let body = &buf[end + 4..];
-            let len: Option<usize> = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok());
-            if head.starts_with("http/1.1 200") && len == Some(body.len()) {
+            if let Some(body) = crate::common::complete_200(&buf) {
                 assert!(
                     image::load_from_memory(body).is_ok(),
                     "complete 200 bodies are images: {url}"

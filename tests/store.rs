@@ -237,22 +237,7 @@ fn kill_9_during_cold_renders_never_corrupts() {
                     300 + cycle * 20 + i,
                     i % 4 * 90
                 );
-                std::thread::spawn(move || {
-                    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-                    use std::io::{Read, Write};
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(20)))
-                        .ok()?;
-                    stream
-                        .write_all(
-                            format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                                .as_bytes(),
-                        )
-                        .ok()?;
-                    let mut buf = Vec::new();
-                    let _ = stream.read_to_end(&mut buf);
-                    Some((url, buf))
-                })
+                crate::common::fire(addr, url)
             })
             .collect();
         std::thread::sleep(Duration::from_millis(150 + 37 * cycle as u64));
@@ -261,16 +246,7 @@ fn kill_9_during_cold_renders_never_corrupts() {
             let Some((url, buf)) = h.join().expect("thread") else {
                 continue;
             };
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let body = &buf[end + 4..];
-            let len: Option<usize> = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok());
-            if head.starts_with("http/1.1 200") && len == Some(body.len()) {
+            if let Some(body) = crate::common::complete_200(&buf) {
                 assert!(
                     image::load_from_memory(body).is_ok(),
                     "a complete 200 body must be an image: {url}"

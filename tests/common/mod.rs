@@ -277,3 +277,34 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Start one request in a thread that tolerates the server dying mid-way: the raw reply (possibly
+/// truncated) or `None` if the connection failed.
+pub fn fire(addr: SocketAddr, url: String) -> std::thread::JoinHandle<Option<(String, Vec<u8>)>> {
+    std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .ok()?;
+        stream
+            .write_all(
+                format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .ok()?;
+        let mut buf = Vec::new();
+        let _ = stream.read_to_end(&mut buf);
+        Some((url, buf))
+    })
+}
+
+/// The body of a raw reply if it is a 200 whose body arrived whole (as long as its Content-Length).
+pub fn complete_200(buf: &[u8]) -> Option<&[u8]> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let body = &buf[end + 4..];
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())?;
+    (head.starts_with("http/1.1 200") && len == body.len()).then_some(body)
+}
