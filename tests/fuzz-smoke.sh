@@ -17,7 +17,7 @@ for target in $(cargo fuzz list); do
   rc=$?
   echo "$out" | grep -E '^(#[0-9]+.*DONE|Done [0-9]+ runs)' | tail -1 | sed "s/^/fuzz-smoke $target: /"
   if [[ $rc -ne 0 ]]; then
-    echo "$out" | tail -30
+    echo "$out" | grep -E "panicked at|ERROR: |SUMMARY|Reproduce|artifact_prefix|Test unit written" | head -20
     echo "fuzz-smoke $target: FAILED (see fuzz/artifacts/$target)"
     status=1
   fi

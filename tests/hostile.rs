@@ -244,3 +244,23 @@ fn hostile_images_get_an_image_or_a_clear_error() {
         report.join("\n")
     );
 }
+
+/// Inputs the fuzzers found (tests/fuzz-regressions/<target>/), kept as regression tests.
+#[test]
+fn fuzz_regressions_decode_to_an_error_or_a_real_image() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions/decode");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("regressions").flatten() {
+        let bytes = std::fs::read(entry.path()).expect("read");
+        if let Ok(img) = iiifd::render::decode_bytes(&bytes, 64 << 20) {
+            assert!(
+                img.width() > 0 && img.height() > 0,
+                "{}",
+                entry.path().display()
+            );
+        }
+        n += 1;
+    }
+    assert!(n >= 1);
+}

@@ -77,9 +77,18 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_decode_bytes);
     reader.limits(limits);
-    let img = reader
-        .decode()
-        .map_err(|e| Error::Undecodable(e.to_string()))?;
+    let img = reader.decode().map_err(|e| match e {
+        // The decode budget, not the file, is what stops a decompression bomb: the source is valid but
+        // larger than this server decodes.
+        image::ImageError::Limits(l) => Error::SourceTooLarge(format!(
+            "decoding it would exceed render.max_decode_bytes ({l})"
+        )),
+        other => Error::Undecodable(other.to_string()),
+    })?;
+    // Found by the `decode` fuzz target: a GIF whose logical screen is 0x0 decodes to an empty image.
+    if img.width() == 0 || img.height() == 0 {
+        return Err(Error::Undecodable("the image has no pixels".into()));
+    }
     use image::ColorType as C;
     // Everything downstream works on 8-bit samples; gray stays gray (a third of the memory of RGB).
     Ok(match img.color() {
