@@ -74,6 +74,9 @@ pub struct RenderConfig {
     pub jpeg_quality: u8,
     /// Most bytes one decode may allocate. Env: `IIIFD_RENDER__MAX_DECODE_BYTES`.
     pub max_decode_bytes: u64,
+    /// Decoded source pixels kept in memory between renders (0 disables).
+    /// Env: `IIIFD_RENDER__DECODED_CACHE_BYTES`.
+    pub decoded_cache_bytes: u64,
 }
 
 /// `[http]`.
@@ -236,6 +239,7 @@ impl Default for RenderConfig {
             queue: 64,
             jpeg_quality: 85,
             max_decode_bytes: 1 << 30,
+            decoded_cache_bytes: 256 << 20,
         }
     }
 }

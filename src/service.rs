@@ -15,6 +15,7 @@ use crate::iiif::parse::ImageRequest;
 use crate::iiif::{ApiVersion, Limits};
 use crate::key::DerivativeKey;
 use crate::metrics::{self, Metrics};
+use crate::render::cache::DecodedCache;
 use crate::render::pool::{PoolError, RenderPool};
 use crate::render::{self, EncodeSettings};
 use crate::source::{self, Fingerprint, SourceFile, SourceLimits, Sources};
@@ -44,6 +45,7 @@ pub struct App {
     encode: EncodeSettings,
     info_cache: Mutex<HashMap<PathBuf, (Fingerprint, ImageSize)>>,
     crawler: Crawler,
+    decoded: Arc<DecodedCache>,
     crawl_slots: tokio::sync::Semaphore,
     /// identifier -> the file it resolved to, so the hot path costs one `stat` instead of a search
     /// through the candidate extensions.
@@ -136,6 +138,7 @@ impl App {
         store.start_evictor()?;
         let pool = RenderPool::new(config.render_workers(), config.render.queue);
         let crawl_slots = config.crawl_workers();
+        let decoded_budget = config.render.decoded_cache_bytes;
         let app = App {
             limits: config.limits(),
             source_limits: SourceLimits {
@@ -154,6 +157,7 @@ impl App {
             info_cache: Mutex::new(HashMap::new()),
             path_cache: Mutex::new(HashMap::new()),
             crawler: Crawler::default(),
+            decoded: Arc::new(DecodedCache::new(decoded_budget)),
             crawl_slots: tokio::sync::Semaphore::new(crawl_slots),
         };
         Ok((app, recovery))
@@ -433,14 +437,26 @@ impl App {
     /// Render a prepared request on the pool.
     pub async fn render(&self, prepared: &Prepared) -> Result<Vec<u8>> {
         let path = prepared.source.file.path.clone();
+        let fp = prepared.source.file.fingerprint;
+        let cache_key = format!(
+            "{}\0{}:{}:{}",
+            path.display(),
+            fp.len,
+            fp.mtime_ns,
+            fp.inode
+        );
         let canonical = prepared.canonical.clone();
         let encode = self.encode;
         let max_decode = self.config.render.max_decode_bytes;
-        match self
-            .pool
-            .run(move || render::render(&path, &canonical, &encode, max_decode))
-            .await
-        {
+        let cache = Arc::clone(&self.decoded);
+        let job = move || {
+            let source = render::Source {
+                path: &path,
+                cache_key: &cache_key,
+            };
+            render::render(&source, &cache, &canonical, &encode, max_decode)
+        };
+        match self.pool.run(job).await {
             Ok(result) => result,
             Err(PoolError::Busy) => Err(Error::Busy),
             Err(PoolError::Panicked) => Err(Error::RenderPanicked),

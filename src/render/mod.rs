@@ -4,11 +4,13 @@
 //! Pure CPU work on a file path and a [`CanonicalRequest`]: no async, no store, no HTTP. It runs on the
 //! bounded worker pool ([`pool`]), never on the async threads.
 
+pub mod cache;
 pub mod pool;
 
 use crate::error::{Error, Result};
-use crate::iiif::canonical::CanonicalRequest;
+use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::iiif::{Format, Quality};
+use cache::DecodedCache;
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgba, RgbaImage};
 use std::io::Cursor;
 use std::path::Path;
@@ -41,16 +43,56 @@ impl EncodeSettings {
     }
 }
 
-/// Decode `path` and produce the encoded image that `req` describes.
+/// The source of a render: its file, and the key under which its decoded pixels are cached (the
+/// caller makes it unique per file version).
+pub struct Source<'a> {
+    /// The file.
+    pub path: &'a Path,
+    /// Cache key: path and fingerprint.
+    pub cache_key: &'a str,
+}
+
+/// Produce the encoded image that `req` describes, decoding `source` (or taking its pixels from `cache`).
 pub fn render(
-    path: &Path,
+    source: &Source<'_>,
+    cache: &DecodedCache,
     req: &CanonicalRequest,
     settings: &EncodeSettings,
     max_decode_bytes: u64,
 ) -> Result<Vec<u8>> {
-    let img = decode(path, max_decode_bytes)?;
-    let img = apply(img, req);
+    let decoded =
+        cache.get_or_decode(source.cache_key, || decode(source.path, max_decode_bytes))?;
+    let (level, region) = pick_level(req);
+    let img = decoded.level(level);
+    let img = apply(&img, region, req);
     encode(img, req.format(), req.quality(), settings)
+}
+
+/// The coarsest pyramid level that still has at least the output's resolution, and the request's region
+/// in that level's pixels. Tiles of scale factor s start at multiples of 512*s, so at level log2(s)
+/// their edges stay on whole pixels.
+fn pick_level(req: &CanonicalRequest) -> (usize, Rect) {
+    let r = req.region();
+    let (ow, oh) = (req.width(), req.height());
+    let mut k = 0usize;
+    while k < 16 && (r.w >> (k + 1)) >= ow && (r.h >> (k + 1)) >= oh {
+        k += 1;
+    }
+    if k == 0 {
+        return (0, r);
+    }
+    let (x0, y0) = (r.x >> k, r.y >> k);
+    let x1 = (u64::from(r.x) + u64::from(r.w)).div_ceil(1 << k) as u32;
+    let y1 = (u64::from(r.y) + u64::from(r.h)).div_ceil(1 << k) as u32;
+    (
+        k,
+        Rect {
+            x: x0,
+            y: y0,
+            w: (x1 - x0).max(1),
+            h: (y1 - y0).max(1),
+        },
+    )
 }
 
 /// Decode the whole source into 8-bit gray or colour, with or without alpha.
@@ -100,14 +142,16 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
     })
 }
 
-/// Region, size, mirror, rotation, in that order.
-fn apply(img: DynamicImage, req: &CanonicalRequest) -> DynamicImage {
-    let r = req.region();
-    let img = if (r.x, r.y, r.w, r.h) == (0, 0, img.width(), img.height()) {
-        img
-    } else {
-        img.crop_imm(r.x, r.y, r.w, r.h)
-    };
+/// Region, size, mirror, rotation, in that order. `r` is the region in `img`'s pixels (clamped here,
+/// since a level's edge may round one pixel short).
+fn apply(img: &DynamicImage, r: Rect, req: &CanonicalRequest) -> DynamicImage {
+    let x = r.x.min(img.width().saturating_sub(1));
+    let y = r.y.min(img.height().saturating_sub(1));
+    let (w, h) = (
+        r.w.min(img.width() - x).max(1),
+        r.h.min(img.height() - y).max(1),
+    );
+    let img = img.crop_imm(x, y, w, h);
     let img = if (img.width(), img.height()) == (req.width(), req.height()) {
         img
     } else {
