@@ -13,7 +13,8 @@ cargo fuzz build -O >/dev/null 2>&1 || { echo "fuzz-smoke: fuzz targets do not b
 status=0
 for target in $(cargo fuzz list); do
   mkdir -p "corpus/$target"
-  out="$(cargo fuzz run -O "$target" "corpus/$target" -- -max_total_time="$SECS" -rss_limit_mb=2048 2>&1)"
+  # corpus/ (ignored by git) grows across runs; seeds/ (committed) gives every run a start.
+  out="$(cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$SECS" -rss_limit_mb=2048 2>&1)"
   rc=$?
   echo "$out" | grep -E '^(#[0-9]+.*DONE|Done [0-9]+ runs)' | tail -1 | sed "s/^/fuzz-smoke $target: /"
   if [[ $rc -ne 0 ]]; then
