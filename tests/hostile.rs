@@ -180,6 +180,55 @@ pub fn generate(dir: &Path) -> Vec<String> {
     jp2.extend_from_slice(&[0xff, 0x4f, 0xff, 0x51, 0x00, 0x29, 0x00, 0x00]);
     jp2.extend_from_slice(&[0xff; 32]);
     files.push(("huge-codestream.jp2".into(), jp2));
+    // CMYK and YCCK JPEGs (Adobe APP14), 64 x 48.
+    for (name, color) in [
+        ("cmyk.jpg", jpeg_encoder::ColorType::Cmyk),
+        ("ycck.jpg", jpeg_encoder::ColorType::Ycck),
+    ] {
+        let pixels: Vec<u8> = (0..64 * 48)
+            .flat_map(|i| [(i % 64 * 4) as u8, (i / 64 * 5) as u8, 40, 10])
+            .collect();
+        let mut out = Vec::new();
+        jpeg_encoder::Encoder::new(&mut out, 90)
+            .encode(&pixels, 64, 48, color)
+            .expect("cmyk jpeg");
+        files.push((name.into(), out));
+    }
+    // A 1-bit (bilevel) TIFF, 16 x 2, rows of alternating bytes.
+    files.push((
+        "one-bit.tif".into(),
+        tiff(
+            &[
+                (256, 3, 1, 16),
+                (257, 3, 1, 2),
+                (258, 3, 1, 1),
+                (259, 3, 1, 1),
+                (262, 3, 1, 1),
+                (273, 4, 1, 8 + 2 + 7 * 12 + 4),
+                (279, 4, 1, 4),
+            ],
+            0,
+            &[0xf0, 0x0f, 0xaa, 0x55],
+        ),
+    ));
+    // EXIF orientations 1-8: a JPEG with an APP1 Exif segment holding only the Orientation tag.
+    let base = encode(&img, ImageFormat::Jpeg);
+    for orientation in 1u16..=8 {
+        let mut tiff_le = b"II*\0\x08\0\0\0\x01\0".to_vec();
+        tiff_le.extend_from_slice(&0x0112u16.to_le_bytes());
+        tiff_le.extend_from_slice(&3u16.to_le_bytes());
+        tiff_le.extend_from_slice(&1u32.to_le_bytes());
+        tiff_le.extend_from_slice(&u32::from(orientation).to_le_bytes());
+        tiff_le.extend_from_slice(&0u32.to_le_bytes());
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff_le);
+        let mut jpeg = base[..2].to_vec();
+        jpeg.extend_from_slice(&[0xff, 0xe1]);
+        jpeg.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        jpeg.extend_from_slice(&app1);
+        jpeg.extend_from_slice(&base[2..]);
+        files.push((format!("exif-orientation-{orientation}.jpg"), jpeg));
+    }
     let mut names = Vec::new();
     for (name, bytes) in files {
         std::fs::write(dir.join(&name), bytes).expect("write hostile file");
@@ -192,7 +241,7 @@ pub fn generate(dir: &Path) -> Vec<String> {
 fn hostile_images_get_an_image_or_a_clear_error() {
     let mut s = Server::start_with(&[], &[("IIIFD_RENDER__MAX_DECODE_BYTES", "268435456")]);
     let names = generate(&s.images);
-    assert!(names.len() >= 30);
+    assert!(names.len() >= 40);
     let mut report = Vec::new();
     for name in &names {
         let id = name.replace('.', "%2E");
