@@ -1,5 +1,5 @@
-//! Request routing, top to bottom: preflight -> method check -> health -> IIIF routes
-//! (base redirect, info.json, image). Every handler returns `Result<Response, Error>`; [`handle`]
+//! Request routing, top to bottom: preflight -> method check -> health -> viewer page -> IIIF routes
+//! under the prefix, or Flask-IIIF's when enabled (base redirect, info.json, image). Every handler returns `Result<Response, Error>`; [`handle`]
 //! maps errors in one place and writes the access log line.
 
 use super::headers::{info_content_type, negotiate_format, not_modified, public_base, Forwarded};
