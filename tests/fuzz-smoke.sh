@@ -10,7 +10,7 @@ if ! command -v cargo-fuzz >/dev/null; then
   cargo install cargo-fuzz --locked --quiet || { echo "fuzz-smoke: cannot install cargo-fuzz; skipped"; exit 0; }
 fi
 cargo fuzz build -O >/dev/null 2>&1 || { echo "fuzz-smoke: fuzz targets do not build here; skipped"; exit 0; }
-status=0
+status=0 passed=0 failed=0
 for target in $(cargo fuzz list); do
   mkdir -p "corpus/$target"
   # corpus/ (ignored by git) grows across runs; seeds/ (committed) gives every run a start.
@@ -20,7 +20,10 @@ for target in $(cargo fuzz list); do
   if [[ $rc -ne 0 ]]; then
     echo "$out" | grep -E "panicked at|ERROR: |SUMMARY|Reproduce|artifact_prefix|Test unit written" | head -20
     echo "fuzz-smoke $target: FAILED (see fuzz/artifacts/$target)"
-    status=1
+    status=1 failed=$((failed + 1))
+  else
+    passed=$((passed + 1))
   fi
 done
+echo "fuzz: $passed passed, $failed failed"
 exit $status
