@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the render-duration histogram buckets.
@@ -11,8 +10,10 @@ const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Version labels of `iiifd_requests_total`, in slot order.
+const VERSIONS: [&str; 4] = ["3", "2", "1", "other"];
+
 /// Counters kept by the service and the HTTP layer.
-#[derive(Default)]
 pub struct Metrics {
     /// Renders performed.
     pub renders: AtomicU64,
@@ -21,7 +22,22 @@ pub struct Metrics {
     render_buckets: [AtomicU64; BUCKETS.len()],
     render_count: AtomicU64,
     render_micros: AtomicU64,
-    requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
+    /// Requests by version slot (3, 2, 1, other) and status (100..=599): plain atomics, because this is
+    /// touched by every request and a shared lock here showed up as contention under load.
+    requests: [[AtomicU64; 500]; 4],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            renders: AtomicU64::new(0),
+            collapsed: AtomicU64::new(0),
+            render_buckets: Default::default(),
+            render_count: AtomicU64::new(0),
+            render_micros: AtomicU64::new(0),
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
 }
 
 impl Metrics {
@@ -41,8 +57,12 @@ impl Metrics {
 
     /// Count one answered request by API version (`"3"`, `"2"`, `"1"` or `"other"`) and status.
     pub fn count_request(&self, version: &str, status: u16) {
-        if let Ok(mut map) = self.requests.lock() {
-            *map.entry((version.to_owned(), status)).or_insert(0) += 1;
+        let v = VERSIONS.iter().position(|x| *x == version).unwrap_or(3);
+        if let Some(slot) = status
+            .checked_sub(100)
+            .and_then(|i| self.requests[v].get(usize::from(i)))
+        {
+            slot.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -82,12 +102,16 @@ impl Metrics {
             "# HELP iiifd_requests_total Requests answered, by API version and status."
         );
         let _ = writeln!(out, "# TYPE iiifd_requests_total counter");
-        if let Ok(map) = self.requests.lock() {
-            for ((version, status), n) in map.iter() {
-                let _ = writeln!(
-                    out,
-                    "iiifd_requests_total{{version=\"{version}\",status=\"{status}\"}} {n}"
-                );
+        for (v, version) in VERSIONS.iter().enumerate() {
+            for (i, counter) in self.requests[v].iter().enumerate() {
+                let n = counter.load(Ordering::Relaxed);
+                if n > 0 {
+                    let status = i + 100;
+                    let _ = writeln!(
+                        out,
+                        "iiifd_requests_total{{version=\"{version}\",status=\"{status}\"}} {n}"
+                    );
+                }
             }
         }
     }

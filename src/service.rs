@@ -25,7 +25,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 /// Entries kept in the in-memory info cache before it is cleared; the sled info cache behind it keeps
@@ -43,13 +43,13 @@ pub struct App {
     limits: Limits,
     source_limits: SourceLimits,
     encode: EncodeSettings,
-    info_cache: Mutex<HashMap<PathBuf, (Fingerprint, ImageSize)>>,
+    info_cache: RwLock<HashMap<PathBuf, (Fingerprint, ImageSize)>>,
     crawler: Crawler,
     decoded: Arc<DecodedCache>,
     crawl_slots: tokio::sync::Semaphore,
     /// identifier -> the file it resolved to, so the hot path costs one `stat` instead of a search
     /// through the candidate extensions.
-    path_cache: Mutex<HashMap<String, PathBuf>>,
+    path_cache: RwLock<HashMap<String, PathBuf>>,
 }
 
 /// A located, probed source.
@@ -154,8 +154,8 @@ impl App {
             flights: Flights::default(),
             metrics: Metrics::default(),
             config,
-            info_cache: Mutex::new(HashMap::new()),
-            path_cache: Mutex::new(HashMap::new()),
+            info_cache: RwLock::new(HashMap::new()),
+            path_cache: RwLock::new(HashMap::new()),
             crawler: Crawler::default(),
             decoded: Arc::new(DecodedCache::new(decoded_budget)),
             crawl_slots: tokio::sync::Semaphore::new(crawl_slots),
@@ -208,7 +208,7 @@ impl App {
     fn locate_cached(&self, identifier: &str) -> Result<SourceFile> {
         let cached = self
             .path_cache
-            .lock()
+            .read()
             .ok()
             .and_then(|c| c.get(identifier).cloned());
         if let Some(path) = cached {
@@ -222,7 +222,7 @@ impl App {
             }
         }
         let file = self.sources.locate(identifier)?;
-        if let Ok(mut cache) = self.path_cache.lock() {
+        if let Ok(mut cache) = self.path_cache.write() {
             if cache.len() >= INFO_CACHE_ENTRIES {
                 cache.clear();
             }
@@ -233,7 +233,7 @@ impl App {
 
     fn source_blocking(&self, identifier: &str) -> Result<Source> {
         let file = self.locate_cached(identifier)?;
-        if let Ok(cache) = self.info_cache.lock() {
+        if let Ok(cache) = self.info_cache.read() {
             if let Some((fp, size)) = cache.get(&file.path) {
                 if *fp == file.fingerprint {
                     return Ok(Source { size: *size, file });
@@ -261,7 +261,7 @@ impl App {
                 size
             }
         };
-        if let Ok(mut cache) = self.info_cache.lock() {
+        if let Ok(mut cache) = self.info_cache.write() {
             if cache.len() >= INFO_CACHE_ENTRIES {
                 cache.clear();
             }
