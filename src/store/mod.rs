@@ -297,12 +297,25 @@ impl Store {
         tracing::warn!(key = %key.to_hex(), "stored object missing, short or corrupt; re-rendering");
         self.counters.repairs.fetch_add(1, Ordering::Relaxed);
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        let _guard = self.write_lock.lock();
-        if let Ok(Some(removed)) = self.index.remove(key) {
-            self.account_removed(removed.len);
+        if let Err(e) = self.remove_object(key, &entry.ext) {
+            tracing::warn!(key = %key.to_hex(), "could not remove a bad object: {e}");
         }
-        let _ = self.files.remove(key, &entry.ext);
         None
+    }
+
+    /// Remove one object: the file first, then its entry (an entry without a file is a harmless miss,
+    /// never a wrong answer). Returns whether an entry was removed.
+    fn remove_object(&self, key: &DerivativeKey, ext: &str) -> io::Result<bool> {
+        let _guard = self.write_lock.lock();
+        self.files.remove(key, ext)?;
+        match self.index.remove(key) {
+            Ok(Some(removed)) => {
+                self.account_removed(removed.len);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(io_err(e)),
+        }
     }
 
     fn account_removed(&self, len: u64) {
@@ -407,13 +420,8 @@ impl Store {
             if self.bytes.load(Ordering::Relaxed) <= target {
                 break;
             }
-            let _guard = self.write_lock.lock();
-            // The file goes first: an entry without a file is a harmless miss, never a wrong answer.
-            if self.files.remove(&key, &entry.ext).is_ok() {
-                if let Ok(Some(removed)) = self.index.remove(&key) {
-                    self.account_removed(removed.len);
-                    evicted += 1;
-                }
+            if let Ok(true) = self.remove_object(&key, &entry.ext) {
+                evicted += 1;
             }
         }
         self.counters
@@ -498,11 +506,7 @@ impl Store {
         let mut n = 0;
         for (key, entry) in self.index.entries().map_err(io_err)? {
             if entry.identifier == identifier {
-                let _guard = self.write_lock.lock();
-                self.files.remove(&key, &entry.ext)?;
-                if let Ok(Some(removed)) = self.index.remove(&key) {
-                    self.account_removed(removed.len);
-                }
+                self.remove_object(&key, &entry.ext)?;
                 n += 1;
             }
         }
