@@ -473,6 +473,11 @@ async fn plan(app: &Arc<App>, job: &Job, spec: &CrawlSpec) -> Vec<Planned> {
                 let Some(format) = Format::from_extension(f) else {
                     continue;
                 };
+                // The crawl warms the tiles info.json advertises: the file's own when it has them.
+                let opts = PlanOptions {
+                    tile: source.tile.unwrap_or(opts.tile),
+                    ..opts
+                };
                 all.extend(plan_image(id, source.size, version, format, &opts));
             }
         }

@@ -18,7 +18,7 @@ use crate::metrics::{self, Metrics};
 use crate::render::cache::DecodedCache;
 use crate::render::pool::{PoolError, RenderPool};
 use crate::render::{self, EncodeSettings};
-use crate::source::{self, Fingerprint, SourceFile, SourceLimits, Sources};
+use crate::source::{self, Fingerprint, Probe, SourceFile, SourceLimits, Sources};
 use crate::store::index::InfoRecord;
 use crate::store::{Hit, Recovery, Store, StoreSettings};
 use bytes::Bytes;
@@ -43,7 +43,7 @@ pub struct App {
     limits: Limits,
     source_limits: SourceLimits,
     encode: EncodeSettings,
-    info_cache: RwLock<HashMap<PathBuf, (Fingerprint, ImageSize)>>,
+    info_cache: RwLock<HashMap<PathBuf, (Fingerprint, Probe)>>,
     crawler: Crawler,
     decoded: Arc<DecodedCache>,
     crawl_slots: tokio::sync::Semaphore,
@@ -59,6 +59,8 @@ pub struct Source {
     pub file: SourceFile,
     /// Its size.
     pub size: ImageSize,
+    /// Its own tile width, when it is a tiled pyramid.
+    pub tile: Option<u32>,
 }
 
 /// An image request resolved up to its key.
@@ -234,40 +236,56 @@ impl App {
     fn source_blocking(&self, identifier: &str) -> Result<Source> {
         let file = self.locate_cached(identifier)?;
         if let Ok(cache) = self.info_cache.read() {
-            if let Some((fp, size)) = cache.get(&file.path) {
+            if let Some((fp, probe)) = cache.get(&file.path) {
                 if *fp == file.fingerprint {
-                    return Ok(Source { size: *size, file });
+                    return Ok(Source {
+                        size: probe.size,
+                        tile: probe.tile,
+                        file,
+                    });
                 }
             }
         }
         let fp = file.fingerprint;
-        let size = match self.store.info_get(&file.path) {
-            Some(r) if (r.len, r.mtime_ns, r.inode) == (fp.len, fp.mtime_ns, fp.inode) => {
-                ImageSize {
-                    width: r.width,
-                    height: r.height,
+        let probe = match self.store.info_get(&file.path) {
+            Some(r)
+                if (r.len, r.mtime_ns, r.inode, r.probe)
+                    == (fp.len, fp.mtime_ns, fp.inode, source::PROBE_VERSION) =>
+            {
+                Probe {
+                    size: ImageSize {
+                        width: r.width,
+                        height: r.height,
+                    },
+                    tile: (r.tile > 0).then_some(r.tile),
                 }
             }
             _ => {
-                let size = source::probe(&file, &self.source_limits)?;
+                let probe = source::probe(&file, &self.source_limits)?;
                 let record = InfoRecord {
                     len: fp.len,
                     mtime_ns: fp.mtime_ns,
                     inode: fp.inode,
-                    width: size.width,
-                    height: size.height,
+                    width: probe.size.width,
+                    height: probe.size.height,
+                    tile: probe.tile.unwrap_or(0),
+                    probe: source::PROBE_VERSION,
                 };
                 self.store.info_put(&file.path, &record);
-                size
+                probe
             }
         };
         if let Ok(mut cache) = self.info_cache.write() {
             if cache.len() >= INFO_CACHE_ENTRIES {
                 cache.clear();
             }
-            cache.insert(file.path.clone(), (fp, size));
+            cache.insert(file.path.clone(), (fp, probe));
         }
-        Ok(Source { file, size })
+        Ok(Source {
+            file,
+            size: probe.size,
+            tile: probe.tile,
+        })
     }
 
     /// The info.json document of `identifier` for `version`, with `id` = `base`.
@@ -282,7 +300,7 @@ impl App {
             id: base,
             size: source.size,
             limits: self.limits,
-            tile: self.config.tile_size,
+            tile: source.tile.unwrap_or(self.config.tile_size),
         };
         Ok((info_json(version, &input), source))
     }

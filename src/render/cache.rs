@@ -1,55 +1,22 @@
 //! Decoded sources, kept in memory between renders: a viewer asks for dozens of tiles of one image at
-//! once, and decoding the whole source for each of them is most of the cost of a cold tile. Each entry
-//! holds the full-resolution pixels and, built on demand, its halvings (a pyramid), so coarse tiles are
-//! cut from a small level instead of shrinking the whole image every time.
+//! once, and decoding the whole source for each of them is most of the cost of a cold tile. Entries
+//! are pyramid levels of a source (level k is 1/2^k of the full size, rounded up), built on demand by
+//! the renderer (a JPEG decodes levels 0-3 directly at DCT scale, anything else halves the level
+//! above), so coarse tiles are cut from a small level and a thumbnail never holds the full image.
 //!
-//! Bounded by `render.decoded_cache_bytes` (least recently used entries go first; an image larger than
-//! the budget is decoded, used and dropped). Concurrent renders of one uncached source decode it once:
-//! the others wait for that decode.
+//! Bounded by `render.decoded_cache_bytes` (least recently used levels go first; a level larger than
+//! the budget is built, used and dropped). Concurrent renders needing one missing level build it once:
+//! the others wait for it.
 
 use crate::error::{Error, Result};
 use image::DynamicImage;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// One decoded source and the halvings built so far (level k is 1/2^k of the full size).
-pub struct Decoded {
-    levels: Mutex<Vec<Arc<DynamicImage>>>,
-    bytes: u64,
-}
-
-impl Decoded {
-    fn new(img: DynamicImage) -> Decoded {
-        // Budget for the whole pyramid up front: 1 + 1/4 + 1/16 + ... < 4/3 of level 0.
-        let bytes = img.as_bytes().len() as u64 * 4 / 3;
-        Decoded {
-            levels: Mutex::new(vec![Arc::new(img)]),
-            bytes,
-        }
-    }
-
-    /// Level `k`, building the missing halvings.
-    pub fn level(&self, k: usize) -> Arc<DynamicImage> {
-        // A poisoned lock only means a halving panicked before its push: the levels present are whole.
-        let mut levels = self
-            .levels
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while levels.len() <= k {
-            let Some(last) = levels.last().cloned() else {
-                break;
-            };
-            levels.push(Arc::new(halve(&last)));
-        }
-        let i = k.min(levels.len().saturating_sub(1));
-        Arc::clone(&levels[i])
-    }
-}
-
 /// Half the size (rounded up) by averaging 2x2 blocks. Written out rather than using the image crate's
 /// resize, whose f32 intermediate for a 12000 px source costs over a gigabyte; this one allocates only
 /// the output. Works on the 8-bit layouts the decoder produces.
-fn halve(img: &DynamicImage) -> DynamicImage {
+pub fn halve(img: &DynamicImage) -> DynamicImage {
     fn go(src: &[u8], w: usize, h: usize, c: usize) -> (Vec<u8>, usize, usize) {
         let (ow, oh) = (w.div_ceil(2).max(1), h.div_ceil(2).max(1));
         let mut out = vec![0u8; ow * oh * c];
@@ -100,7 +67,7 @@ fn halve(img: &DynamicImage) -> DynamicImage {
     }
 }
 
-type Slot = Arc<OnceLock<std::result::Result<Arc<Decoded>, Arc<Error>>>>;
+type Slot = Arc<OnceLock<std::result::Result<Arc<DynamicImage>, Arc<Error>>>>;
 
 struct Entry {
     slot: Slot,
@@ -110,7 +77,7 @@ struct Entry {
 
 #[derive(Default)]
 struct Inner {
-    map: HashMap<String, Entry>,
+    map: HashMap<(String, usize), Entry>,
     bytes: u64,
     tick: u64,
 }
@@ -135,15 +102,29 @@ impl DecodedCache {
         self.inner.lock().map(|i| i.bytes).unwrap_or(0)
     }
 
-    /// The decoded source named `key` (path and fingerprint), decoding it with `decode` if needed.
-    pub fn get_or_decode(
+    /// The budget in bytes.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Level `k` of the source named `key` (path and fingerprint) if it is already built.
+    pub fn peek(&self, key: &str, k: usize) -> Option<Arc<DynamicImage>> {
+        let inner = self.inner.lock().ok()?;
+        let e = inner.map.get(&(key.to_owned(), k))?;
+        e.slot.get()?.as_ref().ok().cloned()
+    }
+
+    /// Level `k` of the source named `key`, building it with `build` if needed.
+    pub fn get_or_build(
         &self,
         key: &str,
-        decode: impl FnOnce() -> Result<DynamicImage>,
-    ) -> Result<Arc<Decoded>> {
+        k: usize,
+        build: impl FnOnce() -> Result<DynamicImage>,
+    ) -> Result<Arc<DynamicImage>> {
         if self.budget == 0 {
-            return decode().map(|img| Arc::new(Decoded::new(img)));
+            return build().map(Arc::new);
         }
+        let id = (key.to_owned(), k);
         let slot: Slot = {
             let mut inner = self
                 .inner
@@ -151,7 +132,7 @@ impl DecodedCache {
                 .map_err(|_| Error::Internal("decoded cache poisoned".into()))?;
             inner.tick += 1;
             let tick = inner.tick;
-            let entry = inner.map.entry(key.to_owned()).or_insert_with(|| Entry {
+            let entry = inner.map.entry(id.clone()).or_insert_with(|| Entry {
                 slot: Arc::new(OnceLock::new()),
                 last_used: tick,
                 bytes: 0,
@@ -159,37 +140,34 @@ impl DecodedCache {
             entry.last_used = tick;
             Arc::clone(&entry.slot)
         };
-        // One decode per key: concurrent callers block here until the first one finishes.
+        // One build per level: concurrent callers block here until the first one finishes.
         let result = slot
-            .get_or_init(|| {
-                decode()
-                    .map(|img| Arc::new(Decoded::new(img)))
-                    .map_err(Arc::new)
-            })
+            .get_or_init(|| build().map(Arc::new).map_err(Arc::new))
             .clone();
         if let Ok(mut inner) = self.inner.lock() {
+            let ours = inner
+                .map
+                .get(&id)
+                .is_some_and(|e| Arc::ptr_eq(&e.slot, &slot));
             match &result {
-                Ok(decoded) => {
-                    let newly_accounted = match inner.map.get_mut(key) {
-                        Some(e) if e.bytes == 0 && Arc::ptr_eq(&e.slot, &slot) => {
-                            e.bytes = decoded.bytes;
-                            true
+                Ok(img) if ours => {
+                    let bytes = img.as_bytes().len() as u64;
+                    if bytes > self.budget {
+                        // Too large to keep: this render uses it, the next one builds it again.
+                        inner.map.remove(&id);
+                    } else if let Some(e) = inner.map.get_mut(&id) {
+                        if e.bytes == 0 {
+                            e.bytes = bytes;
+                            inner.bytes += bytes;
                         }
-                        _ => false,
-                    };
-                    if newly_accounted {
-                        inner.bytes += decoded.bytes;
                     }
                     self.evict(&mut inner);
                 }
+                Ok(_) => {}
                 // Failures are not cached: the file may be fixed or replaced.
                 Err(_) => {
-                    if inner
-                        .map
-                        .get(key)
-                        .is_some_and(|e| Arc::ptr_eq(&e.slot, &slot))
-                    {
-                        inner.map.remove(key);
+                    if ours {
+                        inner.map.remove(&id);
                     }
                 }
             }
@@ -225,14 +203,14 @@ mod tests {
     }
 
     #[test]
-    fn decodes_once_evicts_lru_and_builds_levels() {
-        let cache = Arc::new(DecodedCache::new(100 * 100 * 3 * 4 / 3 * 2));
-        let decodes = Arc::new(AtomicUsize::new(0));
+    fn builds_once_evicts_lru_and_retries_failures() {
+        let cache = Arc::new(DecodedCache::new(100 * 100 * 3 * 2));
+        let builds = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
-                let (c, d) = (Arc::clone(&cache), Arc::clone(&decodes));
+                let (c, d) = (Arc::clone(&cache), Arc::clone(&builds));
                 std::thread::spawn(move || {
-                    c.get_or_decode("a", || {
+                    c.get_or_build("a", 0, || {
                         d.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(std::time::Duration::from_millis(50));
                         Ok(img(100, 100))
@@ -243,28 +221,46 @@ mod tests {
             .collect();
         assert!(threads.into_iter().all(|t| t.join().unwrap_or(false)));
         assert_eq!(
-            decodes.load(Ordering::SeqCst),
+            builds.load(Ordering::SeqCst),
             1,
-            "one decode for eight concurrent renders"
+            "one build for eight concurrent renders"
         );
-        let a = cache
-            .get_or_decode("a", || Ok(img(1, 1)))
-            .map_err(|e| e.to_string());
-        assert_eq!(a.as_ref().map(|d| d.level(2).width()).ok(), Some(25));
-        assert_eq!(
-            a.as_ref().map(|d| d.level(40).width()).ok(),
-            Some(1),
-            "levels stop at one pixel"
+        assert!(cache.peek("a", 0).is_some());
+        assert!(cache.peek("a", 1).is_none());
+        let half = cache.get_or_build("a", 1, || {
+            let full = cache.peek("a", 0).ok_or(Error::Internal("gone".into()))?;
+            Ok(halve(&full))
+        });
+        assert_eq!(half.map(|h| (h.width(), h.height())).ok(), Some((50, 50)));
+        let _ = cache.get_or_build("b", 0, || Ok(img(100, 100)));
+        let _ = cache.get_or_build("c", 0, || Ok(img(100, 100)));
+        assert!(cache.bytes() <= 2 * 100 * 100 * 3);
+        assert!(
+            cache.peek("a", 0).is_none(),
+            "least recently used level went first"
         );
-        let _ = cache.get_or_decode("b", || Ok(img(100, 100)));
-        let _ = cache.get_or_decode("c", || Ok(img(100, 100)));
-        assert!(cache.bytes() <= 2 * 100 * 100 * 3 * 4 / 3);
+        let big = cache.get_or_build("big", 0, || Ok(img(300, 300)));
+        assert!(big.is_ok());
+        assert!(
+            cache.peek("big", 0).is_none(),
+            "a level above the budget is not kept"
+        );
         assert!(cache
-            .get_or_decode("bad", || Err(Error::Undecodable("x".into())))
+            .get_or_build("bad", 0, || Err(Error::Undecodable("x".into())))
             .is_err());
         assert!(
-            cache.get_or_decode("bad", || Ok(img(2, 2))).is_ok(),
+            cache.get_or_build("bad", 0, || Ok(img(2, 2))).is_ok(),
             "failures are retried"
         );
+    }
+
+    #[test]
+    fn halving_rounds_up_and_averages() {
+        let src = DynamicImage::ImageLuma8(image::GrayImage::from_fn(5, 3, |x, _| {
+            image::Luma([if x % 2 == 0 { 0 } else { 200 }])
+        }));
+        let h = halve(&src);
+        assert_eq!((h.width(), h.height()), (3, 2));
+        assert_eq!(h.to_luma8().get_pixel(0, 0).0[0], 100);
     }
 }

@@ -5,15 +5,20 @@
 //! bounded worker pool ([`pool`]), never on the async threads.
 
 pub mod cache;
+pub mod jpeg;
 pub mod pool;
 
 use crate::error::{Error, Result};
 use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::iiif::{Format, Quality};
-use cache::DecodedCache;
+use crate::source::{orientation, tiff};
+use cache::{halve, DecodedCache};
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgba, RgbaImage};
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{Cursor, Read};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Encoder settings. Part of every derivative key: changing them changes the key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,7 +38,7 @@ impl EncodeSettings {
     /// generation so that a change of encoder library retires old derivatives.
     pub fn describe(&self, format: Format) -> String {
         match format {
-            Format::Jpg => format!("image-jpeg-v1 q={}", self.jpeg_quality),
+            Format::Jpg => format!("turbojpeg-v1 q={} 420", self.jpeg_quality),
             Format::Png => "image-png-v1 fast".into(),
             Format::Webp => "image-webp-v1 lossless".into(),
             Format::Gif => "image-gif-v1".into(),
@@ -52,7 +57,9 @@ pub struct Source<'a> {
     pub cache_key: &'a str,
 }
 
-/// Produce the encoded image that `req` describes, decoding `source` (or taking its pixels from `cache`).
+/// Produce the encoded image that `req` describes. Each source format takes its cheapest route to
+/// the pixels of the region at (at least) the output's resolution: tiles of a pyramidal TIFF, a
+/// DCT-scaled and cropped JPEG decode, or a cached pyramid level of anything else.
 pub fn render(
     source: &Source<'_>,
     cache: &DecodedCache,
@@ -60,12 +67,268 @@ pub fn render(
     settings: &EncodeSettings,
     max_decode_bytes: u64,
 ) -> Result<Vec<u8>> {
-    let decoded =
-        cache.get_or_decode(source.cache_key, || decode(source.path, max_decode_bytes))?;
-    let (level, region) = pick_level(req);
-    let img = decoded.level(level);
+    let file = File::open(source.path)
+        .map_err(|e| Error::Internal(format!("cannot read the source: {e}")))?;
+    let mut magic = [0u8; 4];
+    let n = file.read_at(&mut magic, 0).unwrap_or(0);
+    let (img, region) = match &magic[..n] {
+        [0xFF, 0xD8, 0xFF, ..] => match jpeg_region(source, &file, cache, req, max_decode_bytes)? {
+            Some(found) => found,
+            None => cached_region(source, cache, req, max_decode_bytes)?,
+        },
+        b"II*\0" | b"MM\0*" | b"II+\0" | b"MM\0+" => match tiff::read_pyramid(&file)? {
+            Some(pyramid) => {
+                return render_pyramid(&file, &pyramid, req, settings, max_decode_bytes);
+            }
+            None => cached_region(source, cache, req, max_decode_bytes)?,
+        },
+        _ => cached_region(source, cache, req, max_decode_bytes)?,
+    };
     let img = apply(&img, region, req);
     encode(img, req.format(), req.quality(), settings)
+}
+
+/// The region from a pyramid level of a source decoded whole (PNG, GIF, WebP, flat TIFF, CMYK JPEG):
+/// level 0 by the `image` crate, every other level by halving the one above.
+fn cached_region(
+    source: &Source<'_>,
+    cache: &DecodedCache,
+    req: &CanonicalRequest,
+    max_decode_bytes: u64,
+) -> Result<(Arc<DynamicImage>, Rect)> {
+    fn level(
+        source: &Source<'_>,
+        cache: &DecodedCache,
+        k: usize,
+        max: u64,
+    ) -> Result<Arc<DynamicImage>> {
+        cache.get_or_build(source.cache_key, k, || {
+            if k == 0 {
+                decode(source.path, max)
+            } else {
+                Ok(halve(&*level(source, cache, k - 1, max)?))
+            }
+        })
+    }
+    let (k, region) = pick_level(req);
+    Ok((level(source, cache, k, max_decode_bytes)?, region))
+}
+
+/// The region of a JPEG: from a cached level when the level fits the cache (a viewer will ask for
+/// its neighbours next), otherwise decoded alone, cropped and DCT-scaled, so a tile or thumbnail of
+/// a 20000 px scan never holds the full image. `None` for JPEGs libjpeg-turbo cannot convert to RGB
+/// (CMYK, YCCK), which take the whole-image route.
+fn jpeg_region(
+    source: &Source<'_>,
+    file: &File,
+    cache: &DecodedCache,
+    req: &CanonicalRequest,
+    max: u64,
+) -> Result<Option<(Arc<DynamicImage>, Rect)>> {
+    let data = read_all(file, max)?;
+    let info = jpeg::read_info(&data)?;
+    if info.cmyk {
+        return Ok(None);
+    }
+    let orient = orientation::jpeg_orientation(&data);
+    let (dw, dh) = orient.display_size(info.width, info.height);
+    let (k, region) = pick_level(req);
+    let level_bytes = u64::from(jpeg::scaled(dw, k as u32))
+        * u64::from(jpeg::scaled(dh, k as u32))
+        * u64::from(info.channels);
+    if level_bytes <= cache.budget() / 2 && level_bytes <= max {
+        let img = jpeg_level(source.cache_key, &data, orient, cache, k, max)?;
+        return Ok(Some((img, region)));
+    }
+    let kd = (k as u32).min(jpeg::MAX_SCALE_LOG2);
+    let at = level_rect(req.region(), kd as usize);
+    let stored = orient.stored_rect(at, jpeg::scaled(dw, kd), jpeg::scaled(dh, kd));
+    let img = orient.apply(jpeg::decode(&data, kd, Some(stored), max)?);
+    let whole = Rect {
+        x: 0,
+        y: 0,
+        w: img.width(),
+        h: img.height(),
+    };
+    Ok(Some((Arc::new(img), whole)))
+}
+
+/// Level `k` of a JPEG, in displayed orientation: levels 0-3 straight from the IDCT (or halved from
+/// the level above when that is already in memory: cheaper than decoding again), coarser ones halved.
+fn jpeg_level(
+    key: &str,
+    data: &[u8],
+    orient: orientation::Orientation,
+    cache: &DecodedCache,
+    k: usize,
+    max: u64,
+) -> Result<Arc<DynamicImage>> {
+    cache.get_or_build(key, k, || {
+        if k > 0 {
+            let above = if k as u32 > jpeg::MAX_SCALE_LOG2 {
+                Some(jpeg_level(key, data, orient, cache, k - 1, max)?)
+            } else {
+                cache.peek(key, k - 1)
+            };
+            if let Some(above) = above {
+                return Ok(halve(&above));
+            }
+        }
+        Ok(orient.apply(jpeg::decode(data, k as u32, None, max)?))
+    })
+}
+
+/// A pyramidal TIFF: the smallest level that still covers the output, and only its tiles that meet
+/// the region. A request that is exactly one stored JPEG tile, unchanged, is answered with the
+/// tile's bytes (IIPImage's codec passthrough): no decode, no encode.
+fn render_pyramid(
+    file: &File,
+    pyramid: &tiff::Pyramid,
+    req: &CanonicalRequest,
+    settings: &EncodeSettings,
+    max: u64,
+) -> Result<Vec<u8>> {
+    let full = &pyramid.levels[0];
+    let (fw, fh) = (u64::from(full.width), u64::from(full.height));
+    let r = req.region();
+    let (ow, oh) = (u64::from(req.width()), u64::from(req.height()));
+    let level = pyramid
+        .levels
+        .iter()
+        .rev()
+        .find(|l| {
+            u64::from(r.w) * u64::from(l.width) >= ow * fw
+                && u64::from(r.h) * u64::from(l.height) >= oh * fh
+        })
+        .unwrap_or(full);
+    let (lw, lh) = (u64::from(level.width), u64::from(level.height));
+    let x0 = (u64::from(r.x) * lw / fw).min(lw - 1);
+    let y0 = (u64::from(r.y) * lh / fh).min(lh - 1);
+    let x1 = ((u64::from(r.x) + u64::from(r.w)) * lw)
+        .div_ceil(fw)
+        .clamp(x0 + 1, lw);
+    let y1 = ((u64::from(r.y) + u64::from(r.h)) * lh)
+        .div_ceil(fh)
+        .clamp(y0 + 1, lh);
+    let rect = Rect {
+        x: x0 as u32,
+        y: y0 as u32,
+        w: (x1 - x0) as u32,
+        h: (y1 - y0) as u32,
+    };
+    let (tw, th) = (level.tile_width, level.tile_height);
+    let passthrough = level.codec == tiff::TileCodec::Jpeg
+        && req.format() == Format::Jpg
+        && matches!(req.quality(), Quality::Default | Quality::Color)
+        && !req.mirror()
+        && req.degrees() == 0.0
+        && rect.x % tw == 0
+        && rect.y % th == 0
+        && (rect.w, rect.h) == (tw, th)
+        && (req.width(), req.height()) == (tw, th);
+    if passthrough {
+        return level.read_tile(file, rect.x / tw, rect.y / th, max);
+    }
+    let img = read_tiles(file, level, rect, max)?;
+    let whole = Rect {
+        x: 0,
+        y: 0,
+        w: rect.w,
+        h: rect.h,
+    };
+    encode(
+        apply(&img, whole, req),
+        req.format(),
+        req.quality(),
+        settings,
+    )
+}
+
+/// The pixels of `rect` of a tiled level, decoding each tile that meets it (only the part it needs).
+fn read_tiles(file: &File, level: &tiff::Level, rect: Rect, max: u64) -> Result<DynamicImage> {
+    let ch = usize::from(level.samples);
+    let out_bytes = u64::from(rect.w) * u64::from(rect.h) * ch as u64;
+    if out_bytes > max {
+        return Err(Error::SourceTooLarge(format!(
+            "{}x{} pixels would exceed render.max_decode_bytes ({max})",
+            rect.w, rect.h
+        )));
+    }
+    let (tw, th) = (level.tile_width, level.tile_height);
+    let mut out = vec![0u8; out_bytes as usize];
+    let stride = rect.w as usize * ch;
+    for row in rect.y / th..(rect.y + rect.h).div_ceil(th) {
+        for col in rect.x / tw..(rect.x + rect.w).div_ceil(tw) {
+            // The part of this tile inside the region, in tile pixels.
+            let (tx, ty) = (col * tw, row * th);
+            let ix0 = rect.x.max(tx);
+            let iy0 = rect.y.max(ty);
+            let ix1 = (rect.x + rect.w).min(tx + tw);
+            let iy1 = (rect.y + rect.h).min(ty + th);
+            let part = Rect {
+                x: ix0 - tx,
+                y: iy0 - ty,
+                w: ix1 - ix0,
+                h: iy1 - iy0,
+            };
+            let bytes = level.read_tile(file, col, row, max)?;
+            let pixels: Vec<u8> = match level.codec {
+                tiff::TileCodec::Jpeg => {
+                    let img = jpeg::decode(&bytes, 0, Some(part), max)?;
+                    if ch == 1 {
+                        img.into_luma8().into_raw()
+                    } else {
+                        img.into_rgb8().into_raw()
+                    }
+                }
+                tiff::TileCodec::None => {
+                    let mut v = Vec::with_capacity(part.w as usize * part.h as usize * ch);
+                    for y in part.y..part.y + part.h {
+                        let start = (y as usize * tw as usize + part.x as usize) * ch;
+                        let line = bytes
+                            .get(start..start + part.w as usize * ch)
+                            .ok_or_else(|| Error::Undecodable("TIFF tile too short".into()))?;
+                        v.extend_from_slice(line);
+                    }
+                    v
+                }
+            };
+            let line = part.w as usize * ch;
+            if pixels.len() < line * part.h as usize {
+                return Err(Error::Undecodable("TIFF tile decoded short".into()));
+            }
+            for (i, src) in pixels.chunks_exact(line).take(part.h as usize).enumerate() {
+                let y = (iy0 - rect.y) as usize + i;
+                let at = y * stride + (ix0 - rect.x) as usize * ch;
+                out[at..at + line].copy_from_slice(src);
+            }
+        }
+    }
+    let img = if ch == 1 {
+        image::GrayImage::from_raw(rect.w, rect.h, out).map(DynamicImage::ImageLuma8)
+    } else {
+        image::RgbImage::from_raw(rect.w, rect.h, out).map(DynamicImage::ImageRgb8)
+    };
+    img.ok_or_else(|| Error::Internal("tile buffer size mismatch".into()))
+}
+
+/// The whole file, refusing files larger than the decode budget (a JPEG's compressed size is far
+/// below its decoded size, so a valid source never gets near it).
+fn read_all(file: &File, max: u64) -> Result<Vec<u8>> {
+    let len = file
+        .metadata()
+        .map_err(|e| Error::Internal(format!("cannot read the source: {e}")))?
+        .len();
+    if len > max {
+        return Err(Error::SourceTooLarge(format!(
+            "{len} bytes, above render.max_decode_bytes ({max})"
+        )));
+    }
+    let mut data = Vec::with_capacity(len as usize);
+    let mut f = file;
+    f.read_to_end(&mut data)
+        .map_err(|e| Error::Internal(format!("cannot read the source: {e}")))?;
+    Ok(data)
 }
 
 /// The coarsest pyramid level that still has at least the output's resolution, and the request's region
@@ -78,21 +341,23 @@ fn pick_level(req: &CanonicalRequest) -> (usize, Rect) {
     while k < 16 && (r.w >> (k + 1)) >= ow && (r.h >> (k + 1)) >= oh {
         k += 1;
     }
+    (k, level_rect(r, k))
+}
+
+/// Region `r` (full-size pixels) in the pixels of level `k`, widened to whole pixels.
+fn level_rect(r: Rect, k: usize) -> Rect {
     if k == 0 {
-        return (0, r);
+        return r;
     }
     let (x0, y0) = (r.x >> k, r.y >> k);
     let x1 = (u64::from(r.x) + u64::from(r.w)).div_ceil(1 << k) as u32;
     let y1 = (u64::from(r.y) + u64::from(r.h)).div_ceil(1 << k) as u32;
-    (
-        k,
-        Rect {
-            x: x0,
-            y: y0,
-            w: (x1 - x0).max(1),
-            h: (y1 - y0).max(1),
-        },
-    )
+    Rect {
+        x: x0,
+        y: y0,
+        w: (x1 - x0).max(1),
+        h: (y1 - y0).max(1),
+    }
 }
 
 /// Decode the whole source into 8-bit gray or colour, with or without alpha.
@@ -106,6 +371,9 @@ fn decode(path: &Path, max_decode_bytes: u64) -> Result<DynamicImage> {
 /// Decode an image held in memory, with the same limits and normalisation as a source file (for the
 /// fuzzers and the hostile-input tests).
 pub fn decode_bytes(bytes: &[u8], max_decode_bytes: u64) -> Result<DynamicImage> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) && !jpeg::read_info(bytes).is_ok_and(|i| i.cmyk) {
+        return jpeg::decode(bytes, 0, None, max_decode_bytes);
+    }
     let reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Undecodable(e.to_string()))?;
@@ -298,10 +566,7 @@ fn encode(
     let err = |e: image::ImageError| Error::Internal(format!("encoding {format} failed: {e}"));
     match format {
         Format::Jpg => {
-            let img = flatten(img);
-            let enc =
-                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, settings.jpeg_quality);
-            img.write_with_encoder(enc).map_err(err)?;
+            return jpeg::encode(&flatten(img), settings.jpeg_quality);
         }
         Format::Png => {
             use image::codecs::png::{CompressionType, FilterType, PngEncoder};

@@ -6,11 +6,14 @@
 //! must still lie under the canonical root, so a symlink pointing out of the root is "not found".
 //! All functions here block; callers run them off the async threads.
 
+pub mod orientation;
+pub mod tiff;
+
 use crate::error::{Error, Result};
 use crate::iiif::canonical::ImageSize;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Extensions tried, in order, after the identifier itself.
@@ -172,20 +175,52 @@ impl Sources {
     }
 }
 
+/// What the probe learns from a source's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// The displayed size (after EXIF orientation).
+    pub size: ImageSize,
+    /// The file's own tile width for a pyramidal tiled TIFF with square tiles (info.json then
+    /// advertises it, so a viewer's tiles are the stored ones), else `None`.
+    pub tile: Option<u32>,
+}
+
+/// Bumped when the probe learns to read something new, so cached probes of old versions are redone.
+pub const PROBE_VERSION: u32 = 2;
+
 /// Read the image's size from its header, then check the source limits; no pixel is decoded.
-pub fn probe(file: &SourceFile, limits: &SourceLimits) -> Result<ImageSize> {
+pub fn probe(file: &SourceFile, limits: &SourceLimits) -> Result<Probe> {
     if file.fingerprint.len > limits.max_source_bytes {
         return Err(Error::SourceTooLarge(format!(
             "{} bytes, above max_source_bytes ({})",
             file.fingerprint.len, limits.max_source_bytes
         )));
     }
-    let reader = image::ImageReader::open(&file.path)
-        .and_then(|r| r.with_guessed_format())
+    let f = fs::File::open(&file.path)
         .map_err(|e| Error::Internal(format!("cannot read the source: {e}")))?;
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| Error::Undecodable(e.to_string()))?;
+    // EXIF sits before the pixels, in the first few kilobytes.
+    let mut head = vec![0u8; 128 * 1024];
+    let n = f.read_at(&mut head, 0).unwrap_or(0);
+    head.truncate(n);
+    let mut tile = None;
+    let (width, height) = match tiff::read_pyramid(&f)? {
+        Some(p) => {
+            let l = &p.levels[0];
+            if l.tile_width == l.tile_height {
+                tile = Some(l.tile_width);
+            }
+            (l.width, l.height)
+        }
+        None => {
+            let reader = image::ImageReader::open(&file.path)
+                .and_then(|r| r.with_guessed_format())
+                .map_err(|e| Error::Internal(format!("cannot read the source: {e}")))?;
+            let (w, h) = reader
+                .into_dimensions()
+                .map_err(|e| Error::Undecodable(e.to_string()))?;
+            orientation::jpeg_orientation(&head).display_size(w, h)
+        }
+    };
     if width == 0 || height == 0 {
         return Err(Error::Undecodable("the image has no pixels".into()));
     }
@@ -196,7 +231,10 @@ pub fn probe(file: &SourceFile, limits: &SourceLimits) -> Result<ImageSize> {
             limits.max_source_pixels
         )));
     }
-    Ok(ImageSize { width, height })
+    Ok(Probe {
+        size: ImageSize { width, height },
+        tile,
+    })
 }
 
 #[cfg(test)]

@@ -51,6 +51,12 @@ pub struct InfoRecord {
     pub width: u32,
     /// Image height.
     pub height: u32,
+    /// The source's own tile width (0: none).
+    #[serde(default)]
+    pub tile: u32,
+    /// The probe version that wrote this record; other versions are probed again.
+    #[serde(default)]
+    pub probe: u32,
 }
 
 /// The sled database and its trees.

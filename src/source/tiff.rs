@@ -1,0 +1,336 @@
+//! The structure of tiled, pyramidal TIFF and BigTIFF files (what `vips tiffsave --tile --pyramid`
+//! and IIPImage users already have): each IFD is one resolution level cut into tiles. Only the
+//! directory is read here; pixels stay on disk until a render reads the tiles it needs.
+//!
+//! Read tile by tile: 8-bit, chunky (planar config 1), gray or RGB/YCbCr, JPEG-compressed or
+//! uncompressed tiles. Anything else (strips, LZW, 16-bit, separate planes) is left to the whole-image
+//! decoder, which handles every TIFF the `image` crate can read.
+
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// A compression this reader decodes tile by tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileCodec {
+    /// Raw 8-bit samples.
+    None,
+    /// JPEG (TIFF compression 7), optionally with shared tables.
+    Jpeg,
+}
+
+/// One resolution level.
+#[derive(Clone, Debug)]
+pub struct Level {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Tile width.
+    pub tile_width: u32,
+    /// Tile height.
+    pub tile_height: u32,
+    /// 1 (gray) or 3 (colour).
+    pub samples: u8,
+    /// How tiles are compressed.
+    pub codec: TileCodec,
+    /// JPEGTables: quantisation and Huffman tables shared by the level's tiles.
+    pub jpeg_tables: Option<Vec<u8>>,
+    offsets: Vec<u64>,
+    counts: Vec<u64>,
+}
+
+impl Level {
+    /// Tiles across and down.
+    pub fn grid(&self) -> (u32, u32) {
+        (
+            self.width.div_ceil(self.tile_width),
+            self.height.div_ceil(self.tile_height),
+        )
+    }
+
+    /// The stored bytes of tile (`col`, `row`) as one standalone JPEG or raw samples. For JPEG the
+    /// shared tables are spliced in front of the tile's own stream (tables' SOI..EOI without the EOI,
+    /// then the tile without its SOI), which is what a plain JPEG decoder or a browser needs.
+    pub fn read_tile(&self, file: &File, col: u32, row: u32, max_bytes: u64) -> Result<Vec<u8>> {
+        let (cols, _) = self.grid();
+        let i = (row as usize) * (cols as usize) + col as usize;
+        let (Some(&off), Some(&len)) = (self.offsets.get(i), self.counts.get(i)) else {
+            return Err(Error::Undecodable(format!("TIFF tile {col},{row} missing")));
+        };
+        if len > max_bytes {
+            return Err(Error::Undecodable(format!("TIFF tile of {len} bytes")));
+        }
+        let mut tile = vec![0u8; len as usize];
+        file.read_exact_at(&mut tile, off)
+            .map_err(|e| Error::Undecodable(format!("TIFF tile {col},{row}: {e}")))?;
+        match (&self.jpeg_tables, self.codec) {
+            (Some(tables), TileCodec::Jpeg)
+                if tables.len() >= 4
+                    && tables.ends_with(&[0xFF, 0xD9])
+                    && tile.starts_with(&[0xFF, 0xD8]) =>
+            {
+                let mut out = Vec::with_capacity(tables.len() + tile.len());
+                out.extend_from_slice(&tables[..tables.len() - 2]);
+                out.extend_from_slice(&tile[2..]);
+                Ok(out)
+            }
+            _ => Ok(tile),
+        }
+    }
+}
+
+/// The levels of a tiled TIFF, full resolution first, each smaller than the one before.
+#[derive(Clone, Debug)]
+pub struct Pyramid {
+    /// Levels, largest first.
+    pub levels: Vec<Level>,
+}
+
+const MAX_IFDS: usize = 64;
+const MAX_TILES: u64 = 1 << 24;
+
+/// Read the directory of a tiled TIFF. `Ok(None)` when the file is a TIFF this reader does not take
+/// tile by tile (the caller decodes it whole); `Err` when the structure is broken.
+pub fn read_pyramid(file: &File) -> Result<Option<Pyramid>> {
+    let mut head = [0u8; 16];
+    let n = file.read_at(&mut head, 0).map_err(io)?;
+    let r = match (&head[..n.min(4)], n) {
+        (b"II*\0", _) => Reader::new(file, true, false),
+        (b"MM\0*", _) => Reader::new(file, false, false),
+        (b"II+\0", 16) => Reader::new(file, true, true),
+        (b"MM\0+", 16) => Reader::new(file, false, true),
+        _ => return Ok(None),
+    };
+    let mut next = if r.big {
+        r.u64_in(&head[8..16])
+    } else {
+        u64::from(r.u32_in(&head[4..8]))
+    };
+    let mut levels: Vec<Level> = Vec::new();
+    let mut seen = Vec::new();
+    while next != 0 && seen.len() < MAX_IFDS {
+        if seen.contains(&next) {
+            return Err(Error::Undecodable("TIFF directory loop".into()));
+        }
+        seen.push(next);
+        let (tags, following) = r.ifd(next)?;
+        next = following;
+        let level = match tiled_level(&r, &tags)? {
+            Some(l) => l,
+            // The first directory is the image: if it cannot be read by tiles, none of it can.
+            None if levels.is_empty() => return Ok(None),
+            None => continue,
+        };
+        if let Some(prev) = levels.last() {
+            // Reductions only: labels, macro images and masks are not levels.
+            let smaller = level.width < prev.width && level.height < prev.height;
+            if !smaller || level.samples != prev.samples {
+                continue;
+            }
+        }
+        levels.push(level);
+    }
+    Ok((!levels.is_empty()).then_some(Pyramid { levels }))
+}
+
+/// One directory entry: tag, type, count, and the raw value field or the bytes it points to.
+struct Tag {
+    code: u16,
+    typ: u16,
+    count: u64,
+    value: Vec<u8>,
+}
+
+struct Reader<'a> {
+    file: &'a File,
+    le: bool,
+    big: bool,
+}
+
+impl<'a> Reader<'a> {
+    fn new(file: &'a File, le: bool, big: bool) -> Reader<'a> {
+        Reader { file, le, big }
+    }
+
+    fn u16_in(&self, b: &[u8]) -> u16 {
+        let a = [b[0], b[1]];
+        if self.le {
+            u16::from_le_bytes(a)
+        } else {
+            u16::from_be_bytes(a)
+        }
+    }
+
+    fn u32_in(&self, b: &[u8]) -> u32 {
+        let a = [b[0], b[1], b[2], b[3]];
+        if self.le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    }
+
+    fn u64_in(&self, b: &[u8]) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[..8]);
+        if self.le {
+            u64::from_le_bytes(a)
+        } else {
+            u64::from_be_bytes(a)
+        }
+    }
+
+    fn read(&self, at: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, at).map_err(io)?;
+        Ok(buf)
+    }
+
+    /// The entries of the IFD at `at`, and the offset of the next IFD.
+    fn ifd(&self, at: u64) -> Result<(Vec<Tag>, u64)> {
+        let (count_len, entry_len, value_len) = if self.big { (8, 20, 8) } else { (2, 12, 4) };
+        let head = self.read(at, count_len)?;
+        let count = if self.big {
+            self.u64_in(&head)
+        } else {
+            u64::from(self.u16_in(&head))
+        };
+        if count > 4096 {
+            return Err(Error::Undecodable("TIFF directory too large".into()));
+        }
+        let body = self.read(
+            at + count_len as u64,
+            count as usize * entry_len + value_len,
+        )?;
+        let mut tags = Vec::with_capacity(count as usize);
+        for e in body.chunks_exact(entry_len).take(count as usize) {
+            let code = self.u16_in(&e[0..2]);
+            let typ = self.u16_in(&e[2..4]);
+            let n = if self.big {
+                self.u64_in(&e[4..12])
+            } else {
+                u64::from(self.u32_in(&e[4..8]))
+            };
+            let field = &e[entry_len - value_len..];
+            let size = type_size(typ).saturating_mul(n);
+            // Only the tags used below are fetched from elsewhere in the file.
+            let wanted = matches!(
+                code,
+                256 | 257 | 258 | 259 | 262 | 277 | 284 | 322 | 323 | 324 | 325 | 347
+            );
+            let value = if size <= value_len as u64 {
+                field.to_vec()
+            } else if wanted && size <= MAX_TILES * 8 {
+                let off = if self.big {
+                    self.u64_in(field)
+                } else {
+                    u64::from(self.u32_in(field))
+                };
+                self.read(off, size as usize)?
+            } else {
+                Vec::new()
+            };
+            tags.push(Tag {
+                code,
+                typ,
+                count: n,
+                value,
+            });
+        }
+        let next_field = &body[count as usize * entry_len..];
+        let next = if self.big {
+            self.u64_in(next_field)
+        } else {
+            u64::from(self.u32_in(next_field))
+        };
+        Ok((tags, next))
+    }
+
+    /// The integer values of a SHORT, LONG or LONG8 tag.
+    fn values(&self, tag: &Tag) -> Vec<u64> {
+        let size = type_size(tag.typ) as usize;
+        if size == 0 || tag.value.len() < size * tag.count as usize {
+            return Vec::new();
+        }
+        tag.value
+            .chunks_exact(size)
+            .take(tag.count as usize)
+            .map(|c| match tag.typ {
+                3 => u64::from(self.u16_in(c)),
+                4 | 13 => u64::from(self.u32_in(c)),
+                16 | 18 => self.u64_in(c),
+                _ => u64::from(c[0]),
+            })
+            .collect()
+    }
+}
+
+fn type_size(typ: u16) -> u64 {
+    match typ {
+        1 | 2 | 6 | 7 => 1,
+        3 | 8 => 2,
+        4 | 9 | 11 | 13 => 4,
+        5 | 10 | 12 | 16 | 17 | 18 => 8,
+        _ => 0,
+    }
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::Undecodable(format!("TIFF: {e}"))
+}
+
+/// The level an IFD describes, if it is one this reader can read tile by tile.
+fn tiled_level(r: &Reader<'_>, tags: &[Tag]) -> Result<Option<Level>> {
+    let get = |code: u16| tags.iter().find(|t| t.code == code);
+    let one = |code: u16| get(code).and_then(|t| r.values(t).first().copied());
+    let (Some(w), Some(h), Some(tw), Some(th)) = (one(256), one(257), one(322), one(323)) else {
+        return Ok(None);
+    };
+    let samples = one(277).unwrap_or(1);
+    let bits_ok = get(258).is_none_or(|t| r.values(t).iter().all(|&b| b == 8));
+    let planar_ok = one(284).unwrap_or(1) == 1;
+    let photometric = one(262).unwrap_or(1);
+    let codec = match one(259).unwrap_or(1) {
+        1 => TileCodec::None,
+        7 => TileCodec::Jpeg,
+        _ => return Ok(None),
+    };
+    let colour_ok = match (samples, photometric, codec) {
+        (1, 1, _) => true,
+        (3, 2, _) => true,
+        (3, 6, TileCodec::Jpeg) => true, // YCbCr inside JPEG: the JPEG decoder converts it
+        _ => false,
+    };
+    if !(bits_ok && planar_ok && colour_ok) {
+        return Ok(None);
+    }
+    let dims_ok = (1..=1 << 20).contains(&w)
+        && (1..=1 << 20).contains(&h)
+        && (16..=8192).contains(&tw)
+        && (16..=8192).contains(&th);
+    if !dims_ok {
+        return Err(Error::Undecodable(
+            "TIFF with implausible dimensions".into(),
+        ));
+    }
+    let (w, h, tw, th) = (w as u32, h as u32, tw as u32, th as u32);
+    let tiles = u64::from(w.div_ceil(tw)) * u64::from(h.div_ceil(th));
+    let offsets = get(324).map(|t| r.values(t)).unwrap_or_default();
+    let counts = get(325).map(|t| r.values(t)).unwrap_or_default();
+    if tiles > MAX_TILES || (offsets.len() as u64) < tiles || (counts.len() as u64) < tiles {
+        return Err(Error::Undecodable("TIFF tile table incomplete".into()));
+    }
+    let jpeg_tables = get(347).map(|t| t.value.clone()).filter(|v| !v.is_empty());
+    Ok(Some(Level {
+        width: w,
+        height: h,
+        tile_width: tw,
+        tile_height: th,
+        samples: samples as u8,
+        codec,
+        jpeg_tables,
+        offsets,
+        counts,
+    }))
+}
