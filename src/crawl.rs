@@ -328,6 +328,11 @@ impl Crawler {
     fn start(&self, app: &Arc<App>, state: JobState) {
         let id = state.id.clone();
         persist(app, &state);
+        // The job must survive a crash from its first moment (progress need not: a resumed crawl
+        // skips what is stored). One fsync per job, on the admin path only.
+        if let Err(e) = app.store().flush() {
+            tracing::warn!("cannot flush crawl job {id}: {e}");
+        }
         let job = Arc::new(Job {
             state: Mutex::new(state),
             cancel: AtomicBool::new(false),

@@ -560,6 +560,7 @@ pub fn store_settings(config: &Config) -> StoreSettings {
         max_bytes: config.store.max_bytes,
         min_free_bytes: config.store.min_free_bytes,
         verify_reads: config.store.verify_reads,
+        fsync: config.store.fsync,
     }
 }
 

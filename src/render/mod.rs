@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod jpeg;
 pub mod pool;
+pub mod resize;
 
 use crate::error::{Error, Result};
 use crate::iiif::canonical::{CanonicalRequest, Rect};
@@ -133,11 +134,29 @@ fn jpeg_region(
     let orient = orientation::jpeg_orientation(&data);
     let (dw, dh) = orient.display_size(info.width, info.height);
     let (k, region) = pick_level(req);
-    let level_bytes = u64::from(jpeg::scaled(dw, k as u32))
-        * u64::from(jpeg::scaled(dh, k as u32))
-        * u64::from(info.channels);
-    if level_bytes <= cache.budget() / 2 && level_bytes <= max {
-        let img = jpeg_level(source.cache_key, &data, orient, cache, k, max)?;
+    let bytes_at = |k: usize| {
+        u64::from(jpeg::scaled(dw, k as u32))
+            * u64::from(jpeg::scaled(dh, k as u32))
+            * u64::from(info.channels)
+    };
+    let fits = |bytes: u64| bytes <= cache.budget() && bytes <= max;
+    // Every decode of a JPEG pays for entropy-decoding the whole file, whatever the scale: that is
+    // most of its cost. A part of the image means a viewer is zooming and more levels will follow,
+    // so decode it once at full size and halve; the whole image (a thumbnail) is usually asked for
+    // once, so decode just its level at DCT scale.
+    let whole = req.region()
+        == Rect {
+            x: 0,
+            y: 0,
+            w: dw,
+            h: dh,
+        };
+    if !whole && fits(bytes_at(0)) {
+        let img = jpeg_level(source.cache_key, &data, orient, cache, k, max, true)?;
+        return Ok(Some((img, region)));
+    }
+    if fits(bytes_at(k)) {
+        let img = jpeg_level(source.cache_key, &data, orient, cache, k, max, false)?;
         return Ok(Some((img, region)));
     }
     let kd = (k as u32).min(jpeg::MAX_SCALE_LOG2);
@@ -153,8 +172,9 @@ fn jpeg_region(
     Ok(Some((Arc::new(img), whole)))
 }
 
-/// Level `k` of a JPEG, in displayed orientation: levels 0-3 straight from the IDCT (or halved from
-/// the level above when that is already in memory: cheaper than decoding again), coarser ones halved.
+/// Level `k` of a JPEG, in displayed orientation. `via_full`: halve down from a full-size decode;
+/// otherwise levels 0-3 come straight from the IDCT (or are halved from the level above when that is
+/// already in memory: cheaper than decoding again) and coarser ones are halved.
 fn jpeg_level(
     key: &str,
     data: &[u8],
@@ -162,11 +182,12 @@ fn jpeg_level(
     cache: &DecodedCache,
     k: usize,
     max: u64,
+    via_full: bool,
 ) -> Result<Arc<DynamicImage>> {
     cache.get_or_build(key, k, || {
         if k > 0 {
-            let above = if k as u32 > jpeg::MAX_SCALE_LOG2 {
-                Some(jpeg_level(key, data, orient, cache, k - 1, max)?)
+            let above = if via_full || k as u32 > jpeg::MAX_SCALE_LOG2 {
+                Some(jpeg_level(key, data, orient, cache, k - 1, max, via_full)?)
             } else {
                 cache.peek(key, k - 1)
             };
@@ -419,17 +440,17 @@ fn apply(img: &DynamicImage, r: Rect, req: &CanonicalRequest) -> DynamicImage {
         r.w.min(img.width() - x).max(1),
         r.h.min(img.height() - y).max(1),
     );
-    let img = img.crop_imm(x, y, w, h);
-    let img = if (img.width(), img.height()) == (req.width(), req.height()) {
-        img
+    let img = if (w, h) == (req.width(), req.height()) {
+        img.crop_imm(x, y, w, h)
     } else {
-        // Triangle (bilinear, widened when shrinking) is a good quality/speed balance for both
-        // directions; the speed issue replaces this with a SIMD resizer.
-        img.resize_exact(
-            req.width(),
-            req.height(),
-            image::imageops::FilterType::Triangle,
-        )
+        let rect = Rect { x, y, w, h };
+        resize::crop_resize(img, rect, req.width(), req.height()).unwrap_or_else(|| {
+            img.crop_imm(x, y, w, h).resize_exact(
+                req.width(),
+                req.height(),
+                image::imageops::FilterType::Triangle,
+            )
+        })
     };
     let img = if req.mirror() { img.fliph() } else { img };
     let degrees = req.degrees() % 360.0;

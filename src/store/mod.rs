@@ -37,6 +37,8 @@ pub struct StoreSettings {
     pub min_free_bytes: u64,
     /// Check the blake3 of every file read.
     pub verify_reads: bool,
+    /// fsync objects before they count as stored.
+    pub fsync: bool,
 }
 
 /// Counters kept by the store (exported as Prometheus metrics).
@@ -134,7 +136,7 @@ impl Store {
     /// Open the store at `settings.path`, recovering from whatever a crash left.
     pub fn open(settings: StoreSettings) -> io::Result<(Store, Recovery)> {
         std::fs::create_dir_all(&settings.path)?;
-        let files = Files::open(&settings.path)?;
+        let files = Files::open(&settings.path, settings.fsync)?;
         let mut recovery = Recovery::default();
         let index_path = settings.path.join("index");
         let index = match Index::open(&index_path) {
@@ -580,6 +582,7 @@ mod tests {
             max_bytes,
             min_free_bytes: 0,
             verify_reads: true,
+            fsync: true,
         }
     }
 
@@ -612,7 +615,7 @@ mod tests {
             store.flush()?;
         }
         // A file without an entry (as after a crash between rename and index write) and a temp file.
-        let orphan = Files::open(dir.path())?;
+        let orphan = Files::open(dir.path(), true)?;
         orphan.write(&key(42), "jpg", b"orphan")?;
         std::fs::write(dir.path().join("tmp/x.tmp"), b"partial")?;
         let (store, rec) = Store::open(settings(dir.path(), 1 << 20))?;
