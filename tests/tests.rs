@@ -12,5 +12,6 @@ mod http_api;
 mod malformed;
 mod operate;
 mod overload;
+mod pixels;
 mod store;
 mod traversal;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod images;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

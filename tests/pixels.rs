@@ -1,0 +1,344 @@
+//! Speed must not cost correctness: every source format iiifd reads by a fast path (libjpeg-turbo with
+//! DCT scaling and cropping, EXIF orientation, pyramidal TIFF and BigTIFF tiles, tile passthrough) is
+//! checked against a reference: the `image` crate's own decoders (a different JPEG decoder) or the
+//! pixels the file was written from, cropped, scaled, mirrored, rotated and reduced in quality
+//! independently here. Outputs are compared with a tolerance, never byte for byte.
+
+use crate::common::images::{
+    flat_huge_jpeg, jpeg, split_tables, tiled_tiff, with_orientation, TileCoding,
+};
+use crate::common::Server;
+use image::{imageops::FilterType, DynamicImage, RgbImage};
+
+/// A smooth test picture with edges: gradients, a disc and bars (no noise, so resampler differences
+/// stay small and real errors stand out).
+fn picture(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+        let d = ((fx - 0.6).powi(2) + (fy - 0.4).powi(2)).sqrt();
+        if d < 0.18 {
+            image::Rgb([230, 40, 40])
+        } else if (x / 97) % 2 == 0 && fy > 0.75 {
+            image::Rgb([20, 20, 120])
+        } else {
+            image::Rgb([(fx * 255.0) as u8, (fy * 255.0) as u8, 160])
+        }
+    })
+}
+
+/// One request and how to reproduce it: region in full-size pixels, output size, mirror, rotation
+/// (multiple of 90) and quality.
+struct Case {
+    path: &'static str,
+    region: (u32, u32, u32, u32),
+    size: (u32, u32),
+    mirror: bool,
+    degrees: u32,
+    quality: &'static str,
+}
+
+const W: u32 = 1200;
+const H: u32 = 900;
+
+fn cases() -> Vec<Case> {
+    let c = |path, region, size, mirror, degrees, quality| Case {
+        path,
+        region,
+        size,
+        mirror,
+        degrees,
+        quality,
+    };
+    vec![
+        c(
+            "full/max/0/default.png",
+            (0, 0, W, H),
+            (W, H),
+            false,
+            0,
+            "default",
+        ),
+        c(
+            "full/!300,300/0/default.png",
+            (0, 0, W, H),
+            (300, 225),
+            false,
+            0,
+            "default",
+        ),
+        c(
+            "512,256,256,256/256,256/0/default.png",
+            (512, 256, 256, 256),
+            (256, 256),
+            false,
+            0,
+            "default",
+        ),
+        c(
+            "1024,768,176,132/176,132/0/default.png",
+            (1024, 768, 176, 132),
+            (176, 132),
+            false,
+            0,
+            "default",
+        ),
+        c(
+            "0,0,1024,900/256,225/0/default.png",
+            (0, 0, 1024, 900),
+            (256, 225),
+            false,
+            0,
+            "default",
+        ),
+        c(
+            "100,50,700,400/350,200/0/default.png",
+            (100, 50, 700, 400),
+            (350, 200),
+            false,
+            0,
+            "default",
+        ),
+        c(
+            "120,180,600,450/200,150/90/gray.png",
+            (120, 180, 600, 450),
+            (200, 150),
+            false,
+            90,
+            "gray",
+        ),
+        c(
+            "full/300,225/180/default.png",
+            (0, 0, W, H),
+            (300, 225),
+            false,
+            180,
+            "default",
+        ),
+        c(
+            "600,300,400,400/200,200/!270/default.png",
+            (600, 300, 400, 400),
+            (200, 200),
+            true,
+            270,
+            "default",
+        ),
+        c(
+            "full/150,113/0/bitonal.png",
+            (0, 0, W, H),
+            (150, 113),
+            false,
+            0,
+            "bitonal",
+        ),
+        c(
+            "50,60,300,200/300,200/0/default.jpg",
+            (50, 60, 300, 200),
+            (300, 200),
+            false,
+            0,
+            "default",
+        ),
+        c(
+            "256,256,256,256/256,256/0/default.jpg",
+            (256, 256, 256, 256),
+            (256, 256),
+            false,
+            0,
+            "default",
+        ),
+    ]
+}
+
+/// What `case` should look like, made from `full` (the displayed source) with the image crate.
+fn reference(full: &DynamicImage, case: &Case) -> DynamicImage {
+    let (x, y, w, h) = case.region;
+    let img = full.crop_imm(x, y, w, h);
+    let img = if (w, h) == case.size {
+        img
+    } else {
+        img.resize_exact(case.size.0, case.size.1, FilterType::Triangle)
+    };
+    let img = if case.mirror { img.fliph() } else { img };
+    let img = match case.degrees {
+        90 => img.rotate90(),
+        180 => img.rotate180(),
+        270 => img.rotate270(),
+        _ => img,
+    };
+    match case.quality {
+        "gray" => DynamicImage::ImageLuma8(img.to_luma8()),
+        "bitonal" => {
+            let mut g = img.to_luma8();
+            for p in g.pixels_mut() {
+                p.0[0] = if p.0[0] >= 128 { 255 } else { 0 };
+            }
+            DynamicImage::ImageLuma8(g)
+        }
+        _ => img,
+    }
+}
+
+/// Mean absolute difference per sample, and the share of pixels off by more than 48 in any sample.
+fn difference(a: &DynamicImage, b: &DynamicImage) -> (f64, f64) {
+    let (a, b) = (a.to_rgb8(), b.to_rgb8());
+    assert_eq!(a.dimensions(), b.dimensions(), "output size");
+    let mut sum = 0u64;
+    let mut far = 0u64;
+    for (p, q) in a.pixels().zip(b.pixels()) {
+        let d: Vec<u32> = (0..3).map(|c| u32::from(p[c].abs_diff(q[c]))).collect();
+        sum += d.iter().map(|&v| u64::from(v)).sum::<u64>();
+        far += u64::from(d.iter().any(|&v| v > 48));
+    }
+    let n = u64::from(a.width()) * u64::from(a.height());
+    (sum as f64 / (3 * n) as f64, far as f64 / n as f64)
+}
+
+fn check(server: &Server, identifier: &str, full: &DynamicImage, mean_limit: f64) {
+    for case in cases() {
+        let url = format!("/iiif/3/{identifier}/{}", case.path);
+        let r = server.get(&url);
+        assert_eq!(r.status, 200, "{url}: {}", r.text());
+        let got = r.image();
+        let want = reference(full, &case);
+        let (mean, far) = difference(&got, &want);
+        // Bitonal flips pixels near the threshold wherever the resamplers differ by one level.
+        let (mean_limit, far_limit) = match case.quality {
+            "bitonal" => (mean_limit * 4.0, 0.05),
+            _ if case.path.ends_with(".jpg") => (mean_limit + 2.0, 0.02),
+            _ => (mean_limit, 0.02),
+        };
+        assert!(
+            mean <= mean_limit && far <= far_limit,
+            "{url}: mean difference {mean:.2} (limit {mean_limit}), {:.2} % far off",
+            far * 100.0
+        );
+    }
+}
+
+#[test]
+fn every_source_format_matches_a_reference_decoder() {
+    let server = Server::start();
+    let pic = picture(W, H);
+    let dir = &server.images;
+    // Formats decoded whole by the image crate: the reference decodes the same file.
+    DynamicImage::ImageRgb8(pic.clone())
+        .save(dir.join("p.png"))
+        .expect("png");
+    DynamicImage::ImageRgb8(pic.clone())
+        .save(dir.join("flat.tif"))
+        .expect("tif");
+    DynamicImage::ImageRgb8(pic.clone())
+        .save(dir.join("p.webp"))
+        .expect("webp");
+    DynamicImage::ImageRgb8(pic.clone())
+        .save(dir.join("p.gif"))
+        .expect("gif");
+    // JPEG, decoded by libjpeg-turbo in iiifd and by the image crate's decoder here.
+    let jpg = jpeg(&pic, 95);
+    std::fs::write(dir.join("p.jpg"), &jpg).expect("jpg");
+    for id in ["p.png", "flat.tif", "p.webp", "p.gif", "p.jpg"] {
+        let full = image::open(dir.join(id)).expect("reference decode");
+        check(&server, id, &full, 2.5);
+    }
+
+    // EXIF orientation 6 (stored turned a quarter anticlockwise): stored 900x1200, displayed 1200x900.
+    let turned = DynamicImage::ImageRgb8(pic.clone()).rotate270().to_rgb8();
+    std::fs::write(
+        dir.join("turned.jpg"),
+        with_orientation(&jpeg(&turned, 95), 6),
+    )
+    .expect("jpg");
+    let info = server.get("/iiif/3/turned.jpg/info.json").json();
+    assert_eq!(
+        (info["width"].as_u64(), info["height"].as_u64()),
+        (Some(1200), Some(900))
+    );
+    let shown = image::open(dir.join("turned.jpg"))
+        .expect("decode")
+        .rotate90();
+    check(&server, "turned.jpg", &shown, 2.5);
+
+    // Pyramidal TIFF and BigTIFF: the reference is the picture the levels were made from.
+    let levels: Vec<RgbImage> = (0..4)
+        .map(|k| {
+            let (w, h) = (W.div_ceil(1 << k), H.div_ceil(1 << k));
+            image::imageops::resize(&pic, w, h, FilterType::Triangle)
+        })
+        .collect();
+    let full = DynamicImage::ImageRgb8(pic.clone());
+    for (name, coding, big) in [
+        ("pyr.tif", TileCoding::JpegTables, false),
+        ("pyr-full-jpeg.tif", TileCoding::Jpeg, false),
+        ("pyr-raw.tif", TileCoding::Raw, false),
+        ("pyr-big.tif", TileCoding::JpegTables, true),
+    ] {
+        std::fs::write(dir.join(name), tiled_tiff(&levels, 256, coding, big)).expect("tif");
+        let info = server.get(&format!("/iiif/3/{name}/info.json")).json();
+        assert_eq!(
+            info["tiles"][0]["width"], 256,
+            "{name}: the file's own tile size"
+        );
+        check(&server, name, &full, 3.0);
+    }
+}
+
+#[test]
+fn a_stored_jpeg_tile_is_passed_through() {
+    let server = Server::start();
+    let pic = picture(W, H);
+    let levels = [pic.clone()];
+    let file = tiled_tiff(&levels, 256, TileCoding::JpegTables, false);
+    std::fs::write(server.images.join("pass.tif"), &file).expect("tif");
+    let r = server.get("/iiif/3/pass.tif/256,512,256,256/256,256/0/default.jpg");
+    assert_eq!(r.status, 200);
+    // Tile (1, 2) as written: its entropy-coded data is in the answer unchanged.
+    let tile = RgbImage::from_fn(256, 256, |x, y| *pic.get_pixel(256 + x, 512 + y));
+    let (_, abbreviated) = split_tables(&jpeg(&tile, 92));
+    let sos = abbreviated
+        .windows(2)
+        .position(|w| w == [0xFF, 0xDA])
+        .expect("scan");
+    assert!(
+        r.body.ends_with(&abbreviated[sos..]),
+        "the stored tile was re-encoded instead of passed through"
+    );
+    // Anything that changes the pixels is rendered, not passed through.
+    let gray = server.get("/iiif/3/pass.tif/256,512,256,256/256,256/0/gray.jpg");
+    assert!(!gray.body.ends_with(&abbreviated[sos..]));
+    assert_eq!(gray.image().color(), image::ColorType::L8);
+}
+
+#[test]
+fn a_huge_jpeg_gets_thumbnails_and_tiles_within_a_gigabyte() {
+    let server = Server::start_with(&[], &[("IIIFD_LIMITS__MAX_SOURCE_PIXELS", "400000000")]);
+    // 20000x15000: 900 MB of RGB if decoded whole; the file is ~10 MB.
+    std::fs::write(server.images.join("huge.jpg"), flat_huge_jpeg(20000, 15000)).expect("jpg");
+    for (url, size) in [
+        ("/iiif/3/huge.jpg/full/!256,256/0/default.jpg", (256, 192)),
+        (
+            "/iiif/3/huge.jpg/10240,7168,512,512/512,512/0/default.jpg",
+            (512, 512),
+        ),
+        (
+            "/iiif/3/huge.jpg/19968,14848,32,152/32,152/0/default.png",
+            (32, 152),
+        ),
+        (
+            "/iiif/3/huge.jpg/8192,8192,4096,4096/512,512/0/default.jpg",
+            (512, 512),
+        ),
+    ] {
+        let r = server.get(url);
+        assert_eq!(r.status, 200, "{url}: {}", r.text());
+        let img = r.image().to_rgb8();
+        assert_eq!(img.dimensions(), size, "{url}");
+        let p = img.get_pixel(size.0 / 2, size.1 / 2).0;
+        assert!(
+            p.iter().all(|&c| c.abs_diff(128) <= 2),
+            "{url}: flat grey, got {p:?}"
+        );
+    }
+    let rss = server.peak_rss();
+    eprintln!("20000x15000 JPEG: peak RSS {} MiB", rss >> 20);
+    assert!(rss < 1 << 30, "peak RSS {} MiB", rss >> 20);
+}
