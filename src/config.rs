@@ -72,6 +72,8 @@ pub struct RenderConfig {
     pub queue: usize,
     /// JPEG quality 1-100. Env: `IIIFD_RENDER__JPEG_QUALITY`.
     pub jpeg_quality: u8,
+    /// Lossy WebP quality 1-100. Env: `IIIFD_RENDER__WEBP_QUALITY`.
+    pub webp_quality: u8,
     /// Most bytes one decode may allocate. Env: `IIIFD_RENDER__MAX_DECODE_BYTES`.
     pub max_decode_bytes: u64,
     /// Decoded source pixels kept in memory between renders (0 disables).
@@ -245,6 +247,7 @@ impl Default for RenderConfig {
             workers: 0,
             queue: 64,
             jpeg_quality: 85,
+            webp_quality: 80,
             max_decode_bytes: 1 << 30,
             decoded_cache_bytes: 256 << 20,
         }
@@ -381,6 +384,9 @@ impl Config {
         }
         if !(1..=100).contains(&self.render.jpeg_quality) {
             return bad("render.jpeg_quality", "must be between 1 and 100");
+        }
+        if !(1..=100).contains(&self.render.webp_quality) {
+            return bad("render.webp_quality", "must be between 1 and 100");
         }
         if self.render.max_decode_bytes < 1 << 20 {
             return bad("render.max_decode_bytes", "must be at least 1 MiB");

@@ -149,6 +149,7 @@ impl App {
             },
             encode: EncodeSettings {
                 jpeg_quality: config.render.jpeg_quality,
+                webp_quality: config.render.webp_quality,
             },
             sources,
             pool,

@@ -146,6 +146,30 @@ fn cases() -> Vec<Case> {
             0,
             "default",
         ),
+        c(
+            "full/300,225/0/default.webp",
+            (0, 0, W, H),
+            (300, 225),
+            false,
+            0,
+            "default",
+        ),
+        c(
+            "300,200,600,450/300,225/0/default.gif",
+            (300, 200, 600, 450),
+            (300, 225),
+            false,
+            0,
+            "default",
+        ),
+        c(
+            "300,200,600,450/300,225/0/default.tif",
+            (300, 200, 600, 450),
+            (300, 225),
+            false,
+            0,
+            "default",
+        ),
     ]
 }
 
@@ -204,7 +228,8 @@ fn check(server: &Server, identifier: &str, full: &DynamicImage, mean_limit: f64
         // Bitonal flips pixels near the threshold wherever the resamplers differ by one level.
         let (mean_limit, far_limit) = match case.quality {
             "bitonal" => (mean_limit * 4.0, 0.05),
-            _ if case.path.ends_with(".jpg") => (mean_limit + 2.0, 0.02),
+            // Lossy encoders (JPEG, WebP) and GIF's 256-colour palette add their own error.
+            _ if !case.path.ends_with(".png") => (mean_limit + 4.0, 0.03),
             _ => (mean_limit, 0.02),
         };
         assert!(
