@@ -74,6 +74,11 @@ pub struct RenderConfig {
     pub jpeg_quality: u8,
     /// Lossy WebP quality 1-100. Env: `IIIFD_RENDER__WEBP_QUALITY`.
     pub webp_quality: u8,
+    /// Answer a request that is exactly one stored JPEG tile of a pyramidal TIFF with that tile's
+    /// bytes (no decode, no re-encode, no generation loss). Off: such tiles are re-encoded at
+    /// `jpeg_quality` 4:2:0, smaller when the file's tiles are 4:4:4 or RGB (vips writes those at
+    /// Q >= 90). Env: `IIIFD_RENDER__TILE_PASSTHROUGH`.
+    pub tile_passthrough: bool,
     /// Most bytes one decode may allocate. Env: `IIIFD_RENDER__MAX_DECODE_BYTES`.
     pub max_decode_bytes: u64,
     /// Decoded source pixels kept in memory between renders (0 disables).
@@ -248,6 +253,7 @@ impl Default for RenderConfig {
             queue: 64,
             jpeg_quality: 85,
             webp_quality: 80,
+            tile_passthrough: true,
             max_decode_bytes: 1 << 30,
             decoded_cache_bytes: 256 << 20,
         }

@@ -41,6 +41,10 @@ pub enum Error {
     /// The source exceeds `limits.max_source_pixels` or `limits.max_source_bytes`.
     #[error("the source image is too large for this server: {0}")]
     SourceTooLarge(String),
+    /// The source is a valid image in a variant this server does not render (e.g. a JPEG 2000 in
+    /// sYCC or with subsampled components).
+    #[error("this server cannot render this source image: {0}")]
+    UnsupportedSource(String),
     /// The source file exists but could not be decoded (corrupt, truncated or not an image).
     #[error("the source image could not be decoded: {0}")]
     Undecodable(String),
@@ -74,7 +78,7 @@ impl Error {
             Error::NotFound(_) | Error::NoRoute(_) => 404,
             Error::MethodNotAllowed => 405,
             // The request is valid IIIF; this server declines to process such a source.
-            Error::SourceTooLarge(_) => 501,
+            Error::SourceTooLarge(_) | Error::UnsupportedSource(_) => 501,
             Error::Undecodable(_) | Error::RenderPanicked | Error::Internal(_) => 500,
             Error::Busy => 503,
             Error::Shared(inner) => inner.status(),

@@ -150,6 +150,7 @@ impl App {
             encode: EncodeSettings {
                 jpeg_quality: config.render.jpeg_quality,
                 webp_quality: config.render.webp_quality,
+                tile_passthrough: config.render.tile_passthrough,
             },
             sources,
             pool,

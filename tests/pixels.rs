@@ -308,6 +308,60 @@ fn every_source_format_matches_a_reference_decoder() {
 }
 
 #[test]
+fn jpeg2000_sources_match_the_reference() {
+    let server = Server::start();
+    let pic = picture(W, H);
+    let dir = &server.images;
+    let png = dir.join("for-jp2.png");
+    DynamicImage::ImageRgb8(pic.clone())
+        .save(&png)
+        .expect("png");
+    // opj_compress (Debian's libopenjp2-tools, installed by .ci/run) writes lossless files: tiled
+    // with five resolutions, untiled as a raw codestream.
+    for (name, extra) in [
+        ("tiled.jp2", &["-t", "256,256", "-n", "5"][..]),
+        ("plain.j2k", &["-n", "4"][..]),
+    ] {
+        let out = dir.join(name);
+        let status = std::process::Command::new("opj_compress")
+            .arg("-i")
+            .arg(&png)
+            .arg("-o")
+            .arg(&out)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("opj_compress (apt-get install libopenjp2-tools) must be installed");
+        assert!(status.success(), "opj_compress failed for {name}");
+        let info = server.get(&format!("/iiif/3/{name}/info.json")).json();
+        assert_eq!(
+            (info["width"].as_u64(), info["height"].as_u64()),
+            (Some(1200), Some(900))
+        );
+        check(&server, name, &DynamicImage::ImageRgb8(pic.clone()), 2.5);
+    }
+    // A broken file is a clear error, not a crash.
+    std::fs::write(
+        dir.join("broken.jp2"),
+        b"\0\0\0\x0cjP  \r\n\x87\n\0\0\0\x08jp2c\xff\x4f",
+    )
+    .expect("write");
+    let r = server.get("/iiif/3/broken.jp2/full/max/0/default.jpg");
+    assert!(r.status == 500 || r.status == 501, "{}", r.status);
+    // Cut short: openjpeg decodes what is there or fails; either way an answer, and the server lives.
+    let whole = std::fs::read(dir.join("tiled.jp2")).expect("read");
+    std::fs::write(dir.join("cut.jp2"), &whole[..whole.len() * 3 / 5]).expect("write");
+    let r = server.get("/iiif/3/cut.jp2/full/max/0/default.jpg");
+    assert!(matches!(r.status, 200 | 500), "{}", r.status);
+    assert_eq!(
+        server
+            .get("/iiif/3/tiled.jp2/full/64,/0/default.jpg")
+            .status,
+        200
+    );
+}
+
+#[test]
 fn a_stored_jpeg_tile_is_passed_through() {
     let server = Server::start();
     let pic = picture(W, H);
@@ -331,6 +385,14 @@ fn a_stored_jpeg_tile_is_passed_through() {
     let gray = server.get("/iiif/3/pass.tif/256,512,256,256/256,256/0/gray.jpg");
     assert!(!gray.body.ends_with(&abbreviated[sos..]));
     assert_eq!(gray.image().color(), image::ColorType::L8);
+
+    // With passthrough off the same tile is decoded and encoded again.
+    let server = Server::start_with(&[], &[("IIIFD_RENDER__TILE_PASSTHROUGH", "false")]);
+    std::fs::write(server.images.join("pass.tif"), &file).expect("tif");
+    let r = server.get("/iiif/3/pass.tif/256,512,256,256/256,256/0/default.jpg");
+    assert_eq!(r.status, 200);
+    assert!(!r.body.ends_with(&abbreviated[sos..]), "re-encoded");
+    assert_eq!(r.image().to_rgb8().dimensions(), (256, 256));
 }
 
 #[test]

@@ -12,7 +12,7 @@ pub mod resize;
 use crate::error::{Error, Result};
 use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::iiif::{Format, Quality};
-use crate::source::{orientation, tiff};
+use crate::source::{jp2, orientation, tiff};
 use cache::{halve, DecodedCache};
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgba, RgbaImage};
 use std::fs::File;
@@ -28,6 +28,8 @@ pub struct EncodeSettings {
     pub jpeg_quality: u8,
     /// Lossy WebP quality, 1-100.
     pub webp_quality: u8,
+    /// Send a stored JPEG tile as it is when a request is exactly that tile.
+    pub tile_passthrough: bool,
 }
 
 impl Default for EncodeSettings {
@@ -35,6 +37,7 @@ impl Default for EncodeSettings {
         EncodeSettings {
             jpeg_quality: 85,
             webp_quality: 80,
+            tile_passthrough: true,
         }
     }
 }
@@ -44,7 +47,10 @@ impl EncodeSettings {
     /// generation so that a change of encoder library retires old derivatives.
     pub fn describe(&self, format: Format) -> String {
         match format {
-            Format::Jpg => format!("turbojpeg-v1 q={} 420", self.jpeg_quality),
+            Format::Jpg => format!(
+                "turbojpeg-v1 q={} 420 passthrough={}",
+                self.jpeg_quality, self.tile_passthrough
+            ),
             Format::Png => "image-png-v1 fast".into(),
             Format::Webp => format!("libwebp-v1 q={}", self.webp_quality),
             Format::Gif => "image-gif-v2 speed=10".into(),
@@ -75,9 +81,9 @@ pub fn render(
 ) -> Result<Vec<u8>> {
     let file = File::open(source.path)
         .map_err(|e| Error::Internal(format!("cannot read the source: {e}")))?;
-    let mut magic = [0u8; 4];
+    let mut magic = [0u8; 12];
     let n = file.read_at(&mut magic, 0).unwrap_or(0);
-    let (img, region) = match &magic[..n] {
+    let (img, region) = match &magic[..n.min(4)] {
         [0xFF, 0xD8, 0xFF, ..] => match jpeg_region(source, &file, cache, req, max_decode_bytes)? {
             Some(found) => found,
             None => cached_region(source, cache, req, max_decode_bytes)?,
@@ -88,6 +94,9 @@ pub fn render(
             }
             None => cached_region(source, cache, req, max_decode_bytes)?,
         },
+        _ if jp2::is_jpeg2000(&magic[..n]) => {
+            jp2_region(source.path, &file, req, max_decode_bytes)?
+        }
         _ => cached_region(source, cache, req, max_decode_bytes)?,
     };
     let img = apply(&img, region, req);
@@ -243,7 +252,8 @@ fn render_pyramid(
         h: (y1 - y0) as u32,
     };
     let (tw, th) = (level.tile_width, level.tile_height);
-    let passthrough = level.codec == tiff::TileCodec::Jpeg
+    let passthrough = settings.tile_passthrough
+        && level.codec == tiff::TileCodec::Jpeg
         && req.format() == Format::Jpg
         && matches!(req.quality(), Quality::Default | Quality::Color)
         && !req.mirror()
@@ -336,6 +346,102 @@ fn read_tiles(file: &File, level: &tiff::Level, rect: Rect, max: u64) -> Result<
         image::RgbImage::from_raw(rect.w, rect.h, out).map(DynamicImage::ImageRgb8)
     };
     img.ok_or_else(|| Error::Internal("tile buffer size mismatch".into()))
+}
+
+/// The region of a JPEG 2000 source, decoded by openjpeg at the largest resolution reduction that
+/// still covers the output and only over the region (with a file-backed stream: openjpeg's
+/// in-memory stream fails on tiled files).
+fn jp2_region(
+    path: &Path,
+    file: &File,
+    req: &CanonicalRequest,
+    max: u64,
+) -> Result<(Arc<DynamicImage>, Rect)> {
+    let mut head = vec![0u8; 1 << 20];
+    let n = file.read_at(&mut head, 0).unwrap_or(0);
+    head.truncate(n);
+    let header = jp2::read_header(&head)
+        .ok_or_else(|| Error::Undecodable("unreadable JPEG 2000 header".into()))?;
+    let (k, _) = pick_level(req);
+    let reduce = (k as u32).min(u32::from(header.levels));
+    let r = req.region();
+    // openjpeg holds every sample as an i32 while decoding, up to four components.
+    let (rw, rh) = (
+        u64::from(jpeg::scaled(r.w, reduce)),
+        u64::from(jpeg::scaled(r.h, reduce)),
+    );
+    if rw * rh * 4 * 4 > max {
+        return Err(Error::SourceTooLarge(format!(
+            "decoding {rw}x{rh} pixels would exceed render.max_decode_bytes ({max})"
+        )));
+    }
+    let area = jpeg2k::DecodeArea::new(
+        header.x0 + r.x,
+        header.y0 + r.y,
+        header.x0 + r.x + r.w,
+        header.y0 + r.y + r.h,
+    );
+    let params = jpeg2k::DecodeParameters::new()
+        .reduce(reduce)
+        .decode_area(Some(area));
+    let decoded = jpeg2k::Image::from_file_with(path, params)
+        .map_err(|e| Error::Undecodable(format!("JPEG 2000: {e}")))?;
+    let img = jp2_pixels(&decoded)?;
+    let whole = Rect {
+        x: 0,
+        y: 0,
+        w: img.width(),
+        h: img.height(),
+    };
+    Ok((Arc::new(img), whole))
+}
+
+/// openjpeg's components as 8-bit gray or colour, with or without alpha.
+fn jp2_pixels(img: &jpeg2k::Image) -> Result<DynamicImage> {
+    use jpeg2k::ColorSpace as C;
+    if !matches!(
+        img.color_space(),
+        C::SRGB | C::Gray | C::Unknown | C::Unspecified
+    ) {
+        return Err(Error::UnsupportedSource(format!(
+            "JPEG 2000 colour space {:?}",
+            img.color_space()
+        )));
+    }
+    let comps = img.components();
+    let Some(first) = comps.first() else {
+        return Err(Error::Undecodable("JPEG 2000 without components".into()));
+    };
+    let (w, h) = (first.width(), first.height());
+    let usable = |c: &jpeg2k::ImageComponent| {
+        (c.width(), c.height()) == (w, h) && (1..=16).contains(&c.precision())
+    };
+    if w == 0 || h == 0 || !comps.iter().all(usable) {
+        return Err(Error::UnsupportedSource(
+            "JPEG 2000 with subsampled or deeper than 16-bit components".into(),
+        ));
+    }
+    let planes: Vec<Vec<u8>> = comps
+        .iter()
+        .take(4)
+        .map(|c| c.data_u8().collect())
+        .collect();
+    let interleave = |n: usize| -> Vec<u8> {
+        let mut out = Vec::with_capacity(w as usize * h as usize * n);
+        for i in 0..w as usize * h as usize {
+            for p in &planes[..n] {
+                out.push(p.get(i).copied().unwrap_or(0));
+            }
+        }
+        out
+    };
+    let img = match planes.len() {
+        1 => image::GrayImage::from_raw(w, h, interleave(1)).map(DynamicImage::ImageLuma8),
+        2 => image::GrayAlphaImage::from_raw(w, h, interleave(2)).map(DynamicImage::ImageLumaA8),
+        3 => image::RgbImage::from_raw(w, h, interleave(3)).map(DynamicImage::ImageRgb8),
+        _ => image::RgbaImage::from_raw(w, h, interleave(4)).map(DynamicImage::ImageRgba8),
+    };
+    img.ok_or_else(|| Error::Internal("JPEG 2000 buffer size mismatch".into()))
 }
 
 /// The whole file, refusing files larger than the decode budget (a JPEG's compressed size is far

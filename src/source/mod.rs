@@ -6,6 +6,7 @@
 //! must still lie under the canonical root, so a symlink pointing out of the root is "not found".
 //! All functions here block; callers run them off the async threads.
 
+pub mod jp2;
 pub mod orientation;
 pub mod tiff;
 
@@ -17,7 +18,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Extensions tried, in order, after the identifier itself.
-pub const EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "tif", "tiff", "webp", "gif"];
+pub const EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "png", "tif", "tiff", "webp", "gif", "jp2", "j2k",
+];
 
 /// What identifies one version of a source file: a replaced or rewritten file changes at least one field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -210,6 +213,11 @@ pub fn probe(file: &SourceFile, limits: &SourceLimits) -> Result<Probe> {
                 tile = Some(l.tile_width);
             }
             (l.width, l.height)
+        }
+        None if jp2::is_jpeg2000(&head) => {
+            let h = jp2::read_header(&head)
+                .ok_or_else(|| Error::Undecodable("unreadable JPEG 2000 header".into()))?;
+            (h.width, h.height)
         }
         None => {
             let reader = image::ImageReader::open(&file.path)

@@ -53,7 +53,10 @@ impl Level {
     /// shared tables are spliced in front of the tile's own stream (tables' SOI..EOI without the EOI,
     /// then the tile without its SOI), which is what a plain JPEG decoder or a browser needs.
     pub fn read_tile(&self, file: &File, col: u32, row: u32, max_bytes: u64) -> Result<Vec<u8>> {
-        let (cols, _) = self.grid();
+        let (cols, rows) = self.grid();
+        if col >= cols || row >= rows {
+            return Err(Error::Internal(format!("TIFF tile {col},{row} outside the grid")));
+        }
         let i = (row as usize) * (cols as usize) + col as usize;
         let (Some(&off), Some(&len)) = (self.offsets.get(i), self.counts.get(i)) else {
             return Err(Error::Undecodable(format!("TIFF tile {col},{row} missing")));
@@ -333,4 +336,78 @@ fn tiled_level(r: &Reader<'_>, tags: &[Tag]) -> Result<Option<Level>> {
         offsets,
         counts,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Write;
+
+    /// A classic little-endian TIFF with one tiled IFD (2x2 tiles of 16 px) whose entries follow.
+    fn tiled_header() -> Vec<u8> {
+        let mut v = b"II*\0\x08\0\0\0".to_vec();
+        let entries: [(u16, u16, u32, u32); 8] = [
+            (256, 4, 1, 32),
+            (257, 4, 1, 32),
+            (259, 3, 1, 1),
+            (262, 3, 1, 1),
+            (322, 4, 1, 16),
+            (323, 4, 1, 16),
+            (324, 4, 4, 200),
+            (325, 4, 4, 216),
+        ];
+        v.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        for (tag, typ, count, value) in entries {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&typ.to_le_bytes());
+            v.extend_from_slice(&count.to_le_bytes());
+            v.extend_from_slice(&value.to_le_bytes());
+        }
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.resize(200, 0);
+        for off in [232u32, 488, 744, 1000] {
+            v.extend_from_slice(&off.to_le_bytes());
+        }
+        for _ in 0..4 {
+            v.extend_from_slice(&256u32.to_le_bytes());
+        }
+        v.resize(1256, 7);
+        v
+    }
+
+    fn read(bytes: &[u8]) -> Result<Option<Pyramid>> {
+        let mut f = tempfile::tempfile().map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        read_pyramid(&f)
+    }
+
+    #[test]
+    fn reads_a_tiled_level_and_its_tiles() -> Result<()> {
+        let bytes = tiled_header();
+        let p = read(&bytes)?.ok_or_else(|| Error::Internal("not read".into()))?;
+        let l = &p.levels[0];
+        assert_eq!(
+            (l.width, l.height, l.tile_width, l.grid()),
+            (32, 32, 16, (2, 2))
+        );
+        let mut f = tempfile::tempfile().map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        assert_eq!(l.read_tile(&f, 1, 1, 1 << 20)?, vec![7u8; 256]);
+        assert!(l.read_tile(&f, 2, 0, 1 << 20).is_err(), "outside the grid");
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// A damaged directory is an error or "not tiled", never a panic or a huge allocation.
+        #[test]
+        fn damaged_directories_never_panic(at in 0usize..1256, len in 1usize..16, byte in any::<u8>()) {
+            let mut bytes = tiled_header();
+            for b in bytes.iter_mut().skip(at).take(len) {
+                *b = byte;
+            }
+            let _ = read(&bytes);
+        }
+    }
 }

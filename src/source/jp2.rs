@@ -1,0 +1,160 @@
+//! The header of JPEG 2000 sources (`.jp2` files and raw `.j2k` codestreams): size and number of
+//! resolution levels, read from the codestream's SIZ and COD markers without decoding anything (the
+//! `jpeg2k` crate only reads headers as part of a decode).
+//!
+//! Pure: works on the first bytes of the file.
+
+/// What the codestream header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Jp2Header {
+    /// Image width on the reference grid.
+    pub width: u32,
+    /// Image height.
+    pub height: u32,
+    /// Wavelet decomposition levels: the decoder can reduce by up to 2^levels.
+    pub levels: u8,
+    /// Image origin on the reference grid (XOsiz, YOsiz): decode areas are given on that grid.
+    pub x0: u32,
+    /// See `x0`.
+    pub y0: u32,
+}
+
+/// True for the JP2 signature box or a raw codestream's SOC + SIZ.
+pub fn is_jpeg2000(head: &[u8]) -> bool {
+    head.starts_with(b"\0\0\0\x0cjP  \r\n\x87\n") || head.starts_with(&[0xFF, 0x4F, 0xFF, 0x51])
+}
+
+/// Parse the header from the start of a `.jp2` or `.j2k` file.
+pub fn read_header(head: &[u8]) -> Option<Jp2Header> {
+    let cs = if head.starts_with(&[0xFF, 0x4F]) {
+        head
+    } else {
+        codestream(head)?
+    };
+    // SOC, then SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz ...
+    if cs.get(..4)? != [0xFF, 0x4F, 0xFF, 0x51] {
+        return None;
+    }
+    let u32_at = |at: usize| {
+        cs.get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u16_at = |at: usize| cs.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let (xsiz, ysiz, xo, yo) = (u32_at(8)?, u32_at(12)?, u32_at(16)?, u32_at(20)?);
+    let (width, height) = (xsiz.checked_sub(xo)?, ysiz.checked_sub(yo)?);
+    // Walk the main header's marker segments to COD; its SPcod starts with the level count.
+    let mut at = 4 + usize::from(u16_at(4)?);
+    let mut levels = 0;
+    while let Some(marker) = u16_at(at) {
+        let len = usize::from(u16_at(at + 2)?);
+        if marker == 0xFF52 {
+            levels = *cs.get(at + 9)?;
+            break;
+        }
+        if marker == 0xFF90 || marker == 0xFF93 || len < 2 {
+            break; // first tile part: the main header is over
+        }
+        at += 2 + len;
+    }
+    (width > 0 && height > 0).then_some(Jp2Header {
+        width,
+        height,
+        levels: levels.min(32),
+        x0: xo,
+        y0: yo,
+    })
+}
+
+/// The contents of the `jp2c` box of a JP2 file.
+fn codestream(file: &[u8]) -> Option<&[u8]> {
+    let mut at = 0usize;
+    while at + 8 <= file.len() {
+        let b = file.get(at..at + 8)?;
+        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let (header, size) = match len {
+            0 => (8, file.len() - at), // to the end of the file
+            1 => {
+                let x = file.get(at + 8..at + 16)?;
+                let mut v = [0u8; 8];
+                v.copy_from_slice(x);
+                (16, usize::try_from(u64::from_be_bytes(v)).ok()?)
+            }
+            n => (8, n),
+        };
+        if &b[4..8] == b"jp2c" {
+            return file.get(at + header..);
+        }
+        if size < header {
+            return None;
+        }
+        at = at.checked_add(size)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn j2k(w: u32, h: u32, levels: u8) -> Vec<u8> {
+        let mut v = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 47, 0, 0];
+        for n in [w, h, 0, 0, 256, 256, 0, 0] {
+            v.extend_from_slice(&n.to_be_bytes());
+        }
+        v.extend_from_slice(&[0, 3, 7, 1, 1, 7, 1, 1, 7, 1, 1]);
+        v.extend_from_slice(&[0xFF, 0x52, 0, 12, 0, 0, 0, 1, 1, levels, 4, 4, 0, 0]);
+        v.extend_from_slice(&[0xFF, 0x90, 0, 10]);
+        v
+    }
+
+    #[test]
+    fn reads_size_and_levels_from_j2k_and_jp2() {
+        let cs = j2k(6000, 4000, 5);
+        let want = Some(Jp2Header {
+            width: 6000,
+            height: 4000,
+            levels: 5,
+            x0: 0,
+            y0: 0,
+        });
+        assert!(is_jpeg2000(&cs));
+        assert_eq!(read_header(&cs), want);
+        let mut jp2 = b"\0\0\0\x0cjP  \r\n\x87\n".to_vec();
+        jp2.extend_from_slice(&[0, 0, 0, 20]);
+        jp2.extend_from_slice(b"ftypjp2 \0\0\0\0jp2 ");
+        jp2.extend_from_slice(&((cs.len() + 8) as u32).to_be_bytes());
+        jp2.extend_from_slice(b"jp2c");
+        jp2.extend_from_slice(&cs);
+        assert!(is_jpeg2000(&jp2));
+        assert_eq!(read_header(&jp2), want);
+    }
+
+    proptest::proptest! {
+        /// Any bytes, raw or behind a JP2 signature: an answer, never a panic.
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+                        cut in 0usize..120) {
+            let _ = read_header(&bytes);
+            let mut cs = j2k(100, 80, 3);
+            cs.truncate(cut.min(cs.len()));
+            cs.extend_from_slice(&bytes);
+            let _ = read_header(&cs);
+            let mut jp2 = b"\0\0\0\x0cjP  \r\n\x87\n".to_vec();
+            jp2.extend_from_slice(&bytes);
+            let _ = read_header(&jp2);
+        }
+    }
+
+    #[test]
+    fn garbage_is_none() {
+        assert_eq!(read_header(b""), None);
+        assert_eq!(read_header(&[0xFF, 0x4F, 0xFF, 0x51, 0, 41]), None);
+        let mut cut = j2k(10, 10, 2);
+        cut.truncate(20);
+        assert_eq!(read_header(&cut), None);
+        let mut zero = j2k(0, 10, 2);
+        zero.truncate(60);
+        assert_eq!(read_header(&zero), None);
+        assert_eq!(read_header(b"\0\0\0\x0cjP  \r\n\x87\n\0\0\0\x01jp2c"), None);
+    }
+}
