@@ -55,7 +55,9 @@ impl Level {
     pub fn read_tile(&self, file: &File, col: u32, row: u32, max_bytes: u64) -> Result<Vec<u8>> {
         let (cols, rows) = self.grid();
         if col >= cols || row >= rows {
-            return Err(Error::Internal(format!("TIFF tile {col},{row} outside the grid")));
+            return Err(Error::Internal(format!(
+                "TIFF tile {col},{row} outside the grid"
+            )));
         }
         let i = (row as usize) * (cols as usize) + col as usize;
         let (Some(&off), Some(&len)) = (self.offsets.get(i), self.counts.get(i)) else {
