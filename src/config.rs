@@ -84,6 +84,9 @@ pub struct RenderConfig {
     /// Decoded source pixels kept in memory between renders (0 disables).
     /// Env: `IIIFD_RENDER__DECODED_CACHE_BYTES`.
     pub decoded_cache_bytes: u64,
+    /// Flat sources (JPEG, PNG, ...) with at least this many pixels get a tiled copy in the store the
+    /// first time a viewer zooms into them (0 disables). Env: `IIIFD_RENDER__TILED_COPY_MIN_PIXELS`.
+    pub tiled_copy_min_pixels: u64,
 }
 
 /// `[http]`.
@@ -256,6 +259,7 @@ impl Default for RenderConfig {
             tile_passthrough: true,
             max_decode_bytes: 1 << 30,
             decoded_cache_bytes: 256 << 20,
+            tiled_copy_min_pixels: 16_000_000,
         }
     }
 }

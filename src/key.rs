@@ -11,6 +11,8 @@ use std::fmt;
 
 /// blake3 `derive_key` context. Bump the date/version when the key's inputs change meaning.
 const CONTEXT: &str = "iiifd 2026-11-24 derivative key v1";
+/// blake3 `derive_key` context of tiled copies.
+const COPY_CONTEXT: &str = "iiifd 2026-11-25 tiled copy key v1";
 
 /// A 256-bit derivative key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,6 +34,25 @@ impl DerivativeKey {
         for part in [request.key_material().as_str(), encoder] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
+        }
+        DerivativeKey(*h.finalize().as_bytes())
+    }
+
+    /// The key of the tiled copy of the source at `path` with `fingerprint`, made as `description` says
+    /// (see `render::tiled_copy`). A separate context, so it can never equal a derivative's key.
+    pub fn tiled_copy(
+        fingerprint: &Fingerprint,
+        path: &std::path::Path,
+        description: &str,
+    ) -> DerivativeKey {
+        let mut h = blake3::Hasher::new_derive_key(COPY_CONTEXT);
+        h.update(&fingerprint.len.to_le_bytes());
+        h.update(&fingerprint.mtime_ns.to_le_bytes());
+        h.update(&fingerprint.inode.to_le_bytes());
+        let path = path.as_os_str().as_encoded_bytes();
+        for part in [path, description.as_bytes()] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
         }
         DerivativeKey(*h.finalize().as_bytes())
     }
@@ -62,6 +83,13 @@ impl DerivativeKey {
 /// blake3 of a stored file's bytes, hex: what the store checks a file against on read.
 pub fn content_hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
+}
+
+/// [`content_hash`] of everything `reader` yields (for objects written as a stream).
+pub fn content_hash_reader(reader: &mut impl std::io::Read) -> std::io::Result<String> {
+    let mut h = blake3::Hasher::new();
+    std::io::copy(reader, &mut h)?;
+    Ok(h.finalize().to_hex().to_string())
 }
 
 impl fmt::Debug for DerivativeKey {

@@ -19,6 +19,10 @@ pub struct Metrics {
     pub renders: AtomicU64,
     /// Requests that waited on another request's render.
     pub collapsed: AtomicU64,
+    /// Tiled copies of large flat sources written to the store.
+    pub tiled_copies: AtomicU64,
+    /// Renders that read their pixels from a tiled copy.
+    pub tiled_copy_renders: AtomicU64,
     render_buckets: [AtomicU64; BUCKETS.len()],
     render_count: AtomicU64,
     render_micros: AtomicU64,
@@ -32,6 +36,8 @@ impl Default for Metrics {
         Metrics {
             renders: AtomicU64::new(0),
             collapsed: AtomicU64::new(0),
+            tiled_copies: AtomicU64::new(0),
+            tiled_copy_renders: AtomicU64::new(0),
             render_buckets: Default::default(),
             render_count: AtomicU64::new(0),
             render_micros: AtomicU64::new(0),
@@ -79,6 +85,18 @@ impl Metrics {
             "iiifd_store_collapsed_total",
             "Requests served by waiting on another request's render.",
             self.collapsed.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "iiifd_tiled_copies_total",
+            "Tiled copies of large flat sources written to the store.",
+            self.tiled_copies.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "iiifd_tiled_copy_renders_total",
+            "Renders that read their pixels from a tiled copy.",
+            self.tiled_copy_renders.load(Ordering::Relaxed),
         );
         let _ = writeln!(out, "# HELP iiifd_render_duration_seconds Time to decode, transform and encode one derivative.");
         let _ = writeln!(out, "# TYPE iiifd_render_duration_seconds histogram");

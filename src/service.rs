@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::crawl::Crawler;
 use crate::error::{Error, Result};
 use crate::flight::{Flights, Role};
-use crate::iiif::canonical::{CanonicalRequest, ImageSize};
+use crate::iiif::canonical::{CanonicalRequest, ImageSize, Rect};
 use crate::iiif::info::{info_json, InfoInput};
 use crate::iiif::parse::ImageRequest;
 use crate::iiif::{ApiVersion, Limits};
@@ -17,15 +17,15 @@ use crate::key::DerivativeKey;
 use crate::metrics::{self, Metrics};
 use crate::render::cache::DecodedCache;
 use crate::render::pool::{PoolError, RenderPool};
-use crate::render::{self, EncodeSettings};
+use crate::render::{self, tiled_copy, EncodeSettings};
 use crate::source::{self, Fingerprint, Probe, SourceFile, SourceLimits, Sources};
 use crate::store::index::InfoRecord;
 use crate::store::{Hit, Recovery, Store, StoreSettings};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 /// Entries kept in the in-memory info cache before it is cleared; the sled info cache behind it keeps
@@ -50,7 +50,12 @@ pub struct App {
     /// identifier -> the file it resolved to, so the hot path costs one `stat` instead of a search
     /// through the candidate extensions.
     path_cache: RwLock<HashMap<String, PathBuf>>,
+    /// Tiled copies being written, and sources that cannot have one.
+    copies_building: Mutex<HashSet<DerivativeKey>>,
 }
+
+/// How long the render pool must have been idle before a tiled copy is written.
+const COPY_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A located, probed source.
 #[derive(Clone, Debug)]
@@ -160,6 +165,7 @@ impl App {
             config,
             info_cache: RwLock::new(HashMap::new()),
             path_cache: RwLock::new(HashMap::new()),
+            copies_building: Mutex::new(HashSet::new()),
             crawler: Crawler::default(),
             decoded: Arc::new(DecodedCache::new(decoded_budget)),
             crawl_slots: tokio::sync::Semaphore::new(crawl_slots),
@@ -455,7 +461,7 @@ impl App {
     }
 
     /// Render a prepared request on the pool.
-    pub async fn render(&self, prepared: &Prepared) -> Result<Vec<u8>> {
+    pub async fn render(self: &Arc<Self>, prepared: &Prepared) -> Result<Vec<u8>> {
         let path = prepared.source.file.path.clone();
         let fp = prepared.source.file.fingerprint;
         let cache_key = format!(
@@ -469,19 +475,134 @@ impl App {
         let encode = self.encode;
         let max_decode = self.config.render.max_decode_bytes;
         let cache = Arc::clone(&self.decoded);
+        let size = prepared.source.size;
+        let min = self.config.render.tiled_copy_min_pixels;
+        let copy_key = (min > 0 && u64::from(size.width) * u64::from(size.height) >= min)
+            .then(|| DerivativeKey::tiled_copy(&fp, &path, tiled_copy::DESCRIPTION));
+        // A viewer zooming in asks for parts; a thumbnail of the whole image does not need a copy.
+        let whole = prepared.canonical.region()
+            == (Rect {
+                x: 0,
+                y: 0,
+                w: size.width,
+                h: size.height,
+            });
+        let store = Arc::clone(&self.store);
+        let (copy_path, job_path) = (path.clone(), path);
+        let copy_cache_key = cache_key.clone();
         let job = move || {
+            let copy = copy_key.and_then(|k| {
+                store
+                    .lookup(&k, false)
+                    .map(|_| store.object_path(&k, tiled_copy::EXTENSION))
+            });
+            // Pixels already in memory beat reading tiles from disk: the copy is for the sessions
+            // that come after the decoded cache has moved on.
+            let from_copy = copy
+                .as_deref()
+                .filter(|_| !render::level_in_memory(&cache, &cache_key, &canonical))
+                .and_then(|c| render::render_tiled_copy(c, &canonical, &encode, max_decode));
+            if let Some(result) = from_copy {
+                return result.map(|bytes| (bytes, true, false));
+            }
             let source = render::Source {
-                path: &path,
+                path: &job_path,
                 cache_key: &cache_key,
             };
-            render::render(&source, &cache, &canonical, &encode, max_decode)
+            let bytes = render::render(&source, &cache, &canonical, &encode, max_decode)?;
+            let wants_copy =
+                copy_key.is_some() && copy.is_none() && !whole && render::flat_source(&job_path);
+            Ok((bytes, false, wants_copy))
         };
         match self.pool.run(job).await {
-            Ok(result) => result,
+            Ok(Ok((bytes, from_copy, wants_copy))) => {
+                if from_copy {
+                    self.metrics
+                        .tiled_copy_renders
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                if let (true, Some(key)) = (wants_copy, copy_key) {
+                    let id = prepared.identifier.clone();
+                    self.start_tiled_copy(key, copy_path, copy_cache_key, id);
+                }
+                Ok(bytes)
+            }
+            Ok(Err(e)) => Err(e),
             Err(PoolError::Busy) => Err(Error::Busy),
             Err(PoolError::Panicked) => Err(Error::RenderPanicked),
             Err(PoolError::Closed) => Err(Error::Busy),
         }
+    }
+
+    /// Write the tiled copy of a large flat source in the background, in the crawl's way: only when a
+    /// render worker is idle, so no live request waits behind it. One build per source at a time; a
+    /// source that cannot have a copy (alpha, 16-bit, too large to decode) stays marked and is not
+    /// tried again until the process restarts.
+    fn start_tiled_copy(
+        self: &Arc<Self>,
+        key: DerivativeKey,
+        path: PathBuf,
+        cache_key: String,
+        identifier: String,
+    ) {
+        let first = self
+            .copies_building
+            .lock()
+            .map(|mut set| set.insert(key))
+            .unwrap_or(false);
+        if !first {
+            return;
+        }
+        let app = Arc::clone(self);
+        tokio::spawn(async move {
+            // Wait for the viewer's burst to pass: half a second with no render queued or running.
+            // The copy serves later sessions; the one that triggered it has the decoded cache.
+            let mut idle_since: Option<Instant> = None;
+            loop {
+                if app.pool.pending() > 0 {
+                    idle_since = None;
+                } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= COPY_AFTER_IDLE {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let store = Arc::clone(&app.store);
+            let cache = Arc::clone(&app.decoded);
+            let max = app.config.render.max_decode_bytes;
+            let id = identifier.clone();
+            let job = move || -> Result<bool> {
+                let source = render::Source {
+                    path: &path,
+                    cache_key: &cache_key,
+                };
+                let Some(levels) = tiled_copy::levels(&source, &cache, max)? else {
+                    return Ok(false);
+                };
+                store
+                    .put_with(&key, tiled_copy::EXTENSION, &id, &mut |f| {
+                        tiled_copy::write(&levels, f)
+                    })
+                    .map_err(|e| Error::Internal(format!("storing the tiled copy: {e}")))?;
+                Ok(true)
+            };
+            let keep_marked = match app.pool.run(job).await {
+                Ok(Ok(true)) => {
+                    app.metrics.tiled_copies.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                Ok(Ok(false)) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(%identifier, "tiled copy not written: {e}");
+                    false
+                }
+                Err(_) => false,
+            };
+            if !keep_marked {
+                if let Ok(mut set) = app.copies_building.lock() {
+                    set.remove(&key);
+                }
+            }
+        });
     }
 
     /// The Prometheus exposition of every metric.

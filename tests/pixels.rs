@@ -429,3 +429,84 @@ fn a_huge_jpeg_gets_thumbnails_and_tiles_within_a_gigabyte() {
     eprintln!("20000x15000 JPEG: peak RSS {} MiB", rss >> 20);
     assert!(rss < 1 << 30, "peak RSS {} MiB", rss >> 20);
 }
+
+#[test]
+fn a_large_flat_source_gets_a_tiled_copy_that_later_renders_use() {
+    let env = [
+        ("IIIFD_RENDER__TILED_COPY_MIN_PIXELS", "1000000"),
+        // No decoded cache: every render not served by the copy decodes the JPEG again.
+        ("IIIFD_RENDER__DECODED_CACHE_BYTES", "0"),
+    ];
+    let mut server = Server::start_with(&[], &env);
+    let pic = picture(W, H);
+    let jpg = jpeg(&pic, 95);
+    std::fs::write(server.images.join("big.jpg"), &jpg).expect("jpg");
+    let wait_for_copy = |server: &Server, n: f64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while server.metric("iiifd_tiled_copies_total") < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no tiled copy written"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+
+    // A thumbnail of the whole image does not ask for a copy.
+    assert_eq!(
+        server
+            .get("/iiif/3/big.jpg/full/!200,200/0/default.jpg")
+            .status,
+        200
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(server.metric("iiifd_tiled_copies_total"), 0.0);
+
+    // Zooming in does; once it is written, renders read from it and still match the reference.
+    assert_eq!(
+        server
+            .get("/iiif/3/big.jpg/512,0,256,256/256,256/0/default.jpg")
+            .status,
+        200
+    );
+    wait_for_copy(&server, 1.0);
+    let objects = server.metric("iiifd_store_objects");
+    let full = image::load_from_memory(&jpg).expect("reference decode");
+    check(&server, "big.jpg", &full, 3.0);
+    let from_copy = server.metric("iiifd_tiled_copy_renders_total");
+    assert!(from_copy >= 10.0, "{from_copy} renders from the copy");
+    assert_eq!(
+        server.metric("iiifd_tiled_copies_total"),
+        1.0,
+        "written once"
+    );
+
+    // It survives a crash: after kill -9 a new tile is read from it, nothing is rebuilt.
+    server.restart();
+    let r = server.get("/iiif/3/big.jpg/700,500,300,300/150,150/0/default.png");
+    assert_eq!(r.status, 200);
+    assert_eq!(server.metric("iiifd_tiled_copy_renders_total"), 1.0);
+    assert_eq!(server.metric("iiifd_tiled_copies_total"), 0.0);
+    assert!(server.metric("iiifd_store_objects") > objects);
+
+    // A replaced source gets a new copy; the old one is never used for it.
+    let negative = RgbImage::from_fn(W, H, |x, y| {
+        let p = pic.get_pixel(x, y).0;
+        image::Rgb([255 - p[0], 255 - p[1], 255 - p[2]])
+    });
+    let jpg2 = jpeg(&negative, 95);
+    std::fs::write(server.images.join("big.jpg"), &jpg2).expect("jpg");
+    let r = server.get("/iiif/3/big.jpg/100,100,400,400/200,200/0/default.png");
+    assert_eq!(r.status, 200);
+    let want = image::load_from_memory(&jpg2)
+        .expect("decode")
+        .crop_imm(100, 100, 400, 400)
+        .resize_exact(200, 200, FilterType::Triangle);
+    let (mean, _) = difference(&r.image(), &want);
+    assert!(
+        mean < 3.0,
+        "rendered from the new file, mean difference {mean}"
+    );
+    assert_eq!(server.metric("iiifd_tiled_copy_renders_total"), 1.0);
+    wait_for_copy(&server, 1.0);
+}

@@ -280,6 +280,15 @@ fn clamp_rect(r: Rect, w: u32, h: u32) -> Rect {
 
 /// Encode 8-bit gray or RGB as a baseline JPEG (4:2:0 for colour, as every IIIF server does).
 pub fn encode(img: &DynamicImage, quality: u8) -> Result<Vec<u8>> {
+    encode_with(img, quality, turbojpeg::Subsamp::Sub2x2)
+}
+
+/// [`encode`] keeping full chroma resolution (4:4:4), for intermediates that are decoded again.
+pub fn encode_full_chroma(img: &DynamicImage, quality: u8) -> Result<Vec<u8>> {
+    encode_with(img, quality, turbojpeg::Subsamp::None)
+}
+
+fn encode_with(img: &DynamicImage, quality: u8, subsamp: turbojpeg::Subsamp) -> Result<Vec<u8>> {
     let err = |e: turbojpeg::Error| Error::Internal(format!("JPEG encoding failed: {e}"));
     let mut c = turbojpeg::Compressor::new().map_err(err)?;
     c.set_quality(i32::from(quality.clamp(1, 100)))
@@ -298,7 +307,7 @@ pub fn encode(img: &DynamicImage, quality: u8) -> Result<Vec<u8>> {
             .map_err(err)
         }
         DynamicImage::ImageRgb8(buf) => {
-            c.set_subsamp(turbojpeg::Subsamp::Sub2x2).map_err(err)?;
+            c.set_subsamp(subsamp).map_err(err)?;
             c.compress_to_vec(turbojpeg::Image {
                 pixels: buf.as_raw().as_slice(),
                 width: w,
@@ -308,7 +317,7 @@ pub fn encode(img: &DynamicImage, quality: u8) -> Result<Vec<u8>> {
             })
             .map_err(err)
         }
-        other => encode(&DynamicImage::ImageRgb8(other.to_rgb8()), quality),
+        other => encode_with(&DynamicImage::ImageRgb8(other.to_rgb8()), quality, subsamp),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod jpeg;
 pub mod pool;
 pub mod resize;
+pub mod tiled_copy;
 
 use crate::error::{Error, Result};
 use crate::iiif::canonical::{CanonicalRequest, Rect};
@@ -101,6 +102,67 @@ pub fn render(
     };
     let img = apply(&img, region, req);
     encode(img, req.format(), req.quality(), settings)
+}
+
+/// Render `req` from a source's tiled copy (see [`tiled_copy`]). `None` when the copy cannot be
+/// read (evicted meanwhile, or damaged): the caller renders from the source instead.
+pub fn render_tiled_copy(
+    copy: &Path,
+    req: &CanonicalRequest,
+    settings: &EncodeSettings,
+    max_decode_bytes: u64,
+) -> Option<Result<Vec<u8>>> {
+    let file = File::open(copy).ok()?;
+    let pyramid = tiff::read_pyramid(&file).ok()??;
+    // The copy's tiles are an intermediate (quality 92, 4:4:4), never sent as they are.
+    let settings = EncodeSettings {
+        tile_passthrough: false,
+        ..*settings
+    };
+    Some(render_pyramid(
+        &file,
+        &pyramid,
+        req,
+        &settings,
+        max_decode_bytes,
+    ))
+}
+
+/// Whether the decoded level `req` would be cut from is in the decoded cache already.
+pub fn level_in_memory(cache: &DecodedCache, cache_key: &str, req: &CanonicalRequest) -> bool {
+    cache.peek(cache_key, pick_level(req).0).is_some()
+}
+
+/// True for sources without resolution levels or tiles of their own (everything but pyramidal TIFF
+/// and JPEG 2000): the ones a [`tiled_copy`] helps.
+pub fn flat_source(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let mut magic = [0u8; 12];
+    let n = file.read_at(&mut magic, 0).unwrap_or(0);
+    match &magic[..n.min(4)] {
+        b"II*\0" | b"MM\0*" | b"II+\0" | b"MM\0+" => matches!(tiff::read_pyramid(&file), Ok(None)),
+        _ => !jp2::is_jpeg2000(&magic[..n]),
+    }
+}
+
+/// Level 0 (the whole image at full size, displayed orientation) of a flat source, through the
+/// decoded cache.
+fn full_image(source: &Source<'_>, cache: &DecodedCache, max: u64) -> Result<Arc<DynamicImage>> {
+    let file = File::open(source.path)
+        .map_err(|e| Error::Internal(format!("cannot read the source: {e}")))?;
+    let mut magic = [0u8; 3];
+    let n = file.read_at(&mut magic, 0).unwrap_or(0);
+    if magic[..n] == [0xFF, 0xD8, 0xFF] {
+        let data = read_all(&file, max)?;
+        let info = jpeg::read_info(&data)?;
+        if !info.cmyk {
+            let orient = orientation::jpeg_orientation(&data);
+            return jpeg_level(source.cache_key, &data, orient, cache, 0, max, true);
+        }
+    }
+    cache.get_or_build(source.cache_key, 0, || decode(source.path, max))
 }
 
 /// The region from a pyramid level of a source decoded whole (PNG, GIF, WebP, flat TIFF, CMYK JPEG):

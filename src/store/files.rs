@@ -59,6 +59,17 @@ impl Files {
 
     /// Write `bytes` as the object `key`.`ext`, atomically (and durably with `fsync`).
     pub fn write(&self, key: &DerivativeKey, ext: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+        self.write_with(key, ext, &mut |f| f.write_all(bytes))
+    }
+
+    /// Write the object `key`.`ext` by letting `fill` write (and seek in) its temp file: for objects
+    /// too large to build in memory first. Same atomicity as [`Files::write`].
+    pub fn write_with(
+        &self,
+        key: &DerivativeKey,
+        ext: &str,
+        fill: &mut dyn FnMut(&mut File) -> io::Result<()>,
+    ) -> io::Result<PathBuf> {
         let target = self.path(key, ext);
         let dir = target
             .parent()
@@ -71,7 +82,7 @@ impl Files {
             .join(format!("{}.{}.{n}.tmp", key.to_hex(), std::process::id()));
         let result = (|| {
             let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
+            fill(&mut f)?;
             if self.fsync {
                 f.sync_all()?;
             }

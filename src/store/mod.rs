@@ -294,6 +294,11 @@ impl Store {
         })
     }
 
+    /// Where object `key`.`ext` lives (whether or not it exists).
+    pub fn object_path(&self, key: &DerivativeKey, ext: &str) -> PathBuf {
+        self.files.path(key, ext)
+    }
+
     /// A bad object: drop it so the caller re-renders and stores a good one.
     fn repair(&self, key: &DerivativeKey, entry: &Entry) -> Option<Hit> {
         tracing::warn!(key = %key.to_hex(), "stored object missing, short or corrupt; re-rendering");
@@ -349,20 +354,38 @@ impl Store {
         result
     }
 
-    fn put_inner(
+    /// Persist an object too large to hold in memory: `fill` writes it into its temp file (it may
+    /// seek). Hashed by reading it back, then indexed like [`Store::put`].
+    pub fn put_with(
         &self,
         key: &DerivativeKey,
         ext: &str,
-        bytes: &[u8],
         identifier: &str,
+        fill: &mut dyn FnMut(&mut std::fs::File) -> io::Result<()>,
     ) -> io::Result<()> {
+        let result = (|| {
+            self.check_free(0)?;
+            // Filling can take a while (a tiled copy encodes thousands of tiles): not under the write
+            // lock, which only guards the index update. The file is complete once renamed in place.
+            let path = self.files.write_with(key, ext, fill)?;
+            let mut f = std::fs::File::open(&path)?;
+            let len = f.metadata()?.len();
+            let hash = crate::key::content_hash_reader(&mut f)?;
+            let _guard = self
+                .write_lock
+                .lock()
+                .map_err(|_| io::Error::other("store lock poisoned"))?;
+            self.index_new(key, ext, len, hash, identifier)
+        })();
+        if result.is_err() {
+            self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn check_free(&self, len: u64) -> io::Result<()> {
         let free = self.files.available_bytes()?;
-        if free
-            < self
-                .settings
-                .min_free_bytes
-                .saturating_add(bytes.len() as u64)
-        {
+        if free < self.settings.min_free_bytes.saturating_add(len) {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
@@ -371,16 +394,45 @@ impl Store {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    fn put_inner(
+        &self,
+        key: &DerivativeKey,
+        ext: &str,
+        bytes: &[u8],
+        identifier: &str,
+    ) -> io::Result<()> {
+        self.check_free(bytes.len() as u64)?;
         let _guard = self
             .write_lock
             .lock()
             .map_err(|_| io::Error::other("store lock poisoned"))?;
         self.files.write(key, ext, bytes)?;
+        self.index_new(
+            key,
+            ext,
+            bytes.len() as u64,
+            content_hash(bytes),
+            identifier,
+        )
+    }
+
+    /// Index an object just written (the caller holds the write lock).
+    fn index_new(
+        &self,
+        key: &DerivativeKey,
+        ext: &str,
+        len: u64,
+        hash: String,
+        identifier: &str,
+    ) -> io::Result<()> {
         let now = now_secs();
         let entry = Entry {
-            len: bytes.len() as u64,
+            len,
             ext: ext.to_owned(),
-            hash: content_hash(bytes),
+            hash,
             created: now,
             last_access: now,
             identifier: identifier.to_owned(),

@@ -1,0 +1,202 @@
+//! Tiled copies of large flat sources. A 30-megapixel JPEG or PNG has no resolution levels and no
+//! tiles, so every cold tile of it costs a decode of (much of) the file; the decoded cache helps only
+//! while the pixels stay in memory. The first time a viewer zooms into such a source, iiifd writes a
+//! pyramidal BigTIFF of it (every level down to one tile, 512 px JPEG tiles at quality 92 with full
+//! chroma) into the store as an ordinary object, and later renders read tiles from it, after
+//! evictions and restarts too. Other IIIF servers leave this conversion to their users (vips).
+//!
+//! The copy is keyed by the source's fingerprint (a replaced file gets a new copy), counted in the
+//! store's budget, evicted, verified and purged like any derivative, and rebuilt when missing.
+
+use super::cache::{halve, DecodedCache};
+use super::{full_image, jpeg, Source};
+use crate::error::{Error, Result};
+use image::DynamicImage;
+use std::fs::File;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::sync::Arc;
+
+/// The copy's extension in the store.
+pub const EXTENSION: &str = "tif";
+/// Tile size of the copy.
+pub const TILE: u32 = 512;
+/// JPEG quality of its tiles: an intermediate, decoded again before the output is encoded.
+pub const QUALITY: u8 = 92;
+
+/// A description of how copies are made, for their store key (a change retires old copies).
+pub const DESCRIPTION: &str = "tiled-copy-v1 bigtiff jpeg q=92 444 tile=512";
+
+/// The levels of `source`'s copy, full size first, down to one tile; `None` when it cannot have a
+/// copy (alpha, 16-bit, or level 0 larger than `max` bytes). Uses and fills the decoded cache.
+pub fn levels(
+    source: &Source<'_>,
+    cache: &DecodedCache,
+    max: u64,
+) -> Result<Option<Vec<Arc<DynamicImage>>>> {
+    let level0 = match full_image(source, cache, max) {
+        Ok(img) => img,
+        Err(Error::SourceTooLarge(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !matches!(
+        *level0,
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_)
+    ) {
+        return Ok(None);
+    }
+    let mut levels = vec![level0];
+    while let Some(last) = levels.last().cloned() {
+        if last.width().max(last.height()) <= TILE {
+            break;
+        }
+        let k = levels.len();
+        levels.push(cache.get_or_build(source.cache_key, k, || Ok(halve(&last)))?);
+    }
+    Ok(Some(levels))
+}
+
+/// Write `levels` as a BigTIFF with one IFD per level and JPEG tiles (YCbCr, or gray), streaming the
+/// tiles to `file` (a copy can be tens of megabytes; it is never held in memory) and writing the
+/// directories after them.
+pub fn write(levels: &[Arc<DynamicImage>], file: &mut File) -> io::Result<()> {
+    let mut out = BufWriter::new(&mut *file);
+    out.write_all(b"II\x2b\0\x08\0\0\0")?;
+    out.write_all(&0u64.to_le_bytes())?; // first IFD: patched at the end
+    let mut at = 16u64;
+    let mut tables = Vec::with_capacity(levels.len());
+    for img in levels {
+        let (w, h) = (img.width(), img.height());
+        let mut offsets = Vec::new();
+        let mut counts = Vec::new();
+        for row in 0..h.div_ceil(TILE) {
+            for col in 0..w.div_ceil(TILE) {
+                let tile = edge_padded_tile(img, col * TILE, row * TILE);
+                let bytes = jpeg::encode_full_chroma(&tile, QUALITY)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                out.write_all(&bytes)?;
+                offsets.push(at);
+                counts.push(bytes.len() as u64);
+                at += bytes.len() as u64;
+            }
+        }
+        tables.push((offsets, counts));
+    }
+    // The directories, built in memory (a few bytes per tile) with their final offsets.
+    let mut dir: Vec<u8> = Vec::new();
+    let mut first_ifd = 0u64;
+    let mut next_ptr_at: Option<usize> = None;
+    for (n, (img, (offsets, counts))) in levels.iter().zip(&tables).enumerate() {
+        let gray = matches!(**img, DynamicImage::ImageLuma8(_));
+        let samples: u16 = if gray { 1 } else { 3 };
+        let mut entries: Vec<(u16, u16, u64, Vec<u8>)> = Vec::new();
+        if n > 0 {
+            entries.push((254, 4, 1, 1u32.to_le_bytes().to_vec())); // reduced-resolution level
+        }
+        entries.push((256, 4, 1, img.width().to_le_bytes().to_vec()));
+        entries.push((257, 4, 1, img.height().to_le_bytes().to_vec()));
+        let bits = (0..samples).flat_map(|_| 8u16.to_le_bytes()).collect();
+        entries.push((258, 3, u64::from(samples), bits));
+        entries.push((259, 3, 1, 7u16.to_le_bytes().to_vec())); // JPEG
+        let photometric: u16 = if gray { 1 } else { 6 }; // YCbCr: what the JPEG tiles hold
+        entries.push((262, 3, 1, photometric.to_le_bytes().to_vec()));
+        entries.push((277, 3, 1, samples.to_le_bytes().to_vec()));
+        entries.push((284, 3, 1, 1u16.to_le_bytes().to_vec()));
+        entries.push((322, 4, 1, TILE.to_le_bytes().to_vec()));
+        entries.push((323, 4, 1, TILE.to_le_bytes().to_vec()));
+        let longs = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        entries.push((324, 16, offsets.len() as u64, longs(offsets)));
+        entries.push((325, 16, counts.len() as u64, longs(counts)));
+        // Values longer than the 8-byte field go before the IFD.
+        let mut fields = Vec::with_capacity(entries.len());
+        for (_, _, _, value) in &entries {
+            if value.len() > 8 {
+                fields.push(Some(at + dir.len() as u64));
+                dir.extend_from_slice(value);
+            } else {
+                fields.push(None);
+            }
+        }
+        if (at + dir.len() as u64) % 2 == 1 {
+            dir.push(0);
+        }
+        let ifd = at + dir.len() as u64;
+        match next_ptr_at {
+            Some(p) => dir[p..p + 8].copy_from_slice(&ifd.to_le_bytes()),
+            None => first_ifd = ifd,
+        }
+        dir.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for ((tag, typ, count, value), field) in entries.iter().zip(&fields) {
+            dir.extend_from_slice(&tag.to_le_bytes());
+            dir.extend_from_slice(&typ.to_le_bytes());
+            dir.extend_from_slice(&count.to_le_bytes());
+            let mut slot = [0u8; 8];
+            match field {
+                Some(off) => slot.copy_from_slice(&off.to_le_bytes()),
+                None => slot[..value.len()].copy_from_slice(value),
+            }
+            dir.extend_from_slice(&slot);
+        }
+        next_ptr_at = Some(dir.len());
+        dir.extend_from_slice(&0u64.to_le_bytes());
+    }
+    out.write_all(&dir)?;
+    out.flush()?;
+    drop(out);
+    file.seek(SeekFrom::Start(8))?;
+    file.write_all(&first_ifd.to_le_bytes())
+}
+
+/// The `TILE`-square tile at (`x`, `y`), its part outside the image filled by repeating the edge
+/// pixels (so JPEG blocks at the edge carry no artificial contrast into the visible part).
+fn edge_padded_tile(img: &DynamicImage, x: u32, y: u32) -> DynamicImage {
+    let (w, h) = (img.width(), img.height());
+    let src = |tx: u32, ty: u32| ((x + tx).min(w - 1), (y + ty).min(h - 1));
+    match img {
+        DynamicImage::ImageLuma8(b) => {
+            DynamicImage::ImageLuma8(image::GrayImage::from_fn(TILE, TILE, |tx, ty| {
+                let (sx, sy) = src(tx, ty);
+                *b.get_pixel(sx, sy)
+            }))
+        }
+        other => {
+            let b = other.to_rgb8();
+            DynamicImage::ImageRgb8(image::RgbImage::from_fn(TILE, TILE, |tx, ty| {
+                let (sx, sy) = src(tx, ty);
+                *b.get_pixel(sx, sy)
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::tiff;
+
+    #[test]
+    fn the_copy_reads_back_as_a_pyramid() -> Result<()> {
+        let err = |e: std::io::Error| Error::Internal(e.to_string());
+        let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(1300, 700, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+        }));
+        let levels = vec![
+            Arc::new(img.clone()),
+            Arc::new(halve(&img)),
+            Arc::new(halve(&halve(&img))),
+        ];
+        let mut f = tempfile::tempfile().map_err(err)?;
+        write(&levels, &mut f).map_err(err)?;
+        let p = tiff::read_pyramid(&f)?.ok_or_else(|| Error::Internal("not a pyramid".into()))?;
+        let dims: Vec<_> = p.levels.iter().map(|l| (l.width, l.height)).collect();
+        assert_eq!(dims, vec![(1300, 700), (650, 350), (325, 175)]);
+        let tile = p.levels[0].read_tile(&f, 2, 1, 1 << 20)?;
+        let decoded = jpeg::decode(&tile, 0, None, 1 << 30)?.to_rgb8();
+        // Tile (2, 1) starts at (1024, 512): compare a pixel well inside it.
+        let got = decoded.get_pixel(100, 50).0;
+        let want = img.to_rgb8().get_pixel(1124, 562).0;
+        for c in 0..3 {
+            assert!(got[c].abs_diff(want[c]) <= 6, "{got:?} vs {want:?}");
+        }
+        Ok(())
+    }
+}
