@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Cold OpenSeadragon tiles from one flat 8000x6000 JPEG (peers.sh W1 shape), 4 at a time: tiles per second
-with the decoded-source cache off and on. Loopback only; standard library only.
+with the decoded-source cache off and on, and from the JPEG's tiled copy with the cache off (what a later
+session sees after the cache has moved on or the server restarted). Loopback only; standard library only.
 
     benches/cold_tiles.py        (needs target/release/iiifd; built if missing)
 """
@@ -26,7 +27,8 @@ def start(images, store, **env):
     e = dict(os.environ, IIIFD_LOG__LEVEL="warn", IIIFD_ADMIN__LISTEN="127.0.0.1:0", IIIFD_LIMITS__MAX_AREA="50000000", **env)
     p = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--images", images, "--store", store], stdout=subprocess.PIPE, env=e, text=True)
     addr = p.stdout.readline().split("http://")[1].split("/")[0]
-    p.stdout.readline()
+    admin = p.stdout.readline().split("http://")[1].split("/")[0]
+    p.admin = admin
     return p, addr
 
 
@@ -55,8 +57,17 @@ def main():
     assert status == 200
     open(os.path.join(images, "big.jpg"), "wb").write(big)
     paths = tiles()
-    for label, budget in (("decoded cache off", "0"), ("decoded cache on (256 MiB)", str(256 << 20))):
-        p, addr = start(images, os.path.join(work, "store-" + budget), IIIFD_RENDER__DECODED_CACHE_BYTES=budget)
+    modes = (("decoded cache off", "0", False), ("decoded cache on (256 MiB)", str(256 << 20), False),
+             ("tiled copy, cache off", "0", True))
+    for label, budget, copy in modes:
+        p, addr = start(images, os.path.join(work, f"store-{budget}-{copy}"), IIIFD_RENDER__DECODED_CACHE_BYTES=budget)
+        if copy:
+            # One zoomed-in tile (not in the measured list) makes iiifd write the copy once idle.
+            assert get(addr, "/iiif/3/big/100,100,300,300/150,150/0/default.jpg")[0] == 200
+            deadline = time.time() + 120
+            while b"iiifd_tiled_copies_total 1" not in get(p.admin, "/metrics")[1]:
+                assert time.time() < deadline, "no tiled copy"
+                time.sleep(0.1)
         t = time.perf_counter()
         with ThreadPoolExecutor(4) as ex:
             statuses = list(ex.map(lambda q: get(addr, q)[0], paths))

@@ -11,7 +11,7 @@
 use super::cache::{halve, DecodedCache};
 use super::{full_image, jpeg, Source};
 use crate::error::{Error, Result};
-use image::DynamicImage;
+use image::{DynamicImage, GenericImageView};
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::sync::Arc;
@@ -158,13 +158,19 @@ fn edge_padded_tile(img: &DynamicImage, x: u32, y: u32) -> DynamicImage {
                 *b.get_pixel(sx, sy)
             }))
         }
-        other => {
-            let b = other.to_rgb8();
+        DynamicImage::ImageRgb8(b) => {
             DynamicImage::ImageRgb8(image::RgbImage::from_fn(TILE, TILE, |tx, ty| {
                 let (sx, sy) = src(tx, ty);
                 *b.get_pixel(sx, sy)
             }))
         }
+        // `levels` only admits gray and RGB; anything else is converted once per tile, correctly
+        // if slowly.
+        other => DynamicImage::ImageRgb8(image::RgbImage::from_fn(TILE, TILE, |tx, ty| {
+            let (sx, sy) = src(tx, ty);
+            let p = other.get_pixel(sx, sy).0;
+            image::Rgb([p[0], p[1], p[2]])
+        })),
     }
 }
 
