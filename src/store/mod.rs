@@ -347,7 +347,10 @@ impl Store {
         bytes: &[u8],
         identifier: &str,
     ) -> io::Result<()> {
-        let result = self.put_inner(key, ext, bytes, identifier);
+        self.count_failure(self.put_inner(key, ext, bytes, identifier))
+    }
+
+    fn count_failure(&self, result: io::Result<()>) -> io::Result<()> {
         if result.is_err() {
             self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -377,10 +380,7 @@ impl Store {
                 .map_err(|_| io::Error::other("store lock poisoned"))?;
             self.index_new(key, ext, len, hash, identifier)
         })();
-        if result.is_err() {
-            self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        self.count_failure(result)
     }
 
     fn check_free(&self, len: u64) -> io::Result<()> {
