@@ -107,20 +107,33 @@ pub fn read_pyramid(file: &File) -> Result<Option<Pyramid>> {
         (b"MM\0+", 16) => Reader::new(file, false, true),
         _ => return Ok(None),
     };
-    let mut next = if r.big {
+    let next = if r.big {
         r.u64_in(&head[8..16])
     } else {
         u64::from(r.u32_in(&head[4..8]))
     };
     let mut levels: Vec<Level> = Vec::new();
     let mut seen = Vec::new();
-    while next != 0 && seen.len() < MAX_IFDS {
-        if seen.contains(&next) {
+    let mut queue = std::collections::VecDeque::from([next]);
+    while let Some(at) = queue.pop_front() {
+        if at == 0 || seen.len() >= MAX_IFDS {
+            break;
+        }
+        if seen.contains(&at) {
             return Err(Error::Undecodable("TIFF directory loop".into()));
         }
-        seen.push(next);
-        let (tags, following) = r.ifd(next)?;
-        next = following;
+        seen.push(at);
+        let (tags, following) = r.ifd(at)?;
+        // Reductions stored as SubIFDs of the first image (`vips --subifd`, OME-TIFF) are visited
+        // before the next image of the chain.
+        if levels.is_empty() {
+            if let Some(t) = tags.iter().find(|t| t.code == 330) {
+                for sub in r.values(t).into_iter().rev() {
+                    queue.push_front(sub);
+                }
+            }
+        }
+        queue.push_back(following);
         let level = match tiled_level(&r, &tags)? {
             Some(l) => l,
             // The first directory is the image: if it cannot be read by tiles, none of it can.
@@ -222,7 +235,7 @@ impl<'a> Reader<'a> {
             // Only the tags used below are fetched from elsewhere in the file.
             let wanted = matches!(
                 code,
-                256 | 257 | 258 | 259 | 262 | 277 | 284 | 322 | 323 | 324 | 325 | 347
+                256 | 257 | 258 | 259 | 262 | 277 | 284 | 322 | 323 | 324 | 325 | 330 | 347
             );
             let value = if size <= value_len as u64 {
                 field.to_vec()
@@ -376,6 +389,64 @@ mod tests {
         }
         v.resize(1256, 7);
         v
+    }
+
+    /// Two tiled levels: 32x32 in IFD0, 16x16 as its SubIFD (tag 330), nothing chained.
+    fn subifd_file() -> Vec<u8> {
+        let ifd = |w: u32, offsets: u32, sub: Option<u32>| {
+            let mut entries: Vec<(u16, u16, u32, u32)> = vec![
+                (256, 4, 1, w),
+                (257, 4, 1, w),
+                (259, 3, 1, 1),
+                (262, 3, 1, 1),
+                (322, 4, 1, 16),
+                (323, 4, 1, 16),
+                (324, 4, 1, offsets),
+                (325, 4, 1, 256),
+            ];
+            if let Some(s) = sub {
+                entries.push((330, 13, 1, s));
+            }
+            let mut v = (entries.len() as u16).to_le_bytes().to_vec();
+            for (tag, typ, count, value) in entries {
+                v.extend_from_slice(&tag.to_le_bytes());
+                v.extend_from_slice(&typ.to_le_bytes());
+                v.extend_from_slice(&count.to_le_bytes());
+                v.extend_from_slice(&value.to_le_bytes());
+            }
+            v.extend_from_slice(&0u32.to_le_bytes());
+            v
+        };
+        // 32x32 with 16 px tiles needs 4 tiles: give it an offsets array instead of one value.
+        let mut v = b"II*\0\x08\0\0\0".to_vec();
+        let mut first = ifd(32, 400, Some(300));
+        // Patch entries 324/325 of the first IFD to count 4 (arrays at 400 and 416).
+        for (n, (tag, at)) in [(324u16, 400u32), (325, 416)].iter().enumerate() {
+            let e = 2 + (6 + n) * 12;
+            assert_eq!(u16::from_le_bytes([first[e], first[e + 1]]), *tag);
+            first[e + 4..e + 8].copy_from_slice(&4u32.to_le_bytes());
+            first[e + 8..e + 12].copy_from_slice(&at.to_le_bytes());
+        }
+        v.extend(first);
+        v.resize(300, 0);
+        v.extend(ifd(16, 1600, None));
+        v.resize(400, 0);
+        for off in [432u32, 688, 944, 1200] {
+            v.extend_from_slice(&off.to_le_bytes());
+        }
+        for _ in 0..4 {
+            v.extend_from_slice(&256u32.to_le_bytes());
+        }
+        v.resize(1856, 9);
+        v
+    }
+
+    #[test]
+    fn reads_reductions_kept_in_subifds() -> Result<()> {
+        let p = read(&subifd_file())?.ok_or_else(|| Error::Internal("not read".into()))?;
+        let dims: Vec<_> = p.levels.iter().map(|l| (l.width, l.height)).collect();
+        assert_eq!(dims, vec![(32, 32), (16, 16)]);
+        Ok(())
     }
 
     fn read(bytes: &[u8]) -> Result<Option<Pyramid>> {
