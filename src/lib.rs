@@ -8,13 +8,20 @@
 //! 4. [`iiif::canonical`] resolves the request against that size into its canonical form (pure);
 //! 5. [`key`] names the output: blake3 over the source fingerprint, the canonical request and the
 //!    encoder settings, sent as the strong `ETag`;
-//! 6. [`render`] decodes, crops, scales, mirrors, rotates, applies the quality and encodes, on a bounded
-//!    worker pool;
-//! 7. [`http`] responds, with the canonical `Link` header and caching headers.
+//! 6. [`store`] answers from the derivative store when the key is there (files are the truth, sled
+//!    only indexes them);
+//! 7. [`render`] otherwise takes the source's cheapest route to the region's pixels (libjpeg-turbo
+//!    with DCT scaling and cropping, pyramidal TIFF tiles, JPEG 2000 reduction, a cached decoded
+//!    level, or the source's tiled copy), then crops, scales, mirrors, rotates, applies the quality and
+//!    encodes, on a bounded worker pool; [`flight`] makes concurrent requests for one key share one
+//!    render;
+//! 8. [`store`] persists the result atomically, and [`http`] responds with the canonical `Link`
+//!    header and caching headers.
 //!
-//! [`service`] runs steps 3-6 without knowing HTTP; [`error`] holds the one error type and its one
+//! [`service`] runs steps 3-8 without knowing HTTP; [`error`] holds the one error type and its one
 //! mapping to statuses; [`config`] the configuration. Dependencies point one way: `http` -> `service` ->
-//! {`iiif`, `key`, `source`, `render`}, and `iiif` depends on nothing of ours.
+//! {`iiif`, `key`, `source`, `render`, `store`}, `render` -> `source` (format structure, read-only), and
+//! `iiif` depends on nothing of ours.
 #![deny(missing_docs)]
 
 pub mod cli;
