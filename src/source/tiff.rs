@@ -359,6 +359,19 @@ mod tests {
     use proptest::prelude::*;
     use std::io::Write;
 
+    /// One little-endian classic IFD: count, 12-byte entries (value inline), no next IFD.
+    fn ifd_bytes(entries: &[(u16, u16, u32, u32)]) -> Vec<u8> {
+        let mut v = (entries.len() as u16).to_le_bytes().to_vec();
+        for &(tag, typ, count, value) in entries {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&typ.to_le_bytes());
+            v.extend_from_slice(&count.to_le_bytes());
+            v.extend_from_slice(&value.to_le_bytes());
+        }
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v
+    }
+
     /// A classic little-endian TIFF with one tiled IFD (2x2 tiles of 16 px) whose entries follow.
     fn tiled_header() -> Vec<u8> {
         let mut v = b"II*\0\x08\0\0\0".to_vec();
@@ -372,14 +385,7 @@ mod tests {
             (324, 4, 4, 200),
             (325, 4, 4, 216),
         ];
-        v.extend_from_slice(&(entries.len() as u16).to_le_bytes());
-        for (tag, typ, count, value) in entries {
-            v.extend_from_slice(&tag.to_le_bytes());
-            v.extend_from_slice(&typ.to_le_bytes());
-            v.extend_from_slice(&count.to_le_bytes());
-            v.extend_from_slice(&value.to_le_bytes());
-        }
-        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend(ifd_bytes(&entries));
         v.resize(200, 0);
         for off in [232u32, 488, 744, 1000] {
             v.extend_from_slice(&off.to_le_bytes());
@@ -407,15 +413,7 @@ mod tests {
             if let Some(s) = sub {
                 entries.push((330, 13, 1, s));
             }
-            let mut v = (entries.len() as u16).to_le_bytes().to_vec();
-            for (tag, typ, count, value) in entries {
-                v.extend_from_slice(&tag.to_le_bytes());
-                v.extend_from_slice(&typ.to_le_bytes());
-                v.extend_from_slice(&count.to_le_bytes());
-                v.extend_from_slice(&value.to_le_bytes());
-            }
-            v.extend_from_slice(&0u32.to_le_bytes());
-            v
+            ifd_bytes(&entries)
         };
         // 32x32 with 16 px tiles needs 4 tiles: give it an offsets array instead of one value.
         let mut v = b"II*\0\x08\0\0\0".to_vec();
