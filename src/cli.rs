@@ -304,6 +304,9 @@ fn serve(cfg: Config) -> std::io::Result<()> {
         let listener = bind(cfg.listen).await?;
         let admin_listener = bind(cfg.admin.listen).await?;
         let (addr, admin_addr) = (listener.local_addr()?, admin_listener.local_addr()?);
+        // Handlers first: once the addresses are printed (or systemd is told READY), a SIGTERM must
+        // stop us gracefully, not kill us the default way.
+        let shutdown = shutdown_signal();
         // The real addresses on stdout, so scripts and tests using port 0 can find them.
         println!("iiifd listening on http://{addr}{}/", cfg.prefix);
         println!("iiifd admin on http://{admin_addr}/");
@@ -321,7 +324,7 @@ fn serve(cfg: Config) -> std::io::Result<()> {
         let public = crate::http::serve(listener, limits, stopped(stop_rx.clone()), move |req| crate::http::routes::handle(Arc::clone(&a), req));
         let admin = crate::http::serve(admin_listener, limits, stopped(stop_rx), move |req| crate::http::admin::handle(Arc::clone(&b), req));
         let signal = async move {
-            shutdown_signal().await;
+            shutdown.await;
             sd_notify("STOPPING=1");
             let _ = stop_tx.send(true);
         };
@@ -333,22 +336,30 @@ fn serve(cfg: Config) -> std::io::Result<()> {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now, and returns what resolves when either arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            (Ok(mut one), Err(e)) | (Err(e), Ok(mut one)) => {
+                tracing::warn!("cannot listen for one of SIGINT/SIGTERM: {e}");
+                one.recv().await;
+            }
+            (Err(e), Err(_)) => {
+                tracing::warn!("cannot listen for SIGINT or SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+        tracing::info!("shutting down: finishing in-flight requests");
     }
-    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 /// Tell systemd about our state (`Type=notify`) when it started us: a datagram to `$NOTIFY_SOCKET`,

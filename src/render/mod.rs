@@ -155,11 +155,10 @@ fn full_image(source: &Source<'_>, cache: &DecodedCache, max: u64) -> Result<Arc
     let mut magic = [0u8; 3];
     let n = file.read_at(&mut magic, 0).unwrap_or(0);
     if magic[..n] == [0xFF, 0xD8, 0xFF] {
-        let data = read_all(&file, max)?;
-        let info = jpeg::read_info(&data)?;
+        let jpg = JpegFile::new(&file, max);
+        let (info, orient) = jpg.header()?;
         if !info.cmyk {
-            let orient = orientation::jpeg_orientation(&data);
-            return jpeg_level(source.cache_key, &data, orient, cache, 0, max, true);
+            return jpeg_level(source.cache_key, &jpg, orient, cache, 0, true);
         }
     }
     cache.get_or_build(source.cache_key, 0, || decode(source.path, max))
@@ -202,12 +201,11 @@ fn jpeg_region(
     req: &CanonicalRequest,
     max: u64,
 ) -> Result<Option<(Arc<DynamicImage>, Rect)>> {
-    let data = read_all(file, max)?;
-    let info = jpeg::read_info(&data)?;
+    let jpg = JpegFile::new(file, max);
+    let (info, orient) = jpg.header()?;
     if info.cmyk {
         return Ok(None);
     }
-    let orient = orientation::jpeg_orientation(&data);
     let (dw, dh) = orient.display_size(info.width, info.height);
     let (k, region) = pick_level(req);
     let bytes_at = |k: usize| {
@@ -228,17 +226,17 @@ fn jpeg_region(
             h: dh,
         };
     if !whole && fits(bytes_at(0)) {
-        let img = jpeg_level(source.cache_key, &data, orient, cache, k, max, true)?;
+        let img = jpeg_level(source.cache_key, &jpg, orient, cache, k, true)?;
         return Ok(Some((img, region)));
     }
     if fits(bytes_at(k)) {
-        let img = jpeg_level(source.cache_key, &data, orient, cache, k, max, false)?;
+        let img = jpeg_level(source.cache_key, &jpg, orient, cache, k, false)?;
         return Ok(Some((img, region)));
     }
     let kd = (k as u32).min(jpeg::MAX_SCALE_LOG2);
     let at = level_rect(req.region(), kd as usize);
     let stored = orient.stored_rect(at, jpeg::scaled(dw, kd), jpeg::scaled(dh, kd));
-    let img = orient.apply(jpeg::decode(&data, kd, Some(stored), max)?);
+    let img = orient.apply(jpeg::decode(jpg.data()?, kd, Some(stored), max)?);
     let whole = Rect {
         x: 0,
         y: 0,
@@ -253,17 +251,16 @@ fn jpeg_region(
 /// already in memory: cheaper than decoding again) and coarser ones are halved.
 fn jpeg_level(
     key: &str,
-    data: &[u8],
+    jpg: &JpegFile<'_>,
     orient: orientation::Orientation,
     cache: &DecodedCache,
     k: usize,
-    max: u64,
     via_full: bool,
 ) -> Result<Arc<DynamicImage>> {
     cache.get_or_build(key, k, || {
         if k > 0 {
             let above = if via_full || k as u32 > jpeg::MAX_SCALE_LOG2 {
-                Some(jpeg_level(key, data, orient, cache, k - 1, max, via_full)?)
+                Some(jpeg_level(key, jpg, orient, cache, k - 1, via_full)?)
             } else {
                 cache.peek(key, k - 1)
             };
@@ -271,7 +268,7 @@ fn jpeg_level(
                 return Ok(halve(&above));
             }
         }
-        Ok(orient.apply(jpeg::decode(data, k as u32, None, max)?))
+        Ok(orient.apply(jpeg::decode(jpg.data()?, k as u32, None, jpg.max)?))
     })
 }
 
@@ -504,6 +501,50 @@ fn jp2_pixels(img: &jpeg2k::Image) -> Result<DynamicImage> {
         _ => image::RgbaImage::from_raw(w, h, interleave(4)).map(DynamicImage::ImageRgba8),
     };
     img.ok_or_else(|| Error::Internal("JPEG 2000 buffer size mismatch".into()))
+}
+
+/// A JPEG source read lazily: the header from the first bytes, the whole file only when a decode
+/// needs it, so a render cut from a cached level never reads the (possibly 100 MB) file.
+struct JpegFile<'a> {
+    file: &'a File,
+    max: u64,
+    whole: std::cell::OnceCell<Vec<u8>>,
+}
+
+impl<'a> JpegFile<'a> {
+    fn new(file: &'a File, max: u64) -> JpegFile<'a> {
+        JpegFile {
+            file,
+            max,
+            whole: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn data(&self) -> Result<&[u8]> {
+        if let Some(d) = self.whole.get() {
+            return Ok(d);
+        }
+        let d = read_all(self.file, self.max)?;
+        Ok(self.whole.get_or_init(|| d))
+    }
+
+    /// Frame header and EXIF orientation. 256 KiB holds them for practically every JPEG; one with
+    /// larger metadata in front (big ICC profiles, XMP) is read whole.
+    fn header(&self) -> Result<(jpeg::JpegInfo, orientation::Orientation)> {
+        let mut head = vec![0u8; 256 << 10];
+        let n = self
+            .file
+            .read_at(&mut head, 0)
+            .map_err(|e| Error::Internal(format!("cannot read the source: {e}")))?;
+        head.truncate(n);
+        match jpeg::read_info(&head) {
+            Ok(info) => Ok((info, orientation::jpeg_orientation(&head))),
+            Err(_) => {
+                let data = self.data()?;
+                Ok((jpeg::read_info(data)?, orientation::jpeg_orientation(data)))
+            }
+        }
+    }
 }
 
 /// The whole file, refusing files larger than the decode budget (a JPEG's compressed size is far
