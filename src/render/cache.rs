@@ -42,29 +42,15 @@ pub fn halve(img: &DynamicImage) -> DynamicImage {
             image::imageops::FilterType::Triangle,
         )
     };
-    match img {
-        DynamicImage::ImageLuma8(_) => {
-            let (d, ow, oh) = half(1);
-            image::GrayImage::from_raw(ow as u32, oh as u32, d)
-                .map_or_else(fallback, DynamicImage::ImageLuma8)
-        }
-        DynamicImage::ImageLumaA8(_) => {
-            let (d, ow, oh) = half(2);
-            image::GrayAlphaImage::from_raw(ow as u32, oh as u32, d)
-                .map_or_else(fallback, DynamicImage::ImageLumaA8)
-        }
-        DynamicImage::ImageRgb8(_) => {
-            let (d, ow, oh) = half(3);
-            image::RgbImage::from_raw(ow as u32, oh as u32, d)
-                .map_or_else(fallback, DynamicImage::ImageRgb8)
-        }
-        DynamicImage::ImageRgba8(_) => {
-            let (d, ow, oh) = half(4);
-            image::RgbaImage::from_raw(ow as u32, oh as u32, d)
-                .map_or_else(fallback, DynamicImage::ImageRgba8)
-        }
-        _ => fallback(),
-    }
+    let channels = match img {
+        DynamicImage::ImageLuma8(_) => 1,
+        DynamicImage::ImageLumaA8(_) => 2,
+        DynamicImage::ImageRgb8(_) => 3,
+        DynamicImage::ImageRgba8(_) => 4,
+        _ => return fallback(),
+    };
+    let (d, ow, oh) = half(channels);
+    super::from_samples(ow as u32, oh as u32, channels, d).unwrap_or_else(fallback)
 }
 
 type Slot = Arc<OnceLock<std::result::Result<Arc<DynamicImage>, Arc<Error>>>>;

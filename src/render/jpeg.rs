@@ -11,7 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::iiif::canonical::Rect;
-use image::{DynamicImage, GrayImage, RgbImage};
+use image::DynamicImage;
 use turbojpeg::raw;
 
 /// The largest DCT scale-down (log2): 1/8.
@@ -253,12 +253,8 @@ pub fn decode(
         )
     };
     h.check(rc)?;
-    let img = if ch == 1 {
-        GrayImage::from_raw(region.w, region.h, buf).map(DynamicImage::ImageLuma8)
-    } else {
-        RgbImage::from_raw(region.w, region.h, buf).map(DynamicImage::ImageRgb8)
-    }
-    .ok_or_else(|| Error::Internal("JPEG buffer size mismatch".into()))?;
+    let img = super::from_samples(region.w, region.h, ch, buf)
+        .ok_or_else(|| Error::Internal("JPEG buffer size mismatch".into()))?;
     if (region.x, region.y, region.w, region.h) == (want.x, want.y, want.w, want.h) {
         Ok(img)
     } else {
@@ -326,7 +322,7 @@ mod tests {
     use super::*;
 
     fn sample(w: u32, h: u32) -> Vec<u8> {
-        let img = RgbImage::from_fn(w, h, |x, y| {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
             image::Rgb([
                 (x * 255 / w) as u8,
                 (y * 255 / h) as u8,

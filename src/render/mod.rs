@@ -399,12 +399,8 @@ fn read_tiles(file: &File, level: &tiff::Level, rect: Rect, max: u64) -> Result<
             }
         }
     }
-    let img = if ch == 1 {
-        image::GrayImage::from_raw(rect.w, rect.h, out).map(DynamicImage::ImageLuma8)
-    } else {
-        image::RgbImage::from_raw(rect.w, rect.h, out).map(DynamicImage::ImageRgb8)
-    };
-    img.ok_or_else(|| Error::Internal("tile buffer size mismatch".into()))
+    from_samples(rect.w, rect.h, ch, out)
+        .ok_or_else(|| Error::Internal("tile buffer size mismatch".into()))
 }
 
 /// The region of a JPEG 2000 source, decoded by openjpeg at the largest resolution reduction that
@@ -494,13 +490,21 @@ fn jp2_pixels(img: &jpeg2k::Image) -> Result<DynamicImage> {
         }
         out
     };
-    let img = match planes.len() {
-        1 => image::GrayImage::from_raw(w, h, interleave(1)).map(DynamicImage::ImageLuma8),
-        2 => image::GrayAlphaImage::from_raw(w, h, interleave(2)).map(DynamicImage::ImageLumaA8),
-        3 => image::RgbImage::from_raw(w, h, interleave(3)).map(DynamicImage::ImageRgb8),
-        _ => image::RgbaImage::from_raw(w, h, interleave(4)).map(DynamicImage::ImageRgba8),
-    };
-    img.ok_or_else(|| Error::Internal("JPEG 2000 buffer size mismatch".into()))
+    from_samples(w, h, planes.len(), interleave(planes.len()))
+        .ok_or_else(|| Error::Internal("JPEG 2000 buffer size mismatch".into()))
+}
+
+/// 8-bit interleaved samples as an image: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA channels. `None` when
+/// the buffer does not hold `w` x `h` pixels. The one place that maps the decoders' and resizer's raw
+/// buffers back to the layouts everything downstream works on.
+pub(crate) fn from_samples(w: u32, h: u32, channels: usize, buf: Vec<u8>) -> Option<DynamicImage> {
+    match channels {
+        1 => image::GrayImage::from_raw(w, h, buf).map(DynamicImage::ImageLuma8),
+        2 => image::GrayAlphaImage::from_raw(w, h, buf).map(DynamicImage::ImageLumaA8),
+        3 => image::RgbImage::from_raw(w, h, buf).map(DynamicImage::ImageRgb8),
+        4 => image::RgbaImage::from_raw(w, h, buf).map(DynamicImage::ImageRgba8),
+        _ => None,
+    }
 }
 
 /// A JPEG source read lazily: the header from the first bytes, the whole file only when a decode

@@ -34,12 +34,7 @@ pub fn crop_resize(img: &DynamicImage, rect: Rect, w: u32, h: u32) -> Option<Dyn
     Resizer::new().resize(&src, &mut dst, &options).ok()?;
     let buf = dst.into_vec();
     debug_assert_eq!(buf.len(), w as usize * h as usize * ch);
-    match ch {
-        1 => image::GrayImage::from_raw(w, h, buf).map(DynamicImage::ImageLuma8),
-        2 => image::GrayAlphaImage::from_raw(w, h, buf).map(DynamicImage::ImageLumaA8),
-        3 => image::RgbImage::from_raw(w, h, buf).map(DynamicImage::ImageRgb8),
-        _ => image::RgbaImage::from_raw(w, h, buf).map(DynamicImage::ImageRgba8),
-    }
+    super::from_samples(w, h, ch, buf)
 }
 
 #[cfg(test)]
