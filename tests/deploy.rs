@@ -315,11 +315,13 @@ fn sigterm_finishes_fifty_in_flight_cold_renders() {
         })
         .collect();
     // Wait until every request has reached the render pool (queued, running or done: each URL is a
-    // distinct render, and a render is counted only after it leaves the pool, so the sum never runs
-    // ahead), then ask the server to stop. Stopping earlier would test the kernel's accept backlog, which
-    // a closing listener resets, not iiifd's in-flight work: CI caught that race on a loaded machine.
+    // distinct render), then ask the server to stop. Stopping earlier would test the kernel's accept
+    // backlog, which a closing listener resets, not iiifd's in-flight work: CI caught that race on a
+    // loaded machine. The two metrics are separate scrapes, so the finished count is read first: a render
+    // is counted only after it leaves the pool, so one finishing between the reads is missed, never
+    // counted twice, and the sum can lag but never run ahead.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while s.metric("iiifd_pool_pending") + s.metric("iiifd_renders_total") < 50.0 {
+    while s.metric("iiifd_renders_total") + s.metric("iiifd_pool_pending") < 50.0 {
         assert!(Instant::now() < deadline, "renders never queued");
         std::thread::sleep(Duration::from_millis(5));
     }
