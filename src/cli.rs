@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 /// A fast IIIF Image API server.
 #[derive(Parser, Debug)]
-#[command(name = "iiifd", version, about)]
+#[command(name = "iiifd", version = version_text(), about)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -112,6 +112,19 @@ pub enum StoreOp {
         #[arg(long)]
         id: String,
     },
+}
+
+/// `iiifd --version`: the release, then the codecs in use and what the build left out (a build without
+/// `nasm` has no libjpeg SIMD code; that must be said plainly, not only in a build warning).
+pub fn version_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{}\n{}",
+            env!("CARGO_PKG_VERSION"),
+            crate::render::jpeg::codec_description()
+        )
+    })
 }
 
 /// Exit status for configuration errors.
@@ -311,6 +324,11 @@ fn serve(cfg: Config) -> std::io::Result<()> {
         println!("iiifd listening on http://{addr}{}/", cfg.prefix);
         println!("iiifd admin on http://{admin_addr}/");
         tracing::info!(%addr, %admin_addr, images = %cfg.images.display(), workers = app.pool().size(), "iiifd started");
+        if crate::render::jpeg::simd() {
+            tracing::info!("{}", crate::render::jpeg::codec_description());
+        } else {
+            tracing::warn!("{}", crate::render::jpeg::codec_description());
+        }
         sd_notify("READY=1");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -320,6 +338,7 @@ fn serve(cfg: Config) -> std::io::Result<()> {
         let limits = crate::http::Limits {
             header_timeout: std::time::Duration::from_millis(cfg.http.header_timeout_ms),
             max_connections: cfg.http.max_connections,
+            shutdown_grace: std::time::Duration::from_secs(cfg.http.shutdown_grace_secs),
         };
         let public = crate::http::serve(listener, limits, stopped(stop_rx.clone()), move |req| crate::http::routes::handle(Arc::clone(&a), req));
         let admin = crate::http::serve(admin_listener, limits, stopped(stop_rx), move |req| crate::http::admin::handle(Arc::clone(&b), req));

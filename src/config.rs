@@ -101,6 +101,10 @@ pub struct HttpConfig {
     /// Connections served at once; further ones wait in the kernel's accept queue.
     /// Env: `IIIFD_HTTP__MAX_CONNECTIONS`.
     pub max_connections: usize,
+    /// On SIGTERM or SIGINT, in-flight requests get this many seconds to finish; requests still
+    /// waiting then are answered 503 with `Retry-After`. Keep it below systemd's `TimeoutStopSec`.
+    /// Env: `IIIFD_HTTP__SHUTDOWN_GRACE_SECS`.
+    pub shutdown_grace_secs: u64,
 }
 
 /// `[viewer]`.
@@ -270,6 +274,7 @@ impl Default for HttpConfig {
             max_age: 2_592_000,
             header_timeout_ms: 10_000,
             max_connections: 10_000,
+            shutdown_grace_secs: 30,
         }
     }
 }

@@ -51,6 +51,9 @@ pub enum Error {
     /// The render queue is full; retry later.
     #[error("the server is busy rendering other images; retry in a moment")]
     Busy,
+    /// The server is shutting down and could not finish this request in its grace period.
+    #[error("the server is restarting; retry in a moment")]
+    ShuttingDown,
     /// A render panicked; the panic was contained.
     #[error("internal error while rendering the image")]
     RenderPanicked,
@@ -80,7 +83,7 @@ impl Error {
             // The request is valid IIIF; this server declines to process such a source.
             Error::SourceTooLarge(_) | Error::UnsupportedSource(_) => 501,
             Error::Undecodable(_) | Error::RenderPanicked | Error::Internal(_) => 500,
-            Error::Busy => 503,
+            Error::Busy | Error::ShuttingDown => 503,
             Error::Shared(inner) => inner.status(),
         }
     }
@@ -88,7 +91,7 @@ impl Error {
     /// Seconds a client should wait before retrying, for statuses where a retry can succeed.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
-            Error::Busy => Some(1),
+            Error::Busy | Error::ShuttingDown => Some(1),
             Error::Shared(inner) => inner.retry_after(),
             _ => None,
         }

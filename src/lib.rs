@@ -10,8 +10,8 @@
 //!    encoder settings, sent as the strong `ETag`;
 //! 6. [`store`] answers from the derivative store when the key is there (files are the truth, sled
 //!    only indexes them);
-//! 7. [`render`] otherwise takes the source's cheapest route to the region's pixels (libjpeg-turbo
-//!    with DCT scaling and cropping, pyramidal TIFF tiles, JPEG 2000 reduction, a cached decoded
+//! 7. [`render`] otherwise takes the source's cheapest route to the region's pixels (libjpeg with
+//!    DCT scaling and cropping, zune-jpeg at full size, pyramidal TIFF tiles, JPEG 2000 reduction, a cached decoded
 //!    level, or the source's tiled copy), then crops, scales, mirrors, rotates, applies the quality and
 //!    encodes, on a bounded worker pool; [`flight`] makes concurrent requests for one key share one
 //!    render;

@@ -1,7 +1,8 @@
 //! A real viewer in a real browser: OpenSeadragon (npm) in Debian's Chromium, driven by Playwright
 //! (`tests/browser/view.mjs`), over iiifd's `/viewer/{id}` page for a 6000x4000 image, with the 3.0 and
 //! the 2.1 info.json. Every tile must load, down to full resolution, and the canvas must show the image.
-//! Needs `chromium` (Debian) and `npm ci --prefix tests/browser`; `.ci/run` installs both.
+//! Without the viewer script (no internet access), the page must still show the image.
+//! Needs `chromium` (Debian) and `npm ci --prefix tests/browser`; `tests/setup.sh` installs both.
 
 use crate::common::Server;
 use std::path::Path;
@@ -13,7 +14,7 @@ fn openseadragon_loads_every_tile_in_chromium() {
     assert!(
         dir.join("node_modules/playwright-core").is_dir()
             && Path::new("/usr/bin/chromium").exists(),
-        "needs Debian chromium and `npm ci --prefix tests/browser` (.ci/run installs both)"
+        "needs Debian chromium and `npm ci --prefix tests/browser` (tests/setup.sh installs both)"
     );
     let s = Server::start();
     let img = image::RgbImage::from_fn(6000, 4000, |x, y| {
@@ -75,4 +76,46 @@ fn openseadragon_loads_every_tile_in_chromium() {
         eprintln!("browser {version}: {r}");
     }
     assert!(s.metric("iiifd_renders_total") > 0.0);
+
+    // The viewer script unreachable: a still image and a line on how to use a local copy.
+    let shot = s
+        .store
+        .parent()
+        .unwrap_or(Path::new("/tmp"))
+        .join("shot-offline.png");
+    let url = format!("http://{}/viewer/large", s.addr);
+    let out = Command::new("node")
+        .arg(dir.join("view.mjs"))
+        .arg(&url)
+        .arg(&shot)
+        .arg("--offline")
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "offline: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("result JSON");
+    assert_eq!(r["mode"], "still", "offline: {r}");
+    assert_eq!(r["pageErrors"], serde_json::json!([]), "offline: {r}");
+    assert_eq!(
+        (r["width"].as_u64(), r["height"].as_u64()),
+        (Some(1600), Some(1067)),
+        "offline: the still image is full/!1600,1600 of 6000x4000: {r}"
+    );
+    assert!(
+        r["stddev"].as_f64().unwrap_or(0.0) > 10.0,
+        "offline: the still image is not blank: {r}"
+    );
+    assert!(
+        r["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("viewer.script_url"),
+        "offline: the page says how to use a local copy: {r}"
+    );
+    eprintln!("browser offline: {r}");
 }

