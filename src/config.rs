@@ -172,7 +172,7 @@ pub struct StoreConfig {
     /// read (`verify_reads`) and is re-rendered; nginx's proxy_cache makes the same trade. On, a cold
     /// render waits ~1-3 ms more. Env: `IIIFD_STORE__FSYNC`.
     pub fsync: bool,
-    /// When set (e.g. `/_iiifd/`), hits answer with `X-Accel-Redirect: {this}ab/cd/<key>.<ext>` and no
+    /// When set (e.g. `/_iiifd/`), hits answer with `X-Accel-Redirect: {this}ab/<key>.<ext>` and no
     /// body, for nginx to send the file. Env: `IIIFD_STORE__ACCEL_REDIRECT`.
     pub accel_redirect: String,
 }

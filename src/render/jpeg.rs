@@ -36,6 +36,10 @@ use image::DynamicImage;
 /// The largest DCT scale-down (log2): 1/8.
 pub const MAX_SCALE_LOG2: u32 = 3;
 
+/// Up to this many decoded bytes, a region at full size is decoded whole by zune-jpeg and cut out
+/// (a 1024 px RGB tile is 3 MiB): cheaper than libjpeg's cropping, which has no SIMD here.
+const ZUNE_CROP_MAX_BYTES: u64 = 4 << 20;
+
 /// What the header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JpegInfo {
@@ -47,7 +51,8 @@ pub struct JpegInfo {
     pub channels: u8,
     /// CMYK and YCCK: the caller decodes them elsewhere.
     pub cmyk: bool,
-    /// A plain YCbCr or gray baseline/progressive file that zune-jpeg decodes exactly as libjpeg.
+    /// A Huffman-coded (baseline, extended or progressive) YCbCr, RGB or gray file, which zune-jpeg
+    /// decodes as libjpeg does (to within IDCT rounding).
     plain: bool,
 }
 
@@ -122,13 +127,20 @@ pub fn decode(
         h: sh,
     };
     let want = clamp_rect(crop.unwrap_or(whole), sw, sh);
-    if k == 0 && info.plain && want == whole {
-        let bytes = u64::from(sw) * u64::from(sh) * u64::from(info.channels);
-        if bytes > max_bytes {
+    let whole_bytes = u64::from(sw) * u64::from(sh) * u64::from(info.channels);
+    // Full size: zune-jpeg decodes the whole image, then cuts the region out, when that costs little
+    // memory (a tile of a pyramidal TIFF, a small source) or the region is all of it. Only a region
+    // of a large image, or a scaled decode, takes libjpeg's cropping and DCT scaling.
+    if k == 0 && info.plain && (want == whole || whole_bytes <= ZUNE_CROP_MAX_BYTES) {
+        if whole_bytes > max_bytes {
             return Err(too_large(sw, sh, max_bytes));
         }
         if let Some(img) = zune_decode(data, &info) {
-            return Ok(img);
+            return Ok(if want == whole {
+                img
+            } else {
+                img.crop_imm(want.x, want.y, want.w, want.h)
+            });
         }
     }
     libjpeg::decode(data, &info, k, want, max_bytes)
@@ -407,12 +419,14 @@ mod libjpeg {
             let cs = c.jpeg_color_space;
             let cmyk = matches!(cs, Cs::JCS_CMYK | Cs::JCS_YCCK);
             let channels = if cs == Cs::JCS_GRAYSCALE { 1 } else { 3 };
-            // Huffman-coded baseline, extended or progressive (SOF0-2), YCbCr or gray.
+            // Huffman-coded baseline, extended or progressive (SOF0-2); YCbCr, gray, or RGB as in the
+            // JPEG tiles that vips and Aperio write into TIFFs (libjpeg says RGB from component ids
+            // 'R','G','B' or an Adobe marker; zune-jpeg reads both the same way: tested below).
             let plain = !cmyk
                 && sof <= 0xC2
                 && matches!(
                     (cs, c.num_components),
-                    (Cs::JCS_YCbCr, 3) | (Cs::JCS_GRAYSCALE, 1)
+                    (Cs::JCS_YCbCr | Cs::JCS_RGB, 3) | (Cs::JCS_GRAYSCALE, 1)
                 );
             Ok(JpegInfo {
                 width,
@@ -623,6 +637,93 @@ mod tests {
         // Two conforming decoders: IDCT rounding and chroma upsampling differ by a few levels.
         let worst = max_diff(&z, &l, 0, 0);
         assert!(worst <= 6, "max difference {worst}");
+    }
+
+    /// `data` with its three components renamed 'R', 'G', 'B' (libjpeg then reads them as RGB, not
+    /// YCbCr) or with an Adobe APP14 marker saying "no transform".
+    fn as_rgb_jpeg(data: &[u8], adobe: bool) -> Vec<u8> {
+        let mut out = data.to_vec();
+        // Without JFIF's APP0, which says YCbCr whatever the ids are.
+        if out[2..4] == [0xFF, 0xE0] {
+            let len = usize::from(u16::from_be_bytes([out[4], out[5]]));
+            out.drain(2..4 + len);
+        }
+        if adobe {
+            let app14 = [
+                0xFF, 0xEE, 0, 14, b'A', b'd', b'o', b'b', b'e', 0, 100, 0, 0, 0, 0, 0,
+            ];
+            out.splice(2..2, app14);
+        } else {
+            // The three component ids become 'R', 'G', 'B', in the frame header and in every scan
+            // header that names them.
+            let sof = out
+                .windows(2)
+                .position(|w| w == [0xFF, 0xC0])
+                .expect("SOF0");
+            let old: Vec<u8> = (0..3).map(|i| out[sof + 10 + 3 * i]).collect();
+            let rename = |id: u8| {
+                old.iter()
+                    .position(|&o| o == id)
+                    .map_or(id, |i| [b'R', b'G', b'B'][i])
+            };
+            for i in 0..3 {
+                out[sof + 10 + 3 * i] = rename(out[sof + 10 + 3 * i]);
+            }
+            let mut at = 0;
+            while let Some(p) = out[at..].windows(2).position(|w| w == [0xFF, 0xDA]) {
+                let sos = at + p;
+                let n = usize::from(out[sos + 4]);
+                for i in 0..n {
+                    out[sos + 5 + 2 * i] = rename(out[sos + 5 + 2 * i]);
+                }
+                at = sos + 2;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn zune_reads_rgb_jpegs_as_libjpeg_does() {
+        let data = sample(120, 90);
+        for adobe in [false, true] {
+            let rgb = as_rgb_jpeg(&data, adobe);
+            let info = read_info(&rgb).expect("header");
+            assert!(info.plain, "adobe={adobe}");
+            let z = zune_decode(&rgb, &info).expect("zune").to_rgb8();
+            let whole = Rect {
+                x: 0,
+                y: 0,
+                w: 120,
+                h: 90,
+            };
+            let l = libjpeg::decode(&rgb, &info, 0, whole, 1 << 30)
+                .expect("libjpeg")
+                .to_rgb8();
+            let worst = max_diff(&z, &l, 0, 0);
+            assert!(worst <= 6, "adobe={adobe}: max difference {worst}");
+            // And the data really is read as RGB: the YCbCr reading differs wildly.
+            let ycc = decode(&data, 0, None, 1 << 30).expect("ycc").to_rgb8();
+            assert!(max_diff(&z, &ycc, 0, 0) > 40, "adobe={adobe}");
+        }
+    }
+
+    #[test]
+    fn small_regions_at_full_size_match_libjpeg_crops() {
+        let data = sample(300, 200);
+        let info = read_info(&data).expect("header");
+        let r = Rect {
+            x: 41,
+            y: 17,
+            w: 100,
+            h: 80,
+        };
+        let via_zune = decode(&data, 0, Some(r), 1 << 30).expect("zune").to_rgb8();
+        assert_eq!(via_zune.dimensions(), (100, 80));
+        let via_libjpeg = libjpeg::decode(&data, &info, 0, r, 1 << 30)
+            .expect("libjpeg")
+            .to_rgb8();
+        let worst = max_diff(&via_zune, &via_libjpeg, 0, 0);
+        assert!(worst <= 8, "max difference {worst}");
     }
 
     #[test]

@@ -1,8 +1,15 @@
-//! The object files: the truth of the store. `objects/ab/cd/<key hex>.<ext>`, each written atomically
+//! The object files: the truth of the store. `objects/ab/<key hex>.<ext>`, each written atomically
 //! (temp file in `tmp/` on the same file system -> rename; with `store.fsync` also fsync the file
 //! before and the directory after), so a file under `objects/` is always complete after a crash of
 //! the process: a crash leaves at most a temp file, removed at the next start. Without fsync, a power
 //! loss can leave a renamed file with torn content; the blake3 check on read catches it.
+//!
+//! One level of 256 directories, all made when the store is created: a write never creates a
+//! directory. (The first layout, `ab/cd/`, had 65,536 of them, so nearly every write to a young store
+//! paid for a `mkdir`, and allocating directory inodes was most of a cold tile's cost on ext4 after
+//! a large deletion. 256 directories keep even a 30-million-object store at about 120,000 entries a
+//! directory, which ext4's and XFS's hashed directories handle without slowing down.) Stores in the
+//! old layout are moved into the new one when opened ([`Files::migrate_legacy`]).
 //!
 //! Blocking I/O only; the store facade runs it off the async threads.
 
@@ -41,15 +48,17 @@ impl Files {
             tmp: root.join("tmp"),
             fsync,
         };
-        fs::create_dir_all(&files.objects)?;
         fs::create_dir_all(&files.tmp)?;
+        for byte in 0..=255u8 {
+            fs::create_dir_all(files.objects.join(format!("{byte:02x}")))?;
+        }
         Ok(files)
     }
 
-    /// Path of an object, relative to `objects/`: `ab/cd/<hex>.<ext>` (also the X-Accel-Redirect tail).
+    /// Path of an object, relative to `objects/`: `ab/<hex>.<ext>` (also the X-Accel-Redirect tail).
     pub fn relative_path(key: &DerivativeKey, ext: &str) -> String {
         let hex = key.to_hex();
-        format!("{}/{}/{hex}.{ext}", &hex[0..2], &hex[2..4])
+        format!("{}/{hex}.{ext}", &hex[0..2])
     }
 
     /// Absolute path of an object.
@@ -75,7 +84,6 @@ impl Files {
             .parent()
             .ok_or_else(|| io::Error::other("object path has no parent"))?
             .to_path_buf();
-        fs::create_dir_all(&dir)?;
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .tmp
@@ -87,7 +95,14 @@ impl Files {
                 f.sync_all()?;
             }
             drop(f);
-            fs::rename(&tmp, &target)?;
+            if let Err(e) = fs::rename(&tmp, &target) {
+                // Its directory was removed by hand: make it again, once.
+                if e.kind() != io::ErrorKind::NotFound {
+                    return Err(e);
+                }
+                fs::create_dir_all(&dir)?;
+                fs::rename(&tmp, &target)?;
+            }
             if self.fsync {
                 // The rename is durable only once the directory entry is.
                 File::open(&dir)?.sync_all()?;
@@ -127,6 +142,29 @@ impl Files {
             if !a.file_type()?.is_dir() {
                 continue;
             }
+            for f in fs::read_dir(a.path())? {
+                let f = f?;
+                if !f.file_type()?.is_file() {
+                    continue;
+                }
+                if let Some(found) = object_name(&f.file_name(), f.path()) {
+                    out.push(found);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Move objects of the first layout (`objects/ab/cd/<hex>.<ext>`) to `objects/ab/` and remove
+    /// the emptied directories; returns how many objects moved. Renames within one file system:
+    /// a crash midway leaves every object in one place or the other, and the next open finishes.
+    pub fn migrate_legacy(&self) -> io::Result<usize> {
+        let mut moved = 0;
+        for a in fs::read_dir(&self.objects)? {
+            let a = a?;
+            if !a.file_type()?.is_dir() {
+                continue;
+            }
             for b in fs::read_dir(a.path())? {
                 let b = b?;
                 if !b.file_type()?.is_dir() {
@@ -134,22 +172,16 @@ impl Files {
                 }
                 for f in fs::read_dir(b.path())? {
                     let f = f?;
-                    let name = f.file_name();
-                    let Some(name) = name.to_str() else { continue };
-                    let Some((hex, ext)) = name.split_once('.') else {
-                        continue;
-                    };
-                    if let Some(key) = DerivativeKey::from_hex(hex) {
-                        out.push(FoundObject {
-                            key,
-                            ext: ext.to_owned(),
-                            path: f.path(),
-                        });
+                    if object_name(&f.file_name(), f.path()).is_some() {
+                        fs::rename(f.path(), a.path().join(f.file_name()))?;
+                        moved += 1;
                     }
                 }
+                // Not empty (a stray file): leave it for a person to look at.
+                let _ = fs::remove_dir(b.path());
             }
         }
-        Ok(out)
+        Ok(moved)
     }
 
     /// Bytes available to unprivileged writers on the store's file system.
@@ -167,6 +199,16 @@ impl Files {
     }
 }
 
+/// The object named by a file name `<64 hex>.<ext>`.
+fn object_name(name: &std::ffi::OsStr, path: PathBuf) -> Option<FoundObject> {
+    let (hex, ext) = name.to_str()?.split_once('.')?;
+    Some(FoundObject {
+        key: DerivativeKey::from_hex(hex)?,
+        ext: ext.to_owned(),
+        path,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,7 +221,7 @@ mod tests {
             DerivativeKey::from_hex(&"ab".repeat(32)).ok_or_else(|| io::Error::other("hex"))?;
         let path = files.write(&key, "jpg", b"hello")?;
         assert!(path.ends_with(
-            "ab/ab/abababababababababababababababababababababababababababababababab.jpg"
+            "objects/ab/abababababababababababababababababababababababababababababababab.jpg"
         ));
         assert_eq!(fs::read(&path)?, b"hello");
         fs::write(dir.path().join("tmp/leftover.tmp"), b"x")?;
@@ -191,6 +233,24 @@ mod tests {
         files.remove(&key, "jpg")?;
         assert!(files.scan()?.is_empty());
         assert!(files.available_bytes()? > 0);
+        Ok(())
+    }
+
+    #[test]
+    fn legacy_layout_is_migrated() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let files = Files::open(dir.path(), false)?;
+        let key =
+            DerivativeKey::from_hex(&"cd".repeat(32)).ok_or_else(|| io::Error::other("hex"))?;
+        let old = dir.path().join("objects/cd/cd");
+        fs::create_dir_all(&old)?;
+        fs::write(old.join(format!("{}.png", key.to_hex())), b"old")?;
+        fs::write(old.join("notes.txt"), b"not an object")?;
+        assert_eq!(files.migrate_legacy()?, 1);
+        assert_eq!(fs::read(files.path(&key, "png"))?, b"old");
+        assert!(old.join("notes.txt").exists(), "stray files are left alone");
+        assert_eq!(files.scan()?.len(), 1);
+        assert_eq!(files.migrate_legacy()?, 0);
         Ok(())
     }
 }

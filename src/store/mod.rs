@@ -78,6 +78,8 @@ pub struct Recovery {
     pub orphans_indexed: usize,
     /// Whether the index was unreadable and rebuilt from the files.
     pub rebuilt: bool,
+    /// Objects moved from the first layout (`objects/ab/cd/`) to the current one.
+    pub migrated: usize,
 }
 
 /// Result of [`Store::verify`].
@@ -166,6 +168,7 @@ impl Store {
         };
         // Only now, holding the index lock (so no server is writing), are temp files leftovers.
         recovery.temps_removed = files.remove_temps()?;
+        recovery.migrated = files.migrate_legacy()?;
         let store = Store {
             settings,
             files,
@@ -541,6 +544,7 @@ impl Store {
             dangling_dropped: dropped,
             orphans_indexed: indexed,
             rebuilt: false,
+            migrated: 0,
         })
     }
 
@@ -552,6 +556,7 @@ impl Store {
             dangling_dropped: dropped,
             orphans_indexed: indexed,
             rebuilt: true,
+            migrated: 0,
         })
     }
 
