@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod jpeg;
+mod jpeg_simd;
 pub mod pool;
 pub mod resize;
 pub mod tiled_copy;
