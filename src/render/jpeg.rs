@@ -129,12 +129,8 @@ pub fn decode(
     // cropping and DCT scaling.
     if k == 0 && (want == whole || whole_bytes <= RAW_CROP_MAX_BYTES) {
         let kernels = super::jpeg_simd::kernels();
-        if let Some(img) = libjpeg::decode_full_raw(data, &info, max_bytes, kernels)? {
-            return Ok(if want == whole {
-                img
-            } else {
-                img.crop_imm(want.x, want.y, want.w, want.h)
-            });
+        if let Some(img) = libjpeg::decode_raw(data, want, max_bytes, kernels)? {
+            return Ok(img);
         }
     }
     libjpeg::decode(data, &info, k, want, max_bytes, super::jpeg_simd::kernels())
@@ -449,15 +445,17 @@ mod libjpeg {
         height: usize,
     }
 
-    /// The whole image at full size through libjpeg's raw-data output: libjpeg decodes the entropy
-    /// coding and (with `kernels`) runs our IDCT, and the chroma upsampling (libjpeg's triangle
-    /// filter, exactly) and colour conversion happen here, one band of rows at a time. This skips
-    /// libjpeg's C upsampler and the row-by-row calls of its output path, the slowest remaining part
-    /// of a full-size decode without its own SIMD code. `Ok(None)` for layouts this path does not
-    /// take (4:4:0, odd sampling factors, CMYK); libjpeg's output path decodes those.
-    pub(super) fn decode_full_raw(
+    /// `want` (already clamped to the image) at full size through libjpeg's raw-data output:
+    /// libjpeg decodes the entropy coding and (with `kernels`) runs our IDCT; the chroma upsampling
+    /// (libjpeg's triangle filter, exactly) and colour conversion happen here, one band of rows at a
+    /// time, and decoding stops after the last band the region needs. This skips libjpeg's C
+    /// upsampler and the row-by-row calls of its output path, the slowest remaining part of a
+    /// full-size decode without its own SIMD code. Used for whole images and for regions of small
+    /// ones (tiles). `Ok(None)` for layouts this path does not take (4:4:0, odd sampling factors,
+    /// CMYK); libjpeg's output path decodes those.
+    pub(super) fn decode_raw(
         data: &[u8],
-        _info: &JpegInfo,
+        want: Rect,
         max_bytes: u64,
         kernels: Option<&'static Kernels>,
     ) -> Result<Option<DynamicImage>> {
@@ -497,13 +495,19 @@ mod libjpeg {
                         && (ycc || (mh, mv) == (1, 1))
                 }
             };
-            if !supported {
+            let (x0, y0, ww, wh) = (
+                want.x as usize,
+                want.y as usize,
+                want.w as usize,
+                want.h as usize,
+            );
+            if !supported || x0 + ww > w || y0 + wh > h || ww == 0 || wh == 0 {
                 return Ok(None);
             }
             let ch = if n == 1 { 1 } else { 3 };
-            let out_bytes = (w * h * ch) as u64;
+            let out_bytes = (ww * wh * ch) as u64;
             if out_bytes > max_bytes {
-                return Err(too_large(w as u32, h as u32, max_bytes));
+                return Err(too_large(want.w, want.h, max_bytes));
             }
             c.raw_data_out = 1;
             // SAFETY: the memory manager exists once create has run; starting is allowed after
@@ -519,6 +523,12 @@ mod libjpeg {
                 }
             }
             let band = mv * 8;
+            let geometry = Geometry {
+                mh,
+                mv,
+                ycc,
+                window: (x0, y0, ww, wh),
+            };
             // Two bands per component: the one being emitted and the next (the row below a
             // band's last chroma row is the next band's first).
             let mut bufs: [Vec<Vec<u8>>; 2] = std::array::from_fn(|_| {
@@ -527,16 +537,19 @@ mod libjpeg {
                     .map(|p| vec![0u8; p.stride * p.v * 8])
                     .collect()
             });
-            let mut out = vec![0u8; w * h * ch];
+            let mut out = vec![0u8; ww * wh * ch];
             // The last chroma row of the band before the current one (the row above its first).
             let mut above: Vec<Vec<u8>> = planes.iter().map(|p| vec![0u8; p.stride]).collect();
             let mut up: Vec<Vec<u8>> = vec![vec![0u8; w + 1]; 2];
-            let bands = h.div_ceil(band);
+            // The band holding the region's last row, and the one after it for the chroma row
+            // below (entropy decoding stops there: a tile's unused lower part costs nothing).
+            let last_band = (y0 + wh - 1) / band;
+            let bands = (last_band + 2).min(h.div_ceil(band));
             let mut pending: Option<usize> = None;
             for b in 0..=bands {
-                let cur = b % 2;
+                let mut read = false;
                 if b < bands {
-                    let mut rows: Vec<Vec<*mut u8>> = bufs[cur]
+                    let mut rows: Vec<Vec<*mut u8>> = bufs[b % 2]
                         .iter_mut()
                         .zip(&planes)
                         .map(|(buf, p)| {
@@ -549,47 +562,48 @@ mod libjpeg {
                         rows.iter_mut().map(|r| r.as_mut_ptr()).collect();
                     // SAFETY: one row pointer per raw row of each component, each `stride` bytes:
                     // the buffer libjpeg's raw output needs for max_v_samp_factor * 8 lines.
-                    let got = unsafe { sys::jpeg_read_raw_data(c, image.as_mut_ptr(), band as _) };
-                    if got == 0 {
-                        break;
+                    read = unsafe { sys::jpeg_read_raw_data(c, image.as_mut_ptr(), band as _) } > 0;
+                }
+                if let Some(pb) = pending.take() {
+                    let (first, second) = bufs.split_at(1);
+                    let (this, next) = if pb % 2 == 0 {
+                        (&first[0], &second[0])
+                    } else {
+                        (&second[0], &first[0])
+                    };
+                    let next = read.then_some(next);
+                    if pb * band + band > y0 {
+                        emit_band(
+                            pb, this, next, &above, &planes, &geometry, kernels, &mut up, &mut out,
+                        );
+                    }
+                    for (ci, p) in planes.iter().enumerate() {
+                        let last = p.v * 8 - 1;
+                        above[ci]
+                            .copy_from_slice(&this[ci][last * p.stride..(last + 1) * p.stride]);
                     }
                 }
-                let Some(pb) = pending.take() else {
-                    pending = Some(b);
-                    continue;
-                };
-                let (this, next) = if pb % 2 == 0 {
-                    let (a, n) = bufs.split_at(1);
-                    (&a[0], (b < bands).then(|| &n[0]))
-                } else {
-                    let (a, n) = bufs.split_at(1);
-                    (&n[0], (b < bands).then(|| &a[0]))
-                };
-                emit_band(
-                    pb,
-                    this,
-                    next,
-                    &above,
-                    &planes,
-                    (w, h, mh, mv),
-                    ycc,
-                    kernels,
-                    &mut up,
-                    &mut out,
-                );
-                for (ci, p) in planes.iter().enumerate() {
-                    let last = p.v * 8 - 1;
-                    above[ci].copy_from_slice(&this[ci][last * p.stride..(last + 1) * p.stride]);
+                if !read {
+                    break;
                 }
-                pending = (b < bands).then_some(b);
+                pending = Some(b);
             }
-            // SAFETY: abort, not finish: a truncated file may leave rows unread.
+            // SAFETY: abort, not finish: the rows below the region are not needed.
             unsafe { sys::jpeg_abort_decompress(c) };
-            Ok(super::super::from_samples(w as u32, h as u32, ch, out))
+            Ok(super::super::from_samples(want.w, want.h, ch, out))
         })
     }
 
-    /// Write the output rows of band `b` (luma rows `b * 8 * mv ..`).
+    /// What [`emit_band`] needs to know of the image and the region.
+    struct Geometry {
+        mh: usize,
+        mv: usize,
+        ycc: bool,
+        /// The region: x, y, width, height.
+        window: (usize, usize, usize, usize),
+    }
+
+    /// Write the rows of band `b` (luma rows `b * 8 * mv ..`) that fall inside the region.
     #[allow(clippy::too_many_arguments)]
     fn emit_band(
         b: usize,
@@ -597,27 +611,32 @@ mod libjpeg {
         next: Option<&Vec<Vec<u8>>>,
         above: &[Vec<u8>],
         planes: &[Plane],
-        (w, h, mh, mv): (usize, usize, usize, usize),
-        ycc: bool,
+        g: &Geometry,
         kernels: Option<&Kernels>,
         up: &mut [Vec<u8>],
         out: &mut [u8],
     ) {
         use super::super::jpeg_simd::{to_rgb, upsample_h2};
-        let y0 = b * mv * 8;
-        if planes.len() == 1 {
-            let p = planes[0];
-            for r in 0..(mv * 8).min(h.saturating_sub(y0)) {
-                let dst = &mut out[(y0 + r) * w..(y0 + r + 1) * w];
-                dst.copy_from_slice(&this[0][r * p.stride..r * p.stride + w]);
-            }
-            return;
-        }
+        let (x0, y0, ww, wh) = g.window;
+        let (mh, mv) = (g.mh, g.mv);
+        let first = b * mv * 8;
         let row = |ci: usize, r: usize| -> &[u8] {
             let s = planes[ci].stride;
             &this[ci][r * s..(r + 1) * s]
         };
-        for r in 0..(mv * 8).min(h.saturating_sub(y0)) {
+        for r in 0..mv * 8 {
+            let gy = first + r;
+            if gy < y0 {
+                continue;
+            }
+            if gy >= y0 + wh {
+                break;
+            }
+            let at = (gy - y0) * ww;
+            if planes.len() == 1 {
+                out[at..at + ww].copy_from_slice(&row(0, r)[x0..x0 + ww]);
+                continue;
+            }
             let y = row(0, r);
             let (cb, cr): (&[u8], &[u8]) = if (mh, mv) == (1, 1) {
                 (row(1, r), row(2, r))
@@ -630,7 +649,8 @@ mod libjpeg {
                     let near = row(ci, cr_row);
                     let far = (mv == 2).then(|| {
                         if r % 2 == 0 {
-                            // Above: the previous row, the previous band's last, or itself at the top.
+                            // Above: the previous row, the previous band's last, or itself at
+                            // the top of the image.
                             if cr_row > 0 {
                                 row(ci, cr_row - 1)
                             } else if global > 0 {
@@ -639,7 +659,7 @@ mod libjpeg {
                                 near
                             }
                         } else if global + 1 >= p.height {
-                            // Below the last row of the image: itself.
+                            // Below the image's last row: itself.
                             near
                         } else if cr_row + 1 < 8 {
                             row(ci, cr_row + 1)
@@ -651,8 +671,8 @@ mod libjpeg {
                 }
                 (&up[0][..], &up[1][..])
             };
-            let dst = &mut out[(y0 + r) * w * 3..(y0 + r + 1) * w * 3];
-            to_rgb(kernels, ycc, y, cb, cr, dst);
+            let dst = &mut out[at * 3..(at + ww) * 3];
+            to_rgb(kernels, g.ycc, &y[x0..], &cb[x0..], &cr[x0..], dst);
         }
     }
 
@@ -962,7 +982,7 @@ mod tests {
                 let whole = Rect { x: 0, y: 0, w, h };
                 for k in [None, kernels] {
                     let reference = libjpeg::decode(&data, &info, 0, whole, 1 << 30, k).expect("C");
-                    let raw = libjpeg::decode_full_raw(&data, &info, 1 << 30, k)
+                    let raw = libjpeg::decode_raw(&data, whole, 1 << 30, k)
                         .expect("raw")
                         .expect("this layout takes the raw path");
                     assert_eq!(
@@ -971,6 +991,30 @@ mod tests {
                         "{w}x{h} {sampling:?} kernels={}",
                         k.is_some()
                     );
+                    // Regions: the same pixels as the whole image's, whatever the window.
+                    let full = reference.to_rgb8();
+                    for (x, y, rw, rh) in [
+                        (0, 0, w, 1),
+                        (w / 3, h / 2, w - w / 3, h - h / 2),
+                        (w - 1, h - 1, 1, 1),
+                    ] {
+                        let r = Rect {
+                            x,
+                            y,
+                            w: rw.max(1),
+                            h: rh.max(1),
+                        };
+                        let part = libjpeg::decode_raw(&data, r, 1 << 30, k)
+                            .expect("raw")
+                            .expect("raw path")
+                            .to_rgb8();
+                        assert_eq!(part.dimensions(), (r.w, r.h));
+                        assert_eq!(
+                            max_diff(&part, &full, r.x, r.y),
+                            0,
+                            "{w}x{h} {sampling:?} {r:?}"
+                        );
+                    }
                 }
             }
         }
@@ -989,7 +1033,7 @@ mod tests {
                 h: 31,
             };
             let reference = libjpeg::decode(&data, &info, 0, whole, 1 << 30, None).expect("C");
-            let raw = libjpeg::decode_full_raw(&data, &info, 1 << 30, kernels)
+            let raw = libjpeg::decode_raw(&data, whole, 1 << 30, kernels)
                 .expect("raw")
                 .expect("raw path");
             assert_eq!(reference.as_bytes(), raw.as_bytes(), "{info:?}");

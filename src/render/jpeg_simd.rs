@@ -230,6 +230,13 @@ pub(super) fn to_rgb(
             };
             return;
         }
+    } else if kernels.is_some() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: kernels exist only on AVX2 CPUs; the slices hold `w` and `3 * w`.
+            unsafe { avx2::interleave(a, b, c, out) };
+            return;
+        }
     }
     for (i, px) in out.chunks_exact_mut(3).enumerate() {
         let v = if ycc {
@@ -470,6 +477,45 @@ mod avx2 {
         } else {
             near[last]
         };
+    }
+
+    /// Three planes' rows of `out.len() / 3` samples into 3-byte pixels.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `a`, `b`, `c` hold at least `out.len() / 3` samples.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn interleave(a: &[u8], b: &[u8], c: &[u8], out: &mut [u8]) {
+        let w = out.len() / 3;
+        let (a, b, c) = (&a[..w], &b[..w], &c[..w]);
+        let mask = |k: usize, ch: usize| {
+            // SAFETY: MASKS[k][ch] is 16 bytes.
+            unsafe { _mm_loadu_si128(MASKS[k][ch].as_ptr().cast()) }
+        };
+        let mut i = 0;
+        while i + 16 <= w {
+            // SAFETY: 16 samples at `i` in each plane and 48 output bytes at 3i (bounds above).
+            unsafe {
+                let (r, g, bl) = (
+                    _mm_loadu_si128(a.as_ptr().add(i).cast()),
+                    _mm_loadu_si128(b.as_ptr().add(i).cast()),
+                    _mm_loadu_si128(c.as_ptr().add(i).cast()),
+                );
+                for chunk in 0..3 {
+                    let v = _mm_or_si128(
+                        _mm_or_si128(
+                            _mm_shuffle_epi8(r, mask(chunk, 0)),
+                            _mm_shuffle_epi8(g, mask(chunk, 1)),
+                        ),
+                        _mm_shuffle_epi8(bl, mask(chunk, 2)),
+                    );
+                    _mm_storeu_si128(out.as_mut_ptr().add(3 * i + 16 * chunk).cast(), v);
+                }
+            }
+            i += 16;
+        }
+        for j in i..w {
+            out[3 * j..3 * j + 3].copy_from_slice(&[a[j], b[j], c[j]]);
+        }
     }
 
     /// libjpeg's YCbCr -> RGB colour conversion of one row, through the C hook.
