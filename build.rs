@@ -1,7 +1,7 @@
-//! Compiles `src/render/jpeg_hooks.c` (see its comment) against the libjpeg headers that
+//! Compiles `src/render/decode/jpeg_hooks.c` (see its comment) against the libjpeg headers that
 //! mozjpeg-sys built the library with: it exports them as `DEP_JPEG_INCLUDE`.
 fn main() {
-    println!("cargo:rerun-if-changed=src/render/jpeg_hooks.c");
+    println!("cargo:rerun-if-changed=src/render/decode/jpeg_hooks.c");
     let Some(include) = std::env::var_os("DEP_JPEG_INCLUDE") else {
         panic!("mozjpeg-sys did not export its include directories (DEP_JPEG_INCLUDE)");
     };
@@ -10,7 +10,7 @@ fn main() {
         build.include(dir);
     }
     build
-        .file("src/render/jpeg_hooks.c")
+        .file("src/render/decode/jpeg_hooks.c")
         .warnings(true)
         .compile("iiifd_jpeg_hooks");
 }

@@ -7,11 +7,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use iiifd::iiif::canonical::{CanonicalRequest, ImageSize, Rect};
 use iiifd::iiif::parse::{parse_route, Route};
 use iiifd::iiif::{Format, Limits};
-use iiifd::render::cache::DecodedCache;
-use iiifd::render::{self, jpeg, resize, EncodeSettings, Source};
+use iiifd::internals;
 use image::{DynamicImage, RgbImage};
 use std::hint::black_box;
-use std::path::Path;
 
 const W: u32 = 4000;
 const H: u32 = 3000;
@@ -41,25 +39,19 @@ fn request(path: &str, size: ImageSize) -> CanonicalRequest {
 }
 
 fn bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
     let pic = picture();
-    let jpg = jpeg::encode(&DynamicImage::ImageRgb8(pic.clone()), 90).expect("encode");
-    std::fs::write(dir.path().join("p.jpg"), &jpg).expect("write");
-    DynamicImage::ImageRgb8(pic.clone())
-        .save(dir.path().join("p.png"))
-        .expect("png");
+    let jpg = internals::encode(DynamicImage::ImageRgb8(pic.clone()), Format::Jpg).expect("encode");
+    let png = internals::encode(DynamicImage::ImageRgb8(pic.clone()), Format::Png).expect("png");
     let size = ImageSize {
         width: W,
         height: H,
     };
-    let settings = EncodeSettings::default();
-    let cold = DecodedCache::new(0);
 
     let mut g = c.benchmark_group("decode_jpeg_4000x3000");
     g.sample_size(10);
     for k in [0u32, 1, 3] {
         g.bench_function(format!("scale_1_{}", 1 << k), |b| {
-            b.iter(|| jpeg::decode(black_box(&jpg), k, None, 1 << 30).expect("decode"))
+            b.iter(|| internals::jpeg_decode(black_box(&jpg), k, None, 1 << 30).expect("decode"))
         });
     }
     let tile = Rect {
@@ -69,7 +61,7 @@ fn bench(c: &mut Criterion) {
         h: 512,
     };
     g.bench_function("crop_512_full_scale", |b| {
-        b.iter(|| jpeg::decode(black_box(&jpg), 0, Some(tile), 1 << 30).expect("decode"))
+        b.iter(|| internals::jpeg_decode(black_box(&jpg), 0, Some(tile), 1 << 30).expect("decode"))
     });
     g.finish();
 
@@ -82,7 +74,7 @@ fn bench(c: &mut Criterion) {
         h: 1024,
     };
     g.bench_function("fast_image_resize_1024_to_512", |b| {
-        b.iter(|| resize::crop_resize(black_box(&src), whole, 512, 512).expect("resize"))
+        b.iter(|| internals::resize(black_box(&src), whole, 512, 512).expect("resize"))
     });
     g.bench_function("image_crate_triangle_1024_to_512", |b| {
         b.iter(|| src.resize_exact(512, 512, image::imageops::FilterType::Triangle))
@@ -101,7 +93,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter_batched(
                 || out.clone(),
-                |img| render::encode_for_bench(img, format, &settings).expect("encode"),
+                |img| internals::encode(img, format).expect("encode"),
                 BatchSize::SmallInput,
             )
         });
@@ -110,33 +102,26 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("render_cold");
     g.sample_size(10);
-    for (name, file, path) in [
+    for (name, source, path) in [
         (
             "jpg_tile_sf1",
-            "p.jpg",
+            &jpg,
             "3/p/2048,1536,512,512/512,512/0/default.jpg",
         ),
         (
             "jpg_tile_sf4",
-            "p.jpg",
+            &jpg,
             "3/p/2048,0,2048,2048/512,512/0/default.jpg",
         ),
-        ("jpg_thumb_256", "p.jpg", "3/p/full/!256,256/0/default.jpg"),
-        ("png_thumb_256", "p.png", "3/p/full/!256,256/0/default.jpg"),
+        ("jpg_thumb_256", &jpg, "3/p/full/!256,256/0/default.jpg"),
+        ("png_thumb_256", &png, "3/p/full/!256,256/0/default.jpg"),
     ] {
         let req = request(path, size);
-        let p = dir.path().join(file);
-        g.bench_function(name, |b| b.iter(|| render_once(&p, &cold, &req, &settings)));
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(internals::render(source, &req).expect("render")))
+        });
     }
     g.finish();
-}
-
-fn render_once(path: &Path, cache: &DecodedCache, req: &CanonicalRequest, s: &EncodeSettings) {
-    let source = Source {
-        path,
-        cache_key: "bench",
-    };
-    black_box(render::render(&source, cache, req, s, 1 << 30).expect("render"));
 }
 
 criterion_group!(benches, bench);

@@ -2,12 +2,10 @@
 //! set up logging, bind, and run the server until SIGINT or SIGTERM.
 
 use crate::config::{Config, Overrides};
-use crate::service::App;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 /// A fast IIIF Image API server.
 #[derive(Parser, Debug)]
@@ -122,7 +120,7 @@ pub fn version_text() -> &'static str {
         format!(
             "{}\n{}",
             env!("CARGO_PKG_VERSION"),
-            crate::render::jpeg::codec_description()
+            crate::render::decode::jpeg::codec_description()
         )
     })
 }
@@ -149,7 +147,7 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&cfg);
-            match serve(cfg) {
+            match crate::daemon::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("iiifd: {e}");
@@ -246,7 +244,7 @@ fn print_json<T: serde::Serialize>(v: &T) {
 }
 
 fn store_command(cfg: &Config, op: &StoreOp) -> ExitCode {
-    let (store, recovery) = match crate::store::Store::open(crate::service::store_settings(cfg)) {
+    let (store, recovery) = match crate::store::Store::open(crate::app::store_settings(cfg)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("iiifd: store {}: {e}", cfg.store.path.display());
@@ -296,111 +294,4 @@ fn init_logging(cfg: &Config) {
     } else {
         builder.try_init()
     };
-}
-
-fn serve(cfg: Config) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("iiifd-async")
-        .build()?;
-    runtime.block_on(async move {
-        let cfg2 = cfg.clone();
-        let (app, recovery) = tokio::task::spawn_blocking(move || App::new(cfg2)).await.map_err(std::io::Error::other)??;
-        tracing::info!(?recovery, "store opened");
-        let app = Arc::new(app);
-        app.crawler().resume(&app);
-        let bind = |addr: SocketAddr| async move {
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
-        };
-        let listener = bind(cfg.listen).await?;
-        let admin_listener = bind(cfg.admin.listen).await?;
-        let (addr, admin_addr) = (listener.local_addr()?, admin_listener.local_addr()?);
-        // Handlers first: once the addresses are printed (or systemd is told READY), a SIGTERM must
-        // stop us gracefully, not kill us the default way.
-        let shutdown = shutdown_signal();
-        // The real addresses on stdout, so scripts and tests using port 0 can find them.
-        println!("iiifd listening on http://{addr}{}/", cfg.prefix);
-        println!("iiifd admin on http://{admin_addr}/");
-        tracing::info!(%addr, %admin_addr, images = %cfg.images.display(), workers = app.pool().size(), "iiifd started");
-        if crate::render::jpeg::simd() {
-            tracing::info!("{}", crate::render::jpeg::codec_description());
-        } else {
-            tracing::warn!("{}", crate::render::jpeg::codec_description());
-        }
-        sd_notify("READY=1");
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let (a, b) = (Arc::clone(&app), Arc::clone(&app));
-        let limits = crate::http::Limits {
-            header_timeout: std::time::Duration::from_millis(cfg.http.header_timeout_ms),
-            max_connections: cfg.http.max_connections,
-            shutdown_grace: std::time::Duration::from_secs(cfg.http.shutdown_grace_secs),
-        };
-        let public = crate::http::serve(listener, limits, stopped(stop_rx.clone()), move |req| crate::http::routes::handle(Arc::clone(&a), req));
-        let admin = crate::http::serve(admin_listener, limits, stopped(stop_rx), move |req| crate::http::admin::handle(Arc::clone(&b), req));
-        let signal = async move {
-            shutdown.await;
-            sd_notify("STOPPING=1");
-            let _ = stop_tx.send(true);
-        };
-        tokio::join!(public, admin, signal);
-        let app2 = Arc::clone(&app);
-        let _ = tokio::task::spawn_blocking(move || app2.shutdown()).await;
-        tracing::info!("iiifd stopped");
-        Ok(())
-    })
-}
-
-/// Installs the SIGINT and SIGTERM handlers now, and returns what resolves when either arrives.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = int.recv() => {},
-                }
-            }
-            (Ok(mut one), Err(e)) | (Err(e), Ok(mut one)) => {
-                tracing::warn!("cannot listen for one of SIGINT/SIGTERM: {e}");
-                one.recv().await;
-            }
-            (Err(e), Err(_)) => {
-                tracing::warn!("cannot listen for SIGINT or SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-        tracing::info!("shutting down: finishing in-flight requests");
-    }
-}
-
-/// Tell systemd about our state (`Type=notify`) when it started us: a datagram to `$NOTIFY_SOCKET`,
-/// which is a path or, with a leading `@`, an abstract socket name. Silently nothing otherwise.
-fn sd_notify(state: &str) {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::net::UnixDatagram;
-    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = target.as_bytes();
-    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), std::path::Path::new(&target))
-    };
-    if let Err(e) = sent {
-        tracing::warn!("sd_notify {state}: {e}");
-    }
 }

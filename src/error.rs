@@ -1,12 +1,17 @@
-//! The one error type of the request pipeline and its one mapping to HTTP statuses.
+//! The edge error: everything a request can meet, wrapping each module's own error type
+//! ([`ParseError`], [`CanonicalError`], [`SourceError`], [`RenderError`], [`StoreError`]), and the one
+//! mapping to HTTP statuses ([`Error::status`]), used by the public and the admin listener alike.
 //!
-//! Every failure a request can meet is a variant here; [`Error::status`] is an exhaustive `match` with no
-//! wildcard arm, so adding a variant forces a decision about its status. Messages are plain text meant
-//! for the person who typed the URL; user-supplied text in them is shortened and escaped
-//! ([`crate::iiif::parse::printable`]).
+//! The mapping is exhaustive, with no wildcard arm at any level, so a new variant anywhere forces a
+//! decision about its status. Messages are plain text for the person who typed the URL; user text
+//! in them is shortened and escaped ([`crate::iiif::parse::printable`]).
 
 use crate::iiif::canonical::CanonicalError;
-use crate::iiif::parse::{printable, ParseError};
+use crate::iiif::parse::ParseError;
+use crate::render::RenderError;
+use crate::source::SourceError;
+use crate::store::StoreError;
+use http::StatusCode;
 use thiserror::Error;
 
 /// Everything that can go wrong while answering a request.
@@ -18,36 +23,30 @@ pub enum Error {
     /// A valid request that this image cannot satisfy (region outside, zero size, over limits).
     #[error("{0}")]
     Canonical(#[from] CanonicalError),
-    /// The identifier cannot be a path inside the image root (`..`, absolute, backslash).
-    #[error("invalid identifier '{}': {reason}", printable(.identifier))]
-    BadIdentifier {
-        /// The identifier as decoded.
-        identifier: String,
-        /// Why it was refused.
-        reason: &'static str,
-    },
+    /// The source could not be found, read or understood.
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    /// Rendering failed.
+    #[error("{0}")]
+    Render(#[from] RenderError),
+    /// The store failed (admin operations; a store that cannot write never fails an image).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     /// A malformed admin request (crawl body, parameters).
     #[error("bad request: {0}")]
     BadRequest(String),
-    /// No image has this identifier.
-    #[error("no image with identifier '{}'", printable(.0))]
-    NotFound(String),
     /// No route matches the path.
     #[error("not found: expected {0}")]
     NoRoute(&'static str),
-    /// A method other than GET, HEAD and OPTIONS.
-    #[error("method not allowed: use GET, HEAD or OPTIONS")]
-    MethodNotAllowed,
-    /// The source exceeds `limits.max_source_pixels` or `limits.max_source_bytes`.
-    #[error("the source image is too large for this server: {0}")]
-    SourceTooLarge(String),
-    /// The source is a valid image in a variant this server does not render (e.g. a JPEG 2000 in
-    /// sYCC or with subsampled components).
-    #[error("this server cannot render this source image: {0}")]
-    UnsupportedSource(String),
-    /// The source file exists but could not be decoded (corrupt, truncated or not an image).
-    #[error("the source image could not be decoded: {0}")]
-    Undecodable(String),
+    /// No crawl job has this id.
+    #[error("no crawl job '{}'", crate::iiif::parse::printable(.0))]
+    NoSuchJob(String),
+    /// A method the route does not answer; the methods it does (the `Allow` header).
+    #[error("method not allowed: use {0}")]
+    MethodNotAllowed(&'static str),
+    /// The admin listener's token is required and was not given.
+    #[error("admin token required")]
+    Unauthorized,
     /// The render queue is full; retry later.
     #[error("the server is busy rendering other images; retry in a moment")]
     Busy,
@@ -60,30 +59,34 @@ pub enum Error {
     /// The failure of a render this request waited on (single flight).
     #[error("{0}")]
     Shared(std::sync::Arc<Error>),
-    /// An I/O or other unexpected failure.
+    /// An unexpected failure outside the modules above (a task that could not run).
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl Error {
     /// The HTTP status for this error. Exhaustive on purpose: no `_ =>` arm.
-    pub fn status(&self) -> u16 {
+    pub fn status(&self) -> StatusCode {
         match self {
-            Error::Parse(ParseError::Invalid { .. }) => 400,
-            Error::Parse(ParseError::UnsupportedFormat(_)) => 501,
+            Error::Parse(ParseError::Invalid { .. }) => StatusCode::BAD_REQUEST,
+            Error::Parse(ParseError::UnsupportedFormat(_)) => StatusCode::NOT_IMPLEMENTED,
             Error::Canonical(
                 CanonicalError::RegionOutside
                 | CanonicalError::ZeroSize
                 | CanonicalError::UpscaleWithoutCaret
                 | CanonicalError::OverLimits { .. },
-            ) => 400,
-            Error::BadIdentifier { .. } | Error::BadRequest(_) => 400,
-            Error::NotFound(_) | Error::NoRoute(_) => 404,
-            Error::MethodNotAllowed => 405,
-            // The request is valid IIIF; this server declines to process such a source.
-            Error::SourceTooLarge(_) | Error::UnsupportedSource(_) => 501,
-            Error::Undecodable(_) | Error::RenderPanicked | Error::Internal(_) => 500,
-            Error::Busy | Error::ShuttingDown => 503,
+            ) => StatusCode::BAD_REQUEST,
+            Error::Source(e) => source_status(e),
+            Error::Render(e) => render_status(e),
+            Error::Store(StoreError::Io(_) | StoreError::Index(_) | StoreError::Full(_)) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::NoRoute(_) | Error::NoSuchJob(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Busy | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::RenderPanicked | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Shared(inner) => inner.status(),
         }
     }
@@ -98,6 +101,28 @@ impl Error {
     }
 }
 
+fn source_status(e: &SourceError) -> StatusCode {
+    match e {
+        // Also a source that vanished between its probe and its render.
+        SourceError::NotFound(_) => StatusCode::NOT_FOUND,
+        SourceError::BadIdentifier { .. } => StatusCode::BAD_REQUEST,
+        // The request is valid IIIF; this server declines to process such a source.
+        SourceError::TooLarge(_) | SourceError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+        SourceError::Undecodable(_) | SourceError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn render_status(e: &RenderError) -> StatusCode {
+    match e {
+        RenderError::Source(s) => source_status(s),
+        RenderError::Unsupported(_) | RenderError::TooLarge(_) => StatusCode::NOT_IMPLEMENTED,
+        RenderError::Undecodable(_) | RenderError::Encode { .. } | RenderError::Internal(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        RenderError::Shared(inner) => render_status(inner),
+    }
+}
+
 /// Shorthand for results of the request pipeline.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -109,10 +134,19 @@ mod tests {
     fn statuses() {
         assert_eq!(Error::Busy.status(), 503);
         assert_eq!(Error::Busy.retry_after(), Some(1));
-        assert_eq!(Error::NotFound("x".into()).status(), 404);
+        assert_eq!(Error::from(SourceError::NotFound("x".into())).status(), 404);
         assert_eq!(Error::Canonical(CanonicalError::ZeroSize).status(), 400);
-        assert_eq!(Error::Undecodable("eof".into()).status(), 500);
-        let e = Error::NotFound("a\nb".into());
+        assert_eq!(
+            Error::from(RenderError::Undecodable("eof".into())).status(),
+            500
+        );
+        // A source gone between probe and render is a 404, however deep the error sits.
+        let vanished = RenderError::Shared(std::sync::Arc::new(RenderError::Source(
+            SourceError::NotFound("x".into()),
+        )));
+        assert_eq!(Error::from(vanished).status(), 404);
+        let e = Error::from(SourceError::NotFound("a\nb".into()));
         assert_eq!(e.to_string(), "no image with identifier 'a\\nb'");
+        assert_eq!(Error::Unauthorized.status(), 401);
     }
 }

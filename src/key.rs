@@ -10,47 +10,40 @@ use crate::source::Fingerprint;
 use std::fmt;
 
 /// blake3 `derive_key` context. Bump the date/version when the key's inputs change meaning.
-const CONTEXT: &str = "iiifd 2026-11-24 derivative key v1";
+const CONTEXT: &str = "iiifd 2026-12-01 derivative key v2";
 /// blake3 `derive_key` context of tiled copies.
-const COPY_CONTEXT: &str = "iiifd 2026-11-25 tiled copy key v1";
+const COPY_CONTEXT: &str = "iiifd 2026-12-01 tiled copy key v2";
 
 /// A 256-bit derivative key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct DerivativeKey([u8; 32]);
+pub(crate) struct DerivativeKey([u8; 32]);
 
 impl DerivativeKey {
     /// The key of `request` rendered from the source with `fingerprint` by an encoder described by
     /// `encoder` (e.g. `"jpeg q=85"`).
-    pub fn derive(
+    pub(crate) fn derive(
         fingerprint: &Fingerprint,
         request: &CanonicalRequest,
         encoder: &str,
     ) -> DerivativeKey {
         let mut h = blake3::Hasher::new_derive_key(CONTEXT);
-        // Fixed-width fields first, then length-prefixed strings: no two inputs share an encoding.
-        h.update(&fingerprint.len.to_le_bytes());
-        h.update(&fingerprint.mtime_ns.to_le_bytes());
-        h.update(&fingerprint.inode.to_le_bytes());
-        for part in [request.key_material().as_str(), encoder] {
+        // Length-prefixed strings: no two inputs share an encoding.
+        for part in [
+            fingerprint.as_str(),
+            request.key_material().as_str(),
+            encoder,
+        ] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
         DerivativeKey(*h.finalize().as_bytes())
     }
 
-    /// The key of the tiled copy of the source at `path` with `fingerprint`, made as `description` says
+    /// The key of the tiled copy of the source version `fingerprint`, made as `description` says
     /// (see `render::tiled_copy`). A separate context, so it can never equal a derivative's key.
-    pub fn tiled_copy(
-        fingerprint: &Fingerprint,
-        path: &std::path::Path,
-        description: &str,
-    ) -> DerivativeKey {
+    pub(crate) fn tiled_copy(fingerprint: &Fingerprint, description: &str) -> DerivativeKey {
         let mut h = blake3::Hasher::new_derive_key(COPY_CONTEXT);
-        h.update(&fingerprint.len.to_le_bytes());
-        h.update(&fingerprint.mtime_ns.to_le_bytes());
-        h.update(&fingerprint.inode.to_le_bytes());
-        let path = path.as_os_str().as_encoded_bytes();
-        for part in [path, description.as_bytes()] {
+        for part in [fingerprint.as_str().as_bytes(), description.as_bytes()] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part);
         }
@@ -58,12 +51,12 @@ impl DerivativeKey {
     }
 
     /// Lower-case hex, 64 characters.
-    pub fn to_hex(&self) -> String {
+    pub(crate) fn to_hex(self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Parse the 64-character hex form.
-    pub fn from_hex(s: &str) -> Option<DerivativeKey> {
+    pub(crate) fn from_hex(s: &str) -> Option<DerivativeKey> {
         if s.len() != 64 {
             return None;
         }
@@ -75,18 +68,18 @@ impl DerivativeKey {
     }
 
     /// The strong entity tag: the quoted hex key.
-    pub fn etag(&self) -> String {
+    pub(crate) fn etag(&self) -> String {
         format!("\"{}\"", self.to_hex())
     }
 }
 
 /// blake3 of a stored file's bytes, hex: what the store checks a file against on read.
-pub fn content_hash(bytes: &[u8]) -> String {
+pub(crate) fn content_hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
 /// [`content_hash`] of everything `reader` yields (for objects written as a stream).
-pub fn content_hash_reader(reader: &mut impl std::io::Read) -> std::io::Result<String> {
+pub(crate) fn content_hash_reader(reader: &mut impl std::io::Read) -> std::io::Result<String> {
     let mut h = blake3::Hasher::new();
     std::io::copy(reader, &mut h)?;
     Ok(h.finalize().to_hex().to_string())
@@ -121,15 +114,11 @@ mod tests {
 
     #[test]
     fn keys_follow_pixels_and_source() {
-        let fp = Fingerprint {
-            len: 10,
-            mtime_ns: 5,
-            inode: 7,
-        };
+        let fp = Fingerprint::new("fs:a.jpg:10:5");
         let a = DerivativeKey::derive(&fp, &req(ApiVersion::V3, "400,300"), "jpeg q=85");
         let b = DerivativeKey::derive(&fp, &req(ApiVersion::V2, "400,"), "jpeg q=85");
         assert_eq!(a, b, "v2 w, and v3 w,h of the same pixels share a key");
-        let replaced = Fingerprint { mtime_ns: 6, ..fp };
+        let replaced = Fingerprint::new("fs:a.jpg:10:6");
         assert_ne!(
             a,
             DerivativeKey::derive(&replaced, &req(ApiVersion::V3, "400,300"), "jpeg q=85")

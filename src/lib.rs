@@ -2,39 +2,50 @@
 //!
 //! A request flows through these steps, each in the module named after it:
 //!
-//! 1. [`http`] receives it (hyper lives only there) and routes it;
+//! 1. `http` receives it (hyper lives only there) and routes it;
 //! 2. [`iiif::parse`] turns the path into an [`iiif::parse::ImageRequest`] (pure syntax);
-//! 3. [`source`] locates the file inside the image root and reads its size from the header;
+//! 3. [`source`] finds the object behind the identifier through its [`source::Backend`] and names
+//!    its version (the fingerprint); `render::probe` reads its size and tiles from the header;
 //! 4. [`iiif::canonical`] resolves the request against that size into its canonical form (pure);
-//! 5. [`key`] names the output: blake3 over the source fingerprint, the canonical request and the
-//!    encoder settings, sent as the strong `ETag`;
-//! 6. [`store`] answers from the derivative store when the key is there (files are the truth, sled
-//!    only indexes them);
-//! 7. [`render`] otherwise takes the source's cheapest route to the region's pixels (libjpeg with
-//!    DCT scaling and cropping, zune-jpeg at full size, pyramidal TIFF tiles, JPEG 2000 reduction, a cached decoded
-//!    level, or the source's tiled copy), then crops, scales, mirrors, rotates, applies the quality and
-//!    encodes, on a bounded worker pool; [`flight`] makes concurrent requests for one key share one
-//!    render;
-//! 8. [`store`] persists the result atomically, and [`http`] responds with the canonical `Link`
-//!    header and caching headers.
+//! 5. `key` names the output: blake3 over the fingerprint, the canonical request and the encoder
+//!    settings, sent as the strong `ETag`;
+//! 6. `store` answers from the derivative store when the key is there (files are the truth, sled
+//!    only indexes them, in `store::index`);
+//! 7. `render` otherwise plans the cheapest route to the region's pixels (`render::plan`, pure),
+//!    decodes (`render::decode`: libjpeg with DCT scaling and cropping, pyramidal TIFF tiles, JPEG
+//!    2000 reduction, a cached decoded level), applies the pixel operations (`render::ops`, pure)
+//!    and encodes (`render::encode`), on the bounded worker pool (`render::pool`);
+//! 8. `store` persists the result atomically, and `http` responds with the canonical `Link` header
+//!    and caching headers.
 //!
-//! [`service`] runs steps 3-8 without knowing HTTP; [`error`] holds the one error type and its one
-//! mapping to statuses; [`config`] the configuration. Dependencies point one way: `http` -> `service` ->
-//! {`iiif`, `key`, `source`, `render`, `store`}, `render` -> `source` (format structure, read-only), and
-//! `iiif` depends on nothing of ours.
+//! `pipeline` runs steps 3-8 without knowing HTTP (with single flight: one render per key however
+//! many wait for it); `crawl` pre-warms the store through the pipeline's low-priority lane; `app` is
+//! the composition root that wires them from a [`config::Config`]; `daemon` puts an [`App`] behind
+//! the listeners until a signal; [`error`] maps every module's typed error to HTTP statuses in one
+//! place. Dependencies point one way, from the top down: `daemon` -> `http` -> `app` -> `crawl` ->
+//! `pipeline` -> {`render`, `store`, `key`} -> `source` -> `iiif`, which depends on nothing of ours.
 #![deny(missing_docs)]
+#![deny(unreachable_pub)]
 
+mod app;
 pub mod cli;
 pub mod config;
-pub mod crawl;
+mod crawl;
+mod daemon;
 pub mod error;
-pub mod flight;
-pub mod http;
+mod http;
 pub mod iiif;
-pub mod key;
-pub mod metrics;
-pub mod render;
-pub mod service;
+#[doc(hidden)]
+pub mod internals;
+mod key;
+mod metrics;
+mod pipeline;
+mod render;
 pub mod source;
-pub mod store;
-pub mod warm;
+mod store;
+mod warm;
+
+pub use app::App;
+pub use http::{handle, handle_admin};
+pub use render::RenderError;
+pub use store::{IndexError, StoreError};

@@ -14,7 +14,7 @@ const BUCKETS: [f64; 12] = [
 const VERSIONS: [&str; 4] = ["3", "2", "1", "other"];
 
 /// Counters kept by the service and the HTTP layer.
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Renders performed.
     pub renders: AtomicU64,
     /// Requests that waited on another request's render.
@@ -48,7 +48,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Record one render's duration.
-    pub fn observe_render(&self, d: Duration) {
+    pub(crate) fn observe_render(&self, d: Duration) {
         self.renders.fetch_add(1, Ordering::Relaxed);
         let secs = d.as_secs_f64();
         for (i, le) in BUCKETS.iter().enumerate() {
@@ -62,7 +62,7 @@ impl Metrics {
     }
 
     /// Count one answered request by API version (`"3"`, `"2"`, `"1"` or `"other"`) and status.
-    pub fn count_request(&self, version: &str, status: u16) {
+    pub(crate) fn count_request(&self, version: &str, status: u16) {
         let v = VERSIONS.iter().position(|x| *x == version).unwrap_or(3);
         if let Some(slot) = status
             .checked_sub(100)
@@ -73,7 +73,7 @@ impl Metrics {
     }
 
     /// Append this struct's metrics to `out`.
-    pub fn render_into(&self, out: &mut String) {
+    pub(crate) fn render_into(&self, out: &mut String) {
         counter(
             out,
             "iiifd_renders_total",
@@ -136,7 +136,7 @@ impl Metrics {
 }
 
 /// Append one counter.
-pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+pub(crate) fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
         "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
@@ -144,7 +144,7 @@ pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
 }
 
 /// Append one gauge.
-pub fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+pub(crate) fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
         "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"

@@ -76,7 +76,7 @@ fn request(
 }
 
 /// Run `iiifd warm`.
-pub fn run(args: &WarmArgs) -> ExitCode {
+pub(crate) fn run(args: &WarmArgs) -> ExitCode {
     match warm(args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

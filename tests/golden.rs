@@ -70,7 +70,11 @@ fn golden_canonical_table() {
                     }
                 }
             }
-            Err(e) => assert_eq!(e.status().to_string(), expected, "line {n}: {line}: {e}"),
+            Err(e) => assert_eq!(
+                e.status().as_u16().to_string(),
+                expected,
+                "line {n}: {line}: {e}"
+            ),
         }
         checked += 1;
     }

@@ -302,7 +302,7 @@ fn fuzz_regressions_decode_to_an_error_or_a_real_image() {
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).expect("regressions").flatten() {
         let bytes = std::fs::read(entry.path()).expect("read");
-        if let Ok(img) = iiifd::render::decode_bytes(&bytes, 64 << 20) {
+        if let Ok(img) = iiifd::internals::decode_bytes(&bytes, 64 << 20) {
             assert!(
                 img.width() > 0 && img.height() > 0,
                 "{}",

@@ -1,14 +1,20 @@
-//! The HTTP API end to end, against the real binary.
+//! The HTTP API, in-process: the library's `App` answers `http::Request` values (no socket, no
+//! process). Routes, headers, conditional requests, CORS, errors and the admin API. What needs a
+//! process (exit codes, signals) is at the end, against the real binary.
 
-use crate::common::{raw, Server};
+use crate::common::inproc::InProcess;
+use crate::common::Server;
 use image::GenericImageView;
 use std::process::Command;
+
+/// The public URL the in-process harness's `Host` header gives.
+const ORIGIN: &str = "http://iiifd.test";
 
 const CHART: &str = "/iiif/3/chart";
 
 #[test]
 fn readme_example_serves_a_jpeg() {
-    let s = Server::start();
+    let s = InProcess::start();
     let r = s.get(&format!("{CHART}/full/max/0/default.jpg"));
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("image/jpeg"));
@@ -19,7 +25,7 @@ fn readme_example_serves_a_jpeg() {
 
 #[test]
 fn info_json_in_every_version() {
-    let s = Server::start();
+    let s = InProcess::start();
     let v3 = s.get(&format!("{CHART}/info.json"));
     assert_eq!(v3.status, 200);
     assert_eq!(v3.header("content-type"), Some("application/json"));
@@ -28,7 +34,7 @@ fn info_json_in_every_version() {
         Some("<http://iiif.io/api/image/3/level2.json>;rel=\"profile\"")
     );
     let j = v3.json();
-    assert_eq!(j["id"], format!("http://{}/iiif/3/chart", s.addr));
+    assert_eq!(j["id"], format!("{ORIGIN}/iiif/3/chart"));
     assert_eq!(
         (j["width"].as_u64(), j["height"].as_u64()),
         (Some(1600), Some(1000))
@@ -50,7 +56,7 @@ fn info_json_in_every_version() {
     );
 
     let v2 = s.get("/iiif/2/chart/info.json").json();
-    assert_eq!(v2["@id"], format!("http://{}/iiif/2/chart", s.addr));
+    assert_eq!(v2["@id"], format!("{ORIGIN}/iiif/2/chart"));
     assert_eq!(v2["profile"][0], "http://iiif.io/api/image/2/level2.json");
     let v1 = s.get("/iiif/1/chart/info.json").json();
     assert_eq!(
@@ -62,7 +68,7 @@ fn info_json_in_every_version() {
 
 #[test]
 fn public_id_follows_forwarded_headers_and_config() {
-    let s = Server::start();
+    let s = InProcess::start();
     let fwd = s.request(
         "GET",
         "/iiif/3/chart/info.json",
@@ -81,14 +87,11 @@ fn public_id_follows_forwarded_headers_and_config() {
         "/iiif/3/chart/info.json",
         &[("X-Forwarded-Host", "evil\"><script>")],
     );
-    assert_eq!(
-        hostile.json()["id"],
-        format!("http://{}/iiif/3/chart", s.addr)
-    );
+    assert_eq!(hostile.json()["id"], format!("{ORIGIN}/iiif/3/chart"));
     drop(s);
-    let s = Server::start_with(
-        &[],
-        &[("IIIFD_PUBLIC_BASE_URL", "https://cdn.example.org/iiif")],
+    let s = InProcess::with(
+        |c| c.public_base_url = "https://cdn.example.org/iiif".into(),
+        None,
     );
     assert_eq!(
         s.get("/iiif/2/chart/info.json").json()["@id"],
@@ -98,23 +101,23 @@ fn public_id_follows_forwarded_headers_and_config() {
 
 #[test]
 fn base_uri_redirects_to_info() {
-    let s = Server::start();
+    let s = InProcess::start();
     let r = s.get("/iiif/3/collection%2Fpage");
     assert_eq!(r.status, 303);
     assert_eq!(
         r.header("location"),
-        Some(format!("http://{}/iiif/3/collection%2Fpage/info.json", s.addr).as_str())
+        Some(format!("{ORIGIN}/iiif/3/collection%2Fpage/info.json").as_str())
     );
 }
 
 #[test]
 fn encoded_slash_names_a_subfolder() {
-    let s = Server::start();
+    let s = InProcess::start();
     let info = s.get("/iiif/3/collection%2Fpage/info.json");
     assert_eq!(info.status, 200);
     assert_eq!(
         info.json()["id"],
-        format!("http://{}/iiif/3/collection%2Fpage", s.addr)
+        format!("{ORIGIN}/iiif/3/collection%2Fpage")
     );
     let img = s.get("/iiif/2/collection%2Fpage/full/300,/0/default.png");
     assert_eq!(img.status, 200);
@@ -125,7 +128,7 @@ fn encoded_slash_names_a_subfolder() {
 
 #[test]
 fn head_and_options() {
-    let s = Server::start();
+    let s = InProcess::start();
     let get = s.get(&format!("{CHART}/full/200,/0/default.jpg"));
     let head = s.request("HEAD", &format!("{CHART}/full/200,/0/default.jpg"), &[]);
     assert_eq!(head.status, 200);
@@ -156,7 +159,7 @@ fn head_and_options() {
 
 #[test]
 fn equivalent_spellings_share_etag_and_canonical_link() {
-    let s = Server::start();
+    let s = InProcess::start();
     let spellings = [
         "/iiif/3/chart/full/pct:50/0/default.jpg",
         "/iiif/3/chart/0,0,1600,1000/800,500/0/default.jpg",
@@ -171,7 +174,7 @@ fn equivalent_spellings_share_etag_and_canonical_link() {
         assert_eq!(r.header("etag"), responses[0].header("etag"), "{p}");
         assert_eq!(r.image().dimensions(), (800, 500), "{p}");
     }
-    let base = format!("http://{}", s.addr);
+    let base = ORIGIN;
     assert_eq!(
         responses[0].header("link"),
         Some(
@@ -193,7 +196,7 @@ fn equivalent_spellings_share_etag_and_canonical_link() {
 
 #[test]
 fn conditional_requests() {
-    let s = Server::start();
+    let s = InProcess::start();
     let url = format!("{CHART}/full/100,/0/default.jpg");
     let first = s.get(&url);
     let etag = first.header("etag").unwrap_or("").to_owned();
@@ -234,7 +237,7 @@ fn conditional_requests() {
 
 #[test]
 fn replaced_source_gets_a_new_key() {
-    let s = Server::start();
+    let s = InProcess::start();
     let url = "/iiif/3/rings/full/64,/0/default.png";
     let before = s.get(url);
     let path = s.images.join("rings.png");
@@ -265,7 +268,7 @@ fn mean_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
 
 #[test]
 fn pixels_follow_region_size_mirror_rotation_quality() {
-    let s = Server::start();
+    let s = InProcess::start();
     let source = image::open(s.images.join("chart.jpg"))
         .expect("decode source")
         .to_rgb8();
@@ -346,7 +349,7 @@ fn pixels_follow_region_size_mirror_rotation_quality() {
 
 #[test]
 fn corrupt_and_oversized_sources() {
-    let s = Server::start();
+    let s = InProcess::start();
     let bytes = std::fs::read(s.images.join("chart.jpg")).expect("read");
     std::fs::write(s.images.join("truncated.jpg"), &bytes[..bytes.len() / 3]).expect("write");
     std::fs::write(s.images.join("garbage.png"), b"this is not an image").expect("write");
@@ -361,7 +364,7 @@ fn corrupt_and_oversized_sources() {
     );
     assert_eq!(s.get("/health").status, 200);
     drop(s);
-    let s = Server::start_with(&[], &[("IIIFD_LIMITS__MAX_SOURCE_PIXELS", "1000000")]);
+    let s = InProcess::with(|c| c.limits.max_source_pixels = 1_000_000, None);
     let r = s.get("/iiif/3/chart/full/100,/0/default.jpg");
     assert_eq!(r.status, 501);
     assert!(r.text().contains("max_source_pixels"), "{}", r.text());
@@ -374,27 +377,31 @@ fn corrupt_and_oversized_sources() {
 
 #[test]
 fn full_queue_answers_503_with_retry_after() {
-    let s = Server::start_with(
-        &[],
-        &[("IIIFD_RENDER__WORKERS", "1"), ("IIIFD_RENDER__QUEUE", "0")],
+    let s = InProcess::with(
+        |c| {
+            c.render.workers = 1;
+            c.render.queue = 0;
+        },
+        None,
     );
-    let addr = s.addr;
-    let handles: Vec<_> = (0..12)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let req = format!(
-                    "GET /iiif/3/chart/full/^{},/{}/default.png HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                    3000 + i,
-                    i
-                );
-                raw(addr, req.as_bytes())
+    let responses: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let s = &s;
+                scope.spawn(move || {
+                    s.get(&format!(
+                        "/iiif/3/chart/full/^{},/{}/default.png",
+                        3000 + i,
+                        i
+                    ))
+                })
             })
-        })
-        .collect();
-    let responses: Vec<_> = handles
-        .into_iter()
-        .map(|h| h.join().expect("thread"))
-        .collect();
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
     let busy: Vec<_> = responses.iter().filter(|r| r.status == 503).collect();
     assert!(
         !busy.is_empty(),
@@ -408,6 +415,116 @@ fn full_queue_answers_503_with_retry_after() {
         s.get("/iiif/3/rings/full/10,/0/default.jpg").status,
         200,
         "recovers when idle"
+    );
+}
+
+#[test]
+fn errors_name_the_problem_with_the_right_status() {
+    let s = InProcess::start();
+    for (path, status, says) in [
+        ("/iiif/3/chart/full/max/0/default.jpgx", 400, "format"),
+        ("/iiif/3/chart/nonsense/max/0/default.jpg", 400, "region"),
+        ("/iiif/3/chart/0,0,10,10/20,20/0/default.jpg", 400, "upscal"),
+        ("/iiif/3/nothing/info.json", 404, "no image"),
+        ("/iiif/3/chart/full/max/0/default.pdf", 501, "pdf"),
+        ("/iiif/9/chart/info.json", 400, "version"),
+        ("/elsewhere", 404, "expected"),
+    ] {
+        let r = s.get(path);
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert!(
+            r.text().to_lowercase().contains(says),
+            "{path}: {}",
+            r.text()
+        );
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{path}");
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
+    }
+    let put = s.request("PUT", "/iiif/3/chart/info.json", &[]);
+    assert_eq!(
+        (put.status, put.header("allow")),
+        (405, Some("GET, HEAD, OPTIONS"))
+    );
+}
+
+#[test]
+fn admin_api_in_process() {
+    let s = InProcess::with(|c| c.admin.token = "sesame".into(), None);
+    let auth = [("Authorization", "Bearer sesame")];
+    // Health needs no token; everything else does, and says how to give it.
+    assert_eq!(s.admin("GET", "/health", &[], b"").status, 200);
+    let denied = s.admin("GET", "/metrics", &[], b"");
+    assert_eq!(denied.status, 401);
+    assert_eq!(denied.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(s.get("/iiif/3/chart/full/64,/0/default.jpg").status, 200);
+    let metrics = s.admin("GET", "/metrics", &auth, b"").text();
+    assert!(metrics.contains("iiifd_renders_total 1"), "{metrics}");
+    let stats = s.admin("GET", "/admin/store/stats", &auth, b"").json();
+    assert_eq!(stats["objects"], 1, "{stats}");
+    let verify = s.admin("POST", "/admin/store/verify", &auth, b"").json();
+    assert_eq!(verify["bad"], 0, "{verify}");
+    let purge = s
+        .admin("POST", "/admin/store/purge?id=chart", &auth, b"")
+        .json();
+    assert_eq!(purge["purged"], 1, "{purge}");
+    assert_eq!(
+        s.admin("POST", "/admin/store/purge", &auth, b"").status,
+        400,
+        "purge without an id"
+    );
+    let wrong = s.admin("DELETE", "/admin/store/stats", &auth, b"");
+    assert_eq!(
+        (wrong.status, wrong.header("allow")),
+        (405, Some("GET, POST"))
+    );
+    // The crawl API: validated by serde, unknown jobs are 404, jobs run to "done".
+    for bad in [
+        &b"{\"versions\": [7], \"identifiers\": [\"chart\"]}"[..],
+        b"not json",
+        b"{}",
+    ] {
+        assert_eq!(
+            s.admin("POST", "/admin/crawl", &auth, bad).status,
+            400,
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert_eq!(
+        s.admin(
+            "POST",
+            "/admin/crawl",
+            &auth,
+            b"{\"identifiers\": [\"nothing\"]}"
+        )
+        .status,
+        404
+    );
+    let accepted = s.admin(
+        "POST",
+        "/admin/crawl",
+        &auth,
+        br#"{"identifiers": ["rings"], "levels": [1], "thumbnails": ["!100,100"]}"#,
+    );
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    let id = accepted.json()["id"].as_str().unwrap_or("").to_owned();
+    s.wait_for("the crawl job", |s| {
+        s.admin("GET", &format!("/admin/crawl/{id}"), &auth, b"")
+            .json()["state"]
+            == "done"
+    });
+    let job = s
+        .admin("GET", &format!("/admin/crawl/{id}"), &auth, b"")
+        .json();
+    assert!(job["rendered"].as_u64().unwrap_or(0) >= 3, "{job}");
+    assert_eq!(s.admin("GET", "/admin/crawl/nope", &auth, b"").status, 404);
+    assert_eq!(
+        s.admin("DELETE", "/admin/crawl/nope", &auth, b"").status,
+        404
+    );
+    assert_eq!(
+        s.admin("GET", "/admin/crawl", &auth, b"").json()[0]["id"],
+        id.as_str()
     );
 }
 
@@ -430,7 +547,14 @@ fn invalid_config_exits_2_naming_the_key() {
         .arg("--version")
         .output()
         .expect("run");
-    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+    // The JPEG codec and whether SIMD code is in use, plainly.
+    assert!(version.contains("JPEG: libjpeg"), "{version}");
+    assert!(
+        version.contains("SIMD") || version.contains("AVX2") || version.contains("plain C"),
+        "{version}"
+    );
 }
 
 #[test]

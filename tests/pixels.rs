@@ -7,8 +7,28 @@
 use crate::common::images::{
     flat_huge_jpeg, jpeg, split_tables, tiled_tiff, with_orientation, TileCoding,
 };
-use crate::common::Server;
+use crate::common::inproc::InProcess;
+use crate::common::{Response, Server};
+use iiifd::source::memory::MemoryBackend;
 use image::{imageops::FilterType, DynamicImage, RgbImage};
+use std::sync::Arc;
+
+/// Anything that answers GET: the real binary, or the library in-process.
+trait Get {
+    fn get(&self, path: &str) -> Response;
+}
+
+impl Get for Server {
+    fn get(&self, path: &str) -> Response {
+        Server::get(self, path)
+    }
+}
+
+impl Get for InProcess {
+    fn get(&self, path: &str) -> Response {
+        InProcess::get(self, path)
+    }
+}
 
 /// A smooth test picture with edges: gradients, a disc and bars (no noise, so resampler differences
 /// stay small and real errors stand out).
@@ -217,7 +237,7 @@ fn difference(a: &DynamicImage, b: &DynamicImage) -> (f64, f64) {
     (sum as f64 / (3 * n) as f64, far as f64 / n as f64)
 }
 
-fn check(server: &Server, identifier: &str, full: &DynamicImage, mean_limit: f64) {
+fn check(server: &impl Get, identifier: &str, full: &DynamicImage, mean_limit: f64) {
     for case in cases() {
         let url = format!("/iiif/3/{identifier}/{}", case.path);
         let r = server.get(&url);
@@ -240,39 +260,132 @@ fn check(server: &Server, identifier: &str, full: &DynamicImage, mean_limit: f64
     }
 }
 
+/// The sources of the pixel checks, by file name: the picture as PNG, flat TIFF, WebP, GIF and JPEG
+/// (decoded whole by the image crate, or by libjpeg), a JPEG with EXIF orientation 6, and pyramidal
+/// TIFFs and BigTIFFs with each tile coding.
+fn corpus(pic: &RgbImage) -> Vec<(&'static str, Vec<u8>)> {
+    let encoded = |format: image::ImageFormat| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(pic.clone())
+            .write_to(&mut out, format)
+            .expect("encode");
+        out.into_inner()
+    };
+    let turned = DynamicImage::ImageRgb8(pic.clone()).rotate270().to_rgb8();
+    let levels: Vec<RgbImage> = (0..4)
+        .map(|k| {
+            let (w, h) = (W.div_ceil(1 << k), H.div_ceil(1 << k));
+            image::imageops::resize(pic, w, h, FilterType::Triangle)
+        })
+        .collect();
+    vec![
+        ("p.png", encoded(image::ImageFormat::Png)),
+        ("flat.tif", encoded(image::ImageFormat::Tiff)),
+        ("p.webp", encoded(image::ImageFormat::WebP)),
+        ("p.gif", encoded(image::ImageFormat::Gif)),
+        ("p.jpg", jpeg(pic, 95)),
+        ("turned.jpg", with_orientation(&jpeg(&turned, 95), 6)),
+        (
+            "pyr.tif",
+            tiled_tiff(&levels, 256, TileCoding::JpegTables, false),
+        ),
+        (
+            "pyr-full-jpeg.tif",
+            tiled_tiff(&levels, 256, TileCoding::Jpeg, false),
+        ),
+        (
+            "pyr-raw.tif",
+            tiled_tiff(&levels, 256, TileCoding::Raw, false),
+        ),
+        (
+            "pyr-big.tif",
+            tiled_tiff(&levels, 256, TileCoding::JpegTables, true),
+        ),
+    ]
+}
+
+/// The picture as JPEG 2000, written by opj_compress (Debian's libopenjp2-tools, installed by
+/// tests/setup.sh), lossless: tiled with five resolutions, and untiled as a raw codestream.
+fn jp2_corpus(pic: &RgbImage) -> Vec<(&'static str, Vec<u8>)> {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let png = tmp.path().join("for-jp2.png");
+    DynamicImage::ImageRgb8(pic.clone())
+        .save(&png)
+        .expect("png");
+    [
+        ("tiled.jp2", &["-t", "256,256", "-n", "5"][..]),
+        ("plain.j2k", &["-n", "4"][..]),
+    ]
+    .into_iter()
+    .map(|(name, extra)| {
+        let out = tmp.path().join(name);
+        let status = std::process::Command::new("opj_compress")
+            .arg("-i")
+            .arg(&png)
+            .arg("-o")
+            .arg(&out)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("opj_compress (apt-get install libopenjp2-tools) must be installed");
+        assert!(status.success(), "opj_compress failed for {name}");
+        (name, std::fs::read(&out).expect("read"))
+    })
+    .collect()
+}
+
+#[test]
+fn the_memory_backend_answers_like_the_directory() {
+    let pic = picture(W, H);
+    let mut files = corpus(&pic);
+    files.extend(jp2_corpus(&pic));
+    let memory = Arc::new(MemoryBackend::new());
+    for (name, bytes) in &files {
+        memory.insert(name, bytes.clone());
+    }
+    let from_memory = InProcess::with(|_| {}, Some(memory));
+    let from_dir = InProcess::start();
+    for (name, bytes) in &files {
+        std::fs::write(from_dir.images.join(name), bytes).expect("write");
+    }
+    for (name, _) in &files {
+        let info = format!("/iiif/3/{name}/info.json");
+        let (a, b) = (from_memory.get(&info), from_dir.get(&info));
+        assert_eq!(
+            (a.status, a.json()["width"].clone()),
+            (b.status, b.json()["width"].clone()),
+            "{info}"
+        );
+        for case in cases() {
+            let url = format!("/iiif/3/{name}/{}", case.path);
+            let (a, b) = (from_memory.get(&url), from_dir.get(&url));
+            assert_eq!(a.status, 200, "{url}: {}", a.text());
+            assert_eq!(a.status, b.status, "{url}");
+            assert!(
+                a.body == b.body,
+                "{url}: the two backends rendered different bytes"
+            );
+        }
+    }
+    // Nothing of the memory backend's reached the file system: no source path was ever looked at.
+    assert_eq!(from_memory.get("/iiif/3/chart/info.json").status, 404);
+}
+
 #[test]
 fn every_source_format_matches_a_reference_decoder() {
     let server = Server::start();
     let pic = picture(W, H);
     let dir = &server.images;
-    // Formats decoded whole by the image crate: the reference decodes the same file.
-    DynamicImage::ImageRgb8(pic.clone())
-        .save(dir.join("p.png"))
-        .expect("png");
-    DynamicImage::ImageRgb8(pic.clone())
-        .save(dir.join("flat.tif"))
-        .expect("tif");
-    DynamicImage::ImageRgb8(pic.clone())
-        .save(dir.join("p.webp"))
-        .expect("webp");
-    DynamicImage::ImageRgb8(pic.clone())
-        .save(dir.join("p.gif"))
-        .expect("gif");
-    // JPEG, decoded by libjpeg-turbo in iiifd and by the image crate's decoder here.
-    let jpg = jpeg(&pic, 95);
-    std::fs::write(dir.join("p.jpg"), &jpg).expect("jpg");
+    let files = corpus(&pic);
+    for (name, bytes) in &files {
+        std::fs::write(dir.join(name), bytes).expect("write");
+    }
     for id in ["p.png", "flat.tif", "p.webp", "p.gif", "p.jpg"] {
         let full = image::open(dir.join(id)).expect("reference decode");
         check(&server, id, &full, 2.5);
     }
 
     // EXIF orientation 6 (stored turned a quarter anticlockwise): stored 900x1200, displayed 1200x900.
-    let turned = DynamicImage::ImageRgb8(pic.clone()).rotate270().to_rgb8();
-    std::fs::write(
-        dir.join("turned.jpg"),
-        with_orientation(&jpeg(&turned, 95), 6),
-    )
-    .expect("jpg");
     let info = server.get("/iiif/3/turned.jpg/info.json").json();
     assert_eq!(
         (info["width"].as_u64(), info["height"].as_u64()),
@@ -284,20 +397,8 @@ fn every_source_format_matches_a_reference_decoder() {
     check(&server, "turned.jpg", &shown, 2.5);
 
     // Pyramidal TIFF and BigTIFF: the reference is the picture the levels were made from.
-    let levels: Vec<RgbImage> = (0..4)
-        .map(|k| {
-            let (w, h) = (W.div_ceil(1 << k), H.div_ceil(1 << k));
-            image::imageops::resize(&pic, w, h, FilterType::Triangle)
-        })
-        .collect();
     let full = DynamicImage::ImageRgb8(pic.clone());
-    for (name, coding, big) in [
-        ("pyr.tif", TileCoding::JpegTables, false),
-        ("pyr-full-jpeg.tif", TileCoding::Jpeg, false),
-        ("pyr-raw.tif", TileCoding::Raw, false),
-        ("pyr-big.tif", TileCoding::JpegTables, true),
-    ] {
-        std::fs::write(dir.join(name), tiled_tiff(&levels, 256, coding, big)).expect("tif");
+    for name in ["pyr.tif", "pyr-full-jpeg.tif", "pyr-raw.tif", "pyr-big.tif"] {
         let info = server.get(&format!("/iiif/3/{name}/info.json")).json();
         assert_eq!(
             info["tiles"][0]["width"], 256,
@@ -312,27 +413,8 @@ fn jpeg2000_sources_match_the_reference() {
     let server = Server::start();
     let pic = picture(W, H);
     let dir = &server.images;
-    let png = dir.join("for-jp2.png");
-    DynamicImage::ImageRgb8(pic.clone())
-        .save(&png)
-        .expect("png");
-    // opj_compress (Debian's libopenjp2-tools, installed by .ci/run) writes lossless files: tiled
-    // with five resolutions, untiled as a raw codestream.
-    for (name, extra) in [
-        ("tiled.jp2", &["-t", "256,256", "-n", "5"][..]),
-        ("plain.j2k", &["-n", "4"][..]),
-    ] {
-        let out = dir.join(name);
-        let status = std::process::Command::new("opj_compress")
-            .arg("-i")
-            .arg(&png)
-            .arg("-o")
-            .arg(&out)
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("opj_compress (apt-get install libopenjp2-tools) must be installed");
-        assert!(status.success(), "opj_compress failed for {name}");
+    for (name, bytes) in jp2_corpus(&pic) {
+        std::fs::write(dir.join(name), bytes).expect("write");
         let info = server.get(&format!("/iiif/3/{name}/info.json")).json();
         assert_eq!(
             (info["width"].as_u64(), info["height"].as_u64()),

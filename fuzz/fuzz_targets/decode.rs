@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(img) = iiifd::render::decode_bytes(data, 64 << 20) {
+    if let Ok(img) = iiifd::internals::decode_bytes(data, 64 << 20) {
         assert!(img.width() > 0 && img.height() > 0);
     }
 });

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 /// Whether a GET/HEAD with these validators should be answered 304 (RFC 9110 §13.2.2): `If-None-Match`
 /// decides when present (weak comparison); otherwise `If-Modified-Since`, which is ignored when it does
 /// not parse as an HTTP date.
-pub fn not_modified(
+pub(crate) fn not_modified(
     if_none_match: Option<&str>,
     if_modified_since: Option<&str>,
     etag: Option<&str>,
@@ -39,7 +39,7 @@ pub fn not_modified(
 
 /// The format a 1.1 request without an extension gets: the highest-`q` image type in `Accept` that
 /// iiifd renders, else jpg.
-pub fn negotiate_format(accept: Option<&str>) -> Format {
+pub(crate) fn negotiate_format(accept: Option<&str>) -> Format {
     let mut best: Option<(f32, Format)> = None;
     for item in accept.unwrap_or("").split(',') {
         let mut parts = item.split(';').map(str::trim);
@@ -62,7 +62,7 @@ pub fn negotiate_format(accept: Option<&str>) -> Format {
 }
 
 /// The `Content-Type` of info.json (3.0 §6, 2.1 §6): JSON-LD only when the client asks for it.
-pub fn info_content_type(version: ApiVersion, accept: Option<&str>) -> String {
+pub(crate) fn info_content_type(version: ApiVersion, accept: Option<&str>) -> String {
     let wants_ld = accept.is_some_and(|a| a.to_ascii_lowercase().contains("application/ld+json"));
     match (version, wants_ld) {
         (ApiVersion::V3, true) => {
@@ -75,7 +75,7 @@ pub fn info_content_type(version: ApiVersion, accept: Option<&str>) -> String {
 
 /// Forwarding headers, as received.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Forwarded<'a> {
+pub(crate) struct Forwarded<'a> {
     /// `X-Forwarded-Proto`.
     pub proto: Option<&'a str>,
     /// `X-Forwarded-Host`.
@@ -106,7 +106,7 @@ fn valid_prefix(p: &str) -> bool {
 /// Host or fallback}{X-Forwarded-Prefix}{prefix}`: the forwarded prefix is where the proxy mounted
 /// iiifd's root, prepended to iiifd's own prefix. Header values that are not plain host names or paths
 /// are ignored, never echoed, so a hostile header cannot inject text into info.json or Link headers.
-pub fn public_base(
+pub(crate) fn public_base(
     configured: &str,
     prefix: &str,
     fwd: Forwarded<'_>,

@@ -1,19 +1,23 @@
 //! The HTTP edge: the only module that knows hyper. It accepts connections (HTTP/1.1 keep-alive and
-//! HTTP/2 with prior knowledge on one listener), routes requests ([`routes`]) and maps every
-//! [`crate::error::Error`] to a response in one place ([`response`]).
+//! HTTP/2 with prior knowledge on one listener), reads each request's body (bounded), and hands
+//! plain `http::Request<Bytes>` values to the routers ([`routes`] for the public listener, [`admin`]
+//! for the admin one), which every test can call in-process; [`response`] holds the one place
+//! where an [`crate::error::Error`] becomes a response.
 
-pub mod admin;
-pub mod headers;
-pub mod response;
-pub mod routes;
-pub mod viewer;
+pub(crate) mod admin;
+pub(crate) mod headers;
+pub(crate) mod response;
+pub(crate) mod routes;
+pub(crate) mod viewer;
 
+use crate::app::App;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use response::Body;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,15 +28,29 @@ use tokio::sync::{mpsc, watch};
 
 /// Limits of one listener.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Clients must send their request headers within this time (slowloris protection).
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// Connections served at once.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// After shutdown begins, in-flight requests get this long to finish; then each one still
     /// waiting is answered 503 (`Retry-After: 1`) instead of being dropped.
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
 }
+
+/// Answer one request of the public listener, its body already read: what the server does for each
+/// request, and what tests call to exercise the routes in-process.
+pub async fn handle(app: &Arc<App>, req: Request<Bytes>) -> Response<Bytes> {
+    routes::handle(app, req).await
+}
+
+/// Answer one request of the admin listener (see [`handle`]).
+pub async fn handle_admin(app: &Arc<App>, req: Request<Bytes>) -> Response<Bytes> {
+    admin::handle(app, req).await
+}
+
+/// The largest request body read (a crawl request can carry a manifest); larger ones get 400.
+const MAX_BODY: usize = 16 << 20;
 
 /// After the grace period, how long connections get to send their 503s before they are closed.
 const FINAL_WRITE: Duration = Duration::from_secs(5);
@@ -48,14 +66,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// off and each connection closes after its current request; a fresh connection still reads its first
 /// request (within the header timeout). Requests still unanswered after `shutdown_grace` get a 503
 /// with `Retry-After`; only a connection that cannot take even that within a few more seconds is cut.
-pub async fn serve<H, F>(
+pub(crate) async fn serve<H, F>(
     listener: TcpListener,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    H: Fn(Request<Bytes>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Bytes>> + Send + 'static,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     // `stop` tells connections to finish; `abandon` tells waiting handlers to answer 503. Every
@@ -137,8 +155,8 @@ async fn connection<H, F>(
     mut stop: watch::Receiver<bool>,
     abandon: watch::Receiver<bool>,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    H: Fn(Request<Bytes>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Bytes>> + Send + 'static,
 {
     let _ = stream.set_nodelay(true);
     let h2 = match tokio::time::timeout(limits.header_timeout, is_h2(&stream)).await {
@@ -150,15 +168,22 @@ async fn connection<H, F>(
     let started = Arc::new(AtomicBool::new(false));
     let service = {
         let (started, stop) = (Arc::clone(&started), stop.clone());
-        service_fn(move |req| {
+        service_fn(move |req: Request<Incoming>| {
             started.store(true, Ordering::Relaxed);
-            let fut = handler(req);
+            let handler = handler.clone();
             let (mut abandon, stop) = (abandon.clone(), stop.clone());
             async move {
-                let mut resp = tokio::select! {
-                    resp = fut => resp,
+                let work = async {
+                    match read_body(req).await {
+                        Ok(req) => handler(req).await,
+                        Err(resp) => resp,
+                    }
+                };
+                let resp = tokio::select! {
+                    resp = work => resp,
                     () = raised(&mut abandon) => response::shutting_down(),
                 };
+                let mut resp = resp.map(Full::new);
                 // Shutting down: HTTP/1.1 clients learn that this connection ends after this
                 // response (HTTP/2 says so with GOAWAY).
                 if !h2 && *stop.borrow() {
@@ -209,6 +234,17 @@ async fn connection<H, F>(
     };
     if let Err(e) = result {
         tracing::debug!("connection ended with an error: {e}");
+    }
+}
+
+/// The request with its body read (at most [`MAX_BODY`] bytes), or the error response to send.
+async fn read_body(req: Request<Incoming>) -> Result<Request<Bytes>, Response<Bytes>> {
+    let (parts, body) = req.into_parts();
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(Request::from_parts(parts, collected.to_bytes())),
+        Err(e) => Err(response::error(&crate::error::Error::BadRequest(format!(
+            "cannot read the request body (at most {MAX_BODY} bytes): {e}"
+        )))),
     }
 }
 

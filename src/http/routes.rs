@@ -4,22 +4,32 @@
 
 use super::headers::{info_content_type, negotiate_format, not_modified, public_base, Forwarded};
 use super::response;
+use crate::app::App;
 use crate::error::{Error, Result};
+use crate::iiif::info::{info_json, InfoInput};
 use crate::iiif::parse::{encode_identifier, parse_route, printable, ImageRequest, Route};
 use crate::iiif::ApiVersion;
-use crate::service::{App, Body, CacheStatus};
-use hyper::body::Incoming;
-use hyper::header::HeaderName;
-use hyper::header::{self, HeaderMap};
-use hyper::{Method, Request, Response, StatusCode};
+use crate::pipeline::{Body, CacheStatus};
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The methods the public listener answers.
+const METHODS: &str = "GET, HEAD, OPTIONS";
+
 /// Answer one request. Never fails: errors become responses here.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<response::Body> {
+pub(crate) async fn handle(app: &Arc<App>, req: Request<Bytes>) -> Response<Bytes> {
     let started = Instant::now();
-    let result = route(&app, &req).await;
-    let resp = result.unwrap_or_else(|e| response::error(&e));
+    let result = route(app, &req).await;
+    let mut resp = result.unwrap_or_else(|e| response::error(&e));
+    if req.method() == Method::HEAD {
+        // The headers (Content-Length included) are those of the GET; the body is not sent. hyper
+        // would drop it on the wire too, but in-process callers see what the edge returns.
+        *resp.body_mut() = Bytes::new();
+    }
     let path = req.uri().path();
     let version = path
         .strip_prefix(app.config().prefix.as_str())
@@ -40,18 +50,16 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<response:
     resp
 }
 
-async fn route(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<response::Body>> {
+async fn route(app: &Arc<App>, req: &Request<Bytes>) -> Result<Response<Bytes>> {
     if req.method() == Method::OPTIONS {
         return Ok(preflight(req.headers()));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Err(Error::MethodNotAllowed);
+        return Err(Error::MethodNotAllowed(METHODS));
     }
     let path = req.uri().path();
     if path == "/health" {
-        let mut resp = response::base(StatusCode::OK, "ok\n");
-        response::set(&mut resp, header::CONTENT_TYPE, "text/plain; charset=utf-8");
-        return Ok(resp);
+        return Ok(response::text(StatusCode::OK, "ok\n"));
     }
     if let Some(id) = path
         .strip_prefix("/viewer/")
@@ -168,7 +176,7 @@ fn flask_iiif_path(app: &App, path: &str) -> Option<String> {
     Some(out)
 }
 
-fn preflight(headers: &HeaderMap) -> Response<response::Body> {
+fn preflight(headers: &HeaderMap) -> Response<Bytes> {
     let mut resp = response::base(StatusCode::NO_CONTENT, "");
     resp.headers_mut().remove(header::CONTENT_LENGTH);
     response::set(
@@ -195,7 +203,7 @@ fn base_redirect(
     version: ApiVersion,
     identifier: &str,
     compat: bool,
-) -> Response<response::Body> {
+) -> Response<Bytes> {
     let location = format!(
         "{}/info.json",
         service_base(app, headers, version, identifier, compat)
@@ -215,10 +223,17 @@ async fn info(
     version: ApiVersion,
     identifier: &str,
     compat: bool,
-) -> Result<Response<response::Body>> {
+) -> Result<Response<Bytes>> {
     let base = service_base(app, headers, version, identifier, compat);
-    let (json, source) = app.info(version, identifier, &base).await?;
-    let modified = source.file.fingerprint.modified();
+    let source = app.pipeline().locate(identifier).await?;
+    let input = InfoInput {
+        id: &base,
+        size: source.size(),
+        limits: *app.pipeline().limits(),
+        tile: source.probe.tile.unwrap_or(app.config().tile_size),
+    };
+    let json = info_json(version, &input);
+    let modified = source.object.modified.unwrap_or(std::time::UNIX_EPOCH);
     let cache_control = format!("public, max-age={}", app.config().http.max_age);
     let last_modified = httpdate::fmt_http_date(modified);
     let conditional = not_modified(
@@ -252,12 +267,15 @@ async fn image(
     identifier: &str,
     request: &ImageRequest,
     compat: bool,
-) -> Result<Response<response::Body>> {
+) -> Result<Response<Bytes>> {
     // Look the object up in the same blocking hop unless the request is conditional (then the key alone
     // may answer it with a 304 and reading the file would be wasted).
     let has_validators = headers.contains_key(header::IF_NONE_MATCH)
         || headers.contains_key(header::IF_MODIFIED_SINCE);
-    let prepared = app.prepare(identifier, request, !has_validators).await?;
+    let prepared = app
+        .pipeline()
+        .prepare(identifier, request, !has_validators)
+        .await?;
     let version = request.version;
     let canonical_url = format!(
         "{}/{}",
@@ -265,7 +283,11 @@ async fn image(
         prepared.canonical.to_path()
     );
     let etag = prepared.key.etag();
-    let modified = prepared.source.file.fingerprint.modified();
+    let modified = prepared
+        .source
+        .object
+        .modified
+        .unwrap_or(std::time::UNIX_EPOCH);
     let conditional = not_modified(
         header_str(headers, header::IF_NONE_MATCH),
         header_str(headers, header::IF_MODIFIED_SINCE),
@@ -278,7 +300,7 @@ async fn image(
         r
     } else {
         let media_type = prepared.canonical.format().media_type();
-        let delivered = app.deliver(prepared).await?;
+        let delivered = app.pipeline().deliver(prepared).await?;
         let mut r = match delivered.body {
             Body::Bytes(bytes) => response::base(StatusCode::OK, bytes),
             Body::Accel(relative) => {
@@ -320,10 +342,10 @@ async fn image(
     Ok(resp)
 }
 
-async fn viewer(app: &Arc<App>, raw_id: &str, query: &str) -> Result<Response<response::Body>> {
+async fn viewer(app: &Arc<App>, raw_id: &str, query: &str) -> Result<Response<Bytes>> {
     let identifier =
         crate::iiif::parse::decode_segment(raw_id, crate::iiif::parse::Part::Identifier)?;
-    app.source(&identifier).await?;
+    app.pipeline().locate(&identifier).await?;
     let version = if query.split('&').any(|kv| kv == "version=2") {
         ApiVersion::V2
     } else {

@@ -11,7 +11,12 @@ use crate::iiif::ApiVersion;
 /// When the OpenSeadragon script cannot be loaded (a machine without internet access and the default
 /// CDN URL, say), the page still shows the image, at most 1600 px a side, and says how to point
 /// `viewer.script_url` at a local copy.
-pub fn page(prefix: &str, script_url: &str, version: ApiVersion, identifier: &str) -> String {
+pub(crate) fn page(
+    prefix: &str,
+    script_url: &str,
+    version: ApiVersion,
+    identifier: &str,
+) -> String {
     let service = format!(
         "{prefix}/{}/{}",
         version.path_segment(),

@@ -8,52 +8,13 @@
 //! the budget is built, used and dropped). Concurrent renders needing one missing level build it once:
 //! the others wait for it.
 
-use crate::error::{Error, Result};
+use super::{RenderError, Result};
+use crate::source::Fingerprint;
 use image::DynamicImage;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Half the size (rounded up) by averaging 2x2 blocks. Written out rather than using the image crate's
-/// resize, whose f32 intermediate for a 12000 px source costs over a gigabyte; this one allocates only
-/// the output. Works on the 8-bit layouts the decoder produces.
-pub fn halve(img: &DynamicImage) -> DynamicImage {
-    fn go(src: &[u8], w: usize, h: usize, c: usize) -> (Vec<u8>, usize, usize) {
-        let (ow, oh) = (w.div_ceil(2).max(1), h.div_ceil(2).max(1));
-        let mut out = vec![0u8; ow * oh * c];
-        for oy in 0..oh {
-            let (y0, y1) = (2 * oy, (2 * oy + 1).min(h - 1));
-            for ox in 0..ow {
-                let (x0, x1) = (2 * ox, (2 * ox + 1).min(w - 1));
-                for ch in 0..c {
-                    let px = |x: usize, y: usize| u32::from(src[(y * w + x) * c + ch]);
-                    let sum = px(x0, y0) + px(x1, y0) + px(x0, y1) + px(x1, y1);
-                    out[(oy * ow + ox) * c + ch] = ((sum + 2) / 4) as u8;
-                }
-            }
-        }
-        (out, ow, oh)
-    }
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let half = |c: usize| go(img.as_bytes(), w, h, c);
-    let fallback = || {
-        img.resize_exact(
-            img.width().div_ceil(2),
-            img.height().div_ceil(2),
-            image::imageops::FilterType::Triangle,
-        )
-    };
-    let channels = match img {
-        DynamicImage::ImageLuma8(_) => 1,
-        DynamicImage::ImageLumaA8(_) => 2,
-        DynamicImage::ImageRgb8(_) => 3,
-        DynamicImage::ImageRgba8(_) => 4,
-        _ => return fallback(),
-    };
-    let (d, ow, oh) = half(channels);
-    super::from_samples(ow as u32, oh as u32, channels, d).unwrap_or_else(fallback)
-}
-
-type Slot = Arc<OnceLock<std::result::Result<Arc<DynamicImage>, Arc<Error>>>>;
+type Slot = Arc<OnceLock<std::result::Result<Arc<DynamicImage>, Arc<RenderError>>>>;
 
 struct Entry {
     slot: Slot,
@@ -63,20 +24,20 @@ struct Entry {
 
 #[derive(Default)]
 struct Inner {
-    map: HashMap<(String, usize), Entry>,
+    map: HashMap<(Fingerprint, usize), Entry>,
     bytes: u64,
     tick: u64,
 }
 
 /// The cache of decoded sources.
-pub struct DecodedCache {
+pub(crate) struct DecodedCache {
     budget: u64,
     inner: Mutex<Inner>,
 }
 
 impl DecodedCache {
     /// A cache holding at most `budget` bytes of pixels (0 disables it).
-    pub fn new(budget: u64) -> DecodedCache {
+    pub(crate) fn new(budget: u64) -> DecodedCache {
         DecodedCache {
             budget,
             inner: Mutex::new(Inner::default()),
@@ -84,38 +45,39 @@ impl DecodedCache {
     }
 
     /// Bytes of pixels held.
-    pub fn bytes(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> u64 {
         self.inner.lock().map(|i| i.bytes).unwrap_or(0)
     }
 
     /// The budget in bytes.
-    pub fn budget(&self) -> u64 {
+    pub(crate) fn budget(&self) -> u64 {
         self.budget
     }
 
-    /// Level `k` of the source named `key` (path and fingerprint) if it is already built.
-    pub fn peek(&self, key: &str, k: usize) -> Option<Arc<DynamicImage>> {
+    /// Level `k` of the source version `key` if it is already built.
+    pub(crate) fn peek(&self, key: &Fingerprint, k: usize) -> Option<Arc<DynamicImage>> {
         let inner = self.inner.lock().ok()?;
-        let e = inner.map.get(&(key.to_owned(), k))?;
+        let e = inner.map.get(&(key.clone(), k))?;
         e.slot.get()?.as_ref().ok().cloned()
     }
 
-    /// Level `k` of the source named `key`, building it with `build` if needed.
-    pub fn get_or_build(
+    /// Level `k` of the source version `key`, building it with `build` if needed.
+    pub(crate) fn get_or_build(
         &self,
-        key: &str,
+        key: &Fingerprint,
         k: usize,
         build: impl FnOnce() -> Result<DynamicImage>,
     ) -> Result<Arc<DynamicImage>> {
         if self.budget == 0 {
             return build().map(Arc::new);
         }
-        let id = (key.to_owned(), k);
+        let id = (key.clone(), k);
         let slot: Slot = {
             let mut inner = self
                 .inner
                 .lock()
-                .map_err(|_| Error::Internal("decoded cache poisoned".into()))?;
+                .map_err(|_| RenderError::Internal("decoded cache poisoned".into()))?;
             inner.tick += 1;
             let tick = inner.tick;
             let entry = inner.map.entry(id.clone()).or_insert_with(|| Entry {
@@ -158,7 +120,7 @@ impl DecodedCache {
                 }
             }
         }
-        result.map_err(Error::Shared)
+        result.map_err(RenderError::Shared)
     }
 
     fn evict(&self, inner: &mut Inner) {
@@ -182,7 +144,12 @@ impl DecodedCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::ops::halve;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn fp(name: &str) -> Fingerprint {
+        Fingerprint::new(name)
+    }
 
     fn img(w: u32, h: u32) -> DynamicImage {
         DynamicImage::ImageRgb8(image::RgbImage::from_pixel(w, h, image::Rgb([9, 9, 9])))
@@ -196,7 +163,7 @@ mod tests {
             .map(|_| {
                 let (c, d) = (Arc::clone(&cache), Arc::clone(&builds));
                 std::thread::spawn(move || {
-                    c.get_or_build("a", 0, || {
+                    c.get_or_build(&fp("a"), 0, || {
                         d.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(std::time::Duration::from_millis(50));
                         Ok(img(100, 100))
@@ -211,42 +178,34 @@ mod tests {
             1,
             "one build for eight concurrent renders"
         );
-        assert!(cache.peek("a", 0).is_some());
-        assert!(cache.peek("a", 1).is_none());
-        let half = cache.get_or_build("a", 1, || {
-            let full = cache.peek("a", 0).ok_or(Error::Internal("gone".into()))?;
+        assert!(cache.peek(&fp("a"), 0).is_some());
+        assert!(cache.peek(&fp("a"), 1).is_none());
+        let half = cache.get_or_build(&fp("a"), 1, || {
+            let full = cache
+                .peek(&fp("a"), 0)
+                .ok_or(RenderError::Internal("gone".into()))?;
             Ok(halve(&full))
         });
         assert_eq!(half.map(|h| (h.width(), h.height())).ok(), Some((50, 50)));
-        let _ = cache.get_or_build("b", 0, || Ok(img(100, 100)));
-        let _ = cache.get_or_build("c", 0, || Ok(img(100, 100)));
+        let _ = cache.get_or_build(&fp("b"), 0, || Ok(img(100, 100)));
+        let _ = cache.get_or_build(&fp("c"), 0, || Ok(img(100, 100)));
         assert!(cache.bytes() <= 2 * 100 * 100 * 3);
         assert!(
-            cache.peek("a", 0).is_none(),
+            cache.peek(&fp("a"), 0).is_none(),
             "least recently used level went first"
         );
-        let big = cache.get_or_build("big", 0, || Ok(img(300, 300)));
+        let big = cache.get_or_build(&fp("big"), 0, || Ok(img(300, 300)));
         assert!(big.is_ok());
         assert!(
-            cache.peek("big", 0).is_none(),
+            cache.peek(&fp("big"), 0).is_none(),
             "a level above the budget is not kept"
         );
         assert!(cache
-            .get_or_build("bad", 0, || Err(Error::Undecodable("x".into())))
+            .get_or_build(&fp("bad"), 0, || Err(RenderError::Undecodable("x".into())))
             .is_err());
         assert!(
-            cache.get_or_build("bad", 0, || Ok(img(2, 2))).is_ok(),
+            cache.get_or_build(&fp("bad"), 0, || Ok(img(2, 2))).is_ok(),
             "failures are retried"
         );
-    }
-
-    #[test]
-    fn halving_rounds_up_and_averages() {
-        let src = DynamicImage::ImageLuma8(image::GrayImage::from_fn(5, 3, |x, _| {
-            image::Luma([if x % 2 == 0 { 0 } else { 200 }])
-        }));
-        let h = halve(&src);
-        assert_eq!((h.width(), h.height()), (3, 2));
-        assert_eq!(h.to_luma8().get_pixel(0, 0).0[0], 100);
     }
 }

@@ -3,20 +3,39 @@
 //! CPU-heavy work (decode, resize, encode) never runs on the async threads. When the queue is full a job
 //! is refused at once ([`PoolError::Busy`], answered 503 with `Retry-After`) rather than piling up
 //! memory and latency. A panicking job is caught on its worker, reported as [`PoolError::Panicked`], and
-//! the worker lives on.
+//! the worker lives on. A job whose requester has gone is not run, and at shutdown the queued jobs are
+//! dropped (their requesters see [`PoolError::Closed`]): by then the HTTP edge has answered or given up
+//! on every request, so running them would only delay the exit (by minutes, on a loaded machine).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use tokio::sync::oneshot;
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+/// A queued job: called with `true` to run it, `false` to drop it unrun.
+type Job = Box<dyn FnOnce(bool) + Send + 'static>;
+
+/// Counts a job as pending from queueing until it has run or been dropped, whichever way it goes.
+struct Pending(Arc<AtomicUsize>);
+
+impl Pending {
+    fn new(count: &Arc<AtomicUsize>) -> Pending {
+        count.fetch_add(1, Ordering::Relaxed);
+        Pending(Arc::clone(count))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Why a job did not produce a value.
 #[derive(Debug, PartialEq, Eq)]
-pub enum PoolError {
+pub(crate) enum PoolError {
     /// The queue is full.
     Busy,
     /// The job panicked (the panic was contained).
@@ -26,25 +45,28 @@ pub enum PoolError {
 }
 
 /// A fixed-size pool of render threads with a bounded queue.
-pub struct RenderPool {
+pub(crate) struct RenderPool {
     sender: Mutex<Option<SyncSender<Job>>>,
     workers: Mutex<Vec<thread::JoinHandle<()>>>,
     size: usize,
     pending: Arc<AtomicUsize>,
+    /// Set at shutdown: workers drop what is still queued instead of running it.
+    closing: Arc<AtomicBool>,
 }
 
 impl RenderPool {
     /// Start `workers` threads (at least one) with room for `queue` waiting jobs.
-    pub fn new(workers: usize, queue: usize) -> RenderPool {
+    pub(crate) fn new(workers: usize, queue: usize) -> RenderPool {
         let size = workers.max(1);
         let (sender, receiver) = sync_channel::<Job>(queue);
         let receiver = Arc::new(Mutex::new(receiver));
+        let closing = Arc::new(AtomicBool::new(false));
         let handles = (0..size)
             .map(|i| {
-                let receiver = Arc::clone(&receiver);
+                let (receiver, closing) = (Arc::clone(&receiver), Arc::clone(&closing));
                 thread::Builder::new()
                     .name(format!("iiifd-render-{i}"))
-                    .spawn(move || worker(&receiver))
+                    .spawn(move || worker(&receiver, &closing))
                     .map_err(|e| tracing::error!("cannot start render thread: {e}"))
                     .ok()
             })
@@ -57,57 +79,58 @@ impl RenderPool {
             workers: Mutex::new(handles),
             size,
             pending: Arc::new(AtomicUsize::new(0)),
+            closing,
         }
     }
 
     /// Number of worker threads.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.size
     }
 
     /// Jobs queued or running.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
     }
 
     /// Run `f` on a worker and await its result.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
+    pub(crate) async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let pending = Arc::clone(&self.pending);
-        let job: Job = Box::new(move || {
-            let result = catch_unwind(AssertUnwindSafe(f));
-            pending.fetch_sub(1, Ordering::Relaxed);
-            // The requester may have gone away; then nobody needs the result.
-            let _ = tx.send(result);
+        let pending = Pending::new(&self.pending);
+        let job: Job = Box::new(move |run| {
+            // Nobody would read the result of a job whose requester has gone away.
+            let result = (run && !tx.is_closed()).then(|| catch_unwind(AssertUnwindSafe(f)));
+            // Uncounted before the requester hears back, so whoever sees a result also sees the
+            // pool one job lighter (the crawl lane waits for idle workers by this count).
+            drop(pending);
+            if let Some(result) = result {
+                let _ = tx.send(result);
+            }
         });
         {
             let guard = self.sender.lock().map_err(|_| PoolError::Closed)?;
             let sender = guard.as_ref().ok_or(PoolError::Closed)?;
-            self.pending.fetch_add(1, Ordering::Relaxed);
             match sender.try_send(job) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    self.pending.fetch_sub(1, Ordering::Relaxed);
-                    return Err(PoolError::Busy);
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    self.pending.fetch_sub(1, Ordering::Relaxed);
-                    return Err(PoolError::Closed);
-                }
+                Err(TrySendError::Full(_)) => return Err(PoolError::Busy),
+                Err(TrySendError::Disconnected(_)) => return Err(PoolError::Closed),
             }
         }
         match rx.await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) | Err(_) => Err(PoolError::Panicked),
+            Ok(Err(_)) => Err(PoolError::Panicked),
+            // Dropped unrun: the pool is shutting down.
+            Err(_) => Err(PoolError::Closed),
         }
     }
 
-    /// Stop taking jobs, let queued and running jobs finish, and join the workers.
-    pub fn shutdown(&self) {
+    /// Stop taking jobs, drop the queued ones, let the running ones finish, and join the workers.
+    pub(crate) fn shutdown(&self) {
+        self.closing.store(true, Ordering::Relaxed);
         if let Ok(mut s) = self.sender.lock() {
             s.take();
         }
@@ -130,7 +153,7 @@ impl Drop for RenderPool {
     }
 }
 
-fn worker(receiver: &Mutex<Receiver<Job>>) {
+fn worker(receiver: &Mutex<Receiver<Job>>, closing: &AtomicBool) {
     loop {
         // Hold the lock only to take one job, never while running it.
         let job = match receiver.lock() {
@@ -138,7 +161,7 @@ fn worker(receiver: &Mutex<Receiver<Job>>) {
             Err(_) => return,
         };
         match job {
-            Ok(job) => job(),
+            Ok(job) => job(!closing.load(Ordering::Relaxed)),
             Err(_) => return,
         }
     }
@@ -185,5 +208,84 @@ mod tests {
         assert_eq!(running.await.ok(), Some(Ok(true)));
         assert_eq!(queued.await.ok(), Some(Ok(1)));
         pool.shutdown();
+    }
+
+    #[tokio::test]
+    async fn shutdown_drops_queued_jobs_and_finishes_the_running_one() {
+        let pool = Arc::new(RenderPool::new(1, 8));
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let started = Arc::new(AtomicBool::new(false));
+        let (p, s) = (Arc::clone(&pool), Arc::clone(&started));
+        let running = tokio::spawn(async move {
+            p.run(move || {
+                s.store(true, Ordering::SeqCst);
+                hold_rx.recv().is_ok()
+            })
+            .await
+        });
+        // Queued is not running: `pending` counts a job from the moment it is queued, so wait until
+        // the worker has really taken it, or shutdown could (rightly) drop it unrun.
+        while !started.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        let ran = Arc::new(AtomicUsize::new(0));
+        let queued: Vec<_> = (0..3)
+            .map(|_| {
+                let (p, ran) = (Arc::clone(&pool), Arc::clone(&ran));
+                tokio::spawn(
+                    async move { p.run(move || ran.fetch_add(1, Ordering::Relaxed)).await },
+                )
+            })
+            .collect();
+        while pool.pending() < 4 {
+            tokio::task::yield_now().await;
+        }
+        let p = Arc::clone(&pool);
+        let stopping = std::thread::spawn(move || p.shutdown());
+        while !pool.closing.load(Ordering::Relaxed) {
+            tokio::task::yield_now().await;
+        }
+        hold_tx.send(()).ok();
+        assert_eq!(
+            running.await.ok(),
+            Some(Ok(true)),
+            "the running job finished"
+        );
+        for q in queued {
+            assert_eq!(q.await.ok(), Some(Err(PoolError::Closed)));
+        }
+        assert!(stopping.join().is_ok());
+        assert_eq!(ran.load(Ordering::Relaxed), 0, "no queued job ran");
+        assert_eq!(pool.pending(), 0);
+        assert_eq!(pool.run(|| 1).await, Err(PoolError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_requester_left_is_not_run() {
+        let pool = Arc::new(RenderPool::new(1, 8));
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let p = Arc::clone(&pool);
+        let running = tokio::spawn(async move { p.run(move || hold_rx.recv().is_ok()).await });
+        while pool.pending() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (p, r) = (Arc::clone(&pool), Arc::clone(&ran));
+        let abandoned =
+            tokio::spawn(async move { p.run(move || r.fetch_add(1, Ordering::Relaxed)).await });
+        while pool.pending() < 2 {
+            tokio::task::yield_now().await;
+        }
+        abandoned.abort();
+        let _ = abandoned.await;
+        hold_tx.send(()).ok();
+        assert_eq!(running.await.ok(), Some(Ok(true)));
+        assert_eq!(pool.run(|| 5).await, Ok(5), "later jobs still run");
+        assert_eq!(
+            ran.load(Ordering::Relaxed),
+            0,
+            "the abandoned job never ran"
+        );
+        assert_eq!(pool.pending(), 0);
     }
 }

@@ -8,34 +8,59 @@
 //! The copy is keyed by the source's fingerprint (a replaced file gets a new copy), counted in the
 //! store's budget, evicted, verified and purged like any derivative, and rebuilt when missing.
 
-use super::cache::{halve, DecodedCache};
-use super::{full_image, jpeg, Source};
-use crate::error::{Error, Result};
+use super::cache::DecodedCache;
+use super::decode::whole::full_image;
+use super::encode::jpeg;
+use super::ops::halve;
+use super::{RenderError, Result, SourceRef};
+use crate::iiif::canonical::{CanonicalRequest, ImageSize, Rect};
+use crate::key::DerivativeKey;
+use crate::source::Fingerprint;
 use image::{DynamicImage, GenericImageView};
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
 /// The copy's extension in the store.
-pub const EXTENSION: &str = "tif";
+pub(crate) const EXTENSION: &str = "tif";
 /// Tile size of the copy.
-pub const TILE: u32 = 512;
+pub(crate) const TILE: u32 = 512;
 /// JPEG quality of its tiles: an intermediate, decoded again before the output is encoded.
-pub const QUALITY: u8 = 92;
+pub(crate) const QUALITY: u8 = 92;
 
 /// A description of how copies are made, for their store key (a change retires old copies).
-pub const DESCRIPTION: &str = "tiled-copy-v1 bigtiff jpeg q=92 444 tile=512";
+pub(crate) const DESCRIPTION: &str = "tiled-copy-v1 bigtiff jpeg q=92 444 tile=512";
+
+/// Whether a render of `req` should leave a tiled copy of its source behind: the source has at least
+/// `min_pixels` (0 disables copies) and the request is a part of the image (a viewer zooming in; a
+/// thumbnail of the whole image does not need one). Flatness is checked by the caller, which has the
+/// source open.
+pub(crate) fn wanted(size: ImageSize, min_pixels: u64, req: &CanonicalRequest) -> bool {
+    let whole = req.region()
+        == Rect {
+            x: 0,
+            y: 0,
+            w: size.width,
+            h: size.height,
+        };
+    min_pixels > 0 && u64::from(size.width) * u64::from(size.height) >= min_pixels && !whole
+}
+
+/// The store key of the copy of the source version `fingerprint`.
+pub(crate) fn key(fingerprint: &Fingerprint) -> DerivativeKey {
+    DerivativeKey::tiled_copy(fingerprint, DESCRIPTION)
+}
 
 /// The levels of `source`'s copy, full size first, down to one tile; `None` when it cannot have a
 /// copy (alpha, 16-bit, or level 0 larger than `max` bytes). Uses and fills the decoded cache.
-pub fn levels(
-    source: &Source<'_>,
+pub(crate) fn levels(
+    source: SourceRef<'_>,
     cache: &DecodedCache,
     max: u64,
 ) -> Result<Option<Vec<Arc<DynamicImage>>>> {
     let level0 = match full_image(source, cache, max) {
         Ok(img) => img,
-        Err(Error::SourceTooLarge(_)) => return Ok(None),
+        Err(RenderError::TooLarge(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
     if !matches!(
@@ -50,7 +75,7 @@ pub fn levels(
             break;
         }
         let k = levels.len();
-        levels.push(cache.get_or_build(source.cache_key, k, || Ok(halve(&last)))?);
+        levels.push(cache.get_or_build(source.fingerprint, k, || Ok(halve(&last)))?);
     }
     Ok(Some(levels))
 }
@@ -58,7 +83,7 @@ pub fn levels(
 /// Write `levels` as a BigTIFF with one IFD per level and JPEG tiles (YCbCr, or gray), streaming the
 /// tiles to `file` (a copy can be tens of megabytes; it is never held in memory) and writing the
 /// directories after them.
-pub fn write(levels: &[Arc<DynamicImage>], file: &mut File) -> io::Result<()> {
+pub(crate) fn write(levels: &[Arc<DynamicImage>], file: &mut File) -> io::Result<()> {
     let mut out = BufWriter::new(&mut *file);
     out.write_all(b"II\x2b\0\x08\0\0\0")?;
     out.write_all(&0u64.to_le_bytes())?; // first IFD: patched at the end
@@ -177,11 +202,13 @@ fn edge_padded_tile(img: &DynamicImage, x: u32, y: u32) -> DynamicImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::tiff;
+    use crate::render::decode;
+    use crate::source::{memory::bytes_reader, tiff};
+    use std::io::Read;
 
     #[test]
     fn the_copy_reads_back_as_a_pyramid() -> Result<()> {
-        let err = |e: std::io::Error| Error::Internal(e.to_string());
+        let err = |e: std::io::Error| RenderError::Internal(e.to_string());
         let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(1300, 700, |x, y| {
             image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
         }));
@@ -192,11 +219,16 @@ mod tests {
         ];
         let mut f = tempfile::tempfile().map_err(err)?;
         write(&levels, &mut f).map_err(err)?;
-        let p = tiff::read_pyramid(&f)?.ok_or_else(|| Error::Internal("not a pyramid".into()))?;
+        let mut bytes = Vec::new();
+        f.seek(SeekFrom::Start(0)).map_err(err)?;
+        f.read_to_end(&mut bytes).map_err(err)?;
+        let f = bytes_reader(bytes);
+        let p = tiff::read_pyramid(&*f)?
+            .ok_or_else(|| RenderError::Internal("not a pyramid".into()))?;
         let dims: Vec<_> = p.levels.iter().map(|l| (l.width, l.height)).collect();
         assert_eq!(dims, vec![(1300, 700), (650, 350), (325, 175)]);
-        let tile = p.levels[0].read_tile(&f, 2, 1, 1 << 20)?;
-        let decoded = jpeg::decode(&tile, 0, None, 1 << 30)?.to_rgb8();
+        let tile = p.levels[0].read_tile(&*f, 2, 1, 1 << 20)?;
+        let decoded = decode::jpeg::decode(&tile, 0, None, 1 << 30)?.to_rgb8();
         // Tile (2, 1) starts at (1024, 512): compare a pixel well inside it.
         let got = decoded.get_pixel(100, 50).0;
         let want = img.to_rgb8().get_pixel(1124, 562).0;

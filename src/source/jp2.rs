@@ -6,7 +6,7 @@
 
 /// What the codestream header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Jp2Header {
+pub(crate) struct Jp2Header {
     /// Image width on the reference grid.
     pub width: u32,
     /// Image height.
@@ -20,12 +20,12 @@ pub struct Jp2Header {
 }
 
 /// True for the JP2 signature box or a raw codestream's SOC + SIZ.
-pub fn is_jpeg2000(head: &[u8]) -> bool {
+pub(crate) fn is_jpeg2000(head: &[u8]) -> bool {
     head.starts_with(b"\0\0\0\x0cjP  \r\n\x87\n") || head.starts_with(&[0xFF, 0x4F, 0xFF, 0x51])
 }
 
 /// Parse the header from the start of a `.jp2` or `.j2k` file.
-pub fn read_header(head: &[u8]) -> Option<Jp2Header> {
+pub(crate) fn read_header(head: &[u8]) -> Option<Jp2Header> {
     let cs = if head.starts_with(&[0xFF, 0x4F]) {
         head
     } else {

@@ -1,83 +1,227 @@
-//! Sources: identifier -> a file inside the image root, its fingerprint, and its size read from the
-//! header alone (no pixels decoded).
+//! Sources: where the images live, behind one trait ([`Backend`]), and the read-only parsers of
+//! their headers (`tiff` directories, `jp2` codestream headers, EXIF `orientation`).
 //!
-//! Containment is enforced twice: identifiers with `..`, `.`, empty components or backslashes are
-//! refused before any file-system call, and every candidate is canonicalised (resolving symlinks) and
-//! must still lie under the canonical root, so a symlink pointing out of the root is "not found".
-//! All functions here block; callers run them off the async threads.
+//! A backend finds the object an identifier names ([`Backend::locate`]), names the object's
+//! version with an opaque [`Fingerprint`] (a replaced object gets a new one, and with it new
+//! derivative keys), lists identifiers, and reads bytes at offsets ([`ObjectReader`]). Nothing
+//! else in iiifd touches a source's storage: the renderer, the format readers (`tiff`, `jp2`,
+//! `orientation`) and every cache take a reader and a fingerprint, never a path or a file.
+//! Backends, one file each: [`fs`] (a directory, the default) and [`memory`] (for tests, and to
+//! prove nothing reaches for the file system behind a backend's back).
+//!
+//! Every call blocks; callers run them off the async threads.
 
-pub mod jp2;
-pub mod orientation;
-pub mod tiff;
+pub(crate) mod fs;
+pub(crate) mod jp2;
+pub mod memory;
+pub(crate) mod orientation;
+pub(crate) mod tiff;
 
-use crate::error::{Error, Result};
-use crate::iiif::canonical::ImageSize;
-use std::fs;
+use std::fmt;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 /// Extensions tried, in order, after the identifier itself.
-pub const EXTENSIONS: [&str; 9] = [
+pub(crate) const EXTENSIONS: [&str; 9] = [
     "jpg", "jpeg", "png", "tif", "tiff", "webp", "gif", "jp2", "j2k",
 ];
 
-/// What identifies one version of a source file: a replaced or rewritten file changes at least one field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Fingerprint {
-    /// File length in bytes.
-    pub len: u64,
-    /// Modification time, nanoseconds since the Unix epoch.
-    pub mtime_ns: i128,
-    /// Inode number (a file replaced by rename gets a new one).
-    pub inode: u64,
+/// Why a source could not be found, read or understood.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// No object has this identifier.
+    #[error("no image with identifier '{}'", crate::iiif::parse::printable(.0))]
+    NotFound(String),
+    /// The identifier cannot name an object inside the source (`..`, backslashes, ...).
+    #[error("invalid identifier '{}': {reason}", crate::iiif::parse::printable(.identifier))]
+    BadIdentifier {
+        /// The identifier as decoded.
+        identifier: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// Reading the backend failed.
+    #[error("cannot read the source: {0}")]
+    Io(#[from] io::Error),
+    /// The object exceeds `limits.max_source_pixels` or `limits.max_source_bytes`.
+    #[error("the source image is too large for this server: {0}")]
+    TooLarge(String),
+    /// A valid image in a variant this server does not read.
+    #[error("this server cannot render this source image: {0}")]
+    Unsupported(String),
+    /// Corrupt, truncated, or not an image.
+    #[error("the source image could not be decoded: {0}")]
+    Undecodable(String),
 }
+
+/// What identifies one version of an object, opaque to everything but its backend: it names the
+/// object inside the backend (never a machine-local detail such as an inode, so nodes serving the
+/// same collection agree) and its version (size and modification time, or an ETag).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Fingerprint(Arc<str>);
 
 impl Fingerprint {
-    /// The fingerprint of a file's metadata.
-    pub fn of(meta: &fs::Metadata) -> Fingerprint {
-        Fingerprint {
-            len: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            inode: meta.ino(),
-        }
+    /// A fingerprint from a backend's description of an object version.
+    pub fn new(text: impl Into<Arc<str>>) -> Fingerprint {
+        Fingerprint(text.into())
     }
 
-    /// Modification time as a `SystemTime` (for `Last-Modified`).
-    pub fn modified(&self) -> std::time::SystemTime {
-        let secs = (self.mtime_ns.div_euclid(1_000_000_000)).clamp(0, i128::from(u64::MAX)) as u64;
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+    /// The text it was made from (for keys and cache names).
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-/// A located source file.
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({})", self.0)
+    }
+}
+
+/// One object of a backend, at the version it had when it was located.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SourceFile {
-    /// Canonical path, inside the root.
-    pub path: PathBuf,
-    /// Fingerprint at the time it was located.
+pub struct Object {
+    /// The backend's name for it (a path below the root, a key below the prefix).
+    pub name: String,
+    /// Its version.
     pub fingerprint: Fingerprint,
+    /// Its length in bytes.
+    pub len: u64,
+    /// When it last changed, if the backend knows (`Last-Modified`).
+    pub modified: Option<SystemTime>,
 }
 
-/// Limits checked before any pixel is decoded.
-#[derive(Clone, Copy, Debug)]
-pub struct SourceLimits {
-    /// Largest source area in pixels.
-    pub max_source_pixels: u64,
-    /// Largest source file in bytes.
-    pub max_source_bytes: u64,
+/// Random-access reads of one object.
+pub trait ObjectReader: Send + Sync {
+    /// The object's length in bytes.
+    fn size(&self) -> u64;
+
+    /// Read up to `buf.len()` bytes at `offset`; fewer only at the end of the object.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
 }
 
-/// The image root.
-#[derive(Clone, Debug)]
-pub struct Sources {
-    root: PathBuf,
+impl dyn ObjectReader + '_ {
+    /// Fill `buf` from `offset`, or fail with `UnexpectedEof`.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the source ended early",
+                ));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Up to `len` bytes at `offset` (fewer at the end of the object).
+    pub(crate) fn read_range(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let len = len.min(self.size().saturating_sub(offset) as usize);
+        let mut buf = vec![0u8; len];
+        self.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// The whole object, refusing one longer than `max` bytes.
+    pub(crate) fn read_all(&self, max: u64) -> Result<Vec<u8>, SourceError> {
+        let len = self.size();
+        if len > max {
+            return Err(SourceError::TooLarge(format!(
+                "{len} bytes, above render.max_decode_bytes ({max})"
+            )));
+        }
+        Ok(self.read_range(0, len as usize)?)
+    }
+
+    /// A `Read + Seek + BufRead` view, for decoders that want a stream.
+    pub(crate) fn stream(&self) -> io::BufReader<Stream<'_>> {
+        io::BufReader::with_capacity(
+            64 << 10,
+            Stream {
+                reader: self,
+                at: 0,
+            },
+        )
+    }
 }
 
-/// Check that an identifier can only name a path below the root.
-pub fn check_identifier(identifier: &str) -> Result<()> {
+/// A cursor over an [`ObjectReader`].
+pub(crate) struct Stream<'a> {
+    reader: &'a dyn ObjectReader,
+    at: u64,
+}
+
+impl io::Read for Stream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.reader.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl io::Seek for Stream<'_> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        let len = self.reader.size() as i128;
+        let to = match pos {
+            io::SeekFrom::Start(n) => i128::from(n),
+            io::SeekFrom::End(d) => len + i128::from(d),
+            io::SeekFrom::Current(d) => i128::from(self.at) + i128::from(d),
+        };
+        self.at = u64::try_from(to)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.at)
+    }
+}
+
+/// A reader over a local file (the directory backend's objects, the store's tiled copies).
+pub(crate) fn file_reader(file: std::fs::File) -> io::Result<Arc<dyn ObjectReader>> {
+    let len = file.metadata()?.len();
+    Ok(Arc::new(FileReader { file, len }))
+}
+
+struct FileReader {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl ObjectReader for FileReader {
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)
+    }
+}
+
+/// Where source images live.
+pub trait Backend: Send + Sync {
+    /// A short name for logs, metrics and messages: `fs`, `memory`, `s3`, `http`.
+    fn kind(&self) -> &'static str;
+
+    /// The object `identifier` names: the identifier itself, then with each of the known
+    /// extensions appended. The identifier has passed [`check_identifier`].
+    fn locate(&self, identifier: &str) -> Result<Object, SourceError>;
+
+    /// The current version of an object located earlier: its new fingerprint if it changed,
+    /// `NotFound` if it is gone.
+    fn refresh(&self, object: &Object) -> Result<Object, SourceError>;
+
+    /// Every identifier the backend holds (names with a known extension, without it), sorted.
+    fn list(&self) -> Result<Vec<String>, SourceError>;
+
+    /// Open an object for reading.
+    fn open(&self, object: &Object) -> Result<Arc<dyn ObjectReader>, SourceError>;
+}
+
+/// Check that an identifier can only name an object below the source's root.
+pub(crate) fn check_identifier(identifier: &str) -> Result<(), SourceError> {
     let bad = |reason| {
-        Err(Error::BadIdentifier {
+        Err(SourceError::BadIdentifier {
             identifier: identifier.to_owned(),
             reason,
         })
@@ -102,147 +246,58 @@ pub fn check_identifier(identifier: &str) -> Result<()> {
     Ok(())
 }
 
-impl Sources {
-    /// Open the image root (it must exist).
-    pub fn new(root: &Path) -> io::Result<Sources> {
-        Ok(Sources {
-            root: fs::canonicalize(root)?,
-        })
-    }
-
-    /// The canonical root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Find the file for `identifier`: the identifier itself, else with each of [`EXTENSIONS`].
-    pub fn locate(&self, identifier: &str) -> Result<SourceFile> {
-        check_identifier(identifier)?;
-        let exact = self.root.join(identifier);
-        let mut candidates = vec![exact.clone()];
-        for ext in EXTENSIONS {
-            let mut name = exact.clone().into_os_string();
-            name.push(".");
-            name.push(ext);
-            candidates.push(PathBuf::from(name));
-        }
-        for candidate in candidates {
-            let Ok(path) = fs::canonicalize(&candidate) else {
-                continue;
-            };
-            if !path.starts_with(&self.root) {
-                // A symlink out of the root: treated exactly like a missing file.
-                continue;
-            }
-            match fs::metadata(&path) {
-                Ok(meta) if meta.is_file() => {
-                    return Ok(SourceFile {
-                        fingerprint: Fingerprint::of(&meta),
-                        path,
-                    });
-                }
-                _ => continue,
-            }
-        }
-        Err(Error::NotFound(identifier.to_owned()))
-    }
-
-    /// Every identifier under the root (files with a known extension), sorted.
-    pub fn list(&self) -> io::Result<Vec<String>> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            for entry in fs::read_dir(&dir)? {
-                let entry = entry?;
-                let path = entry.path();
-                let ft = entry.file_type()?;
-                if ft.is_dir() {
-                    stack.push(path);
-                } else if ft.is_file() {
-                    let ext = path
-                        .extension()
-                        .and_then(|e| e.to_str())
-                        .map(str::to_ascii_lowercase);
-                    if ext.is_some_and(|e| EXTENSIONS.contains(&e.as_str())) {
-                        if let Ok(rel) = path.with_extension("").strip_prefix(&self.root) {
-                            if let Some(s) = rel.to_str() {
-                                out.push(s.to_owned());
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
+/// The name a listing gives an object: its name without a known extension, or `None` when it
+/// has none (not an image this server serves).
+pub(crate) fn identifier_of(name: &str) -> Option<&str> {
+    let (stem, ext) = name.rsplit_once('.')?;
+    let ext = ext.to_ascii_lowercase();
+    (EXTENSIONS.contains(&ext.as_str()) && !stem.is_empty() && !stem.ends_with('/')).then_some(stem)
 }
 
-/// What the probe learns from a source's header.
+/// A source's format, from its first bytes: the one sniff everything uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Probe {
-    /// The displayed size (after EXIF orientation).
-    pub size: ImageSize,
-    /// The file's own tile width for a pyramidal tiled TIFF with square tiles (info.json then
-    /// advertises it, so a viewer's tiles are the stored ones), else `None`.
-    pub tile: Option<u32>,
+pub(crate) enum SourceKind {
+    /// JPEG (SOI and a marker).
+    Jpeg,
+    /// TIFF or BigTIFF, either byte order.
+    Tiff,
+    /// JPEG 2000: a JP2 file or a raw codestream.
+    Jp2,
+    /// PNG.
+    Png,
+    /// GIF87a or GIF89a.
+    Gif,
+    /// WebP (RIFF/WEBP).
+    Webp,
+    /// Anything else (the image crate gets a try).
+    Other,
 }
 
-/// Bumped when the probe learns to read something new, so cached probes of old versions are redone.
-pub const PROBE_VERSION: u32 = 2;
+impl SourceKind {
+    /// Bytes enough to tell every kind apart.
+    pub(crate) const SNIFF_LEN: usize = 16;
 
-/// Read the image's size from its header, then check the source limits; no pixel is decoded.
-pub fn probe(file: &SourceFile, limits: &SourceLimits) -> Result<Probe> {
-    if file.fingerprint.len > limits.max_source_bytes {
-        return Err(Error::SourceTooLarge(format!(
-            "{} bytes, above max_source_bytes ({})",
-            file.fingerprint.len, limits.max_source_bytes
-        )));
-    }
-    let f = fs::File::open(&file.path)
-        .map_err(|e| Error::Internal(format!("cannot read the source: {e}")))?;
-    // EXIF sits before the pixels, in the first few kilobytes.
-    let mut head = vec![0u8; 128 * 1024];
-    let n = f.read_at(&mut head, 0).unwrap_or(0);
-    head.truncate(n);
-    let mut tile = None;
-    let (width, height) = match tiff::read_pyramid(&f)? {
-        Some(p) => {
-            let l = &p.levels[0];
-            if l.tile_width == l.tile_height {
-                tile = Some(l.tile_width);
-            }
-            (l.width, l.height)
+    /// The kind of a source starting with `head`.
+    pub(crate) fn sniff(head: &[u8]) -> SourceKind {
+        match head {
+            [0xFF, 0xD8, 0xFF, ..] => SourceKind::Jpeg,
+            [b'I', b'I', 42, 0, ..]
+            | [b'M', b'M', 0, 42, ..]
+            | [b'I', b'I', 43, 0, ..]
+            | [b'M', b'M', 0, 43, ..] => SourceKind::Tiff,
+            _ if jp2::is_jpeg2000(head) => SourceKind::Jp2,
+            [0x89, b'P', b'N', b'G', ..] => SourceKind::Png,
+            [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => SourceKind::Gif,
+            [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => SourceKind::Webp,
+            _ => SourceKind::Other,
         }
-        None if jp2::is_jpeg2000(&head) => {
-            let h = jp2::read_header(&head)
-                .ok_or_else(|| Error::Undecodable("unreadable JPEG 2000 header".into()))?;
-            (h.width, h.height)
-        }
-        None => {
-            let reader = image::ImageReader::open(&file.path)
-                .and_then(|r| r.with_guessed_format())
-                .map_err(|e| Error::Internal(format!("cannot read the source: {e}")))?;
-            let (w, h) = reader
-                .into_dimensions()
-                .map_err(|e| Error::Undecodable(e.to_string()))?;
-            orientation::jpeg_orientation(&head).display_size(w, h)
-        }
-    };
-    if width == 0 || height == 0 {
-        return Err(Error::Undecodable("the image has no pixels".into()));
     }
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > limits.max_source_pixels {
-        return Err(Error::SourceTooLarge(format!(
-            "{width}x{height} = {pixels} pixels, above max_source_pixels ({})",
-            limits.max_source_pixels
-        )));
+
+    /// The kind of an object, from its first bytes.
+    pub(crate) fn of(reader: &dyn ObjectReader) -> io::Result<SourceKind> {
+        let head = reader.read_range(0, SourceKind::SNIFF_LEN)?;
+        Ok(SourceKind::sniff(&head))
     }
-    Ok(Probe {
-        size: ImageSize { width, height },
-        tile,
-    })
 }
 
 #[cfg(test)]
@@ -270,26 +325,45 @@ mod tests {
     }
 
     #[test]
-    fn locate_and_symlinks() -> std::io::Result<()> {
-        let outside = tempfile::tempdir()?;
-        let root = tempfile::tempdir()?;
-        fs::write(outside.path().join("secret.png"), b"x")?;
-        fs::create_dir(root.path().join("sub"))?;
-        fs::write(root.path().join("sub/img.png"), b"x")?;
-        std::os::unix::fs::symlink(
-            outside.path().join("secret.png"),
-            root.path().join("leak.png"),
-        )?;
-        let sources = Sources::new(root.path())?;
-        assert!(sources.locate("sub/img").is_ok());
-        assert!(sources.locate("sub/img.png").is_ok());
-        assert!(matches!(sources.locate("leak"), Err(Error::NotFound(_))));
-        assert!(matches!(sources.locate("nothing"), Err(Error::NotFound(_))));
-        assert_eq!(
-            sources.list()?,
-            vec!["sub/img".to_string()],
-            "symlinks are not listed"
-        );
+    fn kinds_are_sniffed_from_the_first_bytes() {
+        let cases: [(&[u8], SourceKind); 9] = [
+            (b"\xff\xd8\xff\xe0", SourceKind::Jpeg),
+            (b"II*\0\x08\0\0\0", SourceKind::Tiff),
+            (b"MM\0+\0\x08\0\0", SourceKind::Tiff),
+            (b"\0\0\0\x0cjP  \r\n\x87\n", SourceKind::Jp2),
+            (b"\xff\x4f\xff\x51\0", SourceKind::Jp2),
+            (b"\x89PNG\r\n\x1a\n", SourceKind::Png),
+            (b"GIF89a\x01\0", SourceKind::Gif),
+            (b"RIFF\x10\0\0\0WEBPVP8 ", SourceKind::Webp),
+            (b"hello", SourceKind::Other),
+        ];
+        for (head, kind) in cases {
+            assert_eq!(SourceKind::sniff(head), kind, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn listed_names_keep_only_images() {
+        assert_eq!(identifier_of("a/b.JPG"), Some("a/b"));
+        assert_eq!(identifier_of("a/b.tar.gz"), None);
+        assert_eq!(identifier_of("noext"), None);
+        assert_eq!(identifier_of(".jpg"), None);
+    }
+
+    #[test]
+    fn readers_read_ranges_and_streams() -> io::Result<()> {
+        use std::io::{Read, Seek};
+        let mem = memory::MemoryBackend::new();
+        mem.insert("x.png", (0u8..=255).collect::<Vec<u8>>());
+        let obj = mem.locate("x").map_err(io::Error::other)?;
+        let r = mem.open(&obj).map_err(io::Error::other)?;
+        assert_eq!(r.read_range(250, 100)?, vec![250, 251, 252, 253, 254, 255]);
+        let mut s = r.stream();
+        s.seek(io::SeekFrom::End(-2))?;
+        let mut two = Vec::new();
+        s.read_to_end(&mut two)?;
+        assert_eq!(two, vec![254, 255]);
+        assert!(matches!(r.read_all(10), Err(SourceError::TooLarge(_))));
         Ok(())
     }
 }

@@ -9,14 +9,14 @@ use image::DynamicImage;
 
 /// EXIF orientation 1-8 (1 = stored as displayed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Orientation(u8);
+pub(crate) struct Orientation(u8);
 
 impl Orientation {
     /// Stored as displayed.
-    pub const NORMAL: Orientation = Orientation(1);
+    pub(crate) const NORMAL: Orientation = Orientation(1);
 
     /// From the EXIF value; anything outside 1-8 is treated as 1, as browsers do.
-    pub fn from_exif(v: u16) -> Orientation {
+    pub(crate) fn from_exif(v: u16) -> Orientation {
         match v {
             1..=8 => Orientation(v as u8),
             _ => Orientation::NORMAL,
@@ -24,17 +24,18 @@ impl Orientation {
     }
 
     /// The EXIF value.
-    pub fn exif(self) -> u8 {
+    #[cfg(test)]
+    pub(crate) fn exif(self) -> u8 {
         self.0
     }
 
     /// Orientations 5-8 turn the image a quarter: width and height swap.
-    pub fn swaps_axes(self) -> bool {
+    pub(crate) fn swaps_axes(self) -> bool {
         self.0 >= 5
     }
 
     /// The displayed size of a stored `w` x `h` image.
-    pub fn display_size(self, w: u32, h: u32) -> (u32, u32) {
+    pub(crate) fn display_size(self, w: u32, h: u32) -> (u32, u32) {
         if self.swaps_axes() {
             (h, w)
         } else {
@@ -59,7 +60,7 @@ impl Orientation {
 
     /// The stored rectangle whose pixels make up displayed rectangle `r` of a `dw` x `dh` display.
     /// Every orientation maps rectangles to rectangles, so two opposite corners are enough.
-    pub fn stored_rect(self, r: Rect, dw: u32, dh: u32) -> Rect {
+    pub(crate) fn stored_rect(self, r: Rect, dw: u32, dh: u32) -> Rect {
         let (x0, y0) = self.stored_pixel(r.x, r.y, dw, dh);
         let (x1, y1) = self.stored_pixel(r.x + r.w - 1, r.y + r.h - 1, dw, dh);
         Rect {
@@ -71,7 +72,7 @@ impl Orientation {
     }
 
     /// Turn stored pixels into displayed ones.
-    pub fn apply(self, mut img: DynamicImage) -> DynamicImage {
+    pub(crate) fn apply(self, mut img: DynamicImage) -> DynamicImage {
         if let Some(o) = image::metadata::Orientation::from_exif(self.0) {
             img.apply_orientation(o);
         }
@@ -81,7 +82,7 @@ impl Orientation {
 
 /// The orientation in a JPEG's EXIF (APP1) segment; [`Orientation::NORMAL`] when there is none or
 /// it cannot be read. Scans the markers before the first scan only.
-pub fn jpeg_orientation(data: &[u8]) -> Orientation {
+pub(crate) fn jpeg_orientation(data: &[u8]) -> Orientation {
     let mut i = 2usize;
     if data.get(..2) != Some(&[0xFF, 0xD8]) {
         return Orientation::NORMAL;

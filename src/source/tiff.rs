@@ -6,13 +6,13 @@
 //! uncompressed tiles. Anything else (strips, LZW, 16-bit, separate planes) is left to the whole-image
 //! decoder, which handles every TIFF the `image` crate can read.
 
-use crate::error::{Error, Result};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use super::{ObjectReader, SourceError};
+
+type Result<T> = std::result::Result<T, SourceError>;
 
 /// A compression this reader decodes tile by tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TileCodec {
+pub(crate) enum TileCodec {
     /// Raw 8-bit samples.
     None,
     /// JPEG (TIFF compression 7), optionally with shared tables.
@@ -21,28 +21,28 @@ pub enum TileCodec {
 
 /// One resolution level.
 #[derive(Clone, Debug)]
-pub struct Level {
+pub(crate) struct Level {
     /// Width in pixels.
-    pub width: u32,
+    pub(crate) width: u32,
     /// Height in pixels.
-    pub height: u32,
+    pub(crate) height: u32,
     /// Tile width.
-    pub tile_width: u32,
+    pub(crate) tile_width: u32,
     /// Tile height.
-    pub tile_height: u32,
+    pub(crate) tile_height: u32,
     /// 1 (gray) or 3 (colour).
-    pub samples: u8,
+    pub(crate) samples: u8,
     /// How tiles are compressed.
-    pub codec: TileCodec,
+    pub(crate) codec: TileCodec,
     /// JPEGTables: quantisation and Huffman tables shared by the level's tiles.
-    pub jpeg_tables: Option<Vec<u8>>,
+    pub(crate) jpeg_tables: Option<Vec<u8>>,
     offsets: Vec<u64>,
     counts: Vec<u64>,
 }
 
 impl Level {
     /// Tiles across and down.
-    pub fn grid(&self) -> (u32, u32) {
+    pub(crate) fn grid(&self) -> (u32, u32) {
         (
             self.width.div_ceil(self.tile_width),
             self.height.div_ceil(self.tile_height),
@@ -52,23 +52,33 @@ impl Level {
     /// The stored bytes of tile (`col`, `row`) as one standalone JPEG or raw samples. For JPEG the
     /// shared tables are spliced in front of the tile's own stream (tables' SOI..EOI without the EOI,
     /// then the tile without its SOI), which is what a plain JPEG decoder or a browser needs.
-    pub fn read_tile(&self, file: &File, col: u32, row: u32, max_bytes: u64) -> Result<Vec<u8>> {
+    pub(crate) fn read_tile(
+        &self,
+        file: &dyn ObjectReader,
+        col: u32,
+        row: u32,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>> {
         let (cols, rows) = self.grid();
         if col >= cols || row >= rows {
-            return Err(Error::Internal(format!(
+            return Err(SourceError::Undecodable(format!(
                 "TIFF tile {col},{row} outside the grid"
             )));
         }
         let i = (row as usize) * (cols as usize) + col as usize;
         let (Some(&off), Some(&len)) = (self.offsets.get(i), self.counts.get(i)) else {
-            return Err(Error::Undecodable(format!("TIFF tile {col},{row} missing")));
+            return Err(SourceError::Undecodable(format!(
+                "TIFF tile {col},{row} missing"
+            )));
         };
         if len > max_bytes {
-            return Err(Error::Undecodable(format!("TIFF tile of {len} bytes")));
+            return Err(SourceError::Undecodable(format!(
+                "TIFF tile of {len} bytes"
+            )));
         }
         let mut tile = vec![0u8; len as usize];
         file.read_exact_at(&mut tile, off)
-            .map_err(|e| Error::Undecodable(format!("TIFF tile {col},{row}: {e}")))?;
+            .map_err(|e| SourceError::Undecodable(format!("TIFF tile {col},{row}: {e}")))?;
         match (&self.jpeg_tables, self.codec) {
             (Some(tables), TileCodec::Jpeg)
                 if tables.len() >= 4
@@ -87,9 +97,9 @@ impl Level {
 
 /// The levels of a tiled TIFF, full resolution first, each smaller than the one before.
 #[derive(Clone, Debug)]
-pub struct Pyramid {
+pub(crate) struct Pyramid {
     /// Levels, largest first.
-    pub levels: Vec<Level>,
+    pub(crate) levels: Vec<Level>,
 }
 
 const MAX_IFDS: usize = 64;
@@ -97,7 +107,7 @@ const MAX_TILES: u64 = 1 << 24;
 
 /// Read the directory of a tiled TIFF. `Ok(None)` when the file is a TIFF this reader does not take
 /// tile by tile (the caller decodes it whole); `Err` when the structure is broken.
-pub fn read_pyramid(file: &File) -> Result<Option<Pyramid>> {
+pub(crate) fn read_pyramid(file: &dyn ObjectReader) -> Result<Option<Pyramid>> {
     let mut head = [0u8; 16];
     let n = file.read_at(&mut head, 0).map_err(io)?;
     let r = match (&head[..n.min(4)], n) {
@@ -120,7 +130,7 @@ pub fn read_pyramid(file: &File) -> Result<Option<Pyramid>> {
             break;
         }
         if seen.contains(&at) {
-            return Err(Error::Undecodable("TIFF directory loop".into()));
+            return Err(SourceError::Undecodable("TIFF directory loop".into()));
         }
         seen.push(at);
         let (tags, following) = r.ifd(at)?;
@@ -161,13 +171,13 @@ struct Tag {
 }
 
 struct Reader<'a> {
-    file: &'a File,
+    file: &'a dyn ObjectReader,
     le: bool,
     big: bool,
 }
 
 impl<'a> Reader<'a> {
-    fn new(file: &'a File, le: bool, big: bool) -> Reader<'a> {
+    fn new(file: &'a dyn ObjectReader, le: bool, big: bool) -> Reader<'a> {
         Reader { file, le, big }
     }
 
@@ -215,7 +225,7 @@ impl<'a> Reader<'a> {
             u64::from(self.u16_in(&head))
         };
         if count > 4096 {
-            return Err(Error::Undecodable("TIFF directory too large".into()));
+            return Err(SourceError::Undecodable("TIFF directory too large".into()));
         }
         let body = self.read(
             at + count_len as u64,
@@ -294,8 +304,8 @@ fn type_size(typ: u16) -> u64 {
     }
 }
 
-fn io(e: std::io::Error) -> Error {
-    Error::Undecodable(format!("TIFF: {e}"))
+fn io(e: std::io::Error) -> SourceError {
+    SourceError::Undecodable(format!("TIFF: {e}"))
 }
 
 /// The level an IFD describes, if it is one this reader can read tile by tile.
@@ -328,7 +338,7 @@ fn tiled_level(r: &Reader<'_>, tags: &[Tag]) -> Result<Option<Level>> {
         && (16..=8192).contains(&tw)
         && (16..=8192).contains(&th);
     if !dims_ok {
-        return Err(Error::Undecodable(
+        return Err(SourceError::Undecodable(
             "TIFF with implausible dimensions".into(),
         ));
     }
@@ -337,7 +347,9 @@ fn tiled_level(r: &Reader<'_>, tags: &[Tag]) -> Result<Option<Level>> {
     let offsets = get(324).map(|t| r.values(t)).unwrap_or_default();
     let counts = get(325).map(|t| r.values(t)).unwrap_or_default();
     if tiles > MAX_TILES || (offsets.len() as u64) < tiles || (counts.len() as u64) < tiles {
-        return Err(Error::Undecodable("TIFF tile table incomplete".into()));
+        return Err(SourceError::Undecodable(
+            "TIFF tile table incomplete".into(),
+        ));
     }
     let jpeg_tables = get(347).map(|t| t.value.clone()).filter(|v| !v.is_empty());
     Ok(Some(Level {
@@ -356,8 +368,8 @@ fn tiled_level(r: &Reader<'_>, tags: &[Tag]) -> Result<Option<Level>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::memory::bytes_reader;
     use proptest::prelude::*;
-    use std::io::Write;
 
     /// One little-endian classic IFD: count, 12-byte entries (value inline), no next IFD.
     fn ifd_bytes(entries: &[(u16, u16, u32, u32)]) -> Vec<u8> {
@@ -441,31 +453,28 @@ mod tests {
 
     #[test]
     fn reads_reductions_kept_in_subifds() -> Result<()> {
-        let p = read(&subifd_file())?.ok_or_else(|| Error::Internal("not read".into()))?;
+        let p = read(&subifd_file())?.ok_or_else(|| io(std::io::Error::other("not read")))?;
         let dims: Vec<_> = p.levels.iter().map(|l| (l.width, l.height)).collect();
         assert_eq!(dims, vec![(32, 32), (16, 16)]);
         Ok(())
     }
 
     fn read(bytes: &[u8]) -> Result<Option<Pyramid>> {
-        let mut f = tempfile::tempfile().map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
-        read_pyramid(&f)
+        read_pyramid(&*bytes_reader(bytes.to_vec()))
     }
 
     #[test]
     fn reads_a_tiled_level_and_its_tiles() -> Result<()> {
         let bytes = tiled_header();
-        let p = read(&bytes)?.ok_or_else(|| Error::Internal("not read".into()))?;
+        let p = read(&bytes)?.ok_or_else(|| io(std::io::Error::other("not read")))?;
         let l = &p.levels[0];
         assert_eq!(
             (l.width, l.height, l.tile_width, l.grid()),
             (32, 32, 16, (2, 2))
         );
-        let mut f = tempfile::tempfile().map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        assert_eq!(l.read_tile(&f, 1, 1, 1 << 20)?, vec![7u8; 256]);
-        assert!(l.read_tile(&f, 2, 0, 1 << 20).is_err(), "outside the grid");
+        let f = bytes_reader(bytes);
+        assert_eq!(l.read_tile(&*f, 1, 1, 1 << 20)?, vec![7u8; 256]);
+        assert!(l.read_tile(&*f, 2, 0, 1 << 20).is_err(), "outside the grid");
         Ok(())
     }
 

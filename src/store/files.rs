@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The directories of one store.
 #[derive(Clone, Debug)]
-pub struct Files {
+pub(crate) struct Files {
     objects: PathBuf,
     tmp: PathBuf,
     fsync: bool,
@@ -29,7 +29,7 @@ pub struct Files {
 
 /// One object file found on disk.
 #[derive(Clone, Debug)]
-pub struct FoundObject {
+pub(crate) struct FoundObject {
     /// Its key, from the file name.
     pub key: DerivativeKey,
     /// Its extension (the format).
@@ -42,7 +42,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Files {
     /// Create (if needed) `objects/` and `tmp/` under `root`.
-    pub fn open(root: &Path, fsync: bool) -> io::Result<Files> {
+    pub(crate) fn open(root: &Path, fsync: bool) -> io::Result<Files> {
         let files = Files {
             objects: root.join("objects"),
             tmp: root.join("tmp"),
@@ -56,24 +56,29 @@ impl Files {
     }
 
     /// Path of an object, relative to `objects/`: `ab/<hex>.<ext>` (also the X-Accel-Redirect tail).
-    pub fn relative_path(key: &DerivativeKey, ext: &str) -> String {
+    pub(crate) fn relative_path(key: &DerivativeKey, ext: &str) -> String {
         let hex = key.to_hex();
         format!("{}/{hex}.{ext}", &hex[0..2])
     }
 
     /// Absolute path of an object.
-    pub fn path(&self, key: &DerivativeKey, ext: &str) -> PathBuf {
+    pub(crate) fn path(&self, key: &DerivativeKey, ext: &str) -> PathBuf {
         self.objects.join(Files::relative_path(key, ext))
     }
 
     /// Write `bytes` as the object `key`.`ext`, atomically (and durably with `fsync`).
-    pub fn write(&self, key: &DerivativeKey, ext: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    pub(crate) fn write(
+        &self,
+        key: &DerivativeKey,
+        ext: &str,
+        bytes: &[u8],
+    ) -> io::Result<PathBuf> {
         self.write_with(key, ext, &mut |f| f.write_all(bytes))
     }
 
     /// Write the object `key`.`ext` by letting `fill` write (and seek in) its temp file: for objects
     /// too large to build in memory first. Same atomicity as [`Files::write`].
-    pub fn write_with(
+    pub(crate) fn write_with(
         &self,
         key: &DerivativeKey,
         ext: &str,
@@ -116,7 +121,7 @@ impl Files {
     }
 
     /// Remove an object file; a missing file is not an error.
-    pub fn remove(&self, key: &DerivativeKey, ext: &str) -> io::Result<()> {
+    pub(crate) fn remove(&self, key: &DerivativeKey, ext: &str) -> io::Result<()> {
         match fs::remove_file(self.path(key, ext)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -124,7 +129,7 @@ impl Files {
     }
 
     /// Remove every leftover temp file (from a crash or a failed write); returns how many.
-    pub fn remove_temps(&self) -> io::Result<usize> {
+    pub(crate) fn remove_temps(&self) -> io::Result<usize> {
         let mut n = 0;
         for entry in fs::read_dir(&self.tmp)? {
             if fs::remove_file(entry?.path()).is_ok() {
@@ -135,7 +140,7 @@ impl Files {
     }
 
     /// Every object file on disk. Files whose names are not `<64 hex>.<ext>` are skipped.
-    pub fn scan(&self) -> io::Result<Vec<FoundObject>> {
+    pub(crate) fn scan(&self) -> io::Result<Vec<FoundObject>> {
         let mut out = Vec::new();
         for a in fs::read_dir(&self.objects)? {
             let a = a?;
@@ -158,7 +163,7 @@ impl Files {
     /// Move objects of the first layout (`objects/ab/cd/<hex>.<ext>`) to `objects/ab/` and remove
     /// the emptied directories; returns how many objects moved. Renames within one file system:
     /// a crash midway leaves every object in one place or the other, and the next open finishes.
-    pub fn migrate_legacy(&self) -> io::Result<usize> {
+    pub(crate) fn migrate_legacy(&self) -> io::Result<usize> {
         let mut moved = 0;
         for a in fs::read_dir(&self.objects)? {
             let a = a?;
@@ -185,7 +190,7 @@ impl Files {
     }
 
     /// Bytes available to unprivileged writers on the store's file system.
-    pub fn available_bytes(&self) -> io::Result<u64> {
+    pub(crate) fn available_bytes(&self) -> io::Result<u64> {
         use std::os::unix::ffi::OsStrExt;
         let c = std::ffi::CString::new(self.objects.as_os_str().as_bytes())
             .map_err(io::Error::other)?;

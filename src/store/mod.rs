@@ -12,23 +12,39 @@
 //!
 //! Every method blocks; the service calls them off the async threads.
 
-pub mod files;
-pub mod index;
+pub(crate) mod files;
+pub(crate) mod index;
 
 use crate::key::{content_hash, DerivativeKey};
 use files::Files;
-use index::{Entry, Index, IndexError, InfoRecord};
+pub use index::IndexError;
+pub(crate) use index::ProbeRecord;
+use index::{Entry, Index};
 use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object files: I/O.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The index.
+    #[error("{0}")]
+    Index(#[from] IndexError),
+    /// Not enough free space (`store.min_free_bytes`).
+    #[error("{0}")]
+    Full(String),
+}
+
 /// Store settings (`[store]` in the configuration).
 #[derive(Clone, Debug)]
-pub struct StoreSettings {
+pub(crate) struct StoreSettings {
     /// Root directory.
     pub path: PathBuf,
     /// Size budget in bytes.
@@ -43,7 +59,7 @@ pub struct StoreSettings {
 
 /// Counters kept by the store (exported as Prometheus metrics).
 #[derive(Debug, Default)]
-pub struct StoreCounters {
+pub(crate) struct StoreCounters {
     /// Objects served from the store.
     pub hits: AtomicU64,
     /// Lookups that found nothing usable.
@@ -58,18 +74,16 @@ pub struct StoreCounters {
 
 /// A stored object found by [`Store::lookup`].
 #[derive(Clone, Debug)]
-pub struct Hit {
+pub(crate) struct Hit {
     /// The bytes, when asked for.
     pub bytes: Option<Vec<u8>>,
     /// Path below `objects/` (for `X-Accel-Redirect`).
     pub relative_path: String,
-    /// Length in bytes.
-    pub len: u64,
 }
 
 /// What recovery did when the store was opened.
 #[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// Temp files removed.
     pub temps_removed: usize,
     /// Entries dropped because their file was gone.
@@ -84,7 +98,7 @@ pub struct Recovery {
 
 /// Result of [`Store::verify`].
 #[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct VerifyReport {
+pub(crate) struct VerifyReport {
     /// Entries checked.
     pub checked: usize,
     /// Entries whose file is missing, short or does not match its hash.
@@ -97,7 +111,7 @@ pub struct VerifyReport {
 
 /// Size figures.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Objects indexed.
     pub objects: u64,
     /// Their total size.
@@ -107,7 +121,7 @@ pub struct Stats {
 }
 
 /// The store.
-pub struct Store {
+pub(crate) struct Store {
     settings: StoreSettings,
     files: Files,
     index: Index,
@@ -136,21 +150,19 @@ const ACCESS_GRANULARITY_SECS: u64 = 60;
 
 impl Store {
     /// Open the store at `settings.path`, recovering from whatever a crash left.
-    pub fn open(settings: StoreSettings) -> io::Result<(Store, Recovery)> {
+    pub(crate) fn open(settings: StoreSettings) -> io::Result<(Store, Recovery)> {
         std::fs::create_dir_all(&settings.path)?;
         let files = Files::open(&settings.path, settings.fsync)?;
         let mut recovery = Recovery::default();
         let index_path = settings.path.join("index");
         let index = match Index::open(&index_path) {
             Ok(i) => i,
-            Err(e)
-                if e.to_string().contains("lock")
-                    || e.to_string().contains("Resource temporarily unavailable") =>
-            {
+            Err(IndexError::Locked(why)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::WouldBlock,
                     format!(
-                        "{e}: is an iiifd server using this store? Use its admin listener instead"
+                        "the store index is locked ({why}): is an iiifd server using this store? \
+                         Use its admin listener instead"
                     ),
                 ));
             }
@@ -244,14 +256,9 @@ impl Store {
         Ok((dropped, added))
     }
 
-    /// The store's settings.
-    pub fn settings(&self) -> &StoreSettings {
-        &self.settings
-    }
-
     /// Look up `key`. With `read_body`, the file is read (and hash-checked when `verify_reads`);
     /// without, only its length is checked (the proxy will send it). Problems are misses.
-    pub fn lookup(&self, key: &DerivativeKey, read_body: bool) -> Option<Hit> {
+    pub(crate) fn lookup(&self, key: &DerivativeKey, read_body: bool) -> Option<Hit> {
         let entry = match self.index.get(key) {
             Ok(Some(e)) => e,
             Ok(None) => {
@@ -293,13 +300,24 @@ impl Store {
         Some(Hit {
             bytes,
             relative_path: Files::relative_path(key, &entry.ext),
-            len: entry.len,
         })
     }
 
-    /// Where object `key`.`ext` lives (whether or not it exists).
-    pub fn object_path(&self, key: &DerivativeKey, ext: &str) -> PathBuf {
-        self.files.path(key, ext)
+    /// A stored object opened for reading (a tiled copy, read tile by tile), if it is indexed and
+    /// its file is there with the indexed length. Only the length is checked: such objects are
+    /// large, and a damaged tile is an error the caller survives by rendering from the source.
+    pub(crate) fn open_object(
+        &self,
+        key: &DerivativeKey,
+        ext: &str,
+    ) -> Option<std::sync::Arc<dyn crate::source::ObjectReader>> {
+        let entry = self.index.get(key).ok()??;
+        if entry.ext != ext {
+            return None;
+        }
+        let file = std::fs::File::open(self.files.path(key, ext)).ok()?;
+        let reader = crate::source::file_reader(file).ok()?;
+        (reader.size() == entry.len).then_some(reader)
     }
 
     /// A bad object: drop it so the caller re-renders and stores a good one.
@@ -343,14 +361,14 @@ impl Store {
 
     /// Persist `bytes` as `key`. Errors are returned for logging and counting; the caller still serves
     /// the bytes it rendered.
-    pub fn put(
+    pub(crate) fn put(
         &self,
         key: &DerivativeKey,
         ext: &str,
         bytes: &[u8],
         identifier: &str,
-    ) -> io::Result<()> {
-        self.count_failure(self.put_inner(key, ext, bytes, identifier))
+    ) -> Result<(), StoreError> {
+        Ok(self.count_failure(self.put_inner(key, ext, bytes, identifier))?)
     }
 
     fn count_failure(&self, result: io::Result<()>) -> io::Result<()> {
@@ -362,13 +380,13 @@ impl Store {
 
     /// Persist an object too large to hold in memory: `fill` writes it into its temp file (it may
     /// seek). Hashed by reading it back, then indexed like [`Store::put`].
-    pub fn put_with(
+    pub(crate) fn put_with(
         &self,
         key: &DerivativeKey,
         ext: &str,
         identifier: &str,
         fill: &mut dyn FnMut(&mut std::fs::File) -> io::Result<()>,
-    ) -> io::Result<()> {
+    ) -> Result<(), StoreError> {
         let result = (|| {
             self.check_free(0)?;
             // Filling can take a while (a tiled copy encodes thousands of tiles): not under the write
@@ -383,7 +401,7 @@ impl Store {
                 .map_err(|_| io::Error::other("store lock poisoned"))?;
             self.index_new(key, ext, len, hash, identifier)
         })();
-        self.count_failure(result)
+        Ok(self.count_failure(result)?)
     }
 
     fn check_free(&self, len: u64) -> io::Result<()> {
@@ -462,7 +480,7 @@ impl Store {
 
     /// Evict least-recently-used objects until the store is at most 90 % of its budget (the margin
     /// keeps a store at its limit from evicting on every write). Returns the number evicted.
-    pub fn evict_to_budget(&self) -> usize {
+    pub(crate) fn evict_to_budget(&self) -> usize {
         let max = self.settings.max_bytes;
         if self.bytes.load(Ordering::Relaxed) <= max {
             return 0;
@@ -489,7 +507,7 @@ impl Store {
 
     /// Start the background evictor: it runs when a write pushes the store past its budget, and every
     /// few seconds regardless. It stops when the store is dropped or [`Store::stop_evictor`] is called.
-    pub fn start_evictor(self: &Arc<Self>) -> io::Result<std::thread::JoinHandle<()>> {
+    pub(crate) fn start_evictor(self: &Arc<Self>) -> io::Result<std::thread::JoinHandle<()>> {
         let (tx, rx) = sync_channel::<()>(1);
         if let Ok(mut guard) = self.kick.lock() {
             *guard = Some(tx);
@@ -501,14 +519,14 @@ impl Store {
     }
 
     /// Stop the background evictor.
-    pub fn stop_evictor(&self) {
+    pub(crate) fn stop_evictor(&self) {
         if let Ok(mut guard) = self.kick.lock() {
             guard.take();
         }
     }
 
     /// Check every entry against its file.
-    pub fn verify(&self) -> io::Result<VerifyReport> {
+    pub(crate) fn verify(&self) -> io::Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let entries = self.index.entries().map_err(io_err)?;
         let indexed: std::collections::HashSet<DerivativeKey> =
@@ -535,7 +553,7 @@ impl Store {
     }
 
     /// Garbage-collect: temp files, entries without files, files without entries, then the budget.
-    pub fn gc(&self) -> io::Result<Recovery> {
+    pub(crate) fn gc(&self) -> io::Result<Recovery> {
         let temps = self.files.remove_temps()?;
         let (dropped, indexed) = self.reconcile(false)?;
         self.evict_to_budget();
@@ -549,7 +567,7 @@ impl Store {
     }
 
     /// Rebuild the index from the files.
-    pub fn reindex(&self) -> io::Result<Recovery> {
+    pub(crate) fn reindex(&self) -> io::Result<Recovery> {
         let (dropped, indexed) = self.reconcile(true)?;
         Ok(Recovery {
             temps_removed: 0,
@@ -561,7 +579,7 @@ impl Store {
     }
 
     /// Remove every object rendered from `identifier`; returns how many.
-    pub fn purge(&self, identifier: &str) -> io::Result<usize> {
+    pub(crate) fn purge(&self, identifier: &str) -> io::Result<usize> {
         let mut n = 0;
         for (key, entry) in self.index.entries().map_err(io_err)? {
             if entry.identifier == identifier {
@@ -573,7 +591,7 @@ impl Store {
     }
 
     /// Current size figures.
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         Stats {
             objects: self.objects.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
@@ -581,29 +599,50 @@ impl Store {
         }
     }
 
-    /// The cached probe of a source.
-    pub fn info_get(&self, source: &Path) -> Option<InfoRecord> {
-        self.index
-            .info_get(&source.to_string_lossy())
-            .ok()
-            .flatten()
+    /// The cached probe of the source version `fingerprint` (best effort: errors read as absent).
+    pub(crate) fn probe_get(&self, fingerprint: &str) -> Option<ProbeRecord> {
+        self.index.probe_get(fingerprint).ok().flatten()
     }
 
     /// Cache a source probe (best effort).
-    pub fn info_put(&self, source: &Path, record: &InfoRecord) {
-        if let Err(e) = self.index.info_put(&source.to_string_lossy(), record) {
-            tracing::warn!("cannot cache source info: {e}");
+    pub(crate) fn probe_put(&self, fingerprint: &str, record: &ProbeRecord) {
+        if let Err(e) = self.index.probe_put(fingerprint, record) {
+            tracing::warn!("cannot cache a source probe: {e}");
         }
     }
 
-    /// The index, for crawl job state.
-    pub fn index(&self) -> &Index {
-        &self.index
+    /// The crawl jobs' persisted states (typed by their owner: `crawl`).
+    pub(crate) fn jobs(&self) -> Jobs<'_> {
+        Jobs { index: &self.index }
     }
 
     /// Flush the index to disk.
-    pub fn flush(&self) -> io::Result<()> {
-        self.index.flush().map_err(io_err)
+    pub(crate) fn flush(&self) -> Result<(), StoreError> {
+        Ok(self.index.flush()?)
+    }
+}
+
+/// The store's crawl-job records: values serialised as JSON by their owner, keyed by job id.
+pub(crate) struct Jobs<'a> {
+    index: &'a Index,
+}
+
+impl Jobs<'_> {
+    /// Save a job's state.
+    pub(crate) fn put<T: serde::Serialize>(&self, id: &str, state: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(state).map_err(|e| IndexError::Encode(e.to_string()))?;
+        Ok(self.index.job_put(id, &bytes)?)
+    }
+
+    /// Every job's state that still reads as a `T` (others are skipped: written by another
+    /// version).
+    pub(crate) fn all<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        Ok(self
+            .index
+            .jobs()?
+            .into_iter()
+            .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
+            .collect())
     }
 }
 
@@ -628,6 +667,9 @@ fn evictor(store: &std::sync::Weak<Store>, rx: &Receiver<()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     fn key(n: u8) -> DerivativeKey {
         DerivativeKey::from_hex(&format!("{n:02x}").repeat(32)).unwrap_or_else(|| unreachable!())
@@ -644,7 +686,7 @@ mod tests {
     }
 
     #[test]
-    fn put_lookup_corrupt_repair() -> io::Result<()> {
+    fn put_lookup_corrupt_repair() -> TestResult {
         let dir = tempfile::tempdir()?;
         let (store, _) = Store::open(settings(dir.path(), 1 << 20))?;
         store.put(&key(1), "jpg", b"0123456789", "a")?;
@@ -661,7 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn recovery_and_budget() -> io::Result<()> {
+    fn recovery_and_budget() -> TestResult {
         let dir = tempfile::tempdir()?;
         {
             let (store, _) = Store::open(settings(dir.path(), 1 << 20))?;

@@ -30,12 +30,17 @@
 //! `ceil(d / 2^k)`, the same rounding as the renderer's pyramid, so a DCT-scaled decode and a halving
 //! of the full image have the same size.
 
-use crate::error::{Error, Result};
-use crate::iiif::canonical::Rect;
+use crate::iiif::canonical::{CanonicalRequest, Rect};
+use crate::render::cache::DecodedCache;
+use crate::render::ops::halve;
+use crate::render::{plan, RenderError, Result, SourceRef};
+use crate::source::orientation::{self, Orientation};
+use crate::source::ObjectReader;
 use image::DynamicImage;
+use std::sync::Arc;
 
 /// The largest DCT scale-down (log2): 1/8.
-pub const MAX_SCALE_LOG2: u32 = 3;
+pub(crate) const MAX_SCALE_LOG2: u32 = 3;
 
 /// Up to this many decoded bytes, a region at full size is decoded whole and cut out (a 1024 px RGB
 /// tile is 3 MiB): cheaper than libjpeg's cropping path.
@@ -43,34 +48,34 @@ const RAW_CROP_MAX_BYTES: u64 = 4 << 20;
 
 /// What the header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct JpegInfo {
+pub(crate) struct JpegInfo {
     /// Stored width (before EXIF orientation).
-    pub width: u32,
+    pub(crate) width: u32,
     /// Stored height.
-    pub height: u32,
+    pub(crate) height: u32,
     /// Gray (1 channel) or colour (3).
-    pub channels: u8,
+    pub(crate) channels: u8,
     /// CMYK and YCCK: the caller decodes them elsewhere.
-    pub cmyk: bool,
+    pub(crate) cmyk: bool,
 }
 
 /// `ceil(d / 2^k)`: a dimension after DCT scaling (and after `k` pyramid halvings).
-pub fn scaled(d: u32, k: u32) -> u32 {
+pub(crate) fn scaled(d: u32, k: u32) -> u32 {
     d.div_ceil(1 << k).max(1)
 }
 
 /// Read the header only.
-pub fn read_info(data: &[u8]) -> Result<JpegInfo> {
+pub(crate) fn read_info(data: &[u8]) -> Result<JpegInfo> {
     libjpeg::header(data)
 }
 
 /// Whether libjpeg's SIMD code is compiled in and usable on this CPU.
-pub fn simd() -> bool {
+pub(crate) fn simd() -> bool {
     libjpeg::simd()
 }
 
 /// One line naming the JPEG code in use, for `iiifd --version` and the start-up log.
-pub fn codec_description() -> String {
+pub(crate) fn codec_description() -> String {
     let kernels = super::jpeg_simd::kernels().is_some();
     let pixels = match (simd(), kernels) {
         (true, _) => "libjpeg's own SIMD code (nasm was on PATH at build time)",
@@ -101,7 +106,7 @@ fn avx2() -> bool {
 /// Decode `data` at 1/2^`scale_log2` of its size, only the region `crop` (in scaled pixels; `None`
 /// for all of it). The result has exactly the crop's size. `max_bytes` bounds both the output and
 /// the decoder's own buffers (a progressive JPEG keeps every coefficient in memory).
-pub fn decode(
+pub(crate) fn decode(
     data: &[u8],
     scale_log2: u32,
     crop: Option<Rect>,
@@ -109,7 +114,7 @@ pub fn decode(
 ) -> Result<DynamicImage> {
     let info = libjpeg::header(data)?;
     if info.cmyk {
-        return Err(Error::Internal(
+        return Err(RenderError::Internal(
             "CMYK JPEG must be decoded by the fallback".into(),
         ));
     }
@@ -136,10 +141,146 @@ pub fn decode(
     libjpeg::decode(data, &info, k, want, max_bytes, super::jpeg_simd::kernels())
 }
 
-fn too_large(w: u32, h: u32, max: u64) -> Error {
-    Error::SourceTooLarge(format!(
+fn too_large(w: u32, h: u32, max: u64) -> RenderError {
+    RenderError::TooLarge(format!(
         "decoding {w}x{h} pixels would exceed render.max_decode_bytes ({max})"
     ))
+}
+
+/// The region of a JPEG: from a cached level when the level fits the cache (a viewer will ask for
+/// its neighbours next), otherwise decoded alone, cropped and DCT-scaled, so a tile or thumbnail of
+/// a 20000 px scan never holds the full image. `None` for JPEGs the JPEG route does not convert to RGB
+/// (CMYK, YCCK), which take the whole-image route.
+pub(crate) fn region(
+    src: SourceRef<'_>,
+    cache: &DecodedCache,
+    req: &CanonicalRequest,
+    max: u64,
+) -> Result<Option<(Arc<DynamicImage>, Rect)>> {
+    let jpg = JpegFile::new(src.reader, max);
+    let (info, orient) = jpg.header()?;
+    if info.cmyk {
+        return Ok(None);
+    }
+    let (dw, dh) = orient.display_size(info.width, info.height);
+    let (k, region) = plan::pick_level(req);
+    let bytes_at = |k: usize| {
+        u64::from(scaled(dw, k as u32)) * u64::from(scaled(dh, k as u32)) * u64::from(info.channels)
+    };
+    let fits = |bytes: u64| bytes <= cache.budget() && bytes <= max;
+    // Every decode of a JPEG pays for entropy-decoding the whole file, whatever the scale: that is
+    // most of its cost. A part of the image means a viewer is zooming and more levels will follow,
+    // so decode it once at full size and halve; the whole image (a thumbnail) is usually asked for
+    // once, so decode just its level at DCT scale.
+    let whole = req.region()
+        == Rect {
+            x: 0,
+            y: 0,
+            w: dw,
+            h: dh,
+        };
+    if !whole && fits(bytes_at(0)) {
+        let img = jpeg_level(src.fingerprint, &jpg, orient, cache, k, true)?;
+        return Ok(Some((img, region)));
+    }
+    if fits(bytes_at(k)) {
+        let img = jpeg_level(src.fingerprint, &jpg, orient, cache, k, false)?;
+        return Ok(Some((img, region)));
+    }
+    let kd = (k as u32).min(MAX_SCALE_LOG2);
+    let at = plan::level_rect(req.region(), kd as usize);
+    let stored = orient.stored_rect(at, scaled(dw, kd), scaled(dh, kd));
+    let img = orient.apply(decode(jpg.data()?, kd, Some(stored), max)?);
+    let whole = Rect {
+        x: 0,
+        y: 0,
+        w: img.width(),
+        h: img.height(),
+    };
+    Ok(Some((Arc::new(img), whole)))
+}
+
+/// Level `k` of a JPEG, in displayed orientation. `via_full`: halve down from a full-size decode;
+/// otherwise levels 0-3 come straight from the IDCT (or are halved from the level above when that is
+/// already in memory: cheaper than decoding again) and coarser ones are halved.
+fn jpeg_level(
+    key: &crate::source::Fingerprint,
+    jpg: &JpegFile<'_>,
+    orient: Orientation,
+    cache: &DecodedCache,
+    k: usize,
+    via_full: bool,
+) -> Result<Arc<DynamicImage>> {
+    cache.get_or_build(key, k, || {
+        if k > 0 {
+            let above = if via_full || k as u32 > MAX_SCALE_LOG2 {
+                Some(jpeg_level(key, jpg, orient, cache, k - 1, via_full)?)
+            } else {
+                cache.peek(key, k - 1)
+            };
+            if let Some(above) = above {
+                return Ok(halve(&above));
+            }
+        }
+        Ok(orient.apply(decode(jpg.data()?, k as u32, None, jpg.max)?))
+    })
+}
+
+/// Level 0 of a JPEG through the decoded cache, or `None` for CMYK and YCCK files (the `image`
+/// crate decodes those).
+pub(crate) fn full_level(
+    src: SourceRef<'_>,
+    cache: &DecodedCache,
+    max: u64,
+) -> Result<Option<Arc<DynamicImage>>> {
+    let jpg = JpegFile::new(src.reader, max);
+    let (info, orient) = jpg.header()?;
+    if info.cmyk {
+        return Ok(None);
+    }
+    jpeg_level(src.fingerprint, &jpg, orient, cache, 0, true).map(Some)
+}
+
+/// A JPEG source read lazily: the header from the first bytes, the whole file only when a decode
+/// needs it, so a render cut from a cached level never reads the (possibly 100 MB) file.
+struct JpegFile<'a> {
+    file: &'a dyn ObjectReader,
+    max: u64,
+    whole: std::cell::OnceCell<Vec<u8>>,
+}
+
+impl<'a> JpegFile<'a> {
+    fn new(file: &'a dyn ObjectReader, max: u64) -> JpegFile<'a> {
+        JpegFile {
+            file,
+            max,
+            whole: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn data(&self) -> Result<&[u8]> {
+        if let Some(d) = self.whole.get() {
+            return Ok(d);
+        }
+        let d = self.file.read_all(self.max)?;
+        Ok(self.whole.get_or_init(|| d))
+    }
+
+    /// Frame header and EXIF orientation. 256 KiB holds them for practically every JPEG; one with
+    /// larger metadata in front (big ICC profiles, XMP) is read whole.
+    fn header(&self) -> Result<(JpegInfo, Orientation)> {
+        let head = self
+            .file
+            .read_range(0, 256 << 10)
+            .map_err(|e| RenderError::Source(e.into()))?;
+        match read_info(&head) {
+            Ok(info) => Ok((info, orientation::jpeg_orientation(&head))),
+            Err(_) => {
+                let data = self.data()?;
+                Ok((read_info(data)?, orientation::jpeg_orientation(data)))
+            }
+        }
+    }
 }
 
 /// The frame marker (SOFn, 0xC0..=0xCF) of a JPEG stream, found by walking its segments; `None`
@@ -183,46 +324,6 @@ fn clamp_rect(r: Rect, w: u32, h: u32) -> Rect {
     }
 }
 
-/// Encode 8-bit gray or RGB as a baseline JPEG (4:2:0 for colour, as every IIIF server does).
-pub fn encode(img: &DynamicImage, quality: u8) -> Result<Vec<u8>> {
-    encode_with(img, quality, jpeg_encoder::SamplingFactor::F_2_2)
-}
-
-/// [`encode`] keeping full chroma resolution (4:4:4), for intermediates that are decoded again.
-pub fn encode_full_chroma(img: &DynamicImage, quality: u8) -> Result<Vec<u8>> {
-    encode_with(img, quality, jpeg_encoder::SamplingFactor::F_1_1)
-}
-
-fn encode_with(
-    img: &DynamicImage,
-    quality: u8,
-    sampling: jpeg_encoder::SamplingFactor,
-) -> Result<Vec<u8>> {
-    let (w, h) = (img.width(), img.height());
-    let (Ok(w16), Ok(h16)) = (u16::try_from(w), u16::try_from(h)) else {
-        return Err(Error::Internal(format!(
-            "{w}x{h} is larger than a JPEG can be (65535 px a side)"
-        )));
-    };
-    let mut out = Vec::with_capacity((w as usize * h as usize / 4).max(1024));
-    let mut enc = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
-    enc.set_sampling_factor(sampling);
-    let result = match img {
-        DynamicImage::ImageLuma8(buf) => {
-            enc.encode(buf.as_raw(), w16, h16, jpeg_encoder::ColorType::Luma)
-        }
-        DynamicImage::ImageRgb8(buf) => {
-            enc.encode(buf.as_raw(), w16, h16, jpeg_encoder::ColorType::Rgb)
-        }
-        other => {
-            let rgb = other.to_rgb8();
-            enc.encode(rgb.as_raw(), w16, h16, jpeg_encoder::ColorType::Rgb)
-        }
-    };
-    result.map_err(|e| Error::Internal(format!("JPEG encoding failed: {e}")))?;
-    Ok(out)
-}
-
 /// libjpeg through `mozjpeg-sys`: the only `unsafe` code of the renderer.
 ///
 /// Errors: libjpeg reports a fatal error by calling `error_exit`, which must not return. Ours
@@ -234,8 +335,8 @@ fn encode_with(
 mod libjpeg {
     use super::super::jpeg_simd::Kernels;
     use super::{scaled, too_large, JpegInfo};
-    use crate::error::{Error, Result};
     use crate::iiif::canonical::Rect;
+    use crate::render::{RenderError, Result};
     use image::DynamicImage;
     use mozjpeg_sys as sys;
     use std::ffi::{c_int, c_long, CStr};
@@ -385,7 +486,7 @@ mod libjpeg {
             let c = &*self.cinfo;
             let (width, height) = (c.image_width, c.image_height);
             if width == 0 || height == 0 {
-                return Err(Error::Undecodable("the image has no pixels".into()));
+                return Err(RenderError::Undecodable("the image has no pixels".into()));
             }
             use sys::J_COLOR_SPACE as Cs;
             let cs = c.jpeg_color_space;
@@ -413,7 +514,7 @@ mod libjpeg {
         match catch_unwind(AssertUnwindSafe(f)) {
             Ok(r) => r,
             Err(payload) => match payload.downcast::<Fatal>() {
-                Ok(fatal) => Err(Error::Undecodable(format!("JPEG: {}", fatal.0))),
+                Ok(fatal) => Err(RenderError::Undecodable(format!("JPEG: {}", fatal.0))),
                 // Not libjpeg's: a bug of ours; let the pool's catch_unwind report it.
                 Err(other) => resume_unwind(other),
             },
@@ -425,7 +526,7 @@ mod libjpeg {
         if let Some(m @ (0xC3 | 0xC5..=0xC7 | 0xCB | 0xCD..=0xCF)) = sof {
             // Lossless and hierarchical JPEG: valid files that neither libjpeg 2.1 nor browsers
             // decode.
-            return Err(Error::UnsupportedSource(format!(
+            return Err(RenderError::Unsupported(format!(
                 "lossless or hierarchical JPEG (SOF{})",
                 m - 0xC0
             )));
@@ -718,7 +819,7 @@ mod libjpeg {
                 sys::jpeg_start_decompress(c);
             }
             if (c.output_width, c.output_height) != (sw, sh) {
-                return Err(Error::Internal(format!(
+                return Err(RenderError::Internal(format!(
                     "libjpeg scaled {}x{} by 1/{} to {}x{}",
                     info.width,
                     info.height,
@@ -739,7 +840,9 @@ mod libjpeg {
             }
             let (xoff, width) = (xoff as u32, width as u32);
             if xoff > want.x || xoff + width < want.x + want.w {
-                return Err(Error::Internal("libjpeg crop misses the region".into()));
+                return Err(RenderError::Internal(
+                    "libjpeg crop misses the region".into(),
+                ));
             }
             let stride = width as usize * ch;
             let mut buf = vec![0u8; stride * want.h as usize];
@@ -764,7 +867,7 @@ mod libjpeg {
             // SAFETY: abort (not finish): the rows below the crop are not needed.
             unsafe { sys::jpeg_abort_decompress(c) };
             let img = super::super::from_samples(width, want.h, ch, buf)
-                .ok_or_else(|| Error::Internal("JPEG buffer size mismatch".into()))?;
+                .ok_or_else(|| RenderError::Internal("JPEG buffer size mismatch".into()))?;
             if (xoff, width) == (want.x, want.w) {
                 Ok(img)
             } else {
@@ -777,6 +880,7 @@ mod libjpeg {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::encode::jpeg::{encode, encode_full_chroma, encode_with};
 
     fn sample(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbImage::from_fn(w, h, |x, y| {
@@ -1059,11 +1163,11 @@ mod tests {
         let data = sample(64, 64);
         assert!(matches!(
             decode(&data, 0, None, 100),
-            Err(Error::SourceTooLarge(_))
+            Err(RenderError::TooLarge(_))
         ));
         assert!(matches!(
             decode(b"\xff\xd8\xff\xe0garbage", 0, None, 1 << 20),
-            Err(Error::Undecodable(_))
+            Err(RenderError::Undecodable(_))
         ));
         assert!(read_info(b"").is_err());
         // A truncated file is a warning, not an error: the rows it has, the rest grey.
@@ -1089,7 +1193,7 @@ mod tests {
             .expect("baseline SOF0");
         data[sof + 1] = 0xC3;
         assert_eq!(frame_marker(&data), Some(0xC3));
-        assert!(matches!(read_info(&data), Err(Error::UnsupportedSource(_))));
+        assert!(matches!(read_info(&data), Err(RenderError::Unsupported(_))));
         assert_eq!(frame_marker(b"\xff\xd8\xff"), None);
     }
 

@@ -1,5 +1,5 @@
 /*
- * Hooks that let iiifd's AVX2 kernels (src/render/jpeg_simd.rs) stand in for two of libjpeg's
+ * Hooks that let iiifd's AVX2 kernels (src/render/decode/jpeg_simd.rs) stand in for two of libjpeg's
  * methods while it decodes: the full-size "islow" inverse DCT of each component and the
  * YCbCr -> RGB colour conversion. Everything else (entropy decoding, cropping, row skipping, DCT
  * scaling, upsampling) stays libjpeg's. Why: libjpeg-turbo's own SIMD code is NASM assembly,

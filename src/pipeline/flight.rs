@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 type Waiters<T> = Vec<oneshot::Sender<T>>;
 
 /// The renders in flight, by key.
-pub struct Flights<T> {
+pub(crate) struct Flights<T> {
     inflight: Arc<Mutex<HashMap<DerivativeKey, Waiters<T>>>>,
 }
 
@@ -28,7 +28,7 @@ impl<T> Default for Flights<T> {
 
 /// Whether a caller ran the work or waited for another's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// This caller started the work.
     Leader,
     /// This caller joined work already in flight.
@@ -58,18 +58,20 @@ impl<T> Drop for Release<T> {
 
 impl<T: Clone + Send + 'static> Flights<T> {
     /// Number of keys in flight.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.inflight.lock().map(|m| m.len()).unwrap_or(0)
     }
 
     /// Whether nothing is in flight.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Run `work` for `key` unless it is already running; either way, await its result. `None` means the
     /// work panicked.
-    pub async fn run<F>(&self, key: DerivativeKey, work: F) -> (Option<T>, Role)
+    pub(crate) async fn run<F>(&self, key: DerivativeKey, work: F) -> (Option<T>, Role)
     where
         F: Future<Output = T> + Send + 'static,
     {

@@ -1,0 +1,218 @@
+//! The composition root: [`App`] wires the source backend, the store, the render pool and the
+//! pipeline, the crawler and the metrics from a configuration. Nothing here decides anything about a
+//! request, and nothing here knows HTTP (`crate::daemon` puts an [`App`] behind the listeners).
+
+use crate::config::Config;
+use crate::crawl::{CrawlSettings, Crawler};
+use crate::metrics::{self, Metrics};
+use crate::pipeline::{Pipeline, Settings};
+use crate::render::cache::DecodedCache;
+use crate::render::pool::RenderPool;
+use crate::render::probe::SourceLimits;
+use crate::render::EncodeSettings;
+use crate::source::{fs::FsBackend, Backend};
+use crate::store::{Recovery, Store, StoreSettings};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    config: Config,
+    pipeline: Arc<Pipeline>,
+    store: Arc<Store>,
+    crawler: Arc<Crawler>,
+    metrics: Arc<Metrics>,
+    recovery: Recovery,
+}
+
+impl App {
+    /// The server a configuration describes: its image directory as the source, its store
+    /// (recovering from whatever a crash left), a render pool. Blocks (opening the store).
+    pub fn new(config: Config) -> io::Result<App> {
+        let source = FsBackend::new(&config.images).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("image directory {}: {e}", config.images.display()),
+            )
+        })?;
+        App::with_source(config, Arc::new(source))
+    }
+
+    /// [`App::new`] with another source backend (the image directory in `config` is not used).
+    pub fn with_source(config: Config, source: Arc<dyn Backend>) -> io::Result<App> {
+        let (store, recovery) = Store::open(store_settings(&config)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("store {}: {e}", config.store.path.display()),
+            )
+        })?;
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::default());
+        let pool = RenderPool::new(config.render_workers(), config.render.queue);
+        let decoded = Arc::new(DecodedCache::new(config.render.decoded_cache_bytes));
+        let settings = Settings {
+            limits: config.limits(),
+            source_limits: SourceLimits {
+                max_source_pixels: config.limits.max_source_pixels,
+                max_source_bytes: config.limits.max_source_bytes,
+            },
+            encode: EncodeSettings {
+                jpeg_quality: config.render.jpeg_quality,
+                webp_quality: config.render.webp_quality,
+                tile_passthrough: config.render.tile_passthrough,
+            },
+            max_decode_bytes: config.render.max_decode_bytes,
+            tiled_copy_min_pixels: config.render.tiled_copy_min_pixels,
+            accel: !config.store.accel_redirect.is_empty(),
+            crawl_workers: config.crawl_workers(),
+        };
+        let pipeline = Arc::new(Pipeline::new(
+            source,
+            Arc::clone(&store),
+            pool,
+            decoded,
+            Arc::clone(&metrics),
+            settings,
+        ));
+        let crawler = Arc::new(Crawler::new(
+            Arc::clone(&pipeline),
+            Arc::clone(&store),
+            CrawlSettings {
+                prefix: config.prefix.clone(),
+                public_base_url: config.public_base_url.clone(),
+                tile_size: config.tile_size,
+                workers: config.crawl_workers(),
+            },
+        ));
+        Ok(App {
+            config,
+            pipeline,
+            store,
+            crawler,
+            metrics,
+            recovery,
+        })
+    }
+
+    /// Start the background work: the store's evictor and the crawl jobs a previous process left.
+    /// Needs a tokio runtime.
+    pub fn start(&self) -> io::Result<()> {
+        self.store.start_evictor()?;
+        self.crawler.resume();
+        Ok(())
+    }
+
+    /// Stop background work and flush the index (at shutdown, after the last request).
+    pub fn shutdown(&self) {
+        self.pipeline.shutdown();
+        self.store.stop_evictor();
+        if let Err(e) = self.store.flush() {
+            tracing::warn!("flushing the store index failed: {e}");
+        }
+    }
+
+    /// What opening the store found and repaired.
+    pub(crate) fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The configuration.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The pipeline.
+    pub(crate) fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The crawl jobs.
+    pub(crate) fn crawler(&self) -> &Arc<Crawler> {
+        &self.crawler
+    }
+
+    /// The request metrics.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The Prometheus exposition of every metric.
+    pub(crate) fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        self.metrics.render_into(&mut out);
+        let c = &self.store.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let counters = [
+            (
+                "iiifd_store_hits_total",
+                "Derivatives served from the store.",
+                &c.hits,
+            ),
+            (
+                "iiifd_store_misses_total",
+                "Store lookups that found nothing usable.",
+                &c.misses,
+            ),
+            (
+                "iiifd_store_evictions_total",
+                "Derivatives evicted for the budget.",
+                &c.evictions,
+            ),
+            (
+                "iiifd_store_write_errors_total",
+                "Derivatives that could not be stored.",
+                &c.write_errors,
+            ),
+            (
+                "iiifd_store_repairs_total",
+                "Stored derivatives found missing, short or corrupt.",
+                &c.repairs,
+            ),
+        ];
+        for (name, help, value) in counters {
+            metrics::counter(&mut out, name, help, load(value));
+        }
+        let stats = self.store.stats();
+        let pool = self.pipeline.pool();
+        let gauges = [
+            ("iiifd_store_bytes", "Bytes in the store.", stats.bytes),
+            (
+                "iiifd_store_objects",
+                "Derivatives in the store.",
+                stats.objects,
+            ),
+            (
+                "iiifd_store_max_bytes",
+                "The store's budget.",
+                stats.max_bytes,
+            ),
+            (
+                "iiifd_pool_pending",
+                "Renders queued or running.",
+                pool.pending() as u64,
+            ),
+            ("iiifd_pool_workers", "Render threads.", pool.size() as u64),
+        ];
+        for (name, help, value) in gauges {
+            metrics::gauge(&mut out, name, help, value);
+        }
+        out
+    }
+}
+
+/// The store settings of a configuration.
+pub(crate) fn store_settings(config: &Config) -> StoreSettings {
+    StoreSettings {
+        path: config.store.path.clone(),
+        max_bytes: config.store.max_bytes,
+        min_free_bytes: config.store.min_free_bytes,
+        verify_reads: config.store.verify_reads,
+        fsync: config.store.fsync,
+    }
+}

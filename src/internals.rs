@@ -1,0 +1,72 @@
+//! Entry points for the criterion benches (`benches/`) and the fuzz targets (`fuzz/`), which link
+//! the library from outside: thin, stable wrappers over crate-internal steps. Not an API for
+//! anything else; hidden from the documentation.
+
+use crate::iiif::canonical::{CanonicalRequest, Rect};
+use crate::iiif::Format;
+use crate::render::{self, RenderError};
+use crate::source::{jp2, memory::bytes_reader, orientation, tiff};
+use image::DynamicImage;
+
+/// Decode an image held in memory, with a source's limits and normalisation.
+pub fn decode_bytes(bytes: &[u8], max_decode_bytes: u64) -> Result<DynamicImage, RenderError> {
+    render::decode_bytes(bytes, max_decode_bytes)
+}
+
+/// Decode a JPEG at 1/2^`scale_log2`, optionally only `crop` (in scaled pixels).
+pub fn jpeg_decode(
+    data: &[u8],
+    scale_log2: u32,
+    crop: Option<Rect>,
+    max_decode_bytes: u64,
+) -> Result<DynamicImage, RenderError> {
+    render::decode::jpeg::decode(data, scale_log2, crop, max_decode_bytes)
+}
+
+/// Scale `rect` of `img` to `w` x `h` (the renderer's resampler).
+pub fn resize(img: &DynamicImage, rect: Rect, w: u32, h: u32) -> Option<DynamicImage> {
+    render::ops::crop_resize(img, rect, w, h)
+}
+
+/// Encode as `format` with the default settings.
+pub fn encode(img: DynamicImage, format: Format) -> Result<Vec<u8>, RenderError> {
+    render::encode::encode(img, format, &render::EncodeSettings::default())
+}
+
+/// Render `req` from a source held in memory, cold (no decoded cache), default settings.
+pub fn render(source: &[u8], req: &CanonicalRequest) -> Result<Vec<u8>, RenderError> {
+    let reader = bytes_reader(source.to_vec());
+    let fingerprint = crate::source::Fingerprint::new("bench");
+    let src = render::SourceRef {
+        reader: &*reader,
+        fingerprint: &fingerprint,
+    };
+    let cache = render::cache::DecodedCache::new(0);
+    render::render(
+        src,
+        &cache,
+        req,
+        &render::EncodeSettings::default(),
+        1 << 30,
+    )
+}
+
+/// The header and directory readers that run before any pixel is decoded, on arbitrary bytes:
+/// the JPEG 2000 codestream header, EXIF orientation, the tiled-TIFF directory, and the first tile
+/// of every level (decoded when it is JPEG). Returns how many pyramid levels it read.
+pub fn source_headers(data: &[u8]) -> usize {
+    let _ = jp2::read_header(data);
+    let _ = orientation::jpeg_orientation(data);
+    let reader = bytes_reader(data.to_vec());
+    let Ok(Some(pyramid)) = tiff::read_pyramid(&*reader) else {
+        return 0;
+    };
+    for level in &pyramid.levels {
+        if let Ok(tile) = level.read_tile(&*reader, 0, 0, 1 << 20) {
+            if level.codec == tiff::TileCodec::Jpeg {
+                let _ = render::decode::jpeg::decode(&tile, 0, None, 64 << 20);
+            }
+        }
+    }
+    pyramid.levels.len()
+}

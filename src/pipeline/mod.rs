@@ -1,0 +1,556 @@
+//! The request pipeline without HTTP, steps 3 to 8 of the crate's flow: locate and probe the
+//! source, canonicalise, key, look the key up in the store, and otherwise render once (single
+//! flight, [`flight`]) on the pool and persist.
+//!
+//! Image requests come in two steps so that conditional requests are answered from the key alone:
+//! [`Pipeline::prepare`] does everything up to the key (no pixels; optionally the store lookup in
+//! the same trip to the blocking threads), [`Pipeline::deliver`] finds or produces the bytes. A miss
+//! costs one more trip: to a render worker, which checks the store once more (a render that finished
+//! meanwhile stored it), renders, and persists. The crawl lane uses [`Pipeline::ensure`], which waits
+//! for an idle worker. Returns domain types only; `http` turns them into responses.
+
+mod bounded;
+pub(crate) mod flight;
+
+use crate::error::{Error, Result};
+use crate::iiif::canonical::{CanonicalRequest, ImageSize};
+use crate::iiif::parse::ImageRequest;
+use crate::iiif::Limits;
+use crate::key::DerivativeKey;
+use crate::metrics::Metrics;
+use crate::render::cache::DecodedCache;
+use crate::render::pool::{PoolError, RenderPool};
+use crate::render::probe::{self, Probe, SourceLimits, PROBE_VERSION};
+use crate::render::{self, tiled_copy, EncodeSettings, SourceRef};
+use crate::source::{Backend, Object, SourceError};
+use crate::store::{Hit, ProbeRecord, Store};
+use bounded::BoundedCache;
+use bytes::Bytes;
+use flight::{Flights, Role};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Located sources kept in memory (the sled probe cache behind it keeps everything).
+const LOCATED_ENTRIES: usize = 20_000;
+
+/// How long the render pool must have been idle before a tiled copy is written.
+const COPY_AFTER_IDLE: Duration = Duration::from_millis(500);
+
+/// What the pipeline is configured with.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) limits: Limits,
+    pub(crate) source_limits: SourceLimits,
+    pub(crate) encode: EncodeSettings,
+    pub(crate) max_decode_bytes: u64,
+    pub(crate) tiled_copy_min_pixels: u64,
+    /// Hits are sent by the proxy (`X-Accel-Redirect`), so lookups need not read the file.
+    pub(crate) accel: bool,
+    /// Crawl renders at once.
+    pub(crate) crawl_workers: usize,
+}
+
+/// A located, probed source.
+#[derive(Clone, Debug)]
+pub(crate) struct Located {
+    pub(crate) object: Object,
+    pub(crate) probe: Probe,
+}
+
+impl Located {
+    /// Its displayed size.
+    pub(crate) fn size(&self) -> ImageSize {
+        self.probe.size
+    }
+}
+
+/// Whether the store was consulted for a prepared request, and what it said.
+#[derive(Clone, Debug)]
+pub(crate) enum Lookup {
+    /// Not yet (a conditional request may not need it).
+    Pending,
+    /// The object is stored.
+    Hit(Hit),
+    /// It is not.
+    Miss,
+}
+
+/// An image request resolved up to its key.
+#[derive(Clone, Debug)]
+pub(crate) struct Prepared {
+    pub(crate) identifier: String,
+    pub(crate) source: Located,
+    pub(crate) canonical: CanonicalRequest,
+    pub(crate) key: DerivativeKey,
+    pub(crate) lookup: Lookup,
+}
+
+/// How the bytes of a response are delivered.
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// iiifd sends them.
+    Bytes(Bytes),
+    /// The proxy sends the stored file at this path below `objects/` (`X-Accel-Redirect`).
+    Accel(String),
+}
+
+/// Where a response came from (RFC 9211 `Cache-Status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CacheStatus {
+    /// Served from the store.
+    Hit,
+    /// Rendered and stored.
+    Stored,
+    /// Rendered but not stored (the store could not write).
+    NotStored,
+    /// Waited on another request's render.
+    Collapsed,
+}
+
+/// A derivative ready to send.
+#[derive(Debug)]
+pub(crate) struct Delivered {
+    pub(crate) body: Body,
+    pub(crate) cache: CacheStatus,
+}
+
+/// What [`Pipeline::ensure`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ensured {
+    /// It was stored already (or another request stored it meanwhile).
+    Stored,
+    /// Rendered now: this many bytes.
+    Rendered(u64),
+}
+
+/// One render's result, shared with the requests that waited for it.
+#[derive(Clone, Debug)]
+struct Produced {
+    bytes: Bytes,
+    stored: bool,
+    /// Found in the store by the render worker's own check: nothing was rendered.
+    found: bool,
+}
+
+/// The pipeline: a source backend, the store, the renderer and what they share.
+pub(crate) struct Pipeline {
+    source: Arc<dyn Backend>,
+    store: Arc<Store>,
+    pool: RenderPool,
+    decoded: Arc<DecodedCache>,
+    flights: Flights<Result<Produced, Arc<Error>>>,
+    located: BoundedCache<String, Located>,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    crawl_slots: tokio::sync::Semaphore,
+    /// Tiled copies being written, and sources that cannot have one.
+    copies_building: Mutex<HashSet<DerivativeKey>>,
+}
+
+impl Pipeline {
+    /// Assemble the pipeline.
+    pub(crate) fn new(
+        source: Arc<dyn Backend>,
+        store: Arc<Store>,
+        pool: RenderPool,
+        decoded: Arc<DecodedCache>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Pipeline {
+        Pipeline {
+            crawl_slots: tokio::sync::Semaphore::new(settings.crawl_workers.max(1)),
+            source,
+            store,
+            pool,
+            decoded,
+            flights: Flights::default(),
+            located: BoundedCache::new(LOCATED_ENTRIES),
+            metrics,
+            settings,
+            copies_building: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The source backend.
+    pub(crate) fn source(&self) -> &Arc<dyn Backend> {
+        &self.source
+    }
+
+    /// The render pool.
+    pub(crate) fn pool(&self) -> &RenderPool {
+        &self.pool
+    }
+
+    /// The server limits.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.settings.limits
+    }
+
+    /// Stop the render workers (after the last request).
+    pub(crate) fn shutdown(&self) {
+        self.pool.shutdown();
+    }
+
+    /// Locate `identifier` and read its size, from the caches when the object has not changed.
+    pub(crate) async fn locate(self: &Arc<Self>, identifier: &str) -> Result<Located> {
+        let p = Arc::clone(self);
+        let identifier = identifier.to_owned();
+        blocking(move || p.locate_blocking(&identifier)).await?
+    }
+
+    fn locate_blocking(&self, identifier: &str) -> Result<Located> {
+        if let Some(cached) = self.located.get(&identifier.to_owned()) {
+            // One stat (or HEAD) tells whether the cached answer still holds.
+            match self.source.refresh(&cached.object) {
+                Ok(object) if object.fingerprint == cached.object.fingerprint => {
+                    return Ok(Located {
+                        object,
+                        probe: cached.probe,
+                    });
+                }
+                Ok(object) => {
+                    let located = Located {
+                        probe: self.probe(&object)?,
+                        object,
+                    };
+                    self.located.insert(identifier.to_owned(), located.clone());
+                    return Ok(located);
+                }
+                // Moved or removed: look for it afresh.
+                Err(SourceError::NotFound(_)) => self.located.remove(&identifier.to_owned()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let object = self.source.locate(identifier)?;
+        let located = Located {
+            probe: self.probe(&object)?,
+            object,
+        };
+        self.located.insert(identifier.to_owned(), located.clone());
+        Ok(located)
+    }
+
+    /// The probe of an object version: from the store's probe cache, or read from its header.
+    fn probe(&self, object: &Object) -> Result<Probe> {
+        let fp = object.fingerprint.as_str();
+        if let Some(r) = self
+            .store
+            .probe_get(fp)
+            .filter(|r| r.probe == PROBE_VERSION)
+        {
+            return Ok(Probe {
+                size: ImageSize {
+                    width: r.width,
+                    height: r.height,
+                },
+                tile: (r.tile > 0).then_some(r.tile),
+            });
+        }
+        let reader = self.source.open(object)?;
+        let probe = probe::probe(&*reader, &self.settings.source_limits)?;
+        self.store.probe_put(
+            fp,
+            &ProbeRecord {
+                width: probe.size.width,
+                height: probe.size.height,
+                tile: probe.tile.unwrap_or(0),
+                probe: PROBE_VERSION,
+            },
+        );
+        Ok(probe)
+    }
+
+    /// Resolve an image request up to its derivative key, without touching pixels. With `lookup`,
+    /// the store is consulted in the same trip to the blocking threads (a hit then costs one hop).
+    pub(crate) async fn prepare(
+        self: &Arc<Self>,
+        identifier: &str,
+        request: &ImageRequest,
+        lookup: bool,
+    ) -> Result<Prepared> {
+        let p = Arc::clone(self);
+        let (identifier, request) = (identifier.to_owned(), request.clone());
+        blocking(move || {
+            let source = p.locate_blocking(&identifier)?;
+            let canonical = CanonicalRequest::resolve(&request, source.size(), &p.settings.limits)?;
+            let encoder = p.settings.encode.describe(canonical.format());
+            let key = DerivativeKey::derive(&source.object.fingerprint, &canonical, &encoder);
+            let lookup = if lookup {
+                p.lookup_blocking(&key)
+            } else {
+                Lookup::Pending
+            };
+            Ok(Prepared {
+                identifier,
+                source,
+                canonical,
+                key,
+                lookup,
+            })
+        })
+        .await?
+    }
+
+    fn lookup_blocking(&self, key: &DerivativeKey) -> Lookup {
+        match self.store.lookup(key, !self.settings.accel) {
+            Some(hit) => Lookup::Hit(hit),
+            None => Lookup::Miss,
+        }
+    }
+
+    /// The derivative for `prepared`: from the store when present, else rendered once (however many
+    /// requests ask at the same moment), persisted, and returned.
+    pub(crate) async fn deliver(self: &Arc<Self>, prepared: Prepared) -> Result<Delivered> {
+        let lookup = match prepared.lookup {
+            Lookup::Pending => {
+                let (p, key) = (Arc::clone(self), prepared.key);
+                blocking(move || p.lookup_blocking(&key)).await?
+            }
+            ref done => done.clone(),
+        };
+        if let Lookup::Hit(hit) = lookup {
+            let body = match hit.bytes {
+                Some(b) => Body::Bytes(Bytes::from(b)),
+                None => Body::Accel(hit.relative_path),
+            };
+            return Ok(Delivered {
+                body,
+                cache: CacheStatus::Hit,
+            });
+        }
+        let (produced, role) = self.produce_once(prepared).await?;
+        let cache = match (role, produced.stored || produced.found) {
+            (Role::Follower, _) => {
+                self.metrics.collapsed.fetch_add(1, Ordering::Relaxed);
+                CacheStatus::Collapsed
+            }
+            (Role::Leader, _) if produced.found => CacheStatus::Hit,
+            (Role::Leader, true) => CacheStatus::Stored,
+            (Role::Leader, false) => CacheStatus::NotStored,
+        };
+        Ok(Delivered {
+            body: Body::Bytes(produced.bytes),
+            cache,
+        })
+    }
+
+    /// Make sure `prepared` is stored, in the crawl's low-priority lane: at most `crawl_workers`
+    /// crawl renders at once, and each only when a render worker is idle, so live requests never
+    /// queue behind crawl work.
+    pub(crate) async fn ensure(self: &Arc<Self>, prepared: Prepared) -> Result<Ensured> {
+        if matches!(prepared.lookup, Lookup::Hit(_)) {
+            return Ok(Ensured::Stored);
+        }
+        let _slot = self.crawl_slots.acquire().await.map_err(|_| Error::Busy)?;
+        while self.pool.pending() >= self.pool.size() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (produced, role) = self.produce_once(prepared).await?;
+        Ok(match role {
+            Role::Leader if !produced.found => Ensured::Rendered(produced.bytes.len() as u64),
+            Role::Leader | Role::Follower => Ensured::Stored,
+        })
+    }
+
+    /// Single flight around [`Pipeline::produce`]: one render per key however many wait.
+    async fn produce_once(self: &Arc<Self>, prepared: Prepared) -> Result<(Produced, Role)> {
+        let p = Arc::clone(self);
+        let key = prepared.key;
+        let (result, role) = self
+            .flights
+            .run(
+                key,
+                async move { p.produce(prepared).await.map_err(Arc::new) },
+            )
+            .await;
+        match result {
+            None => Err(Error::RenderPanicked),
+            Some(Err(e)) => Err(Error::Shared(e)),
+            Some(Ok(p)) => Ok((p, role)),
+        }
+    }
+
+    /// One trip to a render worker: check the store once more, render (from the source's tiled
+    /// copy when it has one and the pixels are not in memory), persist.
+    async fn produce(self: &Arc<Self>, prepared: Prepared) -> Result<Produced> {
+        let source = Arc::clone(&self.source);
+        let store = Arc::clone(&self.store);
+        let cache = Arc::clone(&self.decoded);
+        let settings = self.settings.clone();
+        let size = prepared.source.size();
+        let fingerprint = prepared.source.object.fingerprint.clone();
+        let copy_key =
+            tiled_copy::wanted(size, settings.tiled_copy_min_pixels, &prepared.canonical)
+                .then(|| tiled_copy::key(&fingerprint));
+        let job_prepared = prepared.clone();
+        let job = move || -> Result<(Produced, bool, bool, Duration)> {
+            let prepared = job_prepared;
+            let key = prepared.key;
+            if let Some(hit) = store.lookup(&key, true) {
+                if let Some(bytes) = hit.bytes {
+                    let found = Produced {
+                        bytes: Bytes::from(bytes),
+                        stored: true,
+                        found: true,
+                    };
+                    return Ok((found, false, false, Duration::ZERO));
+                }
+            }
+            let started = Instant::now();
+            let canonical = &prepared.canonical;
+            let copy = copy_key.and_then(|k| store.open_object(&k, tiled_copy::EXTENSION));
+            // Pixels already in memory beat reading tiles from disk: the copy is for the sessions
+            // that come after the decoded cache has moved on.
+            let from_copy = copy
+                .as_ref()
+                .filter(|_| !render::level_in_memory(&cache, &fingerprint, canonical))
+                .and_then(|c| {
+                    render::render_tiled_copy(
+                        &**c,
+                        canonical,
+                        &settings.encode,
+                        settings.max_decode_bytes,
+                    )
+                });
+            let (bytes, used_copy, wants_copy) = match from_copy {
+                Some(result) => (result?, true, false),
+                None => {
+                    let reader = source.open(&prepared.source.object)?;
+                    let src = SourceRef {
+                        reader: &*reader,
+                        fingerprint: &fingerprint,
+                    };
+                    let bytes = render::render(
+                        src,
+                        &cache,
+                        canonical,
+                        &settings.encode,
+                        settings.max_decode_bytes,
+                    )?;
+                    let wants =
+                        copy_key.is_some() && copy.is_none() && render::flat_source(&*reader);
+                    (bytes, false, wants)
+                }
+            };
+            let elapsed = started.elapsed();
+            let stored = match store.put(
+                &key,
+                canonical.format().extension(),
+                &bytes,
+                &prepared.identifier,
+            ) {
+                Ok(()) => true,
+                Err(e) => {
+                    // Flask-IIIF's IIIF_CACHE_IGNORE_ERRORS, as the default: the viewer still gets
+                    // its image.
+                    tracing::warn!(key = %key.to_hex(), "could not store derivative: {e}");
+                    false
+                }
+            };
+            let produced = Produced {
+                bytes: Bytes::from(bytes),
+                stored,
+                found: false,
+            };
+            Ok((produced, used_copy, wants_copy, elapsed))
+        };
+        let (produced, used_copy, wants_copy, elapsed) = match self.pool.run(job).await {
+            Ok(result) => result?,
+            Err(PoolError::Busy) | Err(PoolError::Closed) => return Err(Error::Busy),
+            Err(PoolError::Panicked) => return Err(Error::RenderPanicked),
+        };
+        if !produced.found {
+            self.metrics.observe_render(elapsed);
+        }
+        if used_copy {
+            self.metrics
+                .tiled_copy_renders
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if let (true, Some(key)) = (wants_copy, copy_key) {
+            self.start_tiled_copy(key, prepared);
+        }
+        Ok(produced)
+    }
+
+    /// Write the tiled copy of a large flat source in the background, in the crawl's way: only when
+    /// a render worker is idle, so no live request waits behind it. One build per source at a time;
+    /// a source that cannot have a copy (alpha, 16-bit, too large to decode) stays marked and is not
+    /// tried again until the process restarts.
+    fn start_tiled_copy(self: &Arc<Self>, key: DerivativeKey, prepared: Prepared) {
+        let first = self
+            .copies_building
+            .lock()
+            .map(|mut set| set.insert(key))
+            .unwrap_or(false);
+        if !first {
+            return;
+        }
+        let p = Arc::clone(self);
+        tokio::spawn(async move {
+            // Wait for the viewer's burst to pass: half a second with no render queued or running.
+            // The copy serves later sessions; the one that triggered it has the decoded cache.
+            let mut idle_since: Option<Instant> = None;
+            loop {
+                if p.pool.pending() > 0 {
+                    idle_since = None;
+                } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= COPY_AFTER_IDLE {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let (source, store, cache) = (
+                Arc::clone(&p.source),
+                Arc::clone(&p.store),
+                Arc::clone(&p.decoded),
+            );
+            let max = p.settings.max_decode_bytes;
+            let identifier = prepared.identifier.clone();
+            let job = move || -> Result<bool> {
+                let reader = source.open(&prepared.source.object)?;
+                let src = SourceRef {
+                    reader: &*reader,
+                    fingerprint: &prepared.source.object.fingerprint,
+                };
+                let Some(levels) = tiled_copy::levels(src, &cache, max)? else {
+                    return Ok(false);
+                };
+                store.put_with(
+                    &key,
+                    tiled_copy::EXTENSION,
+                    &prepared.identifier,
+                    &mut |f| tiled_copy::write(&levels, f),
+                )?;
+                Ok(true)
+            };
+            let keep_marked = match p.pool.run(job).await {
+                Ok(Ok(true)) => {
+                    p.metrics.tiled_copies.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                Ok(Ok(false)) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(%identifier, "tiled copy not written: {e}");
+                    false
+                }
+                Err(_) => false,
+            };
+            if !keep_marked {
+                if let Ok(mut set) = p.copies_building.lock() {
+                    set.remove(&key);
+                }
+            }
+        });
+    }
+}
+
+/// Run blocking work on tokio's blocking threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))
+}

@@ -1,0 +1,26 @@
+//! Decoding, one file per source kind: [`jpeg`] (libjpeg with DCT scaling and cropping, our SIMD
+//! kernels), [`tiff`] (the tiles of a pyramid level), [`jp2`] (openjpeg: resolution reduction and
+//! decode area, reading through the backend), and [`whole`] (everything decoded whole by the `image`
+//! crate, with a cached pyramid of halvings). Each returns the region's pixels in one of the 8-bit
+//! layouts [`from_samples`] builds.
+
+pub(crate) mod jp2;
+pub(crate) mod jpeg;
+mod jpeg_simd;
+pub(crate) mod tiff;
+pub(crate) mod whole;
+
+use image::DynamicImage;
+
+/// 8-bit interleaved samples as an image: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA channels. `None` when
+/// the buffer does not hold `w` x `h` pixels. The one place that maps the decoders' and resizer's raw
+/// buffers back to the layouts everything downstream works on.
+pub(crate) fn from_samples(w: u32, h: u32, channels: usize, buf: Vec<u8>) -> Option<DynamicImage> {
+    match channels {
+        1 => image::GrayImage::from_raw(w, h, buf).map(DynamicImage::ImageLuma8),
+        2 => image::GrayAlphaImage::from_raw(w, h, buf).map(DynamicImage::ImageLumaA8),
+        3 => image::RgbImage::from_raw(w, h, buf).map(DynamicImage::ImageRgb8),
+        4 => image::RgbaImage::from_raw(w, h, buf).map(DynamicImage::ImageRgba8),
+        _ => None,
+    }
+}

@@ -1,0 +1,110 @@
+//! Pyramidal TIFF: the smallest level that still covers the output, and only its tiles that meet
+//! the region (JPEG tiles with shared tables, or raw tiles). A request that is exactly one stored
+//! JPEG tile, unchanged, is answered with the tile's bytes.
+
+use crate::iiif::canonical::{CanonicalRequest, Rect};
+use crate::render::{finish, plan, EncodeSettings, RenderError, Result};
+use crate::source::tiff;
+use crate::source::ObjectReader;
+use image::DynamicImage;
+
+/// Render `req` from `pyramid`: pass a stored tile through, or decode the tiles under the region
+/// at the chosen level and finish the image.
+pub(crate) fn render(
+    file: &dyn ObjectReader,
+    pyramid: &tiff::Pyramid,
+    req: &CanonicalRequest,
+    settings: &EncodeSettings,
+    max: u64,
+) -> Result<Vec<u8>> {
+    let sizes: Vec<(u32, u32)> = pyramid.levels.iter().map(|l| (l.width, l.height)).collect();
+    let (index, rect) = plan::pyramid_level(&sizes, req);
+    let Some(level) = pyramid.levels.get(index) else {
+        return Err(RenderError::Internal("pyramid level out of range".into()));
+    };
+    let (tw, th) = (level.tile_width, level.tile_height);
+    if settings.tile_passthrough
+        && level.codec == tiff::TileCodec::Jpeg
+        && plan::is_stored_tile(req, rect, (tw, th))
+    {
+        return Ok(level.read_tile(file, rect.x / tw, rect.y / th, max)?);
+    }
+    let img = read_tiles(file, level, rect, max)?;
+    let whole = Rect {
+        x: 0,
+        y: 0,
+        w: rect.w,
+        h: rect.h,
+    };
+    finish(&img, whole, req, settings)
+}
+
+/// The pixels of `rect` of a tiled level, decoding each tile that meets it (only the part it needs).
+fn read_tiles(
+    file: &dyn ObjectReader,
+    level: &tiff::Level,
+    rect: Rect,
+    max: u64,
+) -> Result<DynamicImage> {
+    let ch = usize::from(level.samples);
+    let out_bytes = u64::from(rect.w) * u64::from(rect.h) * ch as u64;
+    if out_bytes > max {
+        return Err(RenderError::TooLarge(format!(
+            "{}x{} pixels would exceed render.max_decode_bytes ({max})",
+            rect.w, rect.h
+        )));
+    }
+    let (tw, th) = (level.tile_width, level.tile_height);
+    let mut out = vec![0u8; out_bytes as usize];
+    let stride = rect.w as usize * ch;
+    for row in rect.y / th..(rect.y + rect.h).div_ceil(th) {
+        for col in rect.x / tw..(rect.x + rect.w).div_ceil(tw) {
+            // The part of this tile inside the region, in tile pixels.
+            let (tx, ty) = (col * tw, row * th);
+            let ix0 = rect.x.max(tx);
+            let iy0 = rect.y.max(ty);
+            let ix1 = (rect.x + rect.w).min(tx + tw);
+            let iy1 = (rect.y + rect.h).min(ty + th);
+            let part = Rect {
+                x: ix0 - tx,
+                y: iy0 - ty,
+                w: ix1 - ix0,
+                h: iy1 - iy0,
+            };
+            let bytes = level.read_tile(file, col, row, max)?;
+            let pixels: Vec<u8> =
+                match level.codec {
+                    tiff::TileCodec::Jpeg => {
+                        let img = super::jpeg::decode(&bytes, 0, Some(part), max)?;
+                        if ch == 1 {
+                            img.into_luma8().into_raw()
+                        } else {
+                            img.into_rgb8().into_raw()
+                        }
+                    }
+                    tiff::TileCodec::None => {
+                        let mut v = Vec::with_capacity(part.w as usize * part.h as usize * ch);
+                        for y in part.y..part.y + part.h {
+                            let start = (y as usize * tw as usize + part.x as usize) * ch;
+                            let line = bytes.get(start..start + part.w as usize * ch).ok_or_else(
+                                || RenderError::Undecodable("TIFF tile too short".into()),
+                            )?;
+                            v.extend_from_slice(line);
+                        }
+                        v
+                    }
+                };
+            let line = part.w as usize * ch;
+            if pixels.len() < line * part.h as usize {
+                return Err(RenderError::Undecodable("TIFF tile decoded short".into()));
+            }
+            for (i, src) in pixels.chunks_exact(line).take(part.h as usize).enumerate() {
+                let y = (iy0 - rect.y) as usize + i;
+                let at = y * stride + (ix0 - rect.x) as usize * ch;
+                out[at..at + line].copy_from_slice(src);
+            }
+        }
+    }
+    super::from_samples(rect.w, rect.h, ch, out)
+        .ok_or_else(|| RenderError::Internal("tile buffer size mismatch".into()))
+}

@@ -1,0 +1,91 @@
+//! Sources decoded whole by the `image` crate (PNG, GIF, WebP, flat TIFF, CMYK JPEG), kept in the
+//! decoded cache with a lazily built pyramid of 2x2 halvings: level 0 decoded once, every other
+//! level halved from the one above, so a viewer's tiles of one image cost one decode.
+
+use super::jpeg;
+use crate::iiif::canonical::{CanonicalRequest, Rect};
+use crate::render::cache::DecodedCache;
+use crate::render::ops::halve;
+use crate::render::{plan, RenderError, Result, SourceRef};
+use crate::source::{ObjectReader, SourceKind};
+use image::DynamicImage;
+use std::sync::Arc;
+
+/// Level 0 (the whole image at full size, displayed orientation) of a flat source, through the
+/// decoded cache.
+pub(crate) fn full_image(
+    src: SourceRef<'_>,
+    cache: &DecodedCache,
+    max: u64,
+) -> Result<Arc<DynamicImage>> {
+    if matches!(SourceKind::of(src.reader), Ok(SourceKind::Jpeg)) {
+        if let Some(level) = jpeg::full_level(src, cache, max)? {
+            return Ok(level);
+        }
+    }
+    cache.get_or_build(src.fingerprint, 0, || decode(src.reader, max))
+}
+
+/// The region from a pyramid level of a source decoded whole: level 0 by the `image` crate, every
+/// other level by halving the one above.
+pub(crate) fn cached_region(
+    src: SourceRef<'_>,
+    cache: &DecodedCache,
+    req: &CanonicalRequest,
+    max: u64,
+) -> Result<(Arc<DynamicImage>, Rect)> {
+    fn level(
+        src: SourceRef<'_>,
+        cache: &DecodedCache,
+        k: usize,
+        max: u64,
+    ) -> Result<Arc<DynamicImage>> {
+        cache.get_or_build(src.fingerprint, k, || {
+            if k == 0 {
+                decode(src.reader, max)
+            } else {
+                Ok(halve(&*level(src, cache, k - 1, max)?))
+            }
+        })
+    }
+    let (k, region) = plan::pick_level(req);
+    Ok((level(src, cache, k, max)?, region))
+}
+
+/// Decode the whole source into 8-bit gray or colour, with or without alpha.
+pub(crate) fn decode(reader: &dyn ObjectReader, max_decode_bytes: u64) -> Result<DynamicImage> {
+    let reader = image::ImageReader::new(reader.stream())
+        .with_guessed_format()
+        .map_err(|e| RenderError::Source(e.into()))?;
+    decode_reader(reader, max_decode_bytes)
+}
+
+fn decode_reader<R: std::io::BufRead + std::io::Seek>(
+    mut reader: image::ImageReader<R>,
+    max_decode_bytes: u64,
+) -> Result<DynamicImage> {
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_decode_bytes);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| match e {
+        // The decode budget, not the file, is what stops a decompression bomb: the source is valid but
+        // larger than this server decodes.
+        image::ImageError::Limits(l) => RenderError::TooLarge(format!(
+            "decoding it would exceed render.max_decode_bytes ({l})"
+        )),
+        other => RenderError::Undecodable(other.to_string()),
+    })?;
+    // Found by the `decode` fuzz target: a GIF whose logical screen is 0x0 decodes to an empty image.
+    if img.width() == 0 || img.height() == 0 {
+        return Err(RenderError::Undecodable("the image has no pixels".into()));
+    }
+    use image::ColorType as C;
+    // Everything downstream works on 8-bit samples; gray stays gray (a third of the memory of RGB).
+    Ok(match img.color() {
+        C::L8 | C::La8 | C::Rgb8 | C::Rgba8 => img,
+        C::L16 => DynamicImage::ImageLuma8(img.to_luma8()),
+        C::La16 => DynamicImage::ImageLumaA8(img.to_luma_alpha8()),
+        c if c.has_alpha() => DynamicImage::ImageRgba8(img.to_rgba8()),
+        _ => DynamicImage::ImageRgb8(img.to_rgb8()),
+    })
+}

@@ -1,0 +1,104 @@
+//! The probe: an image's displayed size and its own tiles, from the header alone (no pixel is
+//! decoded), read by the same parsers that render it, so a file the probe accepts is one the
+//! renderer reads.
+
+use super::decode::jpeg;
+use super::{RenderError, Result};
+use crate::iiif::canonical::ImageSize;
+use crate::source::{jp2, orientation, tiff, ObjectReader, SourceError, SourceKind};
+
+/// Limits checked before any pixel is decoded.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SourceLimits {
+    /// Largest source area in pixels.
+    pub(crate) max_source_pixels: u64,
+    /// Largest source object in bytes.
+    pub(crate) max_source_bytes: u64,
+}
+
+/// What the probe learns from a source's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Probe {
+    /// The displayed size (after EXIF orientation).
+    pub(crate) size: ImageSize,
+    /// The file's own tile width for a pyramidal tiled TIFF with square tiles (info.json then
+    /// advertises it, so a viewer's tiles are the stored ones), else `None`.
+    pub(crate) tile: Option<u32>,
+}
+
+/// Bumped when the probe learns to read something new, so cached probes of old versions are redone.
+pub(crate) const PROBE_VERSION: u32 = 3;
+
+/// Read the image's size from its header, then check the source limits.
+pub(crate) fn probe(reader: &dyn ObjectReader, limits: &SourceLimits) -> Result<Probe> {
+    let len = reader.size();
+    if len > limits.max_source_bytes {
+        return Err(SourceError::TooLarge(format!(
+            "{len} bytes, above max_source_bytes ({})",
+            limits.max_source_bytes
+        ))
+        .into());
+    }
+    let mut tile = None;
+    let (width, height) = match SourceKind::of(reader).map_err(SourceError::from)? {
+        SourceKind::Tiff => match tiff::read_pyramid(reader)? {
+            Some(p) => {
+                let l = &p.levels[0];
+                if l.tile_width == l.tile_height {
+                    tile = Some(l.tile_width);
+                }
+                (l.width, l.height)
+            }
+            None => whole_dimensions(reader)?,
+        },
+        SourceKind::Jp2 => {
+            let head = reader.read_range(0, 1 << 20).map_err(SourceError::from)?;
+            let h = jp2::read_header(&head)
+                .ok_or_else(|| RenderError::Undecodable("unreadable JPEG 2000 header".into()))?;
+            (h.width, h.height)
+        }
+        SourceKind::Jpeg => {
+            // EXIF and the frame header sit before the pixels: 256 KiB holds them for practically
+            // every JPEG; one with larger metadata in front is read whole.
+            let head = reader.read_range(0, 256 << 10).map_err(SourceError::from)?;
+            let (info, orient) = match jpeg::read_info(&head) {
+                Ok(info) => (info, orientation::jpeg_orientation(&head)),
+                Err(_) => {
+                    let data = reader.read_all(limits.max_source_bytes)?;
+                    (
+                        jpeg::read_info(&data)?,
+                        orientation::jpeg_orientation(&data),
+                    )
+                }
+            };
+            orient.display_size(info.width, info.height)
+        }
+        SourceKind::Png | SourceKind::Gif | SourceKind::Webp | SourceKind::Other => {
+            whole_dimensions(reader)?
+        }
+    };
+    if width == 0 || height == 0 {
+        return Err(RenderError::Undecodable("the image has no pixels".into()));
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_source_pixels {
+        return Err(SourceError::TooLarge(format!(
+            "{width}x{height} = {pixels} pixels, above max_source_pixels ({})",
+            limits.max_source_pixels
+        ))
+        .into());
+    }
+    Ok(Probe {
+        size: ImageSize { width, height },
+        tile,
+    })
+}
+
+/// The dimensions the `image` crate reads from a header.
+fn whole_dimensions(reader: &dyn ObjectReader) -> Result<(u32, u32)> {
+    image::ImageReader::new(reader.stream())
+        .with_guessed_format()
+        .map_err(SourceError::from)?
+        .into_dimensions()
+        .map_err(|e| RenderError::Undecodable(e.to_string()))
+}
