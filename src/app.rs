@@ -98,7 +98,7 @@ impl App {
     /// Start the background work: the store's evictor and the crawl jobs a previous process left.
     /// Needs a tokio runtime.
     pub fn start(&self) -> io::Result<()> {
-        self.store.start_evictor()?;
+        self.store.start_background()?;
         self.crawler.resume();
         Ok(())
     }
@@ -106,9 +106,8 @@ impl App {
     /// Stop background work and flush the index (at shutdown, after the last request).
     pub fn shutdown(&self) {
         self.pipeline.shutdown();
-        self.store.stop_evictor();
-        if let Err(e) = self.store.flush() {
-            tracing::warn!("flushing the store index failed: {e}");
+        if let Err(e) = self.store.close() {
+            tracing::warn!("closing the store failed: {e}");
         }
     }
 
@@ -174,6 +173,26 @@ impl App {
                 "Stored derivatives found missing, short or corrupt.",
                 &c.repairs,
             ),
+            (
+                "iiifd_store_adopted_total",
+                "Stored files without an index entry given one.",
+                &c.adopted,
+            ),
+            (
+                "iiifd_store_reconcile_passes_total",
+                "Reconcile passes completed.",
+                &c.reconcile_passes,
+            ),
+            (
+                "iiifd_store_reconcile_checked_total",
+                "Index entries and files checked by reconcile passes.",
+                &c.reconcile_checked,
+            ),
+            (
+                "iiifd_store_reconcile_dropped_total",
+                "Index entries dropped by reconcile passes (file gone or changed).",
+                &c.reconcile_dropped,
+            ),
         ];
         for (name, help, value) in counters {
             metrics::counter(&mut out, name, help, load(value));
@@ -198,6 +217,11 @@ impl App {
                 pool.pending() as u64,
             ),
             ("iiifd_pool_workers", "Render threads.", pool.size() as u64),
+            (
+                "iiifd_store_reconcile_running",
+                "Whether a reconcile pass is running.",
+                load(&c.reconcile_running),
+            ),
         ];
         for (name, help, value) in gauges {
             metrics::gauge(&mut out, name, help, value);
@@ -214,5 +238,7 @@ pub(crate) fn store_settings(config: &Config) -> StoreSettings {
         min_free_bytes: config.store.min_free_bytes,
         verify_reads: config.store.verify_reads,
         fsync: config.store.fsync,
+        index_cache_bytes: config.store.index_cache_bytes,
+        reconcile_rate: config.store.reconcile_rate,
     }
 }

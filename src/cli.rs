@@ -251,6 +251,19 @@ fn store_command(cfg: &Config, op: &StoreOp) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Offline maintenance: pay a reconcile pass the store owes (a crash, a lost index) first, at
+    // full speed, so every command answers from an index that agrees with the files.
+    let reconciled = if store.needs_reconcile() {
+        match store.reconcile(0) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("iiifd: store {}: reconcile: {e}", cfg.store.path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let result = match op {
         StoreOp::Stats => Ok(serde_json::json!({ "stats": store.stats(), "recovery": recovery })),
         StoreOp::Verify => store
@@ -265,8 +278,16 @@ fn store_command(cfg: &Config, op: &StoreOp) -> ExitCode {
         StoreOp::Purge { id } => store
             .purge(id)
             .map(|n| serde_json::json!({ "purged": n, "stats": store.stats() })),
-    };
-    let _ = store.flush();
+    }
+    .map(|mut v| {
+        if let Some(r) = reconciled {
+            v["reconciled"] = serde_json::json!(r);
+        }
+        v
+    });
+    if let Err(e) = store.close() {
+        eprintln!("iiifd: store {}: {e}", cfg.store.path.display());
+    }
     match result {
         Ok(v) => {
             print_json(&v);

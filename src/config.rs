@@ -175,6 +175,13 @@ pub struct StoreConfig {
     /// When set (e.g. `/_iiifd/`), hits answer with `X-Accel-Redirect: {this}ab/<key>.<ext>` and no
     /// body, for nginx to send the file. Env: `IIIFD_STORE__ACCEL_REDIRECT`.
     pub accel_redirect: String,
+    /// Bound of the index's own page cache (sled's `cache_capacity`), the only store memory that
+    /// grows with use. Env: `IIIFD_STORE__INDEX_CACHE_BYTES`.
+    pub index_cache_bytes: u64,
+    /// Index entries and object files the background reconcile checks per second, after a crash or
+    /// a lost index (nginx's cache loader makes the same bounded walk). 0: no bound. Env:
+    /// `IIIFD_STORE__RECONCILE_RATE`.
+    pub reconcile_rate: u64,
 }
 
 /// `[admin]`.
@@ -196,6 +203,8 @@ impl Default for StoreConfig {
             verify_reads: true,
             fsync: false,
             accel_redirect: String::new(),
+            index_cache_bytes: 32 << 20,
+            reconcile_rate: 20_000,
         }
     }
 }

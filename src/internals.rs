@@ -70,3 +70,74 @@ pub fn source_headers(data: &[u8]) -> usize {
     }
     pyramid.levels.len()
 }
+
+/// What [`fill_store`] wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Filled {
+    /// Objects written.
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Fill the store of `config` with `n` objects of `object_bytes` each, under the keys the server
+/// gives the requests `{prefix}/3/{identifier}/{x},{y},64,64/max/0/default.jpg` (written to `urls`,
+/// one path a line), so that the server answers them as hits. Straight into the store, not through
+/// HTTP or the renderer: for `benches/store_scale.sh`. The bytes are not an image.
+pub fn fill_store(
+    config: crate::config::Config,
+    identifier: &str,
+    n: u64,
+    object_bytes: usize,
+    urls: &mut dyn std::io::Write,
+) -> Result<Filled, Box<dyn std::error::Error>> {
+    use crate::iiif::parse::parse_image_params;
+    use crate::iiif::ApiVersion;
+    let prefix = config.prefix.clone();
+    let app = crate::app::App::new(config)?;
+    let pipeline = app.pipeline();
+    let full = parse_image_params(
+        ApiVersion::V3,
+        "full",
+        "max",
+        "0",
+        "default.jpg",
+        Format::Jpg,
+    )?;
+    let size = pipeline.key_blocking(identifier, &full)?.0.size();
+    let (cols, rows) = (
+        u64::from(size.width.saturating_sub(64).max(1)),
+        u64::from(size.height.saturating_sub(64).max(1)),
+    );
+    if n > cols * rows {
+        return Err(format!("{identifier} has room for {} distinct regions", cols * rows).into());
+    }
+    let mut data = vec![0u8; object_bytes];
+    let mut filled = Filled {
+        objects: 0,
+        bytes: 0,
+    };
+    for i in 0..n {
+        let (x, y) = (i % cols, i / cols);
+        let region = format!("{x},{y},64,64");
+        let req = parse_image_params(
+            ApiVersion::V3,
+            &region,
+            "max",
+            "0",
+            "default.jpg",
+            Format::Jpg,
+        )?;
+        let (_, _, key) = pipeline.key_blocking(identifier, &req)?;
+        // Distinct bytes per object, so that no two share a content hash.
+        for (j, b) in data.iter_mut().enumerate() {
+            *b = (i.wrapping_mul(31).wrapping_add(j as u64 * 7) >> (j % 5)) as u8;
+        }
+        app.store().put(&key, "jpg", &data, identifier)?;
+        writeln!(urls, "{prefix}/3/{identifier}/{region}/max/0/default.jpg")?;
+        filled.objects += 1;
+        filled.bytes += object_bytes as u64;
+    }
+    app.shutdown();
+    Ok(filled)
+}

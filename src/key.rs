@@ -1,6 +1,8 @@
 //! The derivative key: the name of one rendered image in the store and its strong `ETag`.
 //!
-//! The only blake3 calls in iiifd (the key, and [`content_hash`] of stored bytes). The key covers everything that determines the output bytes: the source
+//! The only blake3 calls in iiifd: the key, [`content_hash`] of stored bytes, and [`identifier_hash`]
+//! (the name of an identifier's list of objects in the store). The key covers everything that
+//! determines the output bytes: the source
 //! file's fingerprint (so a replaced file gets new keys), the version-independent canonical request
 //! ([`CanonicalRequest::key_material`]) and the encoder settings. The derive-key context string is
 //! versioned: changing what goes into a key means changing the context, which retires every old key.
@@ -67,22 +69,47 @@ impl DerivativeKey {
         Some(DerivativeKey(out))
     }
 
+    /// The raw 32 bytes (the index's key).
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// From the raw 32 bytes.
+    pub(crate) fn from_slice(bytes: &[u8]) -> Option<DerivativeKey> {
+        bytes.try_into().ok().map(DerivativeKey)
+    }
+
     /// The strong entity tag: the quoted hex key.
     pub(crate) fn etag(&self) -> String {
         format!("\"{}\"", self.to_hex())
     }
 }
 
-/// blake3 of a stored file's bytes, hex: what the store checks a file against on read.
-pub(crate) fn content_hash(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
+/// blake3 of a stored file's bytes: what the store checks a file against on read.
+pub(crate) type ContentHash = [u8; 32];
+
+/// [`ContentHash`] of `bytes`.
+pub(crate) fn content_hash(bytes: &[u8]) -> ContentHash {
+    *blake3::hash(bytes).as_bytes()
 }
 
 /// [`content_hash`] of everything `reader` yields (for objects written as a stream).
-pub(crate) fn content_hash_reader(reader: &mut impl std::io::Read) -> std::io::Result<String> {
+pub(crate) fn content_hash_reader(reader: &mut impl std::io::Read) -> std::io::Result<ContentHash> {
     let mut h = blake3::Hasher::new();
     std::io::copy(reader, &mut h)?;
-    Ok(h.finalize().to_hex().to_string())
+    Ok(*h.finalize().as_bytes())
+}
+
+/// A fixed-length file name for an identifier (128 bits of blake3, hex): identifiers may hold any
+/// character and be long, file names may not.
+pub(crate) fn identifier_hash(identifier: &str) -> String {
+    let h = blake3::Hasher::new_derive_key("iiifd 2026-12-01 identifier file name v1")
+        .update(identifier.as_bytes())
+        .finalize();
+    h.as_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl fmt::Debug for DerivativeKey {

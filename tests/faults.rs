@@ -148,7 +148,14 @@ fn corrupted_index_is_rebuilt_from_the_files() {
     assert_eq!(
         again.header("cache-status"),
         Some("iiifd; hit"),
-        "rebuilt from the files"
+        "served from its file while the index is rebuilt"
     );
+    // The background pass indexes the other file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s.metric("iiifd_store_reconcile_passes_total") < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no reconcile pass");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(s.metric("iiifd_store_objects"), 2.0);
+    assert_eq!(s.metric("iiifd_store_adopted_total"), 2.0);
 }

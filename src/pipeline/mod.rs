@@ -273,12 +273,9 @@ impl Pipeline {
         let p = Arc::clone(self);
         let (identifier, request) = (identifier.to_owned(), request.clone());
         blocking(move || {
-            let source = p.locate_blocking(&identifier)?;
-            let canonical = CanonicalRequest::resolve(&request, source.size(), &p.settings.limits)?;
-            let encoder = p.settings.encode.describe(canonical.format());
-            let key = DerivativeKey::derive(&source.object.fingerprint, &canonical, &encoder);
+            let (source, canonical, key) = p.key_blocking(&identifier, &request)?;
             let lookup = if lookup {
-                p.lookup_blocking(&key)
+                p.lookup_blocking(&key, canonical.format().extension())
             } else {
                 Lookup::Pending
             };
@@ -293,8 +290,21 @@ impl Pipeline {
         .await?
     }
 
-    fn lookup_blocking(&self, key: &DerivativeKey) -> Lookup {
-        match self.store.lookup(key, !self.settings.accel) {
+    /// Steps 3 to 5: locate and probe the source, canonicalise, key. Blocks.
+    pub(crate) fn key_blocking(
+        &self,
+        identifier: &str,
+        request: &ImageRequest,
+    ) -> Result<(Located, CanonicalRequest, DerivativeKey)> {
+        let source = self.locate_blocking(identifier)?;
+        let canonical = CanonicalRequest::resolve(request, source.size(), &self.settings.limits)?;
+        let encoder = self.settings.encode.describe(canonical.format());
+        let key = DerivativeKey::derive(&source.object.fingerprint, &canonical, &encoder);
+        Ok((source, canonical, key))
+    }
+
+    fn lookup_blocking(&self, key: &DerivativeKey, ext: &str) -> Lookup {
+        match self.store.lookup(key, ext, !self.settings.accel) {
             Some(hit) => Lookup::Hit(hit),
             None => Lookup::Miss,
         }
@@ -306,7 +316,8 @@ impl Pipeline {
         let lookup = match prepared.lookup {
             Lookup::Pending => {
                 let (p, key) = (Arc::clone(self), prepared.key);
-                blocking(move || p.lookup_blocking(&key)).await?
+                let ext = prepared.canonical.format().extension();
+                blocking(move || p.lookup_blocking(&key, ext)).await?
             }
             ref done => done.clone(),
         };
@@ -388,7 +399,7 @@ impl Pipeline {
         let job = move || -> Result<(Produced, bool, bool, Duration)> {
             let prepared = job_prepared;
             let key = prepared.key;
-            if let Some(hit) = store.lookup(&key, true) {
+            if let Some(hit) = store.lookup(&key, prepared.canonical.format().extension(), true) {
                 if let Some(bytes) = hit.bytes {
                     let found = Produced {
                         bytes: Bytes::from(bytes),

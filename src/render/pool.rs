@@ -1,7 +1,9 @@
 //! The bounded render pool: a fixed set of OS threads fed by a bounded queue.
 //!
-//! CPU-heavy work (decode, resize, encode) never runs on the async threads. When the queue is full a job
-//! is refused at once ([`PoolError::Busy`], answered 503 with `Retry-After`) rather than piling up
+//! CPU-heavy work (decode, resize, encode) never runs on the async threads. A job is admitted while
+//! fewer than `workers + queue` jobs are pending (counted, not inferred from the channel: with a
+//! queue of 0 a rendezvous channel would refuse a job that arrives while a free worker is between
+//! two `recv`s). When the pool is full a job is refused at once ([`PoolError::Busy`], answered 503 with `Retry-After`) rather than piling up
 //! memory and latency. A panicking job is caught on its worker, reported as [`PoolError::Panicked`], and
 //! the worker lives on. A job whose requester has gone is not run, and at shutdown the queued jobs are
 //! dropped (their requesters see [`PoolError::Closed`]): by then the HTTP edge has answered or given up
@@ -21,15 +23,20 @@ type Job = Box<dyn FnOnce(bool) + Send + 'static>;
 struct Pending(Arc<AtomicUsize>);
 
 impl Pending {
-    fn new(count: &Arc<AtomicUsize>) -> Pending {
-        count.fetch_add(1, Ordering::Relaxed);
-        Pending(Arc::clone(count))
+    /// Count one more job, unless `capacity` are already pending.
+    fn admit(count: &Arc<AtomicUsize>, capacity: usize) -> Option<Pending> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Pending(Arc::clone(count)))
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -49,6 +56,8 @@ pub(crate) struct RenderPool {
     sender: Mutex<Option<SyncSender<Job>>>,
     workers: Mutex<Vec<thread::JoinHandle<()>>>,
     size: usize,
+    /// Workers plus queue: how many jobs may be pending at once.
+    capacity: usize,
     pending: Arc<AtomicUsize>,
     /// Set at shutdown: workers drop what is still queued instead of running it.
     closing: Arc<AtomicBool>,
@@ -58,7 +67,9 @@ impl RenderPool {
     /// Start `workers` threads (at least one) with room for `queue` waiting jobs.
     pub(crate) fn new(workers: usize, queue: usize) -> RenderPool {
         let size = workers.max(1);
-        let (sender, receiver) = sync_channel::<Job>(queue);
+        // Admission is counted (see the module doc), so the channel never fills.
+        let capacity = size + queue;
+        let (sender, receiver) = sync_channel::<Job>(capacity);
         let receiver = Arc::new(Mutex::new(receiver));
         let closing = Arc::new(AtomicBool::new(false));
         let handles = (0..size)
@@ -78,6 +89,7 @@ impl RenderPool {
             sender: Mutex::new(Some(sender)),
             workers: Mutex::new(handles),
             size,
+            capacity,
             pending: Arc::new(AtomicUsize::new(0)),
             closing,
         }
@@ -100,7 +112,7 @@ impl RenderPool {
         F: FnOnce() -> T + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let pending = Pending::new(&self.pending);
+        let pending = Pending::admit(&self.pending, self.capacity).ok_or(PoolError::Busy)?;
         let job: Job = Box::new(move |run| {
             // Nobody would read the result of a job whose requester has gone away.
             let result = (run && !tx.is_closed()).then(|| catch_unwind(AssertUnwindSafe(f)));
@@ -207,6 +219,17 @@ mod tests {
         hold_tx.send(()).ok();
         assert_eq!(running.await.ok(), Some(Ok(true)));
         assert_eq!(queued.await.ok(), Some(Ok(1)));
+        pool.shutdown();
+    }
+
+    #[tokio::test]
+    async fn without_a_queue_a_free_worker_always_takes_the_next_job() {
+        // The requester hears back before its worker is waiting again: the job that follows at
+        // once must still be admitted (a rendezvous channel refused it now and then).
+        let pool = RenderPool::new(1, 0);
+        for i in 0..500 {
+            assert_eq!(pool.run(move || i).await, Ok(i), "job {i}");
+        }
         pool.shutdown();
     }
 

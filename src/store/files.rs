@@ -11,6 +11,14 @@
 //! directory, which ext4's and XFS's hashed directories handle without slowing down.) Stores in the
 //! old layout are moved into the new one when opened ([`Files::migrate_legacy`]).
 //!
+//! Beside the objects, `ids/ab/<identifier hash>.keys` lists, one line each, the objects rendered
+//! from one identifier (`<key hex> <ext>`), appended before the object is written. The index does
+//! not hold identifiers: a lost index then loses nothing that `purge` needs, and the index's entries
+//! stay small. A line whose object was evicted since costs a few bytes until the next purge.
+//!
+//! Nothing here lists the objects at start-up: [`FileWalk`] visits them one directory entry at a time
+//! for the background reconcile, holding one open directory, never a list.
+//!
 //! Blocking I/O only; the store facade runs it off the async threads.
 
 use crate::key::DerivativeKey;
@@ -24,8 +32,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) struct Files {
     objects: PathBuf,
     tmp: PathBuf,
+    ids: PathBuf,
+    layout_marker: PathBuf,
     fsync: bool,
 }
+
+/// Beside `objects/`, present once it holds the current layout only (see [`Files::migrate_legacy`]).
+const LAYOUT_MARKER: &str = "objects.layout-2";
 
 /// One object file found on disk.
 #[derive(Clone, Debug)]
@@ -46,11 +59,14 @@ impl Files {
         let files = Files {
             objects: root.join("objects"),
             tmp: root.join("tmp"),
+            ids: root.join("ids"),
+            layout_marker: root.join(LAYOUT_MARKER),
             fsync,
         };
         fs::create_dir_all(&files.tmp)?;
         for byte in 0..=255u8 {
             fs::create_dir_all(files.objects.join(format!("{byte:02x}")))?;
+            fs::create_dir_all(files.ids.join(format!("{byte:02x}")))?;
         }
         Ok(files)
     }
@@ -120,9 +136,82 @@ impl Files {
         result.map(|()| target)
     }
 
-    /// Remove an object file; a missing file is not an error.
-    pub(crate) fn remove(&self, key: &DerivativeKey, ext: &str) -> io::Result<()> {
+    /// Remove an object file; returns whether it was there (a missing file is not an error).
+    pub(crate) fn remove(&self, key: &DerivativeKey, ext: &str) -> io::Result<bool> {
         match fs::remove_file(self.path(key, ext)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn identifier_path(&self, identifier: &str, suffix: &str) -> PathBuf {
+        let h = crate::key::identifier_hash(identifier);
+        self.ids.join(&h[..2]).join(format!("{h}.{suffix}"))
+    }
+
+    /// Note that `key`.`ext` is rendered from `identifier` (before the object is written, so an
+    /// object never exists without its line). One `O_APPEND` write: lines of concurrent writers
+    /// never interleave.
+    pub(crate) fn record_identifier(
+        &self,
+        identifier: &str,
+        key: &DerivativeKey,
+        ext: &str,
+    ) -> io::Result<()> {
+        let path = self.identifier_path(identifier, "keys");
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        f.write_all(format!("{} {ext}\n", key.to_hex()).as_bytes())?;
+        if self.fsync {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// The objects listed for `identifier`, each once, taking the list out of the way of new lines
+    /// first (the caller holds the store's write lock for this call, so no line is lost). A list
+    /// left by an interrupted purge is read too; [`Files::purged_identifier`] removes it.
+    pub(crate) fn take_identifier(
+        &self,
+        identifier: &str,
+    ) -> io::Result<Vec<(DerivativeKey, String)>> {
+        let (list, taken) = (
+            self.identifier_path(identifier, "keys"),
+            self.identifier_path(identifier, "purging"),
+        );
+        let mut text = match fs::read_to_string(&taken) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        match fs::read_to_string(&list) {
+            Ok(t) => {
+                text.push_str(&t);
+                // Appending the new list to the old one (not renaming over it) keeps both across
+                // a crash here.
+                fs::write(&taken, &text)?;
+                fs::remove_file(&list)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut seen = std::collections::HashSet::new();
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let (hex, ext) = line.split_once(' ')?;
+                let key = DerivativeKey::from_hex(hex)?;
+                seen.insert(key).then(|| (key, ext.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Forget the list of a purged identifier.
+    pub(crate) fn purged_identifier(&self, identifier: &str) -> io::Result<()> {
+        match fs::remove_file(self.identifier_path(identifier, "purging")) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -139,31 +228,41 @@ impl Files {
         Ok(n)
     }
 
-    /// Every object file on disk. Files whose names are not `<64 hex>.<ext>` are skipped.
-    pub(crate) fn scan(&self) -> io::Result<Vec<FoundObject>> {
-        let mut out = Vec::new();
-        for a in fs::read_dir(&self.objects)? {
-            let a = a?;
-            if !a.file_type()?.is_dir() {
-                continue;
-            }
-            for f in fs::read_dir(a.path())? {
-                let f = f?;
-                if !f.file_type()?.is_file() {
-                    continue;
+    /// Whether any object file is there: at most one directory entry read in each of the 256
+    /// directories, however many objects there are.
+    pub(crate) fn any_object(&self) -> io::Result<bool> {
+        for byte in 0..=255u8 {
+            match fs::read_dir(self.objects.join(format!("{byte:02x}"))) {
+                Ok(mut dir) => {
+                    if dir.next().is_some() {
+                        return Ok(true);
+                    }
                 }
-                if let Some(found) = object_name(&f.file_name(), f.path()) {
-                    out.push(found);
-                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok(false)
+    }
+
+    /// Walk every object file on disk, one directory entry at a time.
+    pub(crate) fn walk(&self) -> FileWalk {
+        FileWalk {
+            objects: self.objects.clone(),
+            next_dir: 0,
+            current: None,
+        }
     }
 
     /// Move objects of the first layout (`objects/ab/cd/<hex>.<ext>`) to `objects/ab/` and remove
     /// the emptied directories; returns how many objects moved. Renames within one file system:
     /// a crash midway leaves every object in one place or the other, and the next open finishes.
+    /// Skipped (one `stat`) once done: otherwise it would list every object at every start.
     pub(crate) fn migrate_legacy(&self) -> io::Result<usize> {
+        let marker = &self.layout_marker;
+        if marker.exists() {
+            return Ok(0);
+        }
         let mut moved = 0;
         for a in fs::read_dir(&self.objects)? {
             let a = a?;
@@ -186,6 +285,7 @@ impl Files {
                 let _ = fs::remove_dir(b.path());
             }
         }
+        fs::write(marker, b"objects/ab/<key>.<ext>\n")?;
         Ok(moved)
     }
 
@@ -201,6 +301,43 @@ impl Files {
             return Err(io::Error::last_os_error());
         }
         Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+}
+
+/// Every object file, one at a time (see [`Files::walk`]). Unreadable directories are skipped: the
+/// walk is a repair tool and must get past what it cannot repair.
+pub(crate) struct FileWalk {
+    objects: PathBuf,
+    next_dir: u16,
+    current: Option<fs::ReadDir>,
+}
+
+impl Iterator for FileWalk {
+    type Item = FoundObject;
+
+    fn next(&mut self) -> Option<FoundObject> {
+        loop {
+            if let Some(dir) = &mut self.current {
+                match dir.next() {
+                    Some(Ok(f)) => {
+                        if f.file_type().is_ok_and(|t| t.is_file()) {
+                            if let Some(found) = object_name(&f.file_name(), f.path()) {
+                                return Some(found);
+                            }
+                        }
+                        continue;
+                    }
+                    Some(Err(_)) => continue,
+                    None => self.current = None,
+                }
+            }
+            if self.next_dir > 255 {
+                return None;
+            }
+            let dir = self.objects.join(format!("{:02x}", self.next_dir));
+            self.next_dir += 1;
+            self.current = fs::read_dir(dir).ok();
+        }
     }
 }
 
@@ -231,12 +368,12 @@ mod tests {
         assert_eq!(fs::read(&path)?, b"hello");
         fs::write(dir.path().join("tmp/leftover.tmp"), b"x")?;
         assert_eq!(files.remove_temps()?, 1);
-        let found = files.scan()?;
+        let found: Vec<_> = files.walk().collect();
         assert_eq!(found.len(), 1);
         assert_eq!((found[0].key, found[0].ext.as_str()), (key, "jpg"));
-        files.remove(&key, "jpg")?;
-        files.remove(&key, "jpg")?;
-        assert!(files.scan()?.is_empty());
+        assert!(files.remove(&key, "jpg")?);
+        assert!(!files.remove(&key, "jpg")?);
+        assert_eq!(files.walk().count(), 0);
         assert!(files.available_bytes()? > 0);
         Ok(())
     }
@@ -254,8 +391,30 @@ mod tests {
         assert_eq!(files.migrate_legacy()?, 1);
         assert_eq!(fs::read(files.path(&key, "png"))?, b"old");
         assert!(old.join("notes.txt").exists(), "stray files are left alone");
-        assert_eq!(files.scan()?.len(), 1);
+        assert_eq!(files.walk().count(), 1);
         assert_eq!(files.migrate_legacy()?, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn identifier_lists_survive_an_interrupted_purge() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let files = Files::open(dir.path(), false)?;
+        let k = |n: u8| DerivativeKey::from_slice(&[n; 32]).ok_or_else(|| io::Error::other("key"));
+        files.record_identifier("a/b c", &k(1)?, "jpg")?;
+        files.record_identifier("a/b c", &k(1)?, "jpg")?;
+        files.record_identifier("other", &k(2)?, "png")?;
+        assert_eq!(
+            files.take_identifier("a/b c")?,
+            vec![(k(1)?, "jpg".to_owned())]
+        );
+        // Interrupted before `purged_identifier`; a new object meanwhile: both are found next time.
+        files.record_identifier("a/b c", &k(3)?, "webp")?;
+        let again = files.take_identifier("a/b c")?;
+        assert_eq!(again.len(), 2);
+        files.purged_identifier("a/b c")?;
+        assert!(files.take_identifier("a/b c")?.is_empty());
+        assert_eq!(files.take_identifier("other")?.len(), 1);
         Ok(())
     }
 }

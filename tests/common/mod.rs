@@ -322,3 +322,19 @@ pub fn complete_200(buf: &[u8]) -> Option<&[u8]> {
         .and_then(|v| v.trim().parse().ok())?;
     (head.starts_with("http/1.1 200") && len == body.len()).then_some(body)
 }
+
+/// Every file below `dir`, recursively.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
