@@ -203,7 +203,7 @@ impl Default for StoreConfig {
             verify_reads: true,
             fsync: false,
             accel_redirect: String::new(),
-            index_cache_bytes: 32 << 20,
+            index_cache_bytes: 8 << 20,
             reconcile_rate: 20_000,
         }
     }

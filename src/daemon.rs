@@ -21,6 +21,8 @@ pub(crate) fn run(cfg: Config) -> io::Result<()> {
             .await
             .map_err(io::Error::other)??;
         tracing::info!(recovery = ?app.recovery(), "store opened");
+        // Opening the index replays its log: transient memory, not ours to keep.
+        crate::memory::release_free_heap();
         let app = Arc::new(app);
         app.start()?;
         let bind = |addr: SocketAddr| async move {

@@ -38,6 +38,7 @@ pub mod iiif;
 #[doc(hidden)]
 pub mod internals;
 mod key;
+mod memory;
 mod metrics;
 mod pipeline;
 mod render;

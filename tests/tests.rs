@@ -9,6 +9,7 @@ mod faults;
 mod golden;
 mod hostile;
 mod http_api;
+mod layering;
 mod malformed;
 mod operate;
 mod overload;
