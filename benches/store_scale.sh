@@ -19,4 +19,4 @@ WORK="$ROOT/target/store-scale"
 rm -rf "$WORK"; mkdir -p "$WORK"
 trap 'rm -rf "$WORK"' EXIT
 [[ $# -gt 0 ]] || set -- 10000 100000 1000000
-exec python3 "$ROOT/benches/store_scale.py" --root "$ROOT" --work "$WORK" --settle "${SETTLE:-60}" "$@"
+python3 "$ROOT/benches/store_scale.py" --root "$ROOT" --work "$WORK" --settle "${SETTLE:-60}" "$@"
