@@ -10,11 +10,48 @@ use crate::render::cache::DecodedCache;
 use crate::render::pool::RenderPool;
 use crate::render::probe::SourceLimits;
 use crate::render::EncodeSettings;
-use crate::source::{fs::FsBackend, Backend};
+use crate::source::http::HttpFetch;
+use crate::source::remote::{RemoteBackend, RemoteSettings};
+use crate::source::s3::S3Fetch;
+use crate::source::{fs::FsBackend, Backend, SourceCounters};
 use crate::store::{Recovery, Store, StoreSettings};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// The backend `source.kind` names: the image directory, a bucket, or a URL template.
+fn source_backend(config: &Config) -> io::Result<Arc<dyn Backend>> {
+    let src = &config.source;
+    let timeout = Duration::from_secs(src.timeout_secs);
+    let remote = || RemoteSettings {
+        revalidate: Duration::from_secs(src.revalidate_secs),
+        timeout,
+        block_cache_bytes: src.block_cache_bytes,
+        block_bytes: src.block_bytes,
+        cache_dir: config.store.path.join("sources"),
+        cache_bytes: src.cache_bytes,
+        max_whole_bytes: config.limits.max_source_bytes,
+        copy_name: crate::key::source_copy_name,
+    };
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+    Ok(match src.kind.as_str() {
+        "s3" => {
+            let fetch = S3Fetch::new(&src.s3, timeout).map_err(invalid)?;
+            Arc::new(RemoteBackend::new(fetch, &remote())?)
+        }
+        "http" => {
+            let fetch = HttpFetch::new(&src.http, timeout).map_err(invalid)?;
+            Arc::new(RemoteBackend::new(fetch, &remote())?)
+        }
+        _ => Arc::new(FsBackend::new(&config.images).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("image directory {}: {e}", config.images.display()),
+            )
+        })?),
+    })
+}
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
@@ -23,6 +60,8 @@ pub struct App {
     store: Arc<Store>,
     crawler: Arc<Crawler>,
     metrics: Arc<Metrics>,
+    /// A remote source's kind and counters (`iiifd_source_*`).
+    source: Option<(&'static str, Arc<SourceCounters>)>,
     recovery: Recovery,
 }
 
@@ -30,13 +69,8 @@ impl App {
     /// The server a configuration describes: its image directory as the source, its store
     /// (recovering from whatever a crash left), a render pool. Blocks (opening the store).
     pub fn new(config: Config) -> io::Result<App> {
-        let source = FsBackend::new(&config.images).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("image directory {}: {e}", config.images.display()),
-            )
-        })?;
-        App::with_source(config, Arc::new(source))
+        let source = source_backend(&config)?;
+        App::with_source(config, source)
     }
 
     /// [`App::new`] with another source backend (the image directory in `config` is not used).
@@ -48,6 +82,10 @@ impl App {
             )
         })?;
         let store = Arc::new(store);
+        if recovery.reconcile_needed {
+            // The last process did not close the store: neither did it finish its copies.
+            source.forget_copies()?;
+        }
         let metrics = Arc::new(Metrics::default());
         let pool = RenderPool::new(config.render_workers(), config.render.queue);
         let decoded = Arc::new(DecodedCache::new(config.render.decoded_cache_bytes));
@@ -67,6 +105,7 @@ impl App {
             accel: !config.store.accel_redirect.is_empty(),
             crawl_workers: config.crawl_workers(),
         };
+        let source_counters = source.counters().map(|c| (source.kind(), c));
         let pipeline = Arc::new(Pipeline::new(
             source,
             Arc::clone(&store),
@@ -91,6 +130,7 @@ impl App {
             store,
             crawler,
             metrics,
+            source: source_counters,
             recovery,
         })
     }
@@ -226,6 +266,9 @@ impl App {
         for (name, help, value) in gauges {
             metrics::gauge(&mut out, name, help, value);
         }
+        if let Some((backend, c)) = &self.source {
+            source_metrics(&mut out, backend, c);
+        }
         out
     }
 }
@@ -241,4 +284,72 @@ pub(crate) fn store_settings(config: &Config) -> StoreSettings {
         index_cache_bytes: config.store.index_cache_bytes,
         reconcile_rate: config.store.reconcile_rate,
     }
+}
+
+/// A remote source's counters, labelled by backend.
+fn source_metrics(out: &mut String, backend: &str, c: &SourceCounters) {
+    use std::fmt::Write as _;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let labelled = [
+        (
+            "iiifd_source_bytes_total",
+            "Body bytes received from the source backend.",
+            &c.bytes,
+        ),
+        (
+            "iiifd_source_errors_total",
+            "Source requests that failed or timed out.",
+            &c.errors,
+        ),
+        (
+            "iiifd_source_timeouts_total",
+            "Source requests past source.timeout_secs.",
+            &c.timeouts,
+        ),
+        (
+            "iiifd_source_block_hits_total",
+            "Blocks of ranged reads found in memory.",
+            &c.block_hits,
+        ),
+        (
+            "iiifd_source_block_misses_total",
+            "Blocks of ranged reads fetched.",
+            &c.block_misses,
+        ),
+        (
+            "iiifd_source_cache_hits_total",
+            "Whole sources found in the disk cache.",
+            &c.cache_hits,
+        ),
+        (
+            "iiifd_source_cache_misses_total",
+            "Whole sources downloaded.",
+            &c.cache_misses,
+        ),
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP iiifd_source_requests_total Requests to the source backend, by kind.\n\
+         # TYPE iiifd_source_requests_total counter"
+    );
+    for (op, value) in [("head", &c.heads), ("get", &c.gets), ("list", &c.lists)] {
+        let _ = writeln!(
+            out,
+            "iiifd_source_requests_total{{backend=\"{backend}\",op=\"{op}\"}} {}",
+            load(value)
+        );
+    }
+    for (name, help, value) in labelled {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{backend=\"{backend}\"}} {}",
+            load(value)
+        );
+    }
+    c.latency.render_into(
+        out,
+        "iiifd_source_request_duration_seconds",
+        "Duration of source backend requests.",
+        &format!("backend=\"{backend}\""),
+    );
 }

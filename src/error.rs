@@ -109,6 +109,8 @@ fn source_status(e: &SourceError) -> StatusCode {
         // The request is valid IIIF; this server declines to process such a source.
         SourceError::TooLarge(_) | SourceError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         SourceError::Undecodable(_) | SourceError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        SourceError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
+        SourceError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
     }
 }
 

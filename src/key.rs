@@ -112,6 +112,15 @@ pub(crate) fn identifier_hash(identifier: &str) -> String {
         .collect()
 }
 
+/// The file name of a remote source version's local copy (its fingerprint's blake3, hex).
+pub(crate) fn source_copy_name(fingerprint: &Fingerprint) -> String {
+    blake3::Hasher::new_derive_key("iiifd 2026-12-01 source copy file name v1")
+        .update(fingerprint.as_str().as_bytes())
+        .finalize()
+        .to_hex()
+        .to_string()
+}
+
 impl fmt::Debug for DerivativeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DerivativeKey({})", self.to_hex())

@@ -1,11 +1,11 @@
 //! Prometheus metrics (text exposition format 0.0.4), served on the admin listener at `/metrics`.
-//! Plain atomics and one fixed-bucket histogram: no registry, no globals; the state lives in `App`.
+//! Plain atomics and fixed-bucket histograms: no registry, no globals; the state lives in `App`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the render-duration histogram buckets.
+/// Upper bounds (seconds) of the duration histograms' buckets.
 const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -23,9 +23,7 @@ pub(crate) struct Metrics {
     pub tiled_copies: AtomicU64,
     /// Renders that read their pixels from a tiled copy.
     pub tiled_copy_renders: AtomicU64,
-    render_buckets: [AtomicU64; BUCKETS.len()],
-    render_count: AtomicU64,
-    render_micros: AtomicU64,
+    render_duration: Histogram,
     /// Requests by version slot (3, 2, 1, other) and status (100..=599): plain atomics, because this is
     /// touched by every request and a shared lock here showed up as contention under load.
     requests: [[AtomicU64; 500]; 4],
@@ -38,9 +36,7 @@ impl Default for Metrics {
             collapsed: AtomicU64::new(0),
             tiled_copies: AtomicU64::new(0),
             tiled_copy_renders: AtomicU64::new(0),
-            render_buckets: Default::default(),
-            render_count: AtomicU64::new(0),
-            render_micros: AtomicU64::new(0),
+            render_duration: Histogram::default(),
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
         }
     }
@@ -50,15 +46,7 @@ impl Metrics {
     /// Record one render's duration.
     pub(crate) fn observe_render(&self, d: Duration) {
         self.renders.fetch_add(1, Ordering::Relaxed);
-        let secs = d.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.render_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.render_count.fetch_add(1, Ordering::Relaxed);
-        self.render_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.render_duration.observe(d);
     }
 
     /// Count one answered request by API version (`"3"`, `"2"`, `"1"` or `"other"`) and status.
@@ -98,23 +86,12 @@ impl Metrics {
             "Renders that read their pixels from a tiled copy.",
             self.tiled_copy_renders.load(Ordering::Relaxed),
         );
-        let _ = writeln!(out, "# HELP iiifd_render_duration_seconds Time to decode, transform and encode one derivative.");
-        let _ = writeln!(out, "# TYPE iiifd_render_duration_seconds histogram");
-        for (i, le) in BUCKETS.iter().enumerate() {
-            let n = self.render_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "iiifd_render_duration_seconds_bucket{{le=\"{le}\"}} {n}"
-            );
-        }
-        let count = self.render_count.load(Ordering::Relaxed);
-        let _ = writeln!(
+        self.render_duration.render_into(
             out,
-            "iiifd_render_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+            "iiifd_render_duration_seconds",
+            "Time to decode, transform and encode one derivative.",
+            "",
         );
-        let sum = self.render_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "iiifd_render_duration_seconds_sum {sum}");
-        let _ = writeln!(out, "iiifd_render_duration_seconds_count {count}");
         let _ = writeln!(
             out,
             "# HELP iiifd_requests_total Requests answered, by API version and status."
@@ -132,6 +109,50 @@ impl Metrics {
                 }
             }
         }
+    }
+}
+
+/// Durations in fixed buckets (seconds).
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Record one duration.
+    pub(crate) fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Append it as `name`, with `labels` (`key="value"` pairs, comma-separated, or empty) on
+    /// every line.
+    pub(crate) fn render_into(&self, out: &mut String, name: &str, help: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let n = self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {n}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
     }
 }
 

@@ -32,7 +32,7 @@ impl Get for InProcess {
 
 /// A smooth test picture with edges: gradients, a disc and bars (no noise, so resampler differences
 /// stay small and real errors stand out).
-fn picture(w: u32, h: u32) -> RgbImage {
+pub(crate) fn picture(w: u32, h: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
         let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
         let d = ((fx - 0.6).powi(2) + (fy - 0.4).powi(2)).sqrt();
@@ -48,8 +48,8 @@ fn picture(w: u32, h: u32) -> RgbImage {
 
 /// One request and how to reproduce it: region in full-size pixels, output size, mirror, rotation
 /// (multiple of 90) and quality.
-struct Case {
-    path: &'static str,
+pub(crate) struct Case {
+    pub(crate) path: &'static str,
     region: (u32, u32, u32, u32),
     size: (u32, u32),
     mirror: bool,
@@ -57,10 +57,10 @@ struct Case {
     quality: &'static str,
 }
 
-const W: u32 = 1200;
-const H: u32 = 900;
+pub(crate) const W: u32 = 1200;
+pub(crate) const H: u32 = 900;
 
-fn cases() -> Vec<Case> {
+pub(crate) fn cases() -> Vec<Case> {
     let c = |path, region, size, mirror, degrees, quality| Case {
         path,
         region,
@@ -263,7 +263,7 @@ fn check(server: &impl Get, identifier: &str, full: &DynamicImage, mean_limit: f
 /// The sources of the pixel checks, by file name: the picture as PNG, flat TIFF, WebP, GIF and JPEG
 /// (decoded whole by the image crate, or by libjpeg), a JPEG with EXIF orientation 6, and pyramidal
 /// TIFFs and BigTIFFs with each tile coding.
-fn corpus(pic: &RgbImage) -> Vec<(&'static str, Vec<u8>)> {
+pub(crate) fn corpus(pic: &RgbImage) -> Vec<(&'static str, Vec<u8>)> {
     let encoded = |format: image::ImageFormat| {
         let mut out = std::io::Cursor::new(Vec::new());
         DynamicImage::ImageRgb8(pic.clone())
@@ -306,7 +306,7 @@ fn corpus(pic: &RgbImage) -> Vec<(&'static str, Vec<u8>)> {
 
 /// The picture as JPEG 2000, written by opj_compress (Debian's libopenjp2-tools, installed by
 /// tests/setup.sh), lossless: tiled with five resolutions, and untiled as a raw codestream.
-fn jp2_corpus(pic: &RgbImage) -> Vec<(&'static str, Vec<u8>)> {
+pub(crate) fn jp2_corpus(pic: &RgbImage) -> Vec<(&'static str, Vec<u8>)> {
     let tmp = tempfile::tempdir().expect("tempdir");
     let png = tmp.path().join("for-jp2.png");
     DynamicImage::ImageRgb8(pic.clone())

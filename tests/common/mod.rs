@@ -4,6 +4,7 @@
 
 pub mod images;
 pub mod inproc;
+pub mod weed;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
