@@ -3,6 +3,7 @@
 //! request, and nothing here knows HTTP (`crate::daemon` puts an [`App`] behind the listeners).
 
 use crate::config::Config;
+use crate::config::S3SourceConfig;
 use crate::crawl::{CrawlSettings, Crawler};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Pipeline, Settings};
@@ -12,8 +13,9 @@ use crate::render::probe::SourceLimits;
 use crate::render::EncodeSettings;
 use crate::source::http::HttpFetch;
 use crate::source::remote::{RemoteBackend, RemoteSettings};
-use crate::source::s3::S3Fetch;
+use crate::source::s3::{S3Fetch, SharedBucket};
 use crate::source::{fs::FsBackend, Backend, SourceCounters};
+use crate::store::shared::SharedTier;
 use crate::store::{Recovery, Store, StoreSettings};
 use std::io;
 use std::sync::atomic::Ordering;
@@ -53,6 +55,28 @@ fn source_backend(config: &Config) -> io::Result<Arc<dyn Backend>> {
     })
 }
 
+/// The cluster's shared tier, when `store.shared.bucket` is set: same client and credentials as
+/// the S3 source.
+fn shared_tier(config: &Config) -> io::Result<Option<SharedTier>> {
+    let shared = &config.store.shared;
+    if shared.bucket.is_empty() {
+        return Ok(None);
+    }
+    let creds = &config.source.s3;
+    let cfg = S3SourceConfig {
+        bucket: shared.bucket.clone(),
+        prefix: shared.prefix.clone(),
+        endpoint: shared.endpoint.clone(),
+        region: shared.region.clone(),
+        access_key_id: creds.access_key_id.clone(),
+        secret_access_key: creds.secret_access_key.clone(),
+    };
+    let timeout = Duration::from_secs(config.source.timeout_secs);
+    let bucket = SharedBucket::new(&cfg, timeout)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    Ok(Some(SharedTier::new(bucket, timeout)?))
+}
+
 /// Everything a request needs, shared by all connections.
 pub struct App {
     config: Config,
@@ -75,12 +99,15 @@ impl App {
 
     /// [`App::new`] with another source backend (the image directory in `config` is not used).
     pub fn with_source(config: Config, source: Arc<dyn Backend>) -> io::Result<App> {
-        let (store, recovery) = Store::open(store_settings(&config)).map_err(|e| {
+        let (mut store, recovery) = Store::open(store_settings(&config)).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("store {}: {e}", config.store.path.display()),
             )
         })?;
+        if let Some(tier) = shared_tier(&config)? {
+            store.attach_shared(tier);
+        }
         let store = Arc::new(store);
         if recovery.reconcile_needed {
             // The last process did not close the store: neither did it finish its copies.
@@ -267,7 +294,46 @@ impl App {
             metrics::gauge(&mut out, name, help, value);
         }
         if let Some((backend, c)) = &self.source {
-            source_metrics(&mut out, backend, c);
+            remote_metrics(&mut out, "iiifd_source", backend, c);
+        }
+        if let Some(tier) = self.store.shared() {
+            remote_metrics(&mut out, "iiifd_shared", "s3", tier.requests());
+            let t = &tier.counters;
+            let shared = [
+                (
+                    "iiifd_shared_hits_total",
+                    "Derivatives found in the shared tier.",
+                    &t.hits,
+                ),
+                (
+                    "iiifd_shared_misses_total",
+                    "Shared-tier lookups that found nothing.",
+                    &t.misses,
+                ),
+                (
+                    "iiifd_shared_corrupt_total",
+                    "Shared-tier objects whose bytes did not match their hash.",
+                    &t.corrupt,
+                ),
+                (
+                    "iiifd_shared_stored_total",
+                    "Renders stored in the shared tier.",
+                    &t.stored,
+                ),
+                (
+                    "iiifd_shared_already_there_total",
+                    "Renders another node had stored first.",
+                    &t.already_there,
+                ),
+                (
+                    "iiifd_shared_skipped_total",
+                    "Shared-tier calls skipped while it backed off after a failure.",
+                    &t.skipped,
+                ),
+            ];
+            for (name, help, value) in shared {
+                metrics::counter(&mut out, name, help, load(value));
+            }
         }
         out
     }
@@ -286,70 +352,77 @@ pub(crate) fn store_settings(config: &Config) -> StoreSettings {
     }
 }
 
-/// A remote source's counters, labelled by backend.
-fn source_metrics(out: &mut String, backend: &str, c: &SourceCounters) {
+/// A remote service's request counters (`iiifd_source_*` for the source, `iiifd_shared_*` for
+/// the shared tier), labelled by backend.
+fn remote_metrics(out: &mut String, prefix: &str, backend: &str, c: &SourceCounters) {
     use std::fmt::Write as _;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let labelled = [
+    let mut labelled = vec![
+        ("bytes_total", "Body bytes received.", &c.bytes),
         (
-            "iiifd_source_bytes_total",
-            "Body bytes received from the source backend.",
-            &c.bytes,
-        ),
-        (
-            "iiifd_source_errors_total",
-            "Source requests that failed or timed out.",
+            "errors_total",
+            "Requests that failed or timed out.",
             &c.errors,
         ),
         (
-            "iiifd_source_timeouts_total",
-            "Source requests past source.timeout_secs.",
+            "timeouts_total",
+            "Requests past their deadline.",
             &c.timeouts,
         ),
-        (
-            "iiifd_source_block_hits_total",
-            "Blocks of ranged reads found in memory.",
-            &c.block_hits,
-        ),
-        (
-            "iiifd_source_block_misses_total",
-            "Blocks of ranged reads fetched.",
-            &c.block_misses,
-        ),
-        (
-            "iiifd_source_cache_hits_total",
-            "Whole sources found in the disk cache.",
-            &c.cache_hits,
-        ),
-        (
-            "iiifd_source_cache_misses_total",
-            "Whole sources downloaded.",
-            &c.cache_misses,
-        ),
     ];
+    if prefix == "iiifd_source" {
+        labelled.extend([
+            (
+                "block_hits_total",
+                "Blocks of ranged reads found in memory.",
+                &c.block_hits,
+            ),
+            (
+                "block_misses_total",
+                "Blocks of ranged reads fetched.",
+                &c.block_misses,
+            ),
+            (
+                "cache_hits_total",
+                "Whole sources found in the disk cache.",
+                &c.cache_hits,
+            ),
+            (
+                "cache_misses_total",
+                "Whole sources downloaded.",
+                &c.cache_misses,
+            ),
+        ]);
+    }
     let _ = writeln!(
         out,
-        "# HELP iiifd_source_requests_total Requests to the source backend, by kind.\n\
-         # TYPE iiifd_source_requests_total counter"
+        "# HELP {prefix}_requests_total Requests made, by kind.\n# TYPE {prefix}_requests_total counter"
     );
-    for (op, value) in [("head", &c.heads), ("get", &c.gets), ("list", &c.lists)] {
+    let ops = [
+        ("head", &c.heads),
+        ("get", &c.gets),
+        ("list", &c.lists),
+        ("put", &c.puts),
+        ("delete", &c.deletes),
+    ];
+    for (op, value) in ops {
         let _ = writeln!(
             out,
-            "iiifd_source_requests_total{{backend=\"{backend}\",op=\"{op}\"}} {}",
+            "{prefix}_requests_total{{backend=\"{backend}\",op=\"{op}\"}} {}",
             load(value)
         );
     }
     for (name, help, value) in labelled {
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{backend=\"{backend}\"}} {}",
+            "# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} counter\n{prefix}_{name}{{backend=\"{backend}\"}} {}",
             load(value)
         );
     }
     c.latency.render_into(
         out,
-        "iiifd_source_request_duration_seconds",
-        "Duration of source backend requests.",
+        &format!("{prefix}_request_duration_seconds"),
+        "Duration of requests.",
         &format!("backend=\"{backend}\""),
     );
 }

@@ -180,6 +180,8 @@ pub struct StoreConfig {
     /// Bound of the index's own page cache (sled's `cache_capacity`), the only store memory that
     /// grows with use. Env: `IIIFD_STORE__INDEX_CACHE_BYTES`.
     pub index_cache_bytes: u64,
+    /// The cluster's shared tier (`[store.shared]`; off while `bucket` is empty).
+    pub shared: SharedStoreConfig,
     /// Index entries and object files the background reconcile checks per second, after a crash or
     /// a lost index (nginx's cache loader makes the same bounded walk). 0: no bound. Env:
     /// `IIIFD_STORE__RECONCILE_RATE`.
@@ -281,6 +283,22 @@ impl Default for SourceConfig {
     }
 }
 
+/// `[store.shared]`: derivatives in an S3-compatible bucket shared by the nodes of a cluster.
+/// Credentials as for the S3 source (`source.s3.access_key_id`/`secret_access_key`, else the
+/// `AWS_*` environment variables); calls bounded by `source.timeout_secs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedStoreConfig {
+    /// Bucket; empty: no shared tier. Env: `IIIFD_STORE__SHARED__BUCKET`.
+    pub bucket: String,
+    /// Key prefix. Env: `IIIFD_STORE__SHARED__PREFIX`.
+    pub prefix: String,
+    /// Endpoint of a non-AWS store, addressed path-style. Env: `IIIFD_STORE__SHARED__ENDPOINT`.
+    pub endpoint: String,
+    /// Signing region; empty: `AWS_REGION`, else us-east-1. Env: `IIIFD_STORE__SHARED__REGION`.
+    pub region: String,
+}
+
 /// `[admin]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -301,6 +319,7 @@ impl Default for StoreConfig {
             fsync: false,
             accel_redirect: String::new(),
             index_cache_bytes: 8 << 20,
+            shared: SharedStoreConfig::default(),
             reconcile_rate: 20_000,
         }
     }
@@ -571,6 +590,13 @@ impl Config {
             return bad(
                 "source.block_bytes",
                 "must be a power of two from 16384 to 16777216",
+            );
+        }
+        let e = &self.store.shared.endpoint;
+        if !(e.is_empty() || e.starts_with("http://") || e.starts_with("https://")) {
+            return bad(
+                "store.shared.endpoint",
+                "must be empty (AWS) or an http(s) URL",
             );
         }
         match src.kind.as_str() {

@@ -2,6 +2,7 @@
 //! Tests that serve HTTP start the real `iiifd` binary on a free loopback port.
 
 mod browser;
+mod cluster;
 mod common;
 mod crawl;
 mod deploy;

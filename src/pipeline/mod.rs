@@ -275,7 +275,7 @@ impl Pipeline {
         blocking(move || {
             let (source, canonical, key) = p.key_blocking(&identifier, &request)?;
             let lookup = if lookup {
-                p.lookup_blocking(&key, canonical.format().extension())
+                p.lookup_blocking(&key, canonical.format().extension(), &identifier)
             } else {
                 Lookup::Pending
             };
@@ -303,10 +303,15 @@ impl Pipeline {
         Ok((source, canonical, key))
     }
 
-    fn lookup_blocking(&self, key: &DerivativeKey, ext: &str) -> Lookup {
-        match self.store.lookup(key, ext, !self.settings.accel) {
+    /// The local store, then the cluster's shared tier (before a render worker is taken).
+    fn lookup_blocking(&self, key: &DerivativeKey, ext: &str, identifier: &str) -> Lookup {
+        let read_body = !self.settings.accel;
+        match self.store.lookup(key, ext, read_body) {
             Some(hit) => Lookup::Hit(hit),
-            None => Lookup::Miss,
+            None => match self.store.lookup_shared(key, ext, identifier, read_body) {
+                Some(hit) => Lookup::Hit(hit),
+                None => Lookup::Miss,
+            },
         }
     }
 
@@ -317,7 +322,8 @@ impl Pipeline {
             Lookup::Pending => {
                 let (p, key) = (Arc::clone(self), prepared.key);
                 let ext = prepared.canonical.format().extension();
-                blocking(move || p.lookup_blocking(&key, ext)).await?
+                let identifier = prepared.identifier.clone();
+                blocking(move || p.lookup_blocking(&key, ext, &identifier)).await?
             }
             ref done => done.clone(),
         };

@@ -116,6 +116,10 @@ pub struct SourceCounters {
     pub gets: AtomicU64,
     /// Listings made.
     pub lists: AtomicU64,
+    /// Writes made (the store's shared tier).
+    pub puts: AtomicU64,
+    /// Removals made (the store's shared tier).
+    pub deletes: AtomicU64,
     /// Body bytes received.
     pub bytes: AtomicU64,
     /// Requests that failed (refused, unreachable, 5xx) or timed out.

@@ -81,6 +81,10 @@ pub(crate) enum Op {
     Get,
     /// A listing.
     List,
+    /// A write (the store's shared tier).
+    Put,
+    /// A removal (the store's shared tier).
+    Delete,
 }
 
 /// Runs a backend's requests on its own small runtime, each under the deadline, and counts them.
@@ -141,6 +145,8 @@ impl Io {
             Op::Head => &c.heads,
             Op::Get => &c.gets,
             Op::List => &c.lists,
+            Op::Put => &c.puts,
+            Op::Delete => &c.deletes,
         }
         .fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);

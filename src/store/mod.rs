@@ -25,6 +25,7 @@
 
 pub(crate) mod files;
 pub(crate) mod index;
+pub(crate) mod shared;
 
 use crate::key::{content_hash, DerivativeKey};
 use files::{Files, FoundObject};
@@ -193,6 +194,8 @@ pub(crate) struct Store {
     needs_pass: AtomicBool,
     /// Background work stops at its next step.
     stopping: AtomicBool,
+    /// The cluster's shared tier, when `store.shared.bucket` is set.
+    shared: Option<shared::SharedTier>,
 }
 
 fn now_secs() -> u64 {
@@ -283,6 +286,7 @@ impl Store {
             pass: Mutex::new(None),
             needs_pass: AtomicBool::new(recovery.reconcile_needed),
             stopping: AtomicBool::new(false),
+            shared: None,
         };
         Ok((store, recovery))
     }
@@ -493,7 +497,47 @@ impl Store {
         bytes: &[u8],
         identifier: &str,
     ) -> Result<(), StoreError> {
-        Ok(self.count_failure(self.put_inner(key, ext, bytes, identifier))?)
+        let local = self.count_failure(self.put_inner(key, ext, bytes, identifier));
+        // The other nodes' copy too, whatever became of ours (never an error: see `shared`).
+        if let Some(tier) = &self.shared {
+            tier.put(key, ext, bytes);
+        }
+        Ok(local?)
+    }
+
+    /// Attach the cluster's shared tier (before the store is shared between threads).
+    pub(crate) fn attach_shared(&mut self, tier: shared::SharedTier) {
+        self.shared = Some(tier);
+    }
+
+    /// The shared tier, when there is one.
+    pub(crate) fn shared(&self) -> Option<&shared::SharedTier> {
+        self.shared.as_ref()
+    }
+
+    /// After a local miss: the derivative from the shared tier, copied into the local store (the
+    /// copy failing costs only the next hit). `None` without a tier or when it has nothing.
+    pub(crate) fn lookup_shared(
+        &self,
+        key: &DerivativeKey,
+        ext: &str,
+        identifier: &str,
+        read_body: bool,
+    ) -> Option<Hit> {
+        let bytes = self.shared.as_ref()?.get(key, ext)?;
+        let copied = match self.count_failure(self.put_inner(key, ext, &bytes, identifier)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(key = %key.to_hex(), "could not copy a shared-tier object: {e}");
+                false
+            }
+        };
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        Some(Hit {
+            // A proxy can only be sent to a file that is there.
+            bytes: (read_body || !copied).then_some(bytes),
+            relative_path: Files::relative_path(key, ext),
+        })
     }
 
     fn count_failure(&self, result: io::Result<()>) -> io::Result<()> {
@@ -923,6 +967,11 @@ impl Store {
         for (key, ext) in listed {
             if self.remove_object(&key, &ext)? {
                 n += 1;
+            }
+            if let Some(tier) = &self.shared {
+                if let Err(e) = tier.remove(&key, &ext) {
+                    tracing::warn!(key = %key.to_hex(), "could not purge a shared-tier object: {e}");
+                }
             }
         }
         self.files.purged_identifier(identifier)?;

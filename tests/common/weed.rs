@@ -200,6 +200,28 @@ impl Weed {
         assert_eq!(status, 200, "PUT /{bucket}/{key}");
     }
 
+    /// The keys in a bucket (one listing page: up to 1,000).
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "20",
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+            ])
+            .arg("--user")
+            .arg(format!("{ACCESS_KEY}:{SECRET_KEY}"))
+            .arg(format!("{}/{bucket}?list-type=2", self.endpoint()))
+            .output()
+            .expect("curl");
+        let xml = String::from_utf8_lossy(&out.stdout);
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split("</Key>").next().map(str::to_owned))
+            .collect()
+    }
+
     /// Stop it: SIGTERM, then SIGKILL after a few seconds (its file layer can wait ~15 s).
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
