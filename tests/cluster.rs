@@ -170,3 +170,39 @@ fn an_unreachable_shared_tier_never_fails_a_request() {
     );
     assert_eq!(renders(&s), URLS.len() as f64);
 }
+
+#[test]
+fn a_crawl_on_one_node_warms_the_whole_cluster() {
+    let weed = with_images("shared-d");
+    let a = node(&weed, "shared-d");
+    let b = node(&weed, "shared-d");
+    let body = r#"{"identifiers": ["chart"], "versions": [3, 2]}"#;
+    let r = crate::common::raw(
+        a.admin,
+        format!(
+            "POST /admin/crawl HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let job = r.json()["id"].as_str().unwrap_or("").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = a.admin_get(&format!("/admin/crawl/{job}")).json();
+        if state["state"] == "done" {
+            assert_eq!(state["failed"], 0, "{state}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "crawl did not finish: {state}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The node that did not crawl serves a viewer's every tile without a render.
+    for v in [3, 2] {
+        for u in crate::crawl::osd_tiles("chart", 1600, 1000, v) {
+            assert_eq!(b.get(&u).status, 200, "{u}");
+        }
+    }
+    assert_eq!(renders(&b), 0.0);
+    assert!(b.metric("iiifd_shared_hits_total") > 0.0);
+}

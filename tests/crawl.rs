@@ -33,7 +33,7 @@ fn wait_done(server: &Server, id: &str, limit: Duration) -> serde_json::Value {
 
 /// OpenSeadragon's tile URLs for one IIIF image service (iiiftilesource.js): `x,y,w,h` tiles clipped at
 /// the edges, sizes `w,h` (3.0) or `w,` (2.1), `full` for levels that fit one tile.
-fn osd_tiles(id: &str, w: u32, h: u32, version: u8) -> Vec<String> {
+pub(crate) fn osd_tiles(id: &str, w: u32, h: u32, version: u8) -> Vec<String> {
     let mut out = Vec::new();
     let mut s = 1u32;
     loop {

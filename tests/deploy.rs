@@ -418,3 +418,106 @@ fn shutdown_serves_connections_waiting_in_the_accept_queue() {
     assert_eq!(statuses, vec![200]);
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_cluster_sharing_its_derivatives_renders_each_once_and_survives_losing_a_node() {
+    use crate::common::weed::{Weed, ACCESS_KEY, SECRET_KEY};
+    let weed = Weed::start();
+    weed.create_bucket("images");
+    weed.create_bucket("shared");
+    let chart = std::fs::read(crate::common::examples().join("chart.jpg")).expect("chart");
+    weed.put("images", "chart.jpg", &chart);
+    let endpoint = weed.endpoint();
+    let env = [
+        ("IIIFD_SOURCE__KIND", "s3"),
+        ("IIIFD_SOURCE__S3__BUCKET", "images"),
+        ("IIIFD_SOURCE__S3__ENDPOINT", endpoint.as_str()),
+        ("IIIFD_STORE__SHARED__BUCKET", "shared"),
+        ("IIIFD_STORE__SHARED__ENDPOINT", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("IIIFD_COMPAT__FLASK_IIIF", "true"),
+    ];
+    let listens: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let start = |listen: &str| Server::start_with(&["--listen", listen], &env);
+    let mut nodes: Vec<Server> = listens.iter().map(|l| start(l)).collect();
+    let text =
+        std::fs::read_to_string(repo("deploy/nginx/iiifd-cluster.conf")).expect("cluster conf");
+    let port = free_port();
+    let mut conf = text.replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
+    for (i, l) in listens.iter().enumerate() {
+        conf = conf.replace(
+            &format!("server 127.0.0.1:809{} ", i + 1),
+            &format!("server {l} "),
+        );
+    }
+    let nginx = Nginx::start(&conf);
+    // A viewer's tiles of one image over 3.0 and 2.1, twice.
+    let urls: Vec<String> = [3, 2]
+        .into_iter()
+        .flat_map(|v| crate::crawl::osd_tiles("chart", 1600, 1000, v))
+        .collect();
+    let replay = |what: &str| {
+        for u in &urls {
+            let r = nginx.get(u);
+            assert_eq!(r.status, 200, "{what}: {u}: {}", r.text());
+        }
+    };
+    replay("first viewing");
+    replay("second viewing");
+    let renders = |nodes: &[Server]| -> Vec<f64> {
+        nodes
+            .iter()
+            .map(|s| s.metric("iiifd_renders_total"))
+            .collect()
+    };
+    let first = renders(&nodes);
+    let total: f64 = first.iter().sum();
+    // Each derivative rendered once in the whole cluster, and stored once in the shared tier.
+    assert_eq!(total, weed.keys("shared").len() as f64, "{first:?}");
+    assert!(total > 0.0);
+    let owner = (0..3).find(|&i| first[i] > 0.0).expect("an owner");
+    assert_eq!(first[owner], total, "one image, one node: {first:?}");
+    // Flask-IIIF's route for the same image reaches the same node.
+    let flask = nginx.get("/api/multimedia/image/v2/chart/full/200,/0/default.jpg");
+    assert_eq!(flask.status, 200, "{}", flask.text());
+    let now = renders(&nodes);
+    assert_eq!(now[owner], first[owner] + 1.0, "{now:?}");
+    assert_eq!(now.iter().sum::<f64>(), total + 1.0, "{now:?}");
+    // The owner dies: its successors serve every tile from the shared tier.
+    nodes[owner].kill9();
+    replay("after kill -9");
+    let survivors: f64 = (0..3)
+        .filter(|&i| i != owner)
+        .map(|i| nodes[i].metric("iiifd_renders_total"))
+        .sum();
+    assert_eq!(survivors, 0.0, "no render on the survivors");
+    // A fresh node with an empty store in its place: nginx sends the image back to it once the
+    // dead node's fail_timeout (10 s) has run out.
+    nodes[owner] = start(&listens[owner]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while nodes[owner].metric("iiifd_shared_hits_total") == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "nginx never sent the image back to its node"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        replay("with the replacement");
+    }
+    replay("with the replacement");
+    assert_eq!(
+        nodes[owner].metric("iiifd_renders_total"),
+        0.0,
+        "no render on the fresh node"
+    );
+    // A purge on any node empties the shared tier of the image, whoever rendered it.
+    let other = (owner + 1) % 3;
+    let purged = raw(
+        nodes[other].admin,
+        b"POST /admin/store/purge?id=chart HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    assert!(weed.keys("shared").is_empty(), "{:?}", weed.keys("shared"));
+}

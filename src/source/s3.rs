@@ -283,6 +283,24 @@ impl SharedBucket {
         })
     }
 
+    /// The names below `dir` (a listing of `prefix` + `dir`).
+    pub(crate) fn list(&self, io: &Io, dir: &str) -> Result<Vec<String>, SourceError> {
+        let store = Arc::clone(&self.store);
+        let prefix = self.prefix.clone();
+        let below = self.key(dir.trim_end_matches('/'));
+        io.run(Op::List, async move {
+            let mut stream = store.list(Some(&below));
+            let mut names = Vec::new();
+            while let Some(meta) = stream.next().await {
+                let key = meta.map_err(failure)?.location.to_string();
+                if let Some(name) = key.strip_prefix(&prefix) {
+                    names.push(name.to_owned());
+                }
+            }
+            Ok(names)
+        })
+    }
+
     /// Remove `name` (absent is fine).
     pub(crate) fn delete(&self, io: &Io, name: &str) -> Result<(), SourceError> {
         let store = Arc::clone(&self.store);

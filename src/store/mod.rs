@@ -500,7 +500,7 @@ impl Store {
         let local = self.count_failure(self.put_inner(key, ext, bytes, identifier));
         // The other nodes' copy too, whatever became of ours (never an error: see `shared`).
         if let Some(tier) = &self.shared {
-            tier.put(key, ext, bytes);
+            tier.put(identifier, key, ext, bytes);
         }
         Ok(local?)
     }
@@ -524,7 +524,7 @@ impl Store {
         identifier: &str,
         read_body: bool,
     ) -> Option<Hit> {
-        let bytes = self.shared.as_ref()?.get(key, ext)?;
+        let bytes = self.shared.as_ref()?.get(identifier, key, ext)?;
         let copied = match self.count_failure(self.put_inner(key, ext, &bytes, identifier)) {
             Ok(()) => true,
             Err(e) => {
@@ -968,13 +968,19 @@ impl Store {
             if self.remove_object(&key, &ext)? {
                 n += 1;
             }
-            if let Some(tier) = &self.shared {
-                if let Err(e) = tier.remove(&key, &ext) {
-                    tracing::warn!(key = %key.to_hex(), "could not purge a shared-tier object: {e}");
+        }
+        self.files.purged_identifier(identifier)?;
+        if let Some(tier) = &self.shared {
+            // Every node's renders of it: they share one folder in the tier.
+            match tier.purge(identifier) {
+                Ok(k) => tracing::info!(identifier, objects = k, "purged from the shared tier"),
+                Err(e) => {
+                    return Err(io::Error::other(format!(
+                        "purged locally, but not from the shared tier: {e}"
+                    )))
                 }
             }
         }
-        self.files.purged_identifier(identifier)?;
         Ok(n)
     }
 

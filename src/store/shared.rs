@@ -2,7 +2,9 @@
 //! writes (`store.shared.*`), so a render made on one node is a hit on all of them, and a node
 //! that starts with an empty store does not start cold.
 //!
-//! Keyed by the same derivative key as the local store (`ab/<key>.<ext>` below the prefix). Objects
+//! Keyed by the same derivative key as the local store, below a folder per identifier
+//! (`<identifier hash>/<key>.<ext>` below the prefix), so that one listing finds every object of an
+//! identifier for a purge, whichever node rendered it. Objects
 //! are created only if absent: two nodes storing one key at once leave one object, and since a key
 //! names its bytes (same source version, same canonical request, same encoder), either would do.
 //! Each object carries the blake3 of its bytes; a read that does not match is a miss, and the
@@ -13,7 +15,7 @@
 //! is left alone for a few seconds, so an outage costs one deadline now and then, not one per
 //! request.
 
-use crate::key::{content_hash, ContentHash, DerivativeKey};
+use crate::key::{content_hash, identifier_hash, ContentHash, DerivativeKey};
 use crate::source::remote::Io;
 use crate::source::s3::SharedBucket;
 use crate::source::{SourceCounters, SourceError};
@@ -58,9 +60,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn name(key: &DerivativeKey, ext: &str) -> String {
-    let hex = key.to_hex();
-    format!("{}/{hex}.{ext}", &hex[..2])
+fn folder(identifier: &str) -> String {
+    identifier_hash(identifier)
+}
+
+fn name(identifier: &str, key: &DerivativeKey, ext: &str) -> String {
+    format!("{}/{}.{ext}", folder(identifier), key.to_hex())
 }
 
 fn hex(hash: &ContentHash) -> String {
@@ -97,12 +102,12 @@ impl SharedTier {
             .store(now_ms() + BACK_OFF.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// The derivative `key`, if the tier has it with the right bytes.
-    pub(crate) fn get(&self, key: &DerivativeKey, ext: &str) -> Option<Vec<u8>> {
+    /// The derivative `key` of `identifier`, if the tier has it with the right bytes.
+    pub(crate) fn get(&self, identifier: &str, key: &DerivativeKey, ext: &str) -> Option<Vec<u8>> {
         if self.resting() {
             return None;
         }
-        let name = name(key, ext);
+        let name = name(identifier, key, ext);
         match self.bucket.get(&self.io, &name) {
             Ok(Some((bytes, hash))) => {
                 if hash.as_deref() == Some(hex(&content_hash(&bytes)).as_str()) {
@@ -127,15 +132,15 @@ impl SharedTier {
         }
     }
 
-    /// Store a render (unless another node stored the key first).
-    pub(crate) fn put(&self, key: &DerivativeKey, ext: &str, bytes: &[u8]) {
+    /// Store a render of `identifier` (unless another node stored the key first).
+    pub(crate) fn put(&self, identifier: &str, key: &DerivativeKey, ext: &str, bytes: &[u8]) {
         if self.resting() {
             return;
         }
         let hash = hex(&content_hash(bytes));
         match self.bucket.put_if_absent(
             &self.io,
-            &name(key, ext),
+            &name(identifier, key, ext),
             Bytes::copy_from_slice(bytes),
             hash,
         ) {
@@ -149,8 +154,12 @@ impl SharedTier {
         }
     }
 
-    /// Remove the derivative `key` (a purge).
-    pub(crate) fn remove(&self, key: &DerivativeKey, ext: &str) -> Result<(), SourceError> {
-        self.bucket.delete(&self.io, &name(key, ext))
+    /// Remove every object of `identifier`, whichever node stored it (a purge); returns how many.
+    pub(crate) fn purge(&self, identifier: &str) -> Result<usize, SourceError> {
+        let names = self.bucket.list(&self.io, &folder(identifier))?;
+        for name in &names {
+            self.bucket.delete(&self.io, name)?;
+        }
+        Ok(names.len())
     }
 }

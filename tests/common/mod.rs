@@ -37,13 +37,12 @@ fn spawn(
     env: &[(String, String)],
 ) -> (Child, SocketAddr, SocketAddr) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_iiifd"));
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--images")
-        .arg(images)
-        .arg("--store")
-        .arg(store);
+    cmd.arg("serve");
+    // A free port unless the test names one (`--listen` in `args`).
+    if !args.iter().any(|a| a == "--listen") {
+        cmd.arg("--listen").arg("127.0.0.1:0");
+    }
+    cmd.arg("--images").arg(images).arg("--store").arg(store);
     cmd.args(args);
     // A clean environment for config: no IIIFD_* from the developer's shell.
     for (k, _) in std::env::vars() {
