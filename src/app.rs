@@ -298,7 +298,7 @@ impl App {
         }
         if let Some(tier) = self.store.shared() {
             remote_metrics(&mut out, "iiifd_shared", "s3", tier.requests());
-            let t = &tier.counters;
+            let t = tier.counters();
             let shared = [
                 (
                     "iiifd_shared_hits_total",
@@ -334,6 +334,12 @@ impl App {
             for (name, help, value) in shared {
                 metrics::counter(&mut out, name, help, load(value));
             }
+            metrics::gauge(
+                &mut out,
+                "iiifd_shared_pending",
+                "Renders queued for the shared tier.",
+                load(&t.pending),
+            );
         }
         out
     }

@@ -59,6 +59,18 @@ fn renders(s: &Server) -> f64 {
     s.metric("iiifd_renders_total")
 }
 
+/// Wait until a node's queued writes to the shared tier are done.
+pub(crate) fn settle(s: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.metric("iiifd_shared_pending") > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "shared-tier writes did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_render_on_one_node_is_a_hit_on_the_others_and_on_a_new_one() {
     let weed = with_images("shared-a");
@@ -73,6 +85,7 @@ fn a_render_on_one_node_is_a_hit_on_the_others_and_on_a_new_one() {
         })
         .collect();
     assert_eq!(renders(&a), URLS.len() as f64);
+    settle(&a);
     assert_eq!(a.metric("iiifd_shared_stored_total"), URLS.len() as f64);
     assert_eq!(
         weed.keys("shared-a").len(),
@@ -114,6 +127,7 @@ fn a_render_on_one_node_is_a_hit_on_the_others_and_on_a_new_one() {
     for u in URLS {
         assert_eq!(d.get(u).status, 200, "{u}");
     }
+    settle(&d);
     assert_eq!(d.metric("iiifd_shared_corrupt_total"), 1.0);
     assert_eq!(renders(&d), 1.0, "only the corrupt one rendered again");
     assert_eq!(weed.keys("shared-a").len(), URLS.len(), "and stored again");
@@ -136,6 +150,8 @@ fn two_nodes_rendering_one_key_at_once_leave_one_object_and_agree() {
             .expect("a whole 200")
     };
     assert!(body(&ra) == body(&rb), "the two answers differ");
+    settle(&a);
+    settle(&b);
     assert_eq!(
         weed.keys("shared-b").len(),
         1,
@@ -197,6 +213,7 @@ fn a_crawl_on_one_node_warms_the_whole_cluster() {
         assert!(Instant::now() < deadline, "crawl did not finish: {state}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    settle(&a);
     // The node that did not crawl serves a viewer's every tile without a render.
     for v in [3, 2] {
         for u in crate::crawl::osd_tiles("chart", 1600, 1000, v) {

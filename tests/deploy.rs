@@ -467,6 +467,9 @@ fn a_cluster_sharing_its_derivatives_renders_each_once_and_survives_losing_a_nod
     };
     replay("first viewing");
     replay("second viewing");
+    for n in &nodes {
+        crate::cluster::settle(n);
+    }
     let renders = |nodes: &[Server]| -> Vec<f64> {
         nodes
             .iter()
@@ -486,6 +489,7 @@ fn a_cluster_sharing_its_derivatives_renders_each_once_and_survives_losing_a_nod
     let now = renders(&nodes);
     assert_eq!(now[owner], first[owner] + 1.0, "{now:?}");
     assert_eq!(now.iter().sum::<f64>(), total + 1.0, "{now:?}");
+    crate::cluster::settle(&nodes[owner]);
     // The owner dies: its successors serve every tile from the shared tier.
     nodes[owner].kill9();
     replay("after kill -9");

@@ -10,6 +10,8 @@
 //! Each object carries the blake3 of its bytes; a read that does not match is a miss, and the
 //! object is removed so the next render replaces it.
 //!
+//! Renders are written in the background (a bounded queue and one writer thread), so a response
+//! never waits for the tier; a render that finds the queue full is not shared (counted as skipped).
 //! The tier is an optimisation, never a dependency: a failure (down, slow, full, refusing) is
 //! counted and the request goes on with the local store and the renderer. After a failure the tier
 //! is left alone for a few seconds, so an outage costs one deadline now and then, not one per
@@ -40,18 +42,36 @@ pub(crate) struct SharedCounters {
     pub stored: AtomicU64,
     /// Renders another node had stored first.
     pub already_there: AtomicU64,
-    /// Lookups and writes skipped while the tier was backing off after a failure.
+    /// Lookups and writes skipped while the tier was backing off after a failure, or because
+    /// the write queue was full.
     pub skipped: AtomicU64,
+    /// Writes queued and not yet done.
+    pub pending: AtomicU64,
 }
+
+/// A render waiting to be written.
+struct Write {
+    identifier: String,
+    key: DerivativeKey,
+    ext: String,
+    bytes: Bytes,
+}
+
+/// Renders that may wait for the writer; beyond that, they are not shared.
+const QUEUE: usize = 256;
 
 /// The shared tier of a store.
 pub(crate) struct SharedTier {
+    inner: Arc<Inner>,
+    queue: std::sync::mpsc::SyncSender<Write>,
+}
+
+struct Inner {
     bucket: SharedBucket,
     io: Io,
     /// Unix milliseconds until which the tier is left alone.
     resting_until: AtomicU64,
-    /// Counters for metrics.
-    pub counters: SharedCounters,
+    counters: SharedCounters,
 }
 
 fn now_ms() -> u64 {
@@ -75,19 +95,65 @@ fn hex(hash: &ContentHash) -> String {
 impl SharedTier {
     /// A tier over `bucket`, every call bounded by `deadline`.
     pub(crate) fn new(bucket: SharedBucket, deadline: Duration) -> std::io::Result<SharedTier> {
-        Ok(SharedTier {
+        let inner = Arc::new(Inner {
             bucket,
             io: Io::new("s3", deadline)?,
             resting_until: AtomicU64::new(0),
             counters: SharedCounters::default(),
-        })
+        });
+        let (queue, writes) = std::sync::mpsc::sync_channel::<Write>(QUEUE);
+        let writer = Arc::clone(&inner);
+        // Ends when the tier (its sender) is dropped.
+        std::thread::Builder::new()
+            .name("iiifd-shared-writer".into())
+            .spawn(move || {
+                for w in writes {
+                    writer.put(&w.identifier, &w.key, &w.ext, w.bytes);
+                    writer.counters.pending.fetch_sub(1, Ordering::Relaxed);
+                }
+            })?;
+        Ok(SharedTier { inner, queue })
     }
 
     /// The request counters.
     pub(crate) fn requests(&self) -> &Arc<SourceCounters> {
-        self.io.counters()
+        self.inner.io.counters()
     }
 
+    /// The tier's own counters.
+    pub(crate) fn counters(&self) -> &SharedCounters {
+        &self.inner.counters
+    }
+
+    /// The derivative `key` of `identifier`, if the tier has it with the right bytes.
+    pub(crate) fn get(&self, identifier: &str, key: &DerivativeKey, ext: &str) -> Option<Vec<u8>> {
+        self.inner.get(identifier, key, ext)
+    }
+
+    /// Queue a render of `identifier` for the tier (written unless another node stored the key
+    /// first); never waits.
+    pub(crate) fn put(&self, identifier: &str, key: &DerivativeKey, ext: &str, bytes: &[u8]) {
+        let c = &self.inner.counters;
+        c.pending.fetch_add(1, Ordering::Relaxed);
+        let write = Write {
+            identifier: identifier.to_owned(),
+            key: *key,
+            ext: ext.to_owned(),
+            bytes: Bytes::copy_from_slice(bytes),
+        };
+        if self.queue.try_send(write).is_err() {
+            c.pending.fetch_sub(1, Ordering::Relaxed);
+            c.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Remove every object of `identifier`, whichever node stored it (a purge); returns how many.
+    pub(crate) fn purge(&self, identifier: &str) -> Result<usize, SourceError> {
+        self.inner.purge(identifier)
+    }
+}
+
+impl Inner {
     fn resting(&self) -> bool {
         if now_ms() < self.resting_until.load(Ordering::Relaxed) {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
@@ -102,8 +168,7 @@ impl SharedTier {
             .store(now_ms() + BACK_OFF.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// The derivative `key` of `identifier`, if the tier has it with the right bytes.
-    pub(crate) fn get(&self, identifier: &str, key: &DerivativeKey, ext: &str) -> Option<Vec<u8>> {
+    fn get(&self, identifier: &str, key: &DerivativeKey, ext: &str) -> Option<Vec<u8>> {
         if self.resting() {
             return None;
         }
@@ -133,17 +198,15 @@ impl SharedTier {
     }
 
     /// Store a render of `identifier` (unless another node stored the key first).
-    pub(crate) fn put(&self, identifier: &str, key: &DerivativeKey, ext: &str, bytes: &[u8]) {
+    fn put(&self, identifier: &str, key: &DerivativeKey, ext: &str, bytes: Bytes) {
         if self.resting() {
             return;
         }
-        let hash = hex(&content_hash(bytes));
-        match self.bucket.put_if_absent(
-            &self.io,
-            &name(identifier, key, ext),
-            Bytes::copy_from_slice(bytes),
-            hash,
-        ) {
+        let hash = hex(&content_hash(&bytes));
+        match self
+            .bucket
+            .put_if_absent(&self.io, &name(identifier, key, ext), bytes, hash)
+        {
             Ok(true) => {
                 self.counters.stored.fetch_add(1, Ordering::Relaxed);
             }
@@ -154,8 +217,7 @@ impl SharedTier {
         }
     }
 
-    /// Remove every object of `identifier`, whichever node stored it (a purge); returns how many.
-    pub(crate) fn purge(&self, identifier: &str) -> Result<usize, SourceError> {
+    fn purge(&self, identifier: &str) -> Result<usize, SourceError> {
         let names = self.bucket.list(&self.io, &folder(identifier))?;
         for name in &names {
             self.bucket.delete(&self.io, name)?;
