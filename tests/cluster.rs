@@ -47,7 +47,6 @@ fn node_with(weed: &Weed, bucket: &str, extra: &[(&str, &str)]) -> Server {
         ("IIIFD_STORE__SHARED__BUCKET", bucket),
         ("IIIFD_STORE__SHARED__PREFIX", "derivatives"),
         ("IIIFD_STORE__SHARED__ENDPOINT", endpoint.as_str()),
-        ("IIIFD_SOURCE__TIMEOUT_SECS", "3"),
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
         ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
     ];
@@ -165,7 +164,7 @@ fn two_nodes_rendering_one_key_at_once_leave_one_object_and_agree() {
 fn an_unreachable_shared_tier_never_fails_a_request() {
     let mut weed = Weed::start();
     weed.create_bucket("shared-c");
-    let s = node_with(&weed, "shared-c", &[]);
+    let s = node_with(&weed, "shared-c", &[("IIIFD_SOURCE__TIMEOUT_SECS", "3")]);
     assert_eq!(s.get(URLS[0]).status, 200);
     weed.stop();
     for u in &URLS[1..] {

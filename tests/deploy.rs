@@ -438,8 +438,9 @@ fn a_cluster_sharing_its_derivatives_renders_each_once_and_survives_losing_a_nod
         ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
         ("IIIFD_COMPAT__FLASK_IIIF", "true"),
     ];
+    // Outside the ephemeral range: the owner's address is bound again after its kill -9.
     let listens: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .map(|_| format!("127.0.0.1:{}", crate::common::quiet_port()))
         .collect();
     let start = |listen: &str| Server::start_with(&["--listen", listen], &env);
     let mut nodes: Vec<Server> = listens.iter().map(|l| start(l)).collect();

@@ -33,7 +33,8 @@ fn s3_env(weed: &Weed) -> Vec<(&'static str, String)> {
         ("IIIFD_SOURCE__S3__ENDPOINT", weed.endpoint()),
         ("IIIFD_SOURCE__S3__REGION", "us-east-1".into()),
         ("IIIFD_SOURCE__REVALIDATE_SECS", "2".into()),
-        ("IIIFD_SOURCE__TIMEOUT_SECS", "4".into()),
+        // Long enough for a busy machine; an outage is a refused connection, answered at once.
+        ("IIIFD_SOURCE__TIMEOUT_SECS", "10".into()),
         ("IIIFD_SOURCE__BLOCK_BYTES", "65536".into()),
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
         ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),

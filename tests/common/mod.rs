@@ -13,6 +13,33 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// A free loopback port below the kernel's ephemeral range (32768-60999 by default), for a service
+/// that must bind it after the test chose it (SeaweedFS's eight ports, a node restarted on its
+/// address): no outgoing connection and no `127.0.0.1:0` listener can take it in between. Picked at
+/// random from 20000-32767 and checked by binding it.
+pub fn quiet_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEED: AtomicU64 = AtomicU64::new(0);
+    let mut x = SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+        ^ u64::from(std::process::id()).rotate_left(32)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    // Never the same port twice in one test process (tests run in parallel threads).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_768) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
 /// A running `iiifd serve`, killed when dropped.
 pub struct Server {
     child: Child,

