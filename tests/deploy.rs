@@ -165,6 +165,22 @@ fn nginx_in_front_of_iiifd() {
     }
 }
 
+/// The shipped cluster site, listening on a free port, in front of the instances at `addrs`.
+fn cluster_conf(addrs: &[String]) -> String {
+    let text =
+        std::fs::read_to_string(repo("deploy/nginx/iiifd-cluster.conf")).expect("cluster conf");
+    let mut conf = text.replace("listen 80;", &format!("listen 127.0.0.1:{};", free_port()));
+    for (i, addr) in addrs.iter().enumerate() {
+        for end in [";", " "] {
+            conf = conf.replace(
+                &format!("server 127.0.0.1:809{}{end}", i + 1),
+                &format!("server {addr}{end}"),
+            );
+        }
+    }
+    conf
+}
+
 #[test]
 fn cluster_routes_each_image_to_one_instance_and_fails_over() {
     let images: Vec<String> = (0..8).map(|i| format!("img{i}")).collect();
@@ -183,20 +199,8 @@ fn cluster_routes_each_image_to_one_instance_and_fails_over() {
             .expect("copy");
         }
     }
-    let text =
-        std::fs::read_to_string(repo("deploy/nginx/iiifd-cluster.conf")).expect("cluster conf");
-    let port = free_port();
-    let mut conf = text.replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
-    for (i, s) in instances.iter().enumerate() {
-        conf = conf.replace(
-            &format!("server 127.0.0.1:809{};", i + 1),
-            &format!("server {};", s.addr),
-        );
-        conf = conf.replace(
-            &format!("server 127.0.0.1:809{} ", i + 1),
-            &format!("server {} ", s.addr),
-        );
-    }
+    let addrs: Vec<String> = instances.iter().map(|s| s.addr.to_string()).collect();
+    let conf = cluster_conf(&addrs);
     let nginx = Nginx::start(&conf);
     let urls: Vec<String> = images
         .iter()
@@ -444,16 +448,7 @@ fn a_cluster_sharing_its_derivatives_renders_each_once_and_survives_losing_a_nod
         .collect();
     let start = |listen: &str| Server::start_with(&["--listen", listen], &env);
     let mut nodes: Vec<Server> = listens.iter().map(|l| start(l)).collect();
-    let text =
-        std::fs::read_to_string(repo("deploy/nginx/iiifd-cluster.conf")).expect("cluster conf");
-    let port = free_port();
-    let mut conf = text.replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
-    for (i, l) in listens.iter().enumerate() {
-        conf = conf.replace(
-            &format!("server 127.0.0.1:809{} ", i + 1),
-            &format!("server {l} "),
-        );
-    }
+    let conf = cluster_conf(&listens);
     let nginx = Nginx::start(&conf);
     // A viewer's tiles of one image over 3.0 and 2.1, twice.
     let urls: Vec<String> = [3, 2]
