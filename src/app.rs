@@ -87,6 +87,9 @@ pub struct App {
     /// A remote source's kind and counters (`iiifd_source_*`).
     source: Option<(&'static str, Arc<SourceCounters>)>,
     recovery: Recovery,
+    /// When this process started: no generated document (info.json) is older, since its configuration
+    /// was read then.
+    started: std::time::SystemTime,
 }
 
 impl App {
@@ -126,6 +129,7 @@ impl App {
                 jpeg_quality: config.render.jpeg_quality,
                 webp_quality: config.render.webp_quality,
                 tile_passthrough: config.render.tile_passthrough,
+                color: config.render.color,
             },
             max_decode_bytes: config.render.max_decode_bytes,
             tiled_copy_min_pixels: config.render.tiled_copy_min_pixels,
@@ -159,6 +163,7 @@ impl App {
             metrics,
             source: source_counters,
             recovery,
+            started: std::time::SystemTime::now(),
         })
     }
 
@@ -181,6 +186,11 @@ impl App {
     /// What opening the store found and repaired.
     pub(crate) fn recovery(&self) -> &Recovery {
         &self.recovery
+    }
+
+    /// When this process started (see the field).
+    pub(crate) fn started(&self) -> std::time::SystemTime {
+        self.started
     }
 
     /// The configuration.

@@ -64,6 +64,27 @@ pub struct LimitsConfig {
     pub max_source_bytes: u64,
 }
 
+/// `render.color`: what happens to sources with an embedded ICC profile (see `render::color`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorMode {
+    /// Convert their pixels to sRGB.
+    #[default]
+    Srgb,
+    /// Keep their pixels and embed their profile in the output.
+    Preserve,
+}
+
+impl ColorMode {
+    /// The config spelling, also part of every derivative key.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ColorMode::Srgb => "srgb",
+            ColorMode::Preserve => "preserve",
+        }
+    }
+}
+
 /// `[render]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -81,6 +102,10 @@ pub struct RenderConfig {
     /// `jpeg_quality` 4:2:0, smaller when the file's tiles are 4:4:4 or RGB (vips writes those at
     /// Q >= 90). Env: `IIIFD_RENDER__TILE_PASSTHROUGH`.
     pub tile_passthrough: bool,
+    /// Sources with an embedded ICC profile: `srgb` converts their pixels to sRGB (what browsers
+    /// assume), `preserve` keeps them and embeds the profile in jpg, png, webp and tif outputs. Part
+    /// of every derivative key. Env: `IIIFD_RENDER__COLOR`.
+    pub color: ColorMode,
     /// Most bytes one decode may allocate. Env: `IIIFD_RENDER__MAX_DECODE_BYTES`.
     pub max_decode_bytes: u64,
     /// Decoded source pixels kept in memory between renders (0 disables).
@@ -387,6 +412,7 @@ impl Default for RenderConfig {
             jpeg_quality: 85,
             webp_quality: 80,
             tile_passthrough: true,
+            color: ColorMode::Srgb,
             max_decode_bytes: 1 << 30,
             decoded_cache_bytes: 256 << 20,
             tiled_copy_min_pixels: 16_000_000,

@@ -30,7 +30,7 @@ pub fn resize(img: &DynamicImage, rect: Rect, w: u32, h: u32) -> Option<DynamicI
 
 /// Encode as `format` with the default settings.
 pub fn encode(img: DynamicImage, format: Format) -> Result<Vec<u8>, RenderError> {
-    render::encode::encode(img, format, &render::EncodeSettings::default())
+    render::encode::encode(img, format, &render::EncodeSettings::default(), None)
 }
 
 /// Render `req` from a source held in memory, cold (no decoded cache), default settings.

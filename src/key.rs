@@ -93,6 +93,14 @@ pub(crate) fn content_hash(bytes: &[u8]) -> ContentHash {
     *blake3::hash(bytes).as_bytes()
 }
 
+/// A strong entity tag for a generated document (info.json): the first 128 bits of its blake3, so the
+/// tag changes whenever the text does, whatever changed it (source, configuration, request headers).
+pub(crate) fn document_etag(bytes: &[u8]) -> String {
+    let hash = blake3::hash(bytes);
+    let hex = hash.to_hex();
+    format!("\"{}\"", &hex.as_str()[..32])
+}
+
 /// [`content_hash`] of everything `reader` yields (for objects written as a stream).
 pub(crate) fn content_hash_reader(reader: &mut impl std::io::Read) -> std::io::Result<ContentHash> {
     let mut h = blake3::Hasher::new();

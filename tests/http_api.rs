@@ -28,7 +28,11 @@ fn info_json_in_every_version() {
     let s = InProcess::start();
     let v3 = s.get(&format!("{CHART}/info.json"));
     assert_eq!(v3.status, 200);
-    assert_eq!(v3.header("content-type"), Some("application/json"));
+    assert_eq!(
+        v3.header("content-type"),
+        Some("application/ld+json;profile=\"http://iiif.io/api/image/3/context.json\""),
+        "3.0 §6: JSON-LD with the profile when the client does not say"
+    );
     assert_eq!(
         v3.header("link"),
         Some("<http://iiif.io/api/image/3/level2.json>;rel=\"profile\"")
@@ -224,14 +228,194 @@ fn conditional_requests() {
             .status,
         200
     );
+    let info = s.get(&format!("{CHART}/info.json"));
+    let info_modified = info.header("last-modified").unwrap_or("").to_owned();
     assert_eq!(
         s.request(
             "GET",
             &format!("{CHART}/info.json"),
-            &[("If-Modified-Since", &modified)]
+            &[("If-Modified-Since", &info_modified)]
         )
         .status,
         304
+    );
+}
+
+/// Spec point 4: info.json has an ETag over its text, and its `Last-Modified` is never older than the
+/// process, so after a configuration change (here the tile size) a revalidating cache gets the new
+/// document, not a 304 that keeps the old one for 30 days.
+#[test]
+fn info_json_validators_follow_the_configuration() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let first = {
+        let store = store.clone();
+        InProcess::with(move |c| c.store.path = store, None)
+    };
+    let a = first.get(&format!("{CHART}/info.json"));
+    let etag = a.header("etag").expect("info.json has an ETag").to_owned();
+    let modified = a.header("last-modified").unwrap_or("").to_owned();
+    assert_eq!(
+        first
+            .request(
+                "GET",
+                &format!("{CHART}/info.json"),
+                &[("If-None-Match", &etag)]
+            )
+            .status,
+        304
+    );
+    let image_modified = first
+        .get(&format!("{CHART}/full/64,/0/default.jpg"))
+        .header("last-modified")
+        .unwrap_or("")
+        .to_owned();
+    drop(first);
+    // HTTP dates have a one-second resolution: the restarted process must start in a later second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = InProcess::with(
+        move |c| {
+            c.store.path = store;
+            c.tile_size = 256;
+        },
+        None,
+    );
+    let url = format!("{CHART}/info.json");
+    let by_tag = second.request("GET", &url, &[("If-None-Match", &etag)]);
+    assert_eq!(
+        by_tag.status, 200,
+        "the old tag must not match the new document"
+    );
+    assert_eq!(by_tag.json()["tiles"][0]["width"], 256);
+    assert_ne!(by_tag.header("etag"), Some(etag.as_str()));
+    for since in [&modified, &image_modified] {
+        let by_date = second.request("GET", &url, &[("If-Modified-Since", since)]);
+        assert_eq!(by_date.status, 200, "If-Modified-Since {since}");
+    }
+}
+
+/// The spec and HTTP points the official validator does not check (issue 16), over HTTP.
+#[test]
+fn spec_points_the_validator_misses() {
+    // 1: limits below the tile size: every listed tile and size is answered.
+    let s = InProcess::with(
+        |c| {
+            c.limits.max_width = 300;
+            c.limits.max_area = 40_000;
+        },
+        None,
+    );
+    for v in ["3", "2"] {
+        let info = s.get(&format!("/iiif/{v}/chart/info.json")).json();
+        let tile = info["tiles"][0]["width"].as_u64().expect("tile width");
+        assert!(tile <= 200, "v{v}: tile {tile}");
+        let sizes = info["sizes"].as_array().expect("sizes");
+        assert!(!sizes.is_empty(), "v{v}: sizes must not be empty");
+        for size in sizes {
+            let (w, h) = (
+                size["width"].as_u64().unwrap_or(0),
+                size["height"].as_u64().unwrap_or(0),
+            );
+            let r = s.get(&format!("/iiif/{v}/chart/full/{w},{h}/0/default.jpg"));
+            assert_eq!(r.status, 200, "v{v}: listed size {w}x{h}");
+        }
+        let r = s.get(&format!(
+            "/iiif/{v}/chart/0,0,{tile},{tile}/{tile},{tile}/0/default.jpg"
+        ));
+        assert_eq!(r.status, 200, "v{v}: a listed tile");
+    }
+    // 5: 2.1 `full` above the limits is refused; `max` is scaled.
+    assert_eq!(s.get("/iiif/2/chart/full/full/0/default.jpg").status, 400);
+    assert_eq!(s.get("/iiif/1/chart/full/full/0/native.jpg").status, 400);
+    let max = s.get("/iiif/2/chart/full/max/0/default.jpg");
+    assert_eq!(max.status, 200);
+    // 7: ... and `max` is the `w,` size, so its canonical link is `w,`, not a distorting `w,h`.
+    let link = max.header("link").unwrap_or("").to_owned();
+    let (mw, mh) = max.image().dimensions();
+    assert!(
+        link.contains(&format!("/full/{mw},/0/default.jpg>")),
+        "{link}"
+    );
+    assert_eq!(
+        s.get(&format!("/iiif/2/chart/full/{mw},/0/default.jpg"))
+            .image()
+            .dimensions(),
+        (mw, mh)
+    );
+    drop(s);
+
+    let s = InProcess::start();
+    // 6: every 2.1 `sizes` entry is what its `w,` request returns. On a narrow image the level height
+    // (`ceil(h / 2^k)`) and the `w,` height differ most: 33x2001 lists 17x1031 (`17,`), not 17x1001.
+    image::RgbImage::from_pixel(33, 2001, image::Rgb([90, 120, 30]))
+        .save(s.images.join("narrow.png"))
+        .expect("write narrow.png");
+    for id in ["chart", "narrow"] {
+        let info = s.get(&format!("/iiif/2/{id}/info.json")).json();
+        for size in info["sizes"].as_array().expect("sizes") {
+            let (w, h) = (
+                size["width"].as_u64().unwrap_or(0),
+                size["height"].as_u64().unwrap_or(0),
+            );
+            let got = s
+                .get(&format!("/iiif/2/{id}/full/{w},/0/default.png"))
+                .image()
+                .dimensions();
+            assert_eq!((u64::from(got.0), u64::from(got.1)), (w, h), "{id}");
+        }
+    }
+    // 2: Accept q-values decide info.json's media type.
+    let info = format!("{CHART}/info.json");
+    let ct = |accept: &str| {
+        s.request("GET", &info, &[("Accept", accept)])
+            .header("content-type")
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(
+        ct("application/ld+json;q=0, application/json"),
+        "application/json"
+    );
+    assert!(ct("application/json;q=0.5, application/ld+json")
+        .starts_with("application/ld+json;profile="));
+    assert_eq!(s.get(&info).header("vary"), Some("Accept"));
+    // 3: a 1.1 request whose format came from Accept varies on Accept; one with an extension does not.
+    let negotiated = s.request(
+        "GET",
+        "/iiif/1/chart/full/64,/0/native",
+        &[("Accept", "image/png")],
+    );
+    assert_eq!(negotiated.status, 200);
+    assert_eq!(negotiated.header("content-type"), Some("image/png"));
+    assert_eq!(negotiated.header("vary"), Some("Accept"));
+    assert_eq!(
+        s.get("/iiif/1/chart/full/64,/0/native.jpg").header("vary"),
+        None
+    );
+    // 8: X-Forwarded-Port and RFC 7239 Forwarded reach `id`, the 303 Location and the canonical Link.
+    let port = [
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "images.example.org"),
+        ("X-Forwarded-Port", "8443"),
+    ];
+    let j = s.request("GET", &info, &port).json();
+    assert_eq!(j["id"], "https://images.example.org:8443/iiif/3/chart");
+    let redirect = s.request("GET", CHART, &port);
+    assert_eq!(
+        redirect.header("location"),
+        Some("https://images.example.org:8443/iiif/3/chart/info.json")
+    );
+    let std = [(
+        "Forwarded",
+        "for=192.0.2.1;proto=https;host=iiif.example.org",
+    )];
+    let tile = s.request("GET", &format!("{CHART}/full/64,/0/default.jpg"), &std);
+    assert!(
+        tile.header("link")
+            .unwrap_or("")
+            .starts_with("<https://iiif.example.org/iiif/3/chart/full/64,40/0/default.jpg>"),
+        "{:?}",
+        tile.header("link")
     );
 }
 

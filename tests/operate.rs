@@ -159,6 +159,82 @@ fn envoy_config_routes_only_iiif_to_iiifd() {
     assert!(text.contains("http2_protocol_options"), "h2c upstream");
 }
 
+/// The Envoy cluster config hashes the same identifier as the nginx cluster site for every URL shape a
+/// viewer sends (all API versions, Flask-IIIF's routes, encoded slashes), so the two recipes place an
+/// image alike. Envoy itself is not installable on the test machines (not in Debian, no PyPI wheel); the
+/// nginx site is tested live in `deploy.rs`.
+#[test]
+fn envoy_cluster_config_hashes_the_identifier_as_nginx_does() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let envoy =
+        std::fs::read_to_string(root.join("deploy/envoy/envoy-cluster.yaml")).expect("yaml");
+    let nginx =
+        std::fs::read_to_string(root.join("deploy/nginx/iiifd-cluster.conf")).expect("conf");
+    for needle in [
+        "lb_policy: RING_HASH",
+        "header_name: \":path\"",
+        "KEEP_UNCHANGED",
+        "/health",
+    ] {
+        assert!(envoy.contains(needle), "envoy-cluster.yaml lacks {needle}");
+    }
+    assert!(
+        !envoy.contains("port_value: 8081"),
+        "the admin listener is never routed"
+    );
+    // Envoy: the hash key is the regex_rewrite of :path (RE2; YAML double-quoted, so `\\1` is `\1`).
+    let pattern = envoy
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("regex: \"^/(?:iiif"))
+        .map(|rest| format!("^/(?:iiif{}", rest.trim_end_matches('"')))
+        .expect("the hash policy's pattern");
+    let envoy_re = regex::Regex::new(&pattern).expect("RE2 pattern is a valid regex");
+    let route_re = regex::Regex::new("^/(iiif|api/multimedia/image)/.*").expect("route");
+    assert!(envoy.contains("regex: \"^/(iiif|api/multimedia/image)/.*\""));
+    // nginx: the map's patterns (PCRE named groups).
+    let nginx_res: Vec<regex::Regex> = nginx
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix('~'))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|p| regex::Regex::new(p).expect("nginx map pattern"))
+        .collect();
+    assert_eq!(nginx_res.len(), 2, "one pattern per route family");
+    let by_nginx = |path: &str| {
+        nginx_res
+            .iter()
+            .find_map(|re| re.captures(path).map(|c| c["ident"].to_owned()))
+            .unwrap_or_else(|| path.to_owned())
+    };
+    let by_envoy = |path: &str| envoy_re.replace(path, "$1").into_owned();
+    let cases = [
+        ("/iiif/3/chart/info.json", "chart"),
+        ("/iiif/2/chart/0,0,512,512/512,/0/default.jpg", "chart"),
+        ("/iiif/1/chart/full/full/0/native", "chart"),
+        ("/iiif/3/chart", "chart"),
+        (
+            "/iiif/3/collection%2Fpage/full/max/0/default.jpg",
+            "collection%2Fpage",
+        ),
+        (
+            "/api/multimedia/image/v2/chart/full/full/0/default.jpg",
+            "chart",
+        ),
+        (
+            "/api/multimedia/image/v1/collection%2Fpage/info.json",
+            "collection%2Fpage",
+        ),
+        ("/iiif/3/chart/info.json?x=1", "chart"),
+    ];
+    for (path, ident) in cases {
+        assert!(route_re.is_match(path), "{path} is routed");
+        assert_eq!(by_envoy(path), ident, "envoy: {path}");
+        assert_eq!(by_nginx(path), ident, "nginx: {path}");
+    }
+    assert!(!route_re.is_match("/metrics") && !route_re.is_match("/admin/purge"));
+}
+
 #[test]
 fn metrics_count_requests_by_version_and_status() {
     let s = Server::start();

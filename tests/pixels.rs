@@ -555,6 +555,22 @@ fn a_large_flat_source_gets_a_tiled_copy_that_later_renders_use() {
     let objects = server.metric("iiifd_store_objects");
     let full = image::load_from_memory(&jpg).expect("reference decode");
     check(&server, "big.jpg", &full, 3.0);
+    // Lossy outputs of the image's parts are read from the copy (lossless ones never are: below).
+    for (x, y) in [
+        (0, 0),
+        (256, 0),
+        (768, 0),
+        (0, 256),
+        (512, 512),
+        (768, 512),
+        (0, 640),
+        (944, 640),
+    ] {
+        let r = server.get(&format!(
+            "/iiif/3/big.jpg/{x},{y},256,256/128,128/0/default.jpg"
+        ));
+        assert_eq!(r.status, 200);
+    }
     let from_copy = server.metric("iiifd_tiled_copy_renders_total");
     assert!(from_copy >= 10.0, "{from_copy} renders from the copy");
     assert_eq!(
@@ -565,11 +581,31 @@ fn a_large_flat_source_gets_a_tiled_copy_that_later_renders_use() {
 
     // It survives a crash: after kill -9 a new tile is read from it, nothing is rebuilt.
     server.restart();
-    let r = server.get("/iiif/3/big.jpg/700,500,300,300/150,150/0/default.png");
+    let r = server.get("/iiif/3/big.jpg/700,500,300,300/150,150/0/default.jpg");
     assert_eq!(r.status, 200);
     assert_eq!(server.metric("iiifd_tiled_copy_renders_total"), 1.0);
     assert_eq!(server.metric("iiifd_tiled_copies_total"), 0.0);
     assert!(server.metric("iiifd_store_objects") > objects);
+
+    // A lossless output never comes from the (JPEG-tiled) copy: its pixels are those of a render
+    // from the source, whether or not the copy exists (they used to drift by up to 4 levels).
+    let png = server.get("/iiif/3/big.jpg/640,480,200,100/max/0/default.png");
+    assert_eq!(png.status, 200);
+    assert_eq!(
+        server.metric("iiifd_tiled_copy_renders_total"),
+        1.0,
+        "not from the copy"
+    );
+    let fresh = Server::start_with(&[], &env);
+    std::fs::write(fresh.images.join("big.jpg"), &jpg).expect("jpg");
+    let without_copy = fresh.get("/iiif/3/big.jpg/640,480,200,100/max/0/default.png");
+    assert_eq!(without_copy.status, 200);
+    assert_eq!(fresh.metric("iiifd_tiled_copies_total"), 0.0);
+    assert!(
+        png.body == without_copy.body,
+        "one URL, one set of pixels, with or without a tiled copy"
+    );
+    drop(fresh);
 
     // A replaced source gets a new copy; the old one is never used for it.
     let negative = RgbImage::from_fn(W, H, |x, y| {
@@ -578,7 +614,7 @@ fn a_large_flat_source_gets_a_tiled_copy_that_later_renders_use() {
     });
     let jpg2 = jpeg(&negative, 95);
     std::fs::write(server.images.join("big.jpg"), &jpg2).expect("jpg");
-    let r = server.get("/iiif/3/big.jpg/100,100,400,400/200,200/0/default.png");
+    let r = server.get("/iiif/3/big.jpg/100,100,400,400/200,200/0/default.jpg");
     assert_eq!(r.status, 200);
     let want = image::load_from_memory(&jpg2)
         .expect("decode")

@@ -3,6 +3,7 @@
 
 mod browser;
 mod cluster;
+mod color;
 mod common;
 mod crawl;
 mod deploy;

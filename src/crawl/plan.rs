@@ -5,7 +5,7 @@
 //! And the identifiers a Presentation manifest references.
 
 use crate::iiif::canonical::ImageSize;
-use crate::iiif::info::{scale_factors, sizes};
+use crate::iiif::info::{scale_factors, sizes, tile_within};
 use crate::iiif::parse::{
     decode_segment, parse_image_params, ImageRequest, Part, RegionSpec, Rotation, SizeKind,
     SizeSpec,
@@ -82,16 +82,18 @@ pub(crate) fn plan_image(
             SizeKind::Width(w)
         }
     };
-    for (w, h) in sizes(size, opts.tile, opts.limits) {
+    // The tile info.json advertises, so the crawl warms exactly what viewers will ask for.
+    let tile = tile_within(opts.tile, opts.limits);
+    for (w, h) in sizes(size, tile, opts.limits) {
         push(0, request(RegionSpec::Full, sized(w, h)));
     }
-    let factors = scale_factors(size, opts.tile);
+    let factors = scale_factors(size, tile);
     let n = factors.len() as u32;
     for (i, s) in factors.iter().enumerate().rev() {
         if opts.levels.is_some_and(|l| !l.contains(s)) {
             continue;
         }
-        let span = u64::from(opts.tile) * u64::from(*s);
+        let span = u64::from(tile) * u64::from(*s);
         let (iw, ih) = (u64::from(size.width), u64::from(size.height));
         for y in (0..ih).step_by(span as usize) {
             for x in (0..iw).step_by(span as usize) {

@@ -95,7 +95,16 @@ async fn route(app: &Arc<App>, req: &Request<Bytes>) -> Result<Response<Bytes>> 
         Route::Image {
             identifier,
             request,
-        } => image(app, headers, &identifier, &request, compat).await,
+        } => {
+            let mut resp = image(app, headers, &identifier, &request, compat).await;
+            // 1.1 §4.5: without an extension the format came from `Accept`, so caches must key on it.
+            let negotiated = request.version == ApiVersion::V1
+                && !rest.rsplit('/').next().unwrap_or("").contains('.');
+            if let (true, Ok(r)) = (negotiated, &mut resp) {
+                response::set(r, header::VARY, "Accept");
+            }
+            resp
+        }
     }
 }
 
@@ -145,6 +154,8 @@ fn service_base(
             headers,
             header::HeaderName::from_static("x-forwarded-prefix"),
         ),
+        port: header_str(headers, header::HeaderName::from_static("x-forwarded-port")),
+        forwarded: header_str(headers, header::FORWARDED),
         host_header: header_str(headers, header::HOST),
     };
     let base = public_base(&configured, mount, fwd, &cfg.listen.to_string());
@@ -233,13 +244,23 @@ async fn info(
         tile: source.probe.tile.unwrap_or(app.config().tile_size),
     };
     let json = info_json(version, &input);
-    let modified = source.object.modified.unwrap_or(std::time::UNIX_EPOCH);
+    let content_type = info_content_type(version, header_str(headers, header::ACCEPT));
+    // The document depends on the source, the configuration (tile size, limits, public URL) and the
+    // request's forwarding headers, so its validator is a hash of the text itself; `Last-Modified` is
+    // never older than this process (a restart after a configuration change), so a cache revalidating
+    // by date alone does not keep a stale document either.
+    let etag = crate::key::document_etag(format!("{content_type}\n{json}").as_bytes());
+    let modified = source
+        .object
+        .modified
+        .unwrap_or(std::time::UNIX_EPOCH)
+        .max(app.started());
     let cache_control = format!("public, max-age={}", app.config().http.max_age);
     let last_modified = httpdate::fmt_http_date(modified);
     let conditional = not_modified(
-        None,
+        header_str(headers, header::IF_NONE_MATCH),
         header_str(headers, header::IF_MODIFIED_SINCE),
-        None,
+        Some(&etag),
         modified,
     );
     let mut resp = if conditional {
@@ -249,11 +270,8 @@ async fn info(
     } else {
         response::base(StatusCode::OK, json)
     };
-    response::set(
-        &mut resp,
-        header::CONTENT_TYPE,
-        &info_content_type(version, header_str(headers, header::ACCEPT)),
-    );
+    response::set(&mut resp, header::CONTENT_TYPE, &content_type);
+    response::set(&mut resp, header::ETAG, &etag);
     response::set(&mut resp, header::LINK, &profile_link(version));
     response::set(&mut resp, header::CACHE_CONTROL, &cache_control);
     response::set(&mut resp, header::LAST_MODIFIED, &last_modified);

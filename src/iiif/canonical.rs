@@ -106,7 +106,7 @@ fn round_px(v: f64) -> u32 {
 }
 
 /// `round_px(value * num / den)` in exact integer arithmetic (no float error for pixel ratios).
-fn scale_dim(value: u32, num: u32, den: u32) -> u32 {
+pub fn scale_dim(value: u32, num: u32, den: u32) -> u32 {
     if den == 0 {
         return 0;
     }
@@ -115,26 +115,41 @@ fn scale_dim(value: u32, num: u32, den: u32) -> u32 {
     u32::try_from(r).unwrap_or(u32::MAX)
 }
 
-/// Largest size with the aspect ratio of `w` x `h` that fits `limits` without enlarging. Dimensions are
-/// floored so the result never exceeds a limit, and never below 1.
-fn fit(w: u32, h: u32, limits: &Limits) -> (u32, u32) {
-    let (wf, hf) = (f64::from(w), f64::from(h));
-    let scale = (f64::from(limits.max_width) / wf)
-        .min(f64::from(limits.max_height) / hf)
-        .min((limits.max_area as f64 / (wf * hf)).sqrt())
-        .min(1.0);
-    if scale == 1.0 {
+/// Largest size with the aspect ratio of `w` x `h` that fits `limits` without enlarging: the widest
+/// width whose `w,` size (height by [`scale_dim`], as a `w,` request computes it) is within every limit.
+/// So `max` under a limit is exactly the `w,` size at the same width, and 2.1's canonical form of `max`
+/// is that `w,` rather than a `w,h` that differs from it by a rounding (which would read as a distortion).
+pub fn fit(w: u32, h: u32, limits: &Limits) -> (u32, u32) {
+    if limits.allows(w, h) {
         return (w, h);
     }
-    let mut out = (
-        ((wf * scale).floor() as u32).max(1),
-        ((hf * scale).floor() as u32).max(1),
-    );
-    // Floating error can leave the area one pixel row over; step down until it fits.
-    while !limits.allows(out.0, out.1) && out.0 > 1 && out.1 > 1 {
-        out = (out.0 - 1, scale_dim(out.0 - 1, h, w).max(1));
+    let at = |cw: u32| (cw, scale_dim(h, cw, w).max(1));
+    // An upper bound from each limit, then step down past the rounding of the derived height. The
+    // bounds are within a pixel or two of the answer, so the loop runs a handful of times.
+    let by_height = u64::from(limits.max_height) * u64::from(w) / u64::from(h).max(1);
+    let by_area = ((limits.max_area as f64) * f64::from(w) / f64::from(h)).sqrt() as u64;
+    let mut cw = u64::from(w)
+        .min(u64::from(limits.max_width))
+        .min(by_height + 1)
+        .min(by_area + 1)
+        .max(1) as u32;
+    while cw > 1 && !limits.allows(at(cw).0, at(cw).1) {
+        cw -= 1;
     }
-    out
+    if limits.allows(at(cw).0, at(cw).1) {
+        return at(cw);
+    }
+    // So thin an image that one pixel of width is already over a limit: fit the height instead (the
+    // width rounds up to one pixel, the only distortion left).
+    let at_h = |ch: u32| (scale_dim(w, ch, h).max(1), ch);
+    let mut ch = h
+        .min(limits.max_height)
+        .min(u32::try_from(limits.max_area).unwrap_or(u32::MAX))
+        .max(1);
+    while ch > 1 && !limits.allows(at_h(ch).0, at_h(ch).1) {
+        ch -= 1;
+    }
+    at_h(ch)
 }
 
 /// Resolve the region (3.0 §4.1) to pixels clipped at the image's edges.
@@ -192,7 +207,10 @@ impl CanonicalRequest {
             // up. 3.0 §4.2 would let `^max` grow to the limits, but the official validator (size_up)
             // requires `^max` of a 1000 px image to be 1000 px, and no viewer asks for an image
             // enlarged to the server's ceiling, which is only a way to make the server work hard.
-            SizeKind::Max | SizeKind::Full => max_size,
+            SizeKind::Max => max_size,
+            // 2.1 and 1.1 `full` is the region's own size: over the limits it is refused like any
+            // other over-limit size (only `max` is scaled down to fit).
+            SizeKind::Full => (rw, rh),
             SizeKind::Width(w) => (w, scale_dim(rh, w, rw).max(1)),
             SizeKind::Height(h) => (scale_dim(rw, h, rh).max(1), h),
             SizeKind::Percent(p) => {
@@ -432,6 +450,88 @@ mod tests {
         assert_eq!(up.to_path(), "full/max/0/default.jpg");
     }
 
+    fn canon_limited(
+        v: ApiVersion,
+        (w, h): (u32, u32),
+        limits: Limits,
+        path: &str,
+    ) -> Result<CanonicalRequest, CanonicalError> {
+        let p: Vec<&str> = path.split('/').collect();
+        let req = parse_image_params(v, p[0], p[1], p[2], p[3], Format::Jpg).expect("parses");
+        CanonicalRequest::resolve(
+            &req,
+            ImageSize {
+                width: w,
+                height: h,
+            },
+            &limits,
+        )
+    }
+
+    /// Spec point: `max` under a width limit is exactly the `w,` size at that width (it was one pixel
+    /// shorter, 1000x748 against 1000x749), so 2.1's canonical form of `max` is `w,`, not a distorting `w,h`.
+    #[test]
+    fn max_under_a_limit_is_the_w_comma_size() {
+        let limits = Limits {
+            max_width: 1000,
+            max_height: 10_000,
+            max_area: 40_000_000,
+        };
+        let max = canon_limited(
+            ApiVersion::V2,
+            (4007, 2997),
+            limits,
+            "full/max/0/default.jpg",
+        )
+        .expect("max fits");
+        let w = canon_limited(
+            ApiVersion::V2,
+            (4007, 2997),
+            limits,
+            "full/1000,/0/default.jpg",
+        )
+        .expect("w, fits");
+        assert_eq!((max.width(), max.height()), (w.width(), w.height()));
+        assert_eq!(max.to_path(), "full/1000,/0/default.jpg");
+        assert_eq!(max.key_material(), w.key_material());
+    }
+
+    /// Spec point: 2.1 and 1.1 `full` above the limits is refused like any other over-limit size, not
+    /// silently scaled; `max` is what scales down.
+    #[test]
+    fn full_above_the_limits_is_refused_in_2_and_1() {
+        let limits = Limits {
+            max_width: 500,
+            max_height: 500,
+            max_area: 250_000,
+        };
+        for v in [ApiVersion::V2, ApiVersion::V1] {
+            let path = format!("full/full/0/{}.jpg", Quality::Default.name(v));
+            let full = canon_limited(v, (800, 600), limits, &path);
+            assert!(
+                matches!(
+                    full,
+                    Err(CanonicalError::OverLimits {
+                        width: 800,
+                        height: 600
+                    })
+                ),
+                "{v:?}: {full:?}"
+            );
+        }
+        let max = canon_limited(ApiVersion::V2, (800, 600), limits, "full/max/0/default.jpg")
+            .expect("max scales");
+        assert_eq!((max.width(), max.height()), (500, 375));
+        let small = canon_limited(
+            ApiVersion::V2,
+            (400, 300),
+            limits,
+            "full/full/0/default.jpg",
+        )
+        .expect("within the limits");
+        assert_eq!(small.to_path(), "full/full/0/default.jpg");
+    }
+
     fn arb_request() -> impl Strategy<Value = (u32, u32, String, ApiVersion)> {
         let region = prop_oneof![
             Just("full".to_string()),
@@ -470,6 +570,26 @@ mod tests {
     }
 
     proptest! {
+        /// `max` under any limits is within them, never enlarges, and is the `w,` size at its width.
+        #[test]
+        fn max_is_a_w_comma_size_within_the_limits(
+            w in 1u32..40_000, h in 1u32..40_000,
+            mw in 1u32..12_000, mh in 1u32..12_000, ma in 1u64..50_000_000,
+        ) {
+            let limits = Limits { max_width: mw, max_height: mh, max_area: ma };
+            let max = canon_limited(ApiVersion::V2, (w, h), limits, "full/max/0/default.jpg");
+            let max = max.expect("max always has a size within the limits");
+            prop_assert!(limits.allows(max.width(), max.height()));
+            prop_assert!(max.width() <= w && max.height() <= h);
+            // Unless the image is so thin that one pixel of width breaks a limit (then the height is
+            // fitted instead), `max` is the `w,` size at its width.
+            if limits.allows(1, scale_dim(h, 1, w).max(1)) {
+                let path = format!("full/{},/0/default.jpg", max.width());
+                let wc = canon_limited(ApiVersion::V2, (w, h), limits, &path).expect("w, of max");
+                prop_assert_eq!((wc.width(), wc.height()), (max.width(), max.height()));
+            }
+        }
+
         #[test]
         fn canonical_form_is_idempotent((w, h, path, v) in arb_request()) {
             if let Ok(c) = canon(v, w, h, &path) {

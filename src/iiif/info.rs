@@ -4,7 +4,7 @@
 //! Lists only what iiifd really does: every feature, quality and format named here is exercised by the
 //! conformance run in CI.
 
-use super::canonical::ImageSize;
+use super::canonical::{fit, scale_dim, ImageSize};
 use super::{ApiVersion, Format, Limits};
 use serde::Serialize;
 
@@ -52,15 +52,37 @@ pub fn scale_factors(size: ImageSize, tile: u32) -> Vec<u32> {
     out
 }
 
-/// The image's size at each scale factor, smallest first, rounded up as OpenSeadragon computes level
-/// sizes (`ceil(width / 2^k)`), keeping only those within the limits.
+/// The tile edge info.json advertises: the configured (or the source's native) tile, shrunk to fit the
+/// limits, because every listed tile must be a request the server answers (3.0 §5.2: sizes and tiles
+/// MUST be within `maxWidth`, `maxHeight` and `maxArea`).
+pub fn tile_within(tile: u32, limits: &Limits) -> u32 {
+    let side = u32::try_from(limits.max_area.isqrt()).unwrap_or(u32::MAX);
+    tile.min(limits.max_width)
+        .min(limits.max_height)
+        .min(side)
+        .max(1)
+}
+
+/// The image's size at each scale factor, smallest first, keeping only those within the limits. The
+/// width is OpenSeadragon's level width (`ceil(width / 2^k)`); the height is what a `w,` request at that
+/// width returns, because 2.1 clients (OpenSeadragon among them) ask for a listed size as `w,` and must
+/// get exactly the size listed. Never empty: when no level fits the limits, the `max` size is listed
+/// (OpenSeadragon throws on `"sizes": []`).
 pub fn sizes(size: ImageSize, tile: u32, limits: &Limits) -> Vec<(u32, u32)> {
-    scale_factors(size, tile)
+    let mut out: Vec<(u32, u32)> = scale_factors(size, tile)
         .into_iter()
         .rev()
-        .map(|s| (size.width.div_ceil(s), size.height.div_ceil(s)))
+        .map(|s| {
+            let w = size.width.div_ceil(s);
+            (w, scale_dim(size.height, w, size.width).max(1))
+        })
         .filter(|&(w, h)| limits.allows(w, h))
-        .collect()
+        .collect();
+    out.dedup();
+    if out.is_empty() {
+        out.push(fit(size.width, size.height, limits));
+    }
+    out
 }
 
 #[derive(Serialize)]
@@ -190,6 +212,7 @@ pub fn info_json(version: ApiVersion, input: &InfoInput<'_>) -> String {
         limits,
         tile,
     } = *input;
+    let tile = tile_within(tile, &limits);
     let factors = scale_factors(size, tile);
     let sizes = sizes(size, tile, &limits);
     let result = match version {
@@ -368,6 +391,87 @@ mod tests {
         let v = parse(ApiVersion::V1, 600, 400);
         assert_eq!(v["scale_factors"], serde_json::json!([1, 2]));
         assert_eq!(v["qualities"][2], "grey");
+    }
+
+    fn doc(v: ApiVersion, (w, h): (u32, u32), limits: Limits, tile: u32) -> Value {
+        let input = InfoInput {
+            id: "http://x/iiif/3/a",
+            size: ImageSize {
+                width: w,
+                height: h,
+            },
+            limits,
+            tile,
+        };
+        serde_json::from_str(&info_json(v, &input)).expect("valid JSON")
+    }
+
+    /// Spec point: with limits below the tile size, the listed tiles and sizes are still within them
+    /// (every tile used to answer 400), and `sizes` is never empty (OpenSeadragon throws on `[]`).
+    #[test]
+    fn tiles_and_sizes_within_small_limits() {
+        let limits = Limits {
+            max_width: 300,
+            max_height: 10_000,
+            max_area: 40_000,
+        };
+        let v = doc(ApiVersion::V3, (6000, 4000), limits, 512);
+        let tile = &v["tiles"][0];
+        assert_eq!(
+            (tile["width"].as_u64(), tile["height"].as_u64()),
+            (Some(200), Some(200))
+        );
+        let sizes = v["sizes"].as_array().expect("sizes");
+        assert!(!sizes.is_empty());
+        for s in sizes {
+            let (w, h) = (
+                s["width"].as_u64().unwrap_or(0),
+                s["height"].as_u64().unwrap_or(0),
+            );
+            assert!(w <= 300 && w * h <= 40_000, "{w}x{h}");
+        }
+        // A thin image whose every level is over the limits still lists its `max` size.
+        let limits = Limits {
+            max_width: 10_000,
+            max_height: 100,
+            max_area: 40_000_000,
+        };
+        let v = doc(ApiVersion::V2, (2, 100_000), limits, 512);
+        assert_eq!(v["sizes"], serde_json::json!([{"width": 1, "height": 100}]));
+        assert_eq!(v["tiles"][0]["width"], 100);
+    }
+
+    /// Spec point: a 2.1 `sizes` entry is what its `w,` request returns (17x313 was listed where `17,`
+    /// gives 17x331), for every odd size.
+    #[test]
+    fn v2_sizes_are_what_their_w_comma_requests_return() {
+        use crate::iiif::canonical::CanonicalRequest;
+        use crate::iiif::parse::parse_image_params;
+        for (w, h) in [
+            (1057, 19_477),
+            (4097, 3001),
+            (999, 1001),
+            (8001, 5),
+            (3, 7777),
+        ] {
+            let size = ImageSize {
+                width: w,
+                height: h,
+            };
+            for (sw, sh) in sizes(size, 256, &Limits::default()) {
+                let req = parse_image_params(
+                    ApiVersion::V2,
+                    "full",
+                    &format!("{sw},"),
+                    "0",
+                    "default.jpg",
+                    Format::Jpg,
+                )
+                .expect("parses");
+                let c = CanonicalRequest::resolve(&req, size, &Limits::default()).expect("serves");
+                assert_eq!((c.width(), c.height()), (sw, sh), "{w}x{h}");
+            }
+        }
     }
 
     #[test]

@@ -185,6 +185,12 @@ impl Format {
         Format::RENDERED.contains(&self)
     }
 
+    /// Whether the encoding loses information (jpg, webp as iiifd writes them). A lossless format's
+    /// pixels must not depend on the internal route that produced them (a tiled copy is lossy).
+    pub fn is_lossy(self) -> bool {
+        matches!(self, Format::Jpg | Format::Webp)
+    }
+
     /// Whether the format keeps an alpha channel (so rotated corners can be transparent).
     pub fn has_alpha(self) -> bool {
         matches!(self, Format::Png | Format::Webp | Format::Gif | Format::Tif)

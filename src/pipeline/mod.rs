@@ -401,6 +401,9 @@ impl Pipeline {
         let copy_key =
             tiled_copy::wanted(size, settings.tiled_copy_min_pixels, &prepared.canonical)
                 .then(|| tiled_copy::key(&fingerprint));
+        // A tiled copy's tiles are JPEG: a lossless output (png, tif, gif) is always rendered from
+        // the source, so its pixels do not depend on whether the copy exists yet.
+        let copy_readable = prepared.canonical.format().is_lossy();
         let job_prepared = prepared.clone();
         let job = move || -> Result<(Produced, bool, bool, Duration)> {
             let prepared = job_prepared;
@@ -422,6 +425,7 @@ impl Pipeline {
             // that come after the decoded cache has moved on.
             let from_copy = copy
                 .as_ref()
+                .filter(|_| copy_readable)
                 .filter(|_| !render::level_in_memory(&cache, &fingerprint, canonical))
                 .and_then(|c| {
                     render::render_tiled_copy(
@@ -534,11 +538,12 @@ impl Pipeline {
                 let Some(levels) = tiled_copy::levels(src, &cache, max)? else {
                     return Ok(false);
                 };
+                let icc = render::source_profile(&*reader);
                 store.put_with(
                     &key,
                     tiled_copy::EXTENSION,
                     &prepared.identifier,
-                    &mut |f| tiled_copy::write(&levels, f),
+                    &mut |f| tiled_copy::write(&levels, icc.as_deref(), f),
                 )?;
                 Ok(true)
             };

@@ -15,6 +15,7 @@
 //! in as a [`SourceRef`]: a reader and a fingerprint from a `source::Backend`, never a path.
 
 pub(crate) mod cache;
+pub(crate) mod color;
 pub(crate) mod decode;
 pub(crate) mod encode;
 pub(crate) mod ops;
@@ -26,6 +27,7 @@ pub(crate) mod tiled_copy;
 use crate::iiif::canonical::CanonicalRequest;
 use crate::source::{tiff, Fingerprint, ObjectReader, SourceError, SourceKind};
 use cache::DecodedCache;
+use color::ColorPlan;
 pub(crate) use encode::EncodeSettings;
 use std::sync::Arc;
 
@@ -80,7 +82,8 @@ pub(crate) fn render(
     settings: &EncodeSettings,
     max_decode_bytes: u64,
 ) -> Result<Vec<u8>> {
-    let (img, region) = match SourceKind::of(src.reader).map_err(SourceError::from)? {
+    let kind = SourceKind::of(src.reader).map_err(SourceError::from)?;
+    let (img, region) = match kind {
         SourceKind::Jpeg => match decode::jpeg::region(src, cache, req, max_decode_bytes)? {
             Some(found) => found,
             None => decode::whole::cached_region(src, cache, req, max_decode_bytes)?,
@@ -96,19 +99,23 @@ pub(crate) fn render(
             decode::whole::cached_region(src, cache, req, max_decode_bytes)?
         }
     };
-    finish(&img, region, req, settings)
+    let color = ColorPlan::new(decode::profile(src.reader, kind), settings.color);
+    finish(&img, region, req, settings, &color)
 }
 
-/// Steps 4 and 5: the operations after the region's pixels are in hand, and the encoder.
+/// Steps 4 and 5: the operations after the region's pixels are in hand (colour conversion after the
+/// geometry, on the output's pixels, before the quality), and the encoder.
 pub(crate) fn finish(
     img: &image::DynamicImage,
     region: crate::iiif::canonical::Rect,
     req: &CanonicalRequest,
     settings: &EncodeSettings,
+    color: &ColorPlan,
 ) -> Result<Vec<u8>> {
     let img = ops::apply(img, region, req);
+    let img = color.apply(img);
     let img = ops::quality(img, req.quality(), req.format().has_alpha());
-    encode::encode(img, req.format(), settings)
+    encode::encode(img, req.format(), settings, color.embedded())
 }
 
 /// Render `req` from a source's tiled copy (see [`tiled_copy`]). `None` when the copy cannot be
@@ -120,7 +127,8 @@ pub(crate) fn render_tiled_copy(
     max_decode_bytes: u64,
 ) -> Option<Result<Vec<u8>>> {
     let pyramid = tiff::read_pyramid(copy).ok()??;
-    // The copy's tiles are an intermediate (quality 92, 4:4:4), never sent as they are.
+    // The copy's tiles are an intermediate (quality 92, 4:4:4), never sent as they are; the copy
+    // carries the source's profile, so colour is handled as from the source.
     let settings = EncodeSettings {
         tile_passthrough: false,
         ..*settings
@@ -132,6 +140,13 @@ pub(crate) fn render_tiled_copy(
         &settings,
         max_decode_bytes,
     ))
+}
+
+/// The ICC profile embedded in a source, if any (kept in its tiled copy).
+pub(crate) fn source_profile(reader: &dyn ObjectReader) -> Option<Vec<u8>> {
+    SourceKind::of(reader)
+        .ok()
+        .and_then(|kind| decode::profile(reader, kind))
 }
 
 /// Whether the decoded level `req` would be cut from is in the decoded cache already.

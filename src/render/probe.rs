@@ -27,7 +27,7 @@ pub(crate) struct Probe {
 }
 
 /// Bumped when the probe learns to read something new, so cached probes of old versions are redone.
-pub(crate) const PROBE_VERSION: u32 = 3;
+pub(crate) const PROBE_VERSION: u32 = 4;
 
 /// Read the image's size from its header, then check the source limits.
 pub(crate) fn probe(reader: &dyn ObjectReader, limits: &SourceLimits) -> Result<Probe> {
@@ -94,11 +94,20 @@ pub(crate) fn probe(reader: &dyn ObjectReader, limits: &SourceLimits) -> Result<
     })
 }
 
-/// The dimensions the `image` crate reads from a header.
+/// The displayed dimensions the `image` crate reads from a header: stored dimensions, swapped when the
+/// orientation (EXIF in PNG, WebP and JPEG; TIFF's tag) turns the image a quarter.
 fn whole_dimensions(reader: &dyn ObjectReader) -> Result<(u32, u32)> {
-    image::ImageReader::new(reader.stream())
+    use image::metadata::Orientation as O;
+    use image::ImageDecoder;
+    let mut decoder = image::ImageReader::new(reader.stream())
         .with_guessed_format()
         .map_err(SourceError::from)?
-        .into_dimensions()
-        .map_err(|e| RenderError::Undecodable(e.to_string()))
+        .into_decoder()
+        .map_err(|e| RenderError::Undecodable(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    let turned = matches!(
+        decoder.orientation(),
+        Ok(O::Rotate90 | O::Rotate270 | O::Rotate90FlipH | O::Rotate270FlipH)
+    );
+    Ok(if turned { (h, w) } else { (w, h) })
 }

@@ -29,7 +29,7 @@ pub(crate) const TILE: u32 = 512;
 pub(crate) const QUALITY: u8 = 92;
 
 /// A description of how copies are made, for their store key (a change retires old copies).
-pub(crate) const DESCRIPTION: &str = "tiled-copy-v1 bigtiff jpeg q=92 444 tile=512";
+pub(crate) const DESCRIPTION: &str = "tiled-copy-v2 bigtiff jpeg q=92 444 tile=512 icc";
 
 /// Whether a render of `req` should leave a tiled copy of its source behind: the source has at least
 /// `min_pixels` (0 disables copies) and the request is a part of the image (a viewer zooming in; a
@@ -82,8 +82,13 @@ pub(crate) fn levels(
 
 /// Write `levels` as a BigTIFF with one IFD per level and JPEG tiles (YCbCr, or gray), streaming the
 /// tiles to `file` (a copy can be tens of megabytes; it is never held in memory) and writing the
-/// directories after them.
-pub(crate) fn write(levels: &[Arc<DynamicImage>], file: &mut File) -> io::Result<()> {
+/// directories after them. The source's ICC profile, if any, goes into the first IFD (tag 34675): the
+/// tiles hold the source's pixels, and renders from the copy handle colour as renders from the source.
+pub(crate) fn write(
+    levels: &[Arc<DynamicImage>],
+    icc: Option<&[u8]>,
+    file: &mut File,
+) -> io::Result<()> {
     let mut out = BufWriter::new(&mut *file);
     out.write_all(b"II\x2b\0\x08\0\0\0")?;
     out.write_all(&0u64.to_le_bytes())?; // first IFD: patched at the end
@@ -131,6 +136,9 @@ pub(crate) fn write(levels: &[Arc<DynamicImage>], file: &mut File) -> io::Result
         let longs = |v: &[u64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         entries.push((324, 16, offsets.len() as u64, longs(offsets)));
         entries.push((325, 16, counts.len() as u64, longs(counts)));
+        if let (0, Some(icc)) = (n, icc) {
+            entries.push((34675, 7, icc.len() as u64, icc.to_vec()));
+        }
         // Values longer than the 8-byte field go before the IFD.
         let mut fields = Vec::with_capacity(entries.len());
         for (_, _, _, value) in &entries {
@@ -218,7 +226,7 @@ mod tests {
             Arc::new(halve(&halve(&img))),
         ];
         let mut f = tempfile::tempfile().map_err(err)?;
-        write(&levels, &mut f).map_err(err)?;
+        write(&levels, None, &mut f).map_err(err)?;
         let mut bytes = Vec::new();
         f.seek(SeekFrom::Start(0)).map_err(err)?;
         f.read_to_end(&mut bytes).map_err(err)?;

@@ -16,6 +16,7 @@
 
 pub(crate) mod fs;
 pub(crate) mod http;
+pub(crate) mod icc;
 pub(crate) mod jp2;
 pub mod memory;
 pub(crate) mod orientation;

@@ -103,7 +103,13 @@ impl Level {
 pub(crate) struct Pyramid {
     /// Levels, largest first.
     pub(crate) levels: Vec<Level>,
+    /// The embedded ICC profile of the image (tag 34675 of its first directory).
+    pub(crate) icc: Option<Vec<u8>>,
 }
+
+/// Largest ICC profile read from a TIFF directory: real profiles are kilobytes (LUT-based ones up to
+/// about a megabyte); anything larger is not a profile worth a read.
+const MAX_ICC: u64 = 4 << 20;
 
 const MAX_IFDS: usize = 64;
 const MAX_TILES: u64 = 1 << 24;
@@ -126,6 +132,7 @@ pub(crate) fn read_pyramid(file: &dyn ObjectReader) -> Result<Option<Pyramid>> {
         u64::from(r.u32_in(&head[4..8]))
     };
     let mut levels: Vec<Level> = Vec::new();
+    let mut icc = None;
     let mut seen = Vec::new();
     let mut queue = std::collections::VecDeque::from([next]);
     while let Some(at) = queue.pop_front() {
@@ -147,6 +154,13 @@ pub(crate) fn read_pyramid(file: &dyn ObjectReader) -> Result<Option<Pyramid>> {
             }
         }
         queue.push_back(following);
+        if seen.len() == 1 {
+            icc = tags
+                .iter()
+                .find(|t| t.code == 34675)
+                .map(|t| t.value.clone())
+                .filter(|v| !v.is_empty());
+        }
         let level = match tiled_level(&r, &tags)? {
             Some(l) => l,
             // The first directory is the image: if it cannot be read by tiles, none of it can.
@@ -162,7 +176,7 @@ pub(crate) fn read_pyramid(file: &dyn ObjectReader) -> Result<Option<Pyramid>> {
         }
         levels.push(level);
     }
-    Ok((!levels.is_empty()).then_some(Pyramid { levels }))
+    Ok((!levels.is_empty()).then_some(Pyramid { levels, icc }))
 }
 
 /// One directory entry: tag, type, count, and the raw value field or the bytes it points to.
@@ -250,9 +264,10 @@ impl<'a> Reader<'a> {
                 code,
                 256 | 257 | 258 | 259 | 262 | 277 | 284 | 322 | 323 | 324 | 325 | 330 | 347
             );
+            let profile = code == 34675 && size <= MAX_ICC;
             let value = if size <= value_len as u64 {
                 field.to_vec()
-            } else if wanted && size <= MAX_TILES * 8 {
+            } else if (wanted && size <= MAX_TILES * 8) || profile {
                 let off = if self.big {
                     self.u64_in(field)
                 } else {

@@ -890,7 +890,7 @@ mod tests {
                 ((x + y) % 256) as u8,
             ])
         });
-        encode(&DynamicImage::ImageRgb8(img), 95).expect("encode")
+        encode(&DynamicImage::ImageRgb8(img), 95, None).expect("encode")
     }
 
     fn max_diff(a: &image::RgbImage, b: &image::RgbImage, dx: u32, dy: u32) -> i32 {
@@ -1034,6 +1034,7 @@ mod tests {
                 image::Luma([((x * 7 + y * 3) % 256) as u8])
             })),
             90,
+            None,
         )
         .expect("gray");
         let full_chroma = encode_full_chroma(
@@ -1081,7 +1082,7 @@ mod tests {
         };
         for (w, h) in [(301, 203), (64, 48), (17, 9), (3, 3), (1, 1), (2, 5)] {
             for sampling in [S::F_2_2, S::F_2_1, S::F_1_1] {
-                let data = encode_with(&picture(w, h), 90, sampling).expect("encode");
+                let data = encode_with(&picture(w, h), 90, sampling, None).expect("encode");
                 let info = read_info(&data).expect("header");
                 let whole = Rect { x: 0, y: 0, w, h };
                 for k in [None, kernels] {
@@ -1123,7 +1124,12 @@ mod tests {
             }
         }
         // Gray and RGB-coded files too.
-        let gray = encode(&DynamicImage::ImageLuma8(picture(45, 31).to_luma8()), 90).expect("gray");
+        let gray = encode(
+            &DynamicImage::ImageLuma8(picture(45, 31).to_luma8()),
+            90,
+            None,
+        )
+        .expect("gray");
         let rgb = as_rgb_jpeg(
             &encode_full_chroma(&picture(45, 31), 90).expect("444"),
             true,
@@ -1148,7 +1154,7 @@ mod tests {
     fn gray_round_trip() {
         let img =
             image::GrayImage::from_fn(70, 50, |x, y| image::Luma([((x * 3 + y) % 256) as u8]));
-        let data = encode(&DynamicImage::ImageLuma8(img.clone()), 95).expect("encode");
+        let data = encode(&DynamicImage::ImageLuma8(img.clone()), 95, None).expect("encode");
         let info = read_info(&data).expect("header");
         assert_eq!(info.channels, 1);
         for k in [0, 1] {

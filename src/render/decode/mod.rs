@@ -10,7 +10,35 @@ mod jpeg_simd;
 pub(crate) mod tiff;
 pub(crate) mod whole;
 
-use image::DynamicImage;
+use crate::source::{icc, tiff as tiff_dir, ObjectReader, SourceKind};
+use image::{DynamicImage, ImageDecoder};
+
+/// The ICC profile embedded in a source, read from its headers (never its pixels): JPEG's `APP2`
+/// segments, TIFF's tag 34675, and the `image` crate's decoders for PNG (`iCCP`), WebP (`ICCP`) and
+/// GIF. JPEG 2000 profiles are not read yet (its sources are served as untagged). Any failure is
+/// "no profile": a source is never refused for its profile.
+pub(crate) fn profile(reader: &dyn ObjectReader, kind: SourceKind) -> Option<Vec<u8>> {
+    match kind {
+        SourceKind::Jpeg => icc::jpeg_profile(reader),
+        SourceKind::Tiff => match tiff_dir::read_pyramid(reader) {
+            Ok(Some(pyramid)) => pyramid.icc,
+            _ => decoder_profile(reader),
+        },
+        SourceKind::Jp2 => None,
+        SourceKind::Png | SourceKind::Gif | SourceKind::Webp | SourceKind::Other => {
+            decoder_profile(reader)
+        }
+    }
+}
+
+fn decoder_profile(reader: &dyn ObjectReader) -> Option<Vec<u8>> {
+    let mut decoder = image::ImageReader::new(reader.stream())
+        .with_guessed_format()
+        .ok()?
+        .into_decoder()
+        .ok()?;
+    decoder.icc_profile().ok().flatten()
+}
 
 /// 8-bit interleaved samples as an image: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA channels. `None` when
 /// the buffer does not hold `w` x `h` pixels. The one place that maps the decoders' and resizer's raw

@@ -3,6 +3,7 @@
 //! JPEG tile, unchanged, is answered with the tile's bytes.
 
 use crate::iiif::canonical::{CanonicalRequest, Rect};
+use crate::render::color::ColorPlan;
 use crate::render::{finish, plan, EncodeSettings, RenderError, Result};
 use crate::source::tiff;
 use crate::source::ObjectReader;
@@ -23,7 +24,11 @@ pub(crate) fn render(
         return Err(RenderError::Internal("pyramid level out of range".into()));
     };
     let (tw, th) = (level.tile_width, level.tile_height);
+    let color = ColorPlan::new(pyramid.icc.clone(), settings.color);
+    // A stored tile's pixels are in the source's colour space and carry no profile: it is sent as
+    // it is only when the source needs no colour handling.
     if settings.tile_passthrough
+        && color.is_keep()
         && level.codec == tiff::TileCodec::Jpeg
         && plan::is_stored_tile(req, rect, (tw, th))
     {
@@ -36,7 +41,7 @@ pub(crate) fn render(
         w: rect.w,
         h: rect.h,
     };
-    finish(&img, whole, req, settings)
+    finish(&img, whole, req, settings, &color)
 }
 
 /// The pixels of `rect` of a tiled level, decoding each tile that meets it (only the part it needs).

@@ -8,7 +8,7 @@ use crate::render::cache::DecodedCache;
 use crate::render::ops::halve;
 use crate::render::{plan, RenderError, Result, SourceRef};
 use crate::source::{ObjectReader, SourceKind};
-use image::DynamicImage;
+use image::{DynamicImage, ImageDecoder};
 use std::sync::Arc;
 
 /// Level 0 (the whole image at full size, displayed orientation) of a flat source, through the
@@ -52,7 +52,9 @@ pub(crate) fn cached_region(
     Ok((level(src, cache, k, max)?, region))
 }
 
-/// Decode the whole source into 8-bit gray or colour, with or without alpha.
+/// Decode the whole source into 8-bit gray or colour, with or without alpha, turned as its
+/// orientation says (EXIF in JPEG, PNG `eXIf` and WebP `EXIF`; the TIFF Orientation tag): the
+/// displayed image, whose size the probe reports.
 pub(crate) fn decode(reader: &dyn ObjectReader, max_decode_bytes: u64) -> Result<DynamicImage> {
     let reader = image::ImageReader::new(reader.stream())
         .with_guessed_format()
@@ -67,14 +69,21 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_decode_bytes);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| match e {
+    let failed = |e: image::ImageError| match e {
         // The decode budget, not the file, is what stops a decompression bomb: the source is valid but
         // larger than this server decodes.
         image::ImageError::Limits(l) => RenderError::TooLarge(format!(
             "decoding it would exceed render.max_decode_bytes ({l})"
         )),
         other => RenderError::Undecodable(other.to_string()),
-    })?;
+    };
+    let mut decoder = reader.into_decoder().map_err(failed)?;
+    // A broken EXIF block is no reason to refuse the pixels: shown as stored, as browsers do.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(failed)?;
+    img.apply_orientation(orientation);
     // Found by the `decode` fuzz target: a GIF whose logical screen is 0x0 decodes to an empty image.
     if img.width() == 0 || img.height() == 0 {
         return Err(RenderError::Undecodable("the image has no pixels".into()));

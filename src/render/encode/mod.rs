@@ -7,6 +7,7 @@ mod png;
 mod tif;
 mod webp;
 
+use super::color::ColorMode;
 use super::ops::flatten;
 use super::{RenderError, Result};
 use crate::iiif::Format;
@@ -21,6 +22,8 @@ pub(crate) struct EncodeSettings {
     pub(crate) webp_quality: u8,
     /// Send a stored JPEG tile as it is when a request is exactly that tile.
     pub(crate) tile_passthrough: bool,
+    /// What happens to sources with an ICC profile (`render.color`).
+    pub(crate) color: ColorMode,
 }
 
 impl Default for EncodeSettings {
@@ -29,6 +32,7 @@ impl Default for EncodeSettings {
             jpeg_quality: 85,
             webp_quality: 80,
             tile_passthrough: true,
+            color: ColorMode::Srgb,
         }
     }
 }
@@ -37,7 +41,7 @@ impl EncodeSettings {
     /// A stable description of how `format` is encoded, for the derivative key. Includes the encoder
     /// generation so that a change of encoder library retires old derivatives.
     pub(crate) fn describe(&self, format: Format) -> String {
-        match format {
+        let encoder = match format {
             Format::Jpg => format!(
                 "jpeg-encoder-v1 q={} 420 passthrough={}",
                 self.jpeg_quality, self.tile_passthrough
@@ -47,23 +51,26 @@ impl EncodeSettings {
             Format::Gif => "image-gif-v2 speed=10".into(),
             Format::Tif => "image-tiff-v1".into(),
             Format::Jp2 | Format::Pdf => "unsupported".into(),
-        }
+        };
+        format!("{encoder} color={}", self.color.name())
     }
 }
 
-/// Encode pixels (their quality already applied) as `format`. Formats without transparency get any
-/// alpha composited onto white.
+/// Encode pixels (their quality already applied) as `format`, with the ICC profile `icc` embedded
+/// when given (gif has no place for one). Formats without transparency get any alpha composited onto
+/// white.
 pub(crate) fn encode(
     img: DynamicImage,
     format: Format,
     settings: &EncodeSettings,
+    icc: Option<&[u8]>,
 ) -> Result<Vec<u8>> {
     match format {
-        Format::Jpg => jpeg::encode(&flatten(img), settings.jpeg_quality),
-        Format::Png => png::encode(&img),
-        Format::Webp => webp::encode(&img, settings.webp_quality),
+        Format::Jpg => jpeg::encode(&flatten(img), settings.jpeg_quality, icc),
+        Format::Png => png::encode(&img, icc),
+        Format::Webp => webp::encode(&img, settings.webp_quality, icc),
         Format::Gif => gif::encode(img),
-        Format::Tif => tif::encode(img),
+        Format::Tif => tif::encode(img, icc),
         Format::Jp2 | Format::Pdf => Err(RenderError::Internal(format!(
             "format {format} cannot be rendered"
         ))),
@@ -85,10 +92,11 @@ mod tests {
             ])
         }));
         for format in Format::RENDERED {
-            let bytes = encode(img.clone(), format, &EncodeSettings::default()).expect("encodes");
+            let bytes =
+                encode(img.clone(), format, &EncodeSettings::default(), None).expect("encodes");
             let back = image::load_from_memory(&bytes).expect("decodes");
             assert_eq!((back.width(), back.height()), (33, 17), "{format}");
         }
-        assert!(encode(img, Format::Pdf, &EncodeSettings::default()).is_err());
+        assert!(encode(img, Format::Pdf, &EncodeSettings::default(), None).is_err());
     }
 }

@@ -3,12 +3,20 @@
 
 use crate::render::{RenderError, Result};
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-use image::DynamicImage;
+use image::{DynamicImage, ImageEncoder};
 
-/// Encode as PNG (gray, gray+alpha, RGB or RGBA as the pixels are).
-pub(crate) fn encode(img: &DynamicImage) -> Result<Vec<u8>> {
+/// Encode as PNG (gray, gray+alpha, RGB or RGBA as the pixels are), with `icc` as `iCCP` when given.
+pub(crate) fn encode(img: &DynamicImage, icc: Option<&[u8]>) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    let enc = PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
+    let mut enc =
+        PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
+    if let Some(icc) = icc {
+        enc.set_icc_profile(icc.to_vec())
+            .map_err(|e| RenderError::Encode {
+                format: "png",
+                reason: e.to_string(),
+            })?;
+    }
     img.write_with_encoder(enc)
         .map_err(|e| RenderError::Encode {
             format: "png",

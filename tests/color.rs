@@ -1,0 +1,403 @@
+//! Colour and orientation as real sources carry them: embedded ICC profiles converted to sRGB by
+//! default (`render.color = "srgb"`) or kept and embedded (`"preserve"`), and orientation from every
+//! carrier (EXIF in PNG `eXIf` and WebP `EXIF` as well as JPEG). The reference for the conversion is
+//! computed here from the published definitions of Adobe RGB (1998) and sRGB, not by a CMS.
+
+use crate::common::images::jpeg;
+use crate::common::inproc::InProcess;
+use iiifd::config::ColorMode;
+use image::{ImageDecoder, ImageEncoder, RgbImage};
+
+/// An Adobe RGB (1998) profile, as a scanner would embed it.
+fn adobe_profile() -> Vec<u8> {
+    moxcms::ColorProfile::new_adobe_rgb()
+        .encode()
+        .expect("profile encodes")
+}
+
+/// Adobe RGB (1998) to sRGB by the definitions (Adobe RGB (1998) Color Image Encoding, 2005; IEC
+/// 61966-2-1): both have a D65 white, so linearise, one matrix through XYZ, clip, encode.
+fn adobe_to_srgb(p: [u8; 3]) -> [f64; 3] {
+    let lin = |v: u8| (f64::from(v) / 255.0).powf(563.0 / 256.0);
+    let (r, g, b) = (lin(p[0]), lin(p[1]), lin(p[2]));
+    let x = 0.576_700 * r + 0.185_556 * g + 0.188_212 * b;
+    let y = 0.297_361 * r + 0.627_355 * g + 0.075_285 * b;
+    let z = 0.027_032 * r + 0.070_687 * g + 0.991_248 * b;
+    let rl = 3.240_454_2 * x - 1.537_138_5 * y - 0.498_531_4 * z;
+    let gl = -0.969_266_0 * x + 1.876_010_8 * y + 0.041_556_0 * z;
+    let bl = 0.055_643_4 * x - 0.204_025_9 * y + 1.057_225_2 * z;
+    let enc = |v: f64| {
+        let v = v.clamp(0.0, 1.0);
+        255.0
+            * if v <= 0.003_130_8 {
+                12.92 * v
+            } else {
+                1.055 * v.powf(1.0 / 2.4) - 0.055
+            }
+    };
+    [enc(rl), enc(gl), enc(bl)]
+}
+
+/// Saturated colours and greys: where Adobe RGB and sRGB differ most and least.
+fn picture(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        let (u, v) = (x * 255 / (w - 1), y * 255 / (h - 1));
+        match (x * 4 / w, y * 2 / h) {
+            (0, 0) => image::Rgb([u as u8, 255, 0]),
+            (1, 0) => image::Rgb([255, v as u8, u as u8]),
+            (2, 0) => image::Rgb([0, u as u8, 255]),
+            (3, 0) => image::Rgb([u as u8, u as u8, u as u8]),
+            _ => image::Rgb([u as u8, v as u8, ((u + v) / 2) as u8]),
+        }
+    })
+}
+
+fn png_with_profile(img: &RgbImage, icc: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = image::codecs::png::PngEncoder::new(&mut out);
+    if let Some(icc) = icc {
+        enc.set_icc_profile(icc.to_vec())
+            .expect("png takes a profile");
+    }
+    enc.write_image(
+        img.as_raw(),
+        img.width(),
+        img.height(),
+        image::ExtendedColorType::Rgb8,
+    )
+    .expect("png");
+    out
+}
+
+fn jpeg_with_profile(img: &RgbImage, icc: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, 95);
+    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_1_1);
+    enc.add_icc_profile(icc).expect("jpeg takes a profile");
+    enc.encode(
+        img.as_raw(),
+        img.width() as u16,
+        img.height() as u16,
+        jpeg_encoder::ColorType::Rgb,
+    )
+    .expect("jpeg");
+    out
+}
+
+/// Per-sample differences between an output and the reference conversion of `source`.
+fn against_reference(out: &RgbImage, source: &RgbImage) -> (f64, f64) {
+    assert_eq!(out.dimensions(), source.dimensions());
+    let (mut sum, mut max) = (0.0f64, 0.0f64);
+    for (o, s) in out.pixels().zip(source.pixels()) {
+        let want = adobe_to_srgb(s.0);
+        for (got, want) in o.0.iter().zip(want) {
+            let d = (f64::from(*got) - want).abs();
+            sum += d;
+            max = max.max(d);
+        }
+    }
+    (sum / (out.len() as f64), max)
+}
+
+fn max_diff(a: &RgbImage, b: &RgbImage) -> u8 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn adobe_rgb_sources_are_converted_to_srgb() {
+    let s = InProcess::start();
+    let pic = picture(96, 64);
+    let icc = adobe_profile();
+    std::fs::write(
+        s.images.join("adobe.png"),
+        png_with_profile(&pic, Some(&icc)),
+    )
+    .expect("png");
+    std::fs::write(s.images.join("plain.png"), png_with_profile(&pic, None)).expect("png");
+    let jpg = jpeg_with_profile(&pic, &icc);
+    std::fs::write(s.images.join("adobe.jpg"), &jpg).expect("jpg");
+
+    // Lossless in, lossless out: within a level or two of the definition (the CMS works in fixed point).
+    let out = s.get("/iiif/3/adobe.png/full/max/0/default.png");
+    assert_eq!(out.status, 200);
+    let out = out.image().to_rgb8();
+    let (mean, max) = against_reference(&out, &pic);
+    assert!(
+        mean < 0.7 && max <= 3.0,
+        "png: mean {mean:.2}, max {max:.1}"
+    );
+    // The conversion did something: Adobe RGB's green is far outside sRGB.
+    assert!(max_diff(&out, &pic) > 40, "pixels were not converted");
+    // No profile in the output: sRGB is what an untagged image means.
+    let mut dec = image::codecs::png::PngDecoder::new(std::io::Cursor::new(
+        s.get("/iiif/3/adobe.png/full/max/0/default.png").body,
+    ))
+    .expect("png");
+    assert_eq!(dec.icc_profile().expect("reads"), None);
+    // An untagged source is left alone.
+    let plain = s
+        .get("/iiif/3/plain.png/full/max/0/default.png")
+        .image()
+        .to_rgb8();
+    assert_eq!(max_diff(&plain, &pic), 0);
+
+    // JPEG source, jpg output: the reference of the decoded source, within JPEG's own error (what
+    // the same source without a profile loses through the same route).
+    let decoded = image::load_from_memory(&jpg).expect("decodes").to_rgb8();
+    let out = s
+        .get("/iiif/3/adobe.jpg/full/max/0/default.jpg")
+        .image()
+        .to_rgb8();
+    let (mean, _) = against_reference(&out, &decoded);
+    let untagged = jpeg_encoder_plain(&pic);
+    std::fs::write(s.images.join("plain.jpg"), &untagged).expect("jpg");
+    let plain_decoded = image::load_from_memory(&untagged)
+        .expect("decodes")
+        .to_rgb8();
+    let plain_out = s
+        .get("/iiif/3/plain.jpg/full/max/0/default.jpg")
+        .image()
+        .to_rgb8();
+    let own_error = plain_out
+        .as_raw()
+        .iter()
+        .zip(plain_decoded.as_raw())
+        .map(|(a, b)| f64::from(a.abs_diff(*b)))
+        .sum::<f64>()
+        / plain_out.len() as f64;
+    assert!(
+        mean < own_error + 1.0,
+        "jpg: mean {mean:.2} from the reference; jpg alone loses {own_error:.2}"
+    );
+}
+
+fn jpeg_encoder_plain(img: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, 95);
+    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_1_1);
+    enc.encode(
+        img.as_raw(),
+        img.width() as u16,
+        img.height() as u16,
+        jpeg_encoder::ColorType::Rgb,
+    )
+    .expect("jpeg");
+    out
+}
+
+#[test]
+fn tiles_of_a_tagged_image_agree_with_its_full_size_render() {
+    let s = InProcess::start();
+    let pic = picture(1024, 768);
+    std::fs::write(
+        s.images.join("big.jpg"),
+        jpeg_with_profile(&pic, &adobe_profile()),
+    )
+    .expect("jpg");
+    let full = s
+        .get("/iiif/3/big.jpg/full/max/0/default.png")
+        .image()
+        .to_rgb8();
+    for (x, y) in [(0, 0), (512, 0), (0, 384), (512, 384)] {
+        let tile = s
+            .get(&format!(
+                "/iiif/3/big.jpg/{x},{y},512,384/max/0/default.png"
+            ))
+            .image()
+            .to_rgb8();
+        let want = image::imageops::crop_imm(&full, x, y, 512, 384).to_image();
+        let d = max_diff(&tile, &want);
+        assert!(d <= 1, "tile at {x},{y} differs by {d}");
+    }
+    // A reduced level too: the same pixels, converted the same way, as the full render scaled.
+    let half = s
+        .get("/iiif/3/big.jpg/full/512,/0/default.png")
+        .image()
+        .to_rgb8();
+    let tile = s
+        .get("/iiif/3/big.jpg/512,384,512,384/256,/0/default.png")
+        .image()
+        .to_rgb8();
+    let want = image::imageops::crop_imm(&half, 256, 192, 256, 192).to_image();
+    let mean = tile
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| f64::from(a.abs_diff(*b)))
+        .sum::<f64>()
+        / tile.len() as f64;
+    assert!(
+        mean < 1.5,
+        "scaled tile against the scaled full render: mean {mean:.2}"
+    );
+}
+
+#[test]
+fn preserve_keeps_the_pixels_and_embeds_the_profile() {
+    let s = InProcess::with(|c| c.render.color = ColorMode::Preserve, None);
+    let pic = picture(96, 64);
+    let icc = adobe_profile();
+    std::fs::write(
+        s.images.join("adobe.png"),
+        png_with_profile(&pic, Some(&icc)),
+    )
+    .expect("png");
+    let png = s.get("/iiif/3/adobe.png/full/max/0/default.png");
+    assert_eq!(max_diff(&png.image().to_rgb8(), &pic), 0, "pixels kept");
+    let mut dec = image::codecs::png::PngDecoder::new(std::io::Cursor::new(png.body)).expect("png");
+    assert_eq!(
+        dec.icc_profile().expect("reads").as_deref(),
+        Some(icc.as_slice())
+    );
+    let jpg = s.get("/iiif/3/adobe.png/full/max/0/default.jpg").body;
+    let mut dec = image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(jpg)).expect("jpg");
+    assert_eq!(
+        dec.icc_profile().expect("reads").as_deref(),
+        Some(icc.as_slice())
+    );
+    let webp = s.get("/iiif/3/adobe.png/full/max/0/default.webp").body;
+    let mut dec = image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(webp)).expect("webp");
+    assert_eq!(
+        dec.icc_profile().expect("reads").as_deref(),
+        Some(icc.as_slice())
+    );
+    let tif = s.get("/iiif/3/adobe.png/full/max/0/default.tif").body;
+    let mut dec = image::codecs::tiff::TiffDecoder::new(std::io::Cursor::new(tif)).expect("tif");
+    assert_eq!(
+        dec.icc_profile().expect("reads").as_deref(),
+        Some(icc.as_slice())
+    );
+
+    // The setting is part of the key: the same URL under `srgb` is another derivative.
+    let preserved = s.get("/iiif/3/adobe.png/full/64,/0/default.png");
+    let etag = preserved.header("etag").unwrap_or("").to_owned();
+    drop(s);
+    let s = InProcess::start();
+    std::fs::write(
+        s.images.join("adobe.png"),
+        png_with_profile(&pic, Some(&icc)),
+    )
+    .expect("png");
+    let converted = s.get("/iiif/3/adobe.png/full/64,/0/default.png");
+    assert_ne!(converted.header("etag").unwrap_or(""), etag);
+}
+
+/// A TIFF (big-endian) block holding one Orientation entry, as EXIF payloads carry it.
+fn exif_block(orientation: u16) -> Vec<u8> {
+    let mut t = b"MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+    t.extend_from_slice(&[0x01, 0x12, 0, 3, 0, 0, 0, 1]);
+    t.extend_from_slice(&orientation.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    t
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// `png` with an `eXIf` chunk (orientation only) inserted after `IHDR`.
+fn png_with_exif(png: &[u8], orientation: u16) -> Vec<u8> {
+    let data = exif_block(orientation);
+    let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+    let mut typed = b"eXIf".to_vec();
+    typed.extend(&data);
+    chunk.extend(&typed);
+    chunk.extend(crc32(&typed).to_be_bytes());
+    let after_ihdr = 8 + 8 + 13 + 4;
+    let mut out = png[..after_ihdr].to_vec();
+    out.extend(chunk);
+    out.extend_from_slice(&png[after_ihdr..]);
+    out
+}
+
+/// A lossless WebP of `img` in an extended container with an `EXIF` chunk.
+fn webp_with_exif(img: &RgbImage, orientation: u16) -> Vec<u8> {
+    let mut simple = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut simple)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .expect("webp");
+    let chunk = |fourcc: &[u8], body: &[u8]| {
+        let mut c = fourcc.to_vec();
+        c.extend((body.len() as u32).to_le_bytes());
+        c.extend_from_slice(body);
+        if body.len() % 2 == 1 {
+            c.push(0);
+        }
+        c
+    };
+    let mut vp8x = [0u8; 10];
+    vp8x[0] = 0x08; // EXIF present
+    vp8x[4..7].copy_from_slice(&(img.width() - 1).to_le_bytes()[..3]);
+    vp8x[7..10].copy_from_slice(&(img.height() - 1).to_le_bytes()[..3]);
+    let mut body = b"WEBP".to_vec();
+    body.extend(chunk(b"VP8X", &vp8x));
+    body.extend_from_slice(&simple[12..]);
+    body.extend(chunk(b"EXIF", &exif_block(orientation)));
+    let mut out = b"RIFF".to_vec();
+    out.extend((body.len() as u32).to_le_bytes());
+    out.extend(body);
+    out
+}
+
+#[test]
+fn orientation_from_png_and_webp_exif_is_applied() {
+    let s = InProcess::start();
+    let stored = picture(64, 40);
+    // EXIF 6: the stored pixels are shown turned 90 degrees clockwise.
+    let shown = image::imageops::rotate90(&stored);
+    std::fs::write(
+        s.images.join("turned.png"),
+        png_with_exif(&png_with_profile(&stored, None), 6),
+    )
+    .expect("png");
+    std::fs::write(s.images.join("turned.webp"), webp_with_exif(&stored, 6)).expect("webp");
+    // The same picture as a JPEG with EXIF 6, served as it always was: the three must agree.
+    std::fs::write(
+        s.images.join("turned.jpg"),
+        crate::common::images::with_orientation(&jpeg(&stored, 95), 6),
+    )
+    .expect("jpg");
+    for id in ["turned.png", "turned.webp", "turned.jpg"] {
+        let info = s.get(&format!("/iiif/3/{id}/info.json")).json();
+        assert_eq!(
+            (info["width"].as_u64(), info["height"].as_u64()),
+            (Some(40), Some(64)),
+            "{id}: displayed size"
+        );
+        let out = s.get(&format!("/iiif/3/{id}/full/max/0/default.png"));
+        assert_eq!(out.status, 200, "{id}");
+        let out = out.image().to_rgb8();
+        let limit = if id.ends_with(".jpg") { 40 } else { 0 };
+        let d = max_diff(&out, &shown);
+        assert!(d <= limit, "{id}: differs from the turned picture by {d}");
+        // A region of the displayed image is cut from the displayed image.
+        let part = s
+            .get(&format!("/iiif/3/{id}/0,32,40,32/max/0/default.png"))
+            .image()
+            .to_rgb8();
+        let want = image::imageops::crop_imm(&shown, 0, 32, 40, 32).to_image();
+        assert!(max_diff(&part, &want) <= limit, "{id}: region");
+    }
+}
