@@ -135,6 +135,9 @@ impl App {
             tiled_copy_min_pixels: config.render.tiled_copy_min_pixels,
             accel: !config.store.accel_redirect.is_empty(),
             crawl_workers: config.crawl_workers(),
+            // Validated when the configuration was loaded.
+            info_extras: config.info.extras().unwrap_or_default(),
+            sidecars: config.info.sidecars,
         };
         let source_counters = source.counters().map(|c| (source.kind(), c));
         let pipeline = Arc::new(Pipeline::new(

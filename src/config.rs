@@ -44,6 +44,8 @@ pub struct Config {
     pub crawl: CrawlConfig,
     /// The built-in viewer page.
     pub viewer: ViewerConfig,
+    /// `[info]`: properties the institution adds to info.json.
+    pub info: InfoConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -132,6 +134,58 @@ pub struct HttpConfig {
     /// waiting then are answered 503 with `Retry-After`. Keep it below systemd's `TimeoutStopSec`.
     /// Env: `IIIFD_HTTP__SHUTDOWN_GRACE_SECS`.
     pub shutdown_grace_secs: u64,
+}
+
+/// `[info]`: what info.json says beyond what the server computes (3.0 §5.6-5.7, 2.1 §5.3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InfoConfig {
+    /// A license or rights statement URI for every image (3.0 `rights`, 2.1 `license`); empty: none.
+    /// Env: `IIIFD_INFO__RIGHTS`.
+    pub rights: String,
+    /// 3.0 `preferredFormats`, formats this server renders, most preferred first.
+    /// Env: `IIIFD_INFO__PREFERRED_FORMATS` (e.g. `["webp","jpg"]`).
+    pub preferred_formats: Vec<String>,
+    /// Read `{identifier}.json` beside each source (directory source only): a JSON object of extra
+    /// properties for that image (`rights`, `preferredFormats`, `partOf`, `seeAlso`, `service`,
+    /// and 2.1's `attribution` and `logo`), merged over the ones above. Env: `IIIFD_INFO__SIDECARS`.
+    pub sidecars: bool,
+}
+
+impl Default for InfoConfig {
+    fn default() -> Self {
+        InfoConfig {
+            rights: String::new(),
+            preferred_formats: vec!["jpg".into()],
+            sidecars: false,
+        }
+    }
+}
+
+impl InfoConfig {
+    /// The configured extras, validated as the spec wants them.
+    pub(crate) fn extras(&self) -> Result<crate::iiif::info::Extras, ConfigError> {
+        let mut map = serde_json::Map::new();
+        if !self.rights.is_empty() {
+            map.insert("rights".into(), self.rights.clone().into());
+        }
+        if !self.preferred_formats.is_empty() {
+            map.insert(
+                "preferredFormats".into(),
+                self.preferred_formats.clone().into(),
+            );
+        }
+        crate::iiif::info::extra_properties(&map).map_err(|e| {
+            let key = if e.0.contains("preferredFormats") {
+                "info.preferred_formats"
+            } else {
+                "info.rights"
+            };
+            ConfigError(format!(
+                "key `{key}`: {e} (rights: an http(s) URI; preferred_formats: formats this server renders)"
+            ))
+        })
+    }
 }
 
 /// `[viewer]`.
@@ -386,6 +440,7 @@ impl Default for Config {
             compat: CompatConfig::default(),
             crawl: CrawlConfig::default(),
             viewer: ViewerConfig::default(),
+            info: InfoConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -603,6 +658,7 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be \"text\" or \"json\"");
         }
+        self.info.extras()?;
         Ok(())
     }
 

@@ -294,6 +294,69 @@ fn info_json_validators_follow_the_configuration() {
     }
 }
 
+/// info.json carries what the institution adds: `[info]` for every image, a sidecar per image (merged
+/// over it, validated: a bad one is left out, never breaking the image).
+#[test]
+fn info_json_extras_from_config_and_sidecars() {
+    let s = InProcess::with(
+        |c| {
+            c.info.rights = "http://creativecommons.org/licenses/by/4.0/".into();
+            c.info.preferred_formats = vec!["webp".into(), "jpg".into()];
+            c.info.sidecars = true;
+        },
+        None,
+    );
+    let v3 = s.get(&format!("{CHART}/info.json")).json();
+    assert_eq!(v3["rights"], "http://creativecommons.org/licenses/by/4.0/");
+    assert_eq!(v3["preferredFormats"], serde_json::json!(["webp", "jpg"]));
+    assert_eq!(
+        s.get("/iiif/2/chart/info.json").json()["license"],
+        "http://creativecommons.org/licenses/by/4.0/"
+    );
+    std::fs::write(
+        s.images.join("chart.json"),
+        r#"{"rights": "http://rightsstatements.org/vocab/InC/1.0/",
+            "partOf": [{"id": "https://example.org/iiif/manifest/7", "type": "Manifest"}],
+            "attribution": "Example Museum"}"#,
+    )
+    .expect("sidecar");
+    let v3 = s.get(&format!("{CHART}/info.json")).json();
+    assert_eq!(v3["rights"], "http://rightsstatements.org/vocab/InC/1.0/");
+    assert_eq!(v3["partOf"][0]["id"], "https://example.org/iiif/manifest/7");
+    assert_eq!(v3["preferredFormats"], serde_json::json!(["webp", "jpg"]));
+    assert!(v3.get("attribution").is_none());
+    assert_eq!(
+        s.get("/iiif/2/chart/info.json").json()["attribution"],
+        "Example Museum"
+    );
+    // A sidecar that tries to change what the server computes is ignored, not obeyed.
+    std::fs::write(
+        s.images.join("chart.json"),
+        r#"{"width": 1, "rights": "http://x.org/r"}"#,
+    )
+    .expect("sidecar");
+    let r = s.get(&format!("{CHART}/info.json"));
+    assert_eq!(r.status, 200);
+    let v3 = r.json();
+    assert_eq!(v3["width"], 1600);
+    assert_eq!(v3["rights"], "http://creativecommons.org/licenses/by/4.0/");
+    std::fs::write(s.images.join("chart.json"), "not json").expect("sidecar");
+    assert_eq!(s.get(&format!("{CHART}/info.json")).status, 200);
+    drop(s);
+    // A configured value the spec does not allow stops the server at start, naming the key.
+    let bad = Command::new(env!("CARGO_BIN_EXE_iiifd"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("IIIFD_INFO__PREFERRED_FORMATS", "[\"pdf\"]")
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("info.preferred_formats"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
 /// The spec and HTTP points the official validator does not check (issue 16), over HTTP.
 #[test]
 fn spec_points_the_validator_misses() {

@@ -237,11 +237,13 @@ async fn info(
 ) -> Result<Response<Bytes>> {
     let base = service_base(app, headers, version, identifier, compat);
     let source = app.pipeline().locate(identifier).await?;
+    let extras = app.pipeline().info_extras(identifier).await;
     let input = InfoInput {
         id: &base,
         size: source.size(),
         limits: *app.pipeline().limits(),
         tile: source.probe.tile.unwrap_or(app.config().tile_size),
+        extras: &extras,
     };
     let json = info_json(version, &input);
     let content_type = info_content_type(version, header_str(headers, header::ACCEPT));

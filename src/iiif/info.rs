@@ -36,6 +36,127 @@ pub struct InfoInput<'a> {
     pub limits: Limits,
     /// Tile edge in pixels.
     pub tile: u32,
+    /// Properties the institution adds: from the configuration (`rights`, `preferredFormats`) and the
+    /// image's sidecar, already validated by [`extra_properties`]. Each version lists those it defines.
+    pub extras: &'a Extras,
+}
+
+/// Extra info.json properties, in the order they are written. Keys are the 3.0 names; 2.1 writes
+/// `rights` as `license` and the 2.1-only `attribution` and `logo` as they are.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extras(Vec<(String, serde_json::Value)>);
+
+/// Properties an institution may add (3.0 §5.6 rights, §5.7 linking; 2.1 §5.3), with the versions
+/// that have them. Everything else in info.json is computed by the server and cannot be overridden.
+const EXTRA_KEYS: [(&str, bool, bool); 7] = [
+    // (name, in 3.0, in 2.1)
+    ("rights", true, true),
+    ("preferredFormats", true, false),
+    ("partOf", true, false),
+    ("seeAlso", true, false),
+    ("service", true, true),
+    ("attribution", false, true),
+    ("logo", false, true),
+];
+
+/// Why an extra property was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtraError(pub String);
+
+impl std::fmt::Display for ExtraError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Extras {
+    /// No extra property.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// These extras, with `over`'s properties replacing any of the same name.
+    pub fn merged(&self, over: &Extras) -> Extras {
+        let mut out: Vec<(String, serde_json::Value)> = self
+            .0
+            .iter()
+            .filter(|(k, _)| !over.0.iter().any(|(o, _)| o == k))
+            .cloned()
+            .collect();
+        out.extend(over.0.iter().cloned());
+        Extras(out)
+    }
+
+    fn for_version(&self, version: ApiVersion) -> Vec<(&'static str, &serde_json::Value)> {
+        let mut out = Vec::new();
+        for (key, value) in &self.0 {
+            let Some(&(name, v3, v2)) = EXTRA_KEYS.iter().find(|(n, _, _)| n == key) else {
+                continue;
+            };
+            match version {
+                ApiVersion::V3 if v3 => out.push((name, value)),
+                ApiVersion::V2 if v2 => {
+                    out.push((if name == "rights" { "license" } else { name }, value))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Validate extra properties (from the configuration or a sidecar object): only the names above;
+/// `rights` an http(s) URI (3.0 §5.6: a license or rights statement); `preferredFormats` a non-empty
+/// list of formats this server renders; `partOf`, `seeAlso`, `service` arrays of objects with an `id`
+/// or `@id`; `attribution` a string or array; `logo` a URI or object.
+pub fn extra_properties(
+    properties: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Extras, ExtraError> {
+    use serde_json::Value;
+    let mut out = Vec::new();
+    for (key, value) in properties {
+        if !EXTRA_KEYS.iter().any(|(n, _, _)| n == key) {
+            let allowed: Vec<&str> = EXTRA_KEYS.iter().map(|(n, _, _)| *n).collect();
+            return Err(ExtraError(format!(
+                "\"{key}\" cannot be added to info.json (allowed: {})",
+                allowed.join(", ")
+            )));
+        }
+        let uri = |v: &Value| {
+            v.as_str()
+                .is_some_and(|s| s.starts_with("http://") || s.starts_with("https://"))
+        };
+        let linked = |v: &Value| {
+            v.as_array().is_some_and(|a| {
+                a.iter().all(|o| {
+                    o.as_object()
+                        .is_some_and(|o| o.get("id").or_else(|| o.get("@id")).is_some_and(uri))
+                })
+            })
+        };
+        let ok = match key.as_str() {
+            "rights" => uri(value),
+            "preferredFormats" => value.as_array().is_some_and(|a| {
+                !a.is_empty()
+                    && a.iter().all(|f| {
+                        f.as_str()
+                            .and_then(Format::from_extension)
+                            .is_some_and(Format::is_rendered)
+                    })
+            }),
+            "partOf" | "seeAlso" | "service" => linked(value),
+            "attribution" => value.is_string() || value.is_array(),
+            "logo" => uri(value) || value.is_object(),
+            _ => false,
+        };
+        if !ok {
+            return Err(ExtraError(format!(
+                "\"{key}\" has a value info.json cannot carry: {value}"
+            )));
+        }
+        out.push((key.clone(), value.clone()));
+    }
+    Ok(Extras(out))
 }
 
 /// Scale factors 1, 2, 4, ... down to the first level whose whole image fits in one tile.
@@ -122,8 +243,7 @@ struct Info3<'a> {
     max_area: u64,
     sizes: Vec<Size3>,
     tiles: Vec<Tile3>,
-    #[serde(rename = "preferredFormats")]
-    preferred_formats: [&'static str; 1],
+
     #[serde(rename = "extraFormats")]
     extra_formats: Vec<&'static str>,
     #[serde(rename = "extraQualities")]
@@ -211,6 +331,7 @@ pub fn info_json(version: ApiVersion, input: &InfoInput<'_>) -> String {
         size,
         limits,
         tile,
+        extras,
     } = *input;
     let tile = tile_within(tile, &limits);
     let factors = scale_factors(size, tile);
@@ -241,7 +362,6 @@ pub fn info_json(version: ApiVersion, input: &InfoInput<'_>) -> String {
                 width: tile,
                 height: tile,
             }],
-            preferred_formats: ["jpg"],
             extra_formats: extra_formats(),
             extra_qualities: ["bitonal"],
             extra_features: EXTRA_FEATURES_V3,
@@ -286,7 +406,23 @@ pub fn info_json(version: ApiVersion, input: &InfoInput<'_>) -> String {
         }),
     };
     // Serialising these plain structs cannot fail; an empty object is still valid JSON if it ever did.
-    result.unwrap_or_else(|_| "{}".to_owned())
+    let mut text = result.unwrap_or_else(|_| "{}".to_owned());
+    // The extras after the computed properties, in their own order (the documents above are written
+    // from structs so that `@context` comes first and the order is stable).
+    let extras = extras.for_version(version);
+    if !extras.is_empty() && text.ends_with('}') && text.len() > 2 {
+        text.pop();
+        for (name, value) in extras {
+            if let (Ok(k), Ok(v)) = (serde_json::to_string(name), serde_json::to_string(value)) {
+                text.push(',');
+                text.push_str(&k);
+                text.push(':');
+                text.push_str(&v);
+            }
+        }
+        text.push('}');
+    }
+    text
 }
 
 #[cfg(test)]
@@ -303,8 +439,63 @@ mod tests {
             },
             limits: Limits::default(),
             tile: 512,
+            extras: &Extras::default(),
         };
         serde_json::from_str(&info_json(v, &input)).expect("valid JSON")
+    }
+
+    #[test]
+    fn extras_are_validated_and_written_per_version() {
+        let config = serde_json::json!({
+            "rights": "http://creativecommons.org/licenses/by/4.0/",
+            "preferredFormats": ["webp", "jpg"],
+        });
+        let sidecar = serde_json::json!({
+            "rights": "http://rightsstatements.org/vocab/InC/1.0/",
+            "partOf": [{"id": "https://example.org/manifest/1", "type": "Manifest"}],
+            "attribution": "Example Museum",
+        });
+        let config = extra_properties(config.as_object().expect("object")).expect("valid");
+        let sidecar = extra_properties(sidecar.as_object().expect("object")).expect("valid");
+        let extras = config.merged(&sidecar);
+        let input = InfoInput {
+            id: "http://x/iiif/3/a",
+            size: ImageSize {
+                width: 100,
+                height: 80,
+            },
+            limits: Limits::default(),
+            tile: 512,
+            extras: &extras,
+        };
+        let v3: Value = serde_json::from_str(&info_json(ApiVersion::V3, &input)).expect("JSON");
+        assert_eq!(
+            v3["rights"], "http://rightsstatements.org/vocab/InC/1.0/",
+            "sidecar wins"
+        );
+        assert_eq!(v3["preferredFormats"], serde_json::json!(["webp", "jpg"]));
+        assert_eq!(v3["partOf"][0]["type"], "Manifest");
+        assert!(v3.get("attribution").is_none(), "2.1 only");
+        let v2: Value = serde_json::from_str(&info_json(ApiVersion::V2, &input)).expect("JSON");
+        assert_eq!(v2["license"], "http://rightsstatements.org/vocab/InC/1.0/");
+        assert_eq!(v2["attribution"], "Example Museum");
+        assert!(v2.get("preferredFormats").is_none() && v2.get("rights").is_none());
+        let v1: Value = serde_json::from_str(&info_json(ApiVersion::V1, &input)).expect("JSON");
+        assert!(v1.get("license").is_none());
+
+        for bad in [
+            serde_json::json!({"width": 5}),
+            serde_json::json!({"id": "http://evil"}),
+            serde_json::json!({"rights": "javascript:alert(1)"}),
+            serde_json::json!({"preferredFormats": ["pdf"]}),
+            serde_json::json!({"preferredFormats": []}),
+            serde_json::json!({"partOf": [{"label": "no id"}]}),
+        ] {
+            assert!(
+                extra_properties(bad.as_object().expect("object")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -365,6 +556,7 @@ mod tests {
                 },
                 limits: Limits::default(),
                 tile: 512,
+                extras: &Extras::default(),
             },
         );
         assert!(
@@ -402,6 +594,7 @@ mod tests {
             },
             limits,
             tile,
+            extras: &Extras::default(),
         };
         serde_json::from_str(&info_json(v, &input)).expect("valid JSON")
     }

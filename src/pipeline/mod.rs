@@ -14,6 +14,7 @@ pub(crate) mod flight;
 
 use crate::error::{Error, Result};
 use crate::iiif::canonical::{CanonicalRequest, ImageSize};
+use crate::iiif::info::{extra_properties, Extras};
 use crate::iiif::parse::ImageRequest;
 use crate::iiif::Limits;
 use crate::key::DerivativeKey;
@@ -50,6 +51,10 @@ pub(crate) struct Settings {
     pub(crate) accel: bool,
     /// Crawl renders at once.
     pub(crate) crawl_workers: usize,
+    /// info.json properties from the configuration (`[info]`).
+    pub(crate) info_extras: Extras,
+    /// Merge each image's sidecar over them (`info.sidecars`).
+    pub(crate) sidecars: bool,
 }
 
 /// A located, probed source.
@@ -194,6 +199,40 @@ impl Pipeline {
     }
 
     /// Locate `identifier` and read its size, from the caches when the object has not changed.
+    /// The extra info.json properties of `identifier`: the configured ones, with its sidecar's over
+    /// them when sidecars are on. A sidecar that cannot be read or is not valid is logged and left
+    /// out: the image keeps its info.json.
+    pub(crate) async fn info_extras(self: &Arc<Self>, identifier: &str) -> Extras {
+        if !self.settings.sidecars {
+            return self.settings.info_extras.clone();
+        }
+        let p = Arc::clone(self);
+        let id = identifier.to_owned();
+        let read = blocking(move || p.source.sidecar(&id)).await;
+        let parsed = match read {
+            Ok(Ok(Some(bytes))) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|v| match v {
+                    serde_json::Value::Object(map) => {
+                        extra_properties(&map).map_err(|e| e.to_string())
+                    }
+                    _ => Err("not a JSON object".into()),
+                })
+                .map(Some),
+            Ok(Ok(None)) => Ok(None),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match parsed {
+            Ok(Some(own)) => self.settings.info_extras.merged(&own),
+            Ok(None) => self.settings.info_extras.clone(),
+            Err(e) => {
+                tracing::warn!(identifier, "sidecar ignored: {e}");
+                self.settings.info_extras.clone()
+            }
+        }
+    }
+
     pub(crate) async fn locate(self: &Arc<Self>, identifier: &str) -> Result<Located> {
         let p = Arc::clone(self);
         let identifier = identifier.to_owned();

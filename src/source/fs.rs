@@ -42,6 +42,9 @@ impl FsBackend {
     }
 }
 
+/// Largest sidecar read.
+const SIDECAR_MAX: u64 = 64 << 10;
+
 impl Backend for FsBackend {
     fn kind(&self) -> &'static str {
         "fs"
@@ -71,6 +74,25 @@ impl Backend for FsBackend {
             }
         }
         Err(SourceError::NotFound(identifier.to_owned()))
+    }
+
+    fn sidecar(&self, identifier: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        check_identifier(identifier)?;
+        let Ok(path) = fs::canonicalize(self.root.join(format!("{identifier}.json"))) else {
+            return Ok(None);
+        };
+        // Inside the root only, as for images; and small: it is a handful of properties.
+        if !path.starts_with(&self.root) {
+            return Ok(None);
+        }
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() <= SIDECAR_MAX => Ok(Some(fs::read(&path)?)),
+            Ok(meta) if meta.is_file() => Err(SourceError::TooLarge(format!(
+                "{identifier}.json is {} bytes; a sidecar may have {SIDECAR_MAX}",
+                meta.len()
+            ))),
+            _ => Ok(None),
+        }
     }
 
     fn refresh(&self, object: &Object) -> Result<Object, SourceError> {

@@ -301,6 +301,12 @@ pub trait Backend: Send + Sync {
     /// Open an object for reading.
     fn open(&self, object: &Object) -> Result<Arc<dyn ObjectReader>, SourceError>;
 
+    /// The extra info.json properties kept beside an image (`{identifier}.json`), as raw bytes, if
+    /// the backend keeps them (the directory backend does; remote ones do not yet).
+    fn sidecar(&self, _identifier: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        Ok(None)
+    }
+
     /// Drop every local copy of remote objects: called after a crash of the machine or the
     /// process, when a copy written just before it may be torn (copies are not fsynced).
     fn forget_copies(&self) -> io::Result<()> {
