@@ -401,3 +401,89 @@ fn orientation_from_png_and_webp_exif_is_applied() {
         assert!(max_diff(&part, &want) <= limit, "{id}: region");
     }
 }
+
+/// `jp2` with its `colr` box replaced by one carrying `icc` (method 2, restricted ICC).
+fn jp2_with_profile(jp2: &[u8], icc: &[u8]) -> Vec<u8> {
+    let boxes = |data: &[u8]| {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 8 <= data.len() {
+            let len =
+                u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
+            let len = if len == 0 { data.len() - at } else { len };
+            out.push((
+                data[at + 4..at + 8].to_vec(),
+                data[at + 8..at + len].to_vec(),
+            ));
+            at += len;
+        }
+        out
+    };
+    let write = |kind: &[u8], body: &[u8]| {
+        let mut v = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(kind);
+        v.extend_from_slice(body);
+        v
+    };
+    let mut out = Vec::new();
+    for (kind, body) in boxes(jp2) {
+        if kind == b"jp2h" {
+            let mut header = Vec::new();
+            for (k, b) in boxes(&body) {
+                if k == b"colr" {
+                    let mut colr = vec![2, 0, 0];
+                    colr.extend_from_slice(icc);
+                    header.extend(write(b"colr", &colr));
+                } else {
+                    header.extend(write(&k, &b));
+                }
+            }
+            out.extend(write(b"jp2h", &header));
+        } else {
+            out.extend(write(&kind, &body));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_jpeg2000_with_an_embedded_profile_is_converted() {
+    let s = InProcess::start();
+    let pic = picture(128, 96);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let png = tmp.path().join("in.png");
+    let jp2 = tmp.path().join("out.jp2");
+    pic.save(&png).expect("png");
+    let status = std::process::Command::new("opj_compress")
+        .args([
+            "-i".as_ref(),
+            png.as_os_str(),
+            "-o".as_ref(),
+            jp2.as_os_str(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("opj_compress (libopenjp2-tools) must be installed");
+    assert!(status.success());
+    let plain = std::fs::read(&jp2).expect("read");
+    std::fs::write(s.images.join("plain.jp2"), &plain).expect("write");
+    std::fs::write(
+        s.images.join("adobe.jp2"),
+        jp2_with_profile(&plain, &adobe_profile()),
+    )
+    .expect("write");
+    // Lossless JPEG 2000 (opj_compress's default): the untagged one is the picture itself, the tagged
+    // one its conversion.
+    let untagged = s
+        .get("/iiif/3/plain.jp2/full/max/0/default.png")
+        .image()
+        .to_rgb8();
+    assert_eq!(max_diff(&untagged, &pic), 0);
+    let tagged = s.get("/iiif/3/adobe.jp2/full/max/0/default.png");
+    assert_eq!(tagged.status, 200, "{}", tagged.text());
+    let (mean, max) = against_reference(&tagged.image().to_rgb8(), &pic);
+    assert!(
+        mean < 0.7 && max <= 3.0,
+        "jp2: mean {mean:.2}, max {max:.1}"
+    );
+}

@@ -628,3 +628,47 @@ fn a_large_flat_source_gets_a_tiled_copy_that_later_renders_use() {
     assert_eq!(server.metric("iiifd_tiled_copy_renders_total"), 1.0);
     wait_for_copy(&server, 1.0);
 }
+
+/// PNGs with a wrong checksum (in `IHDR`, or in the image data) are shown, as browsers and Pillow show
+/// them; a PNG whose data is really damaged is still a clear 500.
+#[test]
+fn a_png_with_wrong_checksums_is_served() {
+    let s = InProcess::start();
+    let pic = picture(120, 90);
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(pic.clone())
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("png");
+    let crc_after = |png: &[u8], kind: &[u8]| {
+        let at = png.windows(4).position(|w| w == kind).expect("chunk");
+        let len = u32::from_be_bytes([png[at - 4], png[at - 3], png[at - 2], png[at - 1]]) as usize;
+        at + 4 + len
+    };
+    let mut bad_ihdr = png.clone();
+    let at = crc_after(&png, b"IHDR");
+    bad_ihdr[at] ^= 0xFF;
+    let mut bad_idat = png.clone();
+    let at = crc_after(&png, b"IDAT");
+    bad_idat[at + 1] ^= 0x5A;
+    for (name, bytes) in [("crc-ihdr.png", &bad_ihdr), ("crc-idat.png", &bad_idat)] {
+        assert!(
+            image::load_from_memory(bytes).is_err(),
+            "{name}: the image crate refuses it"
+        );
+        std::fs::write(s.images.join(name), bytes).expect("write");
+        let info = s.get(&format!("/iiif/3/{name}/info.json"));
+        assert_eq!(info.status, 200, "{name}");
+        let r = s.get(&format!("/iiif/3/{name}/full/max/0/default.png"));
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        assert_eq!(r.image().to_rgb8(), pic, "{name}: the pixels as written");
+    }
+    // Damaged compressed data is an error, not pixels made up.
+    let mut damaged = png.clone();
+    let at = crc_after(&png, b"IDAT");
+    for b in &mut damaged[at - 40..at - 10] {
+        *b = 0xAA;
+    }
+    std::fs::write(s.images.join("damaged.png"), &damaged).expect("write");
+    let r = s.get("/iiif/3/damaged.png/full/max/0/default.png");
+    assert_eq!(r.status, 500, "{}", r.text());
+}

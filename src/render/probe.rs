@@ -2,7 +2,7 @@
 //! decoded), read by the same parsers that render it, so a file the probe accepts is one the
 //! renderer reads.
 
-use super::decode::jpeg;
+use super::decode::{jpeg, whole};
 use super::{RenderError, Result};
 use crate::iiif::canonical::ImageSize;
 use crate::source::{jp2, orientation, tiff, ObjectReader, SourceError, SourceKind};
@@ -73,9 +73,12 @@ pub(crate) fn probe(reader: &dyn ObjectReader, limits: &SourceLimits) -> Result<
             };
             orient.display_size(info.width, info.height)
         }
-        SourceKind::Png | SourceKind::Gif | SourceKind::Webp | SourceKind::Other => {
-            whole_dimensions(reader)?
-        }
+        SourceKind::Png => match whole_dimensions(reader) {
+            // As the renderer does (`decode::whole`): a PNG with wrong checksums is read anyway.
+            Err(e) => whole::png_dimensions_ignoring_crc(reader).ok_or(e)?,
+            Ok(dims) => dims,
+        },
+        SourceKind::Gif | SourceKind::Webp | SourceKind::Other => whole_dimensions(reader)?,
     };
     if width == 0 || height == 0 {
         return Err(RenderError::Undecodable("the image has no pixels".into()));
@@ -103,7 +106,12 @@ fn whole_dimensions(reader: &dyn ObjectReader) -> Result<(u32, u32)> {
         .with_guessed_format()
         .map_err(SourceError::from)?
         .into_decoder()
-        .map_err(|e| RenderError::Undecodable(e.to_string()))?;
+        .map_err(|e| match e {
+            // The same answer the renderer would give (see `decode::whole`): 501 for a valid
+            // variant it does not read, so info.json never promises what images cannot deliver.
+            image::ImageError::Unsupported(u) => RenderError::Unsupported(u.to_string()),
+            other => RenderError::Undecodable(other.to_string()),
+        })?;
     let (w, h) = decoder.dimensions();
     let turned = matches!(
         decoder.orientation(),

@@ -65,6 +65,45 @@ pub(crate) fn read_header(head: &[u8]) -> Option<Jp2Header> {
     })
 }
 
+/// The boxes directly inside `data` (a file, or a superbox's contents): type and contents.
+fn boxes(data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let b = data.get(at..at + 8)?;
+        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let kind = [b[4], b[5], b[6], b[7]];
+        let (header, size) = match len {
+            0 => (8, data.len() - at),
+            1 => {
+                let x = data.get(at + 8..at + 16)?;
+                let mut v = [0u8; 8];
+                v.copy_from_slice(x);
+                (16, usize::try_from(u64::from_be_bytes(v)).ok()?)
+            }
+            n => (8, n),
+        };
+        if size < header {
+            return None;
+        }
+        // A box running past the bytes at hand ends the walk: a profile cut short is no profile.
+        let body = data.get(at + header..at.checked_add(size)?)?;
+        at = at.checked_add(size)?;
+        Some((kind, body))
+    })
+}
+
+/// The ICC profile of a JP2 file: the `colr` box inside `jp2h` with method 2 (restricted ICC) or 3
+/// (any ICC). `None` for raw codestreams, enumerated colour spaces, or a header cut short.
+pub(crate) fn icc_profile(file: &[u8]) -> Option<Vec<u8>> {
+    let (_, header) = boxes(file).find(|(kind, _)| kind == b"jp2h")?;
+    boxes(header)
+        .filter(|(kind, _)| kind == b"colr")
+        .find_map(|(_, colr)| match colr.first() {
+            Some(2 | 3) if colr.len() > 3 + 128 => Some(colr[3..].to_vec()),
+            _ => None,
+        })
+}
+
 /// The contents of the `jp2c` box of a JP2 file.
 fn codestream(file: &[u8]) -> Option<&[u8]> {
     let mut at = 0usize;
@@ -95,6 +134,38 @@ fn codestream(file: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn icc_profile_from_the_colr_box() {
+        fn bx(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+            let mut v = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+            v.extend_from_slice(kind);
+            v.extend_from_slice(body);
+            v
+        }
+        let profile: Vec<u8> = (0..200u8).collect();
+        let mut colr = vec![2, 0, 0];
+        colr.extend(&profile);
+        let enumerated = bx(b"colr", &[1, 0, 0, 0, 0, 0, 16]);
+        let header = [
+            bx(b"ihdr", &[0; 14]),
+            enumerated.clone(),
+            bx(b"colr", &colr),
+        ]
+        .concat();
+        let file = [
+            b"\0\0\0\x0cjP  \r\n\x87\n".to_vec(),
+            bx(b"ftyp", b"jp2 \0\0\0\0jp2 "),
+            bx(b"jp2h", &header),
+            bx(b"jp2c", &[0xFF, 0x4F]),
+        ]
+        .concat();
+        assert_eq!(icc_profile(&file), Some(profile));
+        let plain = [bx(b"jp2h", &[bx(b"ihdr", &[0; 14]), enumerated].concat())].concat();
+        assert_eq!(icc_profile(&plain), None);
+        assert_eq!(icc_profile(&[0xFF, 0x4F, 0xFF, 0x51]), None);
+        assert_eq!(icc_profile(&file[..40]), None);
+    }
 
     fn j2k(w: u32, h: u32, levels: u8) -> Vec<u8> {
         let mut v = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 47, 0, 0];

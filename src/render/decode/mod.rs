@@ -10,13 +10,12 @@ mod jpeg_simd;
 pub(crate) mod tiff;
 pub(crate) mod whole;
 
-use crate::source::{icc, tiff as tiff_dir, ObjectReader, SourceKind};
+use crate::source::{icc, jp2 as jp2_dir, tiff as tiff_dir, ObjectReader, SourceKind};
 use image::{DynamicImage, ImageDecoder};
 
 /// The ICC profile embedded in a source, read from its headers (never its pixels): JPEG's `APP2`
-/// segments, TIFF's tag 34675, and the `image` crate's decoders for PNG (`iCCP`), WebP (`ICCP`) and
-/// GIF. JPEG 2000 profiles are not read yet (its sources are served as untagged). Any failure is
-/// "no profile": a source is never refused for its profile.
+/// segments, TIFF's tag 34675, JP2's `colr` box, and the `image` crate's decoders for PNG (`iCCP`),
+/// WebP (`ICCP`) and GIF. Any failure is "no profile": a source is never refused for its profile.
 pub(crate) fn profile(reader: &dyn ObjectReader, kind: SourceKind) -> Option<Vec<u8>> {
     match kind {
         SourceKind::Jpeg => icc::jpeg_profile(reader),
@@ -24,7 +23,8 @@ pub(crate) fn profile(reader: &dyn ObjectReader, kind: SourceKind) -> Option<Vec
             Ok(Some(pyramid)) => pyramid.icc,
             _ => decoder_profile(reader),
         },
-        SourceKind::Jp2 => None,
+        // The JP2 header boxes come before the codestream: the first mebibyte holds them.
+        SourceKind::Jp2 => jp2_dir::icc_profile(&reader.read_range(0, 1 << 20).ok()?),
         SourceKind::Png | SourceKind::Gif | SourceKind::Webp | SourceKind::Other => {
             decoder_profile(reader)
         }

@@ -56,10 +56,63 @@ pub(crate) fn cached_region(
 /// orientation says (EXIF in JPEG, PNG `eXIf` and WebP `EXIF`; the TIFF Orientation tag): the
 /// displayed image, whose size the probe reports.
 pub(crate) fn decode(reader: &dyn ObjectReader, max_decode_bytes: u64) -> Result<DynamicImage> {
-    let reader = image::ImageReader::new(reader.stream())
+    let image_reader = image::ImageReader::new(reader.stream())
         .with_guessed_format()
         .map_err(|e| RenderError::Source(e.into()))?;
-    decode_reader(reader, max_decode_bytes)
+    match decode_reader(image_reader, max_decode_bytes) {
+        // A PNG whose checksums are wrong: browsers and Pillow show it, so do we.
+        Err(RenderError::Undecodable(first))
+            if matches!(SourceKind::of(reader), Ok(SourceKind::Png)) =>
+        {
+            png_ignoring_crc(reader, max_decode_bytes).map_err(|_| RenderError::Undecodable(first))
+        }
+        other => other,
+    }
+}
+
+fn png_options() -> png::DecodeOptions {
+    let mut options = png::DecodeOptions::default();
+    options.set_ignore_crc(true);
+    options
+}
+
+/// A PNG decoded by the `png` crate with CRCs ignored (the `image` crate refuses a wrong one), to 8-bit
+/// gray or colour. Only tried after the `image` crate has refused the file.
+fn png_ignoring_crc(reader: &dyn ObjectReader, max: u64) -> Result<DynamicImage> {
+    let bad = |e: png::DecodingError| RenderError::Undecodable(e.to_string());
+    let mut decoder = png::Decoder::new_with_options(reader.stream(), png_options());
+    decoder.set_limits(png::Limits {
+        bytes: usize::try_from(max).unwrap_or(usize::MAX),
+    });
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut png = decoder.read_info().map_err(bad)?;
+    let size = png
+        .output_buffer_size()
+        .filter(|&n| n as u64 <= max)
+        .ok_or_else(|| {
+            RenderError::TooLarge("decoding it would exceed render.max_decode_bytes".into())
+        })?;
+    let mut buf = vec![0u8; size];
+    let frame = png.next_frame(&mut buf).map_err(bad)?;
+    buf.truncate(frame.buffer_size());
+    let channels = match frame.color_type {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        png::ColorType::Indexed => 0,
+    };
+    super::from_samples(frame.width, frame.height, channels, buf)
+        .ok_or_else(|| RenderError::Undecodable("PNG rows of an unexpected size".into()))
+}
+
+/// The size of a PNG the `image` crate refused, read with CRCs ignored (see [`png_ignoring_crc`]).
+pub(crate) fn png_dimensions_ignoring_crc(reader: &dyn ObjectReader) -> Option<(u32, u32)> {
+    let png = png::Decoder::new_with_options(reader.stream(), png_options())
+        .read_info()
+        .ok()?;
+    let info = png.info();
+    Some((info.width, info.height))
 }
 
 fn decode_reader<R: std::io::BufRead + std::io::Seek>(
@@ -75,6 +128,9 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
         image::ImageError::Limits(l) => RenderError::TooLarge(format!(
             "decoding it would exceed render.max_decode_bytes ({l})"
         )),
+        // A valid file in a variant the decoders do not read (a TIFF compression, a sample
+        // format): 501, as the README's table says, not "corrupt".
+        image::ImageError::Unsupported(u) => RenderError::Unsupported(u.to_string()),
         other => RenderError::Undecodable(other.to_string()),
     };
     let mut decoder = reader.into_decoder().map_err(failed)?;
