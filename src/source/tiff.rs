@@ -36,6 +36,9 @@ pub(crate) struct Level {
     pub(crate) codec: TileCodec,
     /// JPEGTables: quantisation and Huffman tables shared by the level's tiles.
     pub(crate) jpeg_tables: Option<Vec<u8>>,
+    /// JPEG tiles whose components are R, G, B (Photometric RGB), not YCbCr: what Aperio SVS and other
+    /// slide scanners write. Their JPEG markers do not say so, so the decoder must be told.
+    pub(crate) rgb_jpeg: bool,
     offsets: Vec<u64>,
     counts: Vec<u64>,
 }
@@ -378,6 +381,7 @@ fn tiled_level(r: &Reader<'_>, tags: &[Tag]) -> Result<Option<Level>> {
         samples: samples as u8,
         codec,
         jpeg_tables,
+        rgb_jpeg: codec == TileCodec::Jpeg && samples == 3 && photometric == 2,
         offsets,
         counts,
     }))

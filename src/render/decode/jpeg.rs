@@ -112,6 +112,20 @@ pub(crate) fn decode(
     crop: Option<Rect>,
     max_bytes: u64,
 ) -> Result<DynamicImage> {
+    decode_coded(data, scale_log2, crop, max_bytes, false)
+}
+
+/// [`decode`], with `rgb_coded` saying the three components are R, G and B whatever the file's own
+/// markers suggest: the JPEG tiles of a TIFF whose Photometric tag is RGB (Aperio SVS and other
+/// slide scanners write them without a JFIF or Adobe marker, so libjpeg would take them for YCbCr and
+/// show a magenta/green cast).
+pub(crate) fn decode_coded(
+    data: &[u8],
+    scale_log2: u32,
+    crop: Option<Rect>,
+    max_bytes: u64,
+    rgb_coded: bool,
+) -> Result<DynamicImage> {
     let info = libjpeg::header(data)?;
     if info.cmyk {
         return Err(RenderError::Internal(
@@ -134,11 +148,19 @@ pub(crate) fn decode(
     // cropping and DCT scaling.
     if k == 0 && (want == whole || whole_bytes <= RAW_CROP_MAX_BYTES) {
         let kernels = super::jpeg_simd::kernels();
-        if let Some(img) = libjpeg::decode_raw(data, want, max_bytes, kernels)? {
+        if let Some(img) = libjpeg::decode_raw(data, want, max_bytes, kernels, rgb_coded)? {
             return Ok(img);
         }
     }
-    libjpeg::decode(data, &info, k, want, max_bytes, super::jpeg_simd::kernels())
+    libjpeg::decode(
+        data,
+        &info,
+        k,
+        want,
+        max_bytes,
+        super::jpeg_simd::kernels(),
+        rgb_coded,
+    )
 }
 
 fn too_large(w: u32, h: u32, max: u64) -> RenderError {
@@ -559,11 +581,15 @@ mod libjpeg {
         want: Rect,
         max_bytes: u64,
         kernels: Option<&'static Kernels>,
+        rgb_coded: bool,
     ) -> Result<Option<DynamicImage>> {
         run(|| {
             let mut d = Decompress::new(data);
             let c = &mut *d.cinfo;
             let n = usize::try_from(c.num_components).unwrap_or(0);
+            if rgb_coded && n == 3 {
+                c.jpeg_color_space = sys::J_COLOR_SPACE::JCS_RGB;
+            }
             if c.comp_info.is_null() || !(n == 1 || n == 3) {
                 return Ok(None);
             }
@@ -785,10 +811,14 @@ mod libjpeg {
         want: Rect,
         max_bytes: u64,
         kernels: Option<&'static super::super::jpeg_simd::Kernels>,
+        rgb_coded: bool,
     ) -> Result<DynamicImage> {
         run(|| {
             let mut d = Decompress::new(data);
             let c = &mut *d.cinfo;
+            if rgb_coded && c.num_components == 3 {
+                c.jpeg_color_space = sys::J_COLOR_SPACE::JCS_RGB;
+            }
             c.scale_num = 1;
             c.scale_denom = 1 << k;
             let ch: usize = if info.channels == 1 { 1 } else { 3 };
@@ -992,13 +1022,54 @@ mod tests {
                 w: 120,
                 h: 90,
             };
-            let c = libjpeg::decode(&rgb, &info, 0, whole, 1 << 30, None)
+            let c = libjpeg::decode(&rgb, &info, 0, whole, 1 << 30, None, false)
                 .expect("libjpeg")
                 .to_rgb8();
             assert_eq!(fast.as_raw(), c.as_raw(), "adobe={adobe}");
             // The stored YCbCr samples read as RGB: nothing like the YCbCr reading.
             assert!(max_diff(&fast, &ycc, 0, 0) > 40, "adobe={adobe}");
         }
+    }
+
+    /// Aperio-style tiles: three components coded as R, G, B, with neither JFIF nor Adobe marker nor
+    /// telling ids. libjpeg alone takes them for YCbCr; told by the TIFF, they are read as RGB.
+    #[test]
+    fn tiles_said_to_be_rgb_are_read_as_rgb() {
+        let data = sample(64, 48);
+        let mut unmarked = data.clone();
+        if unmarked[2..4] == [0xFF, 0xE0] {
+            let len = usize::from(u16::from_be_bytes([unmarked[4], unmarked[5]]));
+            unmarked.drain(2..4 + len);
+        }
+        // What the samples are when read as R, G, B (the ids renamed so libjpeg itself says RGB).
+        let as_rgb = decode(&as_rgb_jpeg(&data, false), 0, None, 1 << 30)
+            .expect("rgb")
+            .to_rgb8();
+        let guessed = decode(&unmarked, 0, None, 1 << 30)
+            .expect("guess")
+            .to_rgb8();
+        assert!(
+            max_diff(&guessed, &as_rgb, 0, 0) > 40,
+            "libjpeg's guess is YCbCr"
+        );
+        let told = decode_coded(&unmarked, 0, None, 1 << 30, true)
+            .expect("told")
+            .to_rgb8();
+        assert_eq!(told.as_raw(), as_rgb.as_raw());
+        // Cropped and scaled alike.
+        let part = Rect {
+            x: 8,
+            y: 8,
+            w: 16,
+            h: 8,
+        };
+        let told = decode_coded(&unmarked, 1, Some(part), 1 << 30, true)
+            .expect("told")
+            .to_rgb8();
+        let want = decode(&as_rgb_jpeg(&data, false), 1, Some(part), 1 << 30)
+            .expect("rgb")
+            .to_rgb8();
+        assert_eq!(told.as_raw(), want.as_raw());
     }
 
     #[test]
@@ -1013,7 +1084,7 @@ mod tests {
         };
         let whole_then_cut = decode(&data, 0, Some(r), 1 << 30).expect("raw").to_rgb8();
         assert_eq!(whole_then_cut.dimensions(), (100, 80));
-        let cropped = libjpeg::decode(&data, &info, 0, r, 1 << 30, None)
+        let cropped = libjpeg::decode(&data, &info, 0, r, 1 << 30, None, false)
             .expect("libjpeg")
             .to_rgb8();
         // libjpeg's cropped decode upsamples chroma from the crop's edge: a few levels there.
@@ -1060,8 +1131,9 @@ mod tests {
                 h: info.height / 3,
             };
             for r in [whole, part] {
-                let c = libjpeg::decode(data, &info, 0, r, 1 << 30, None).expect("C");
-                let s = libjpeg::decode(data, &info, 0, r, 1 << 30, Some(kernels)).expect("SIMD");
+                let c = libjpeg::decode(data, &info, 0, r, 1 << 30, None, false).expect("C");
+                let s = libjpeg::decode(data, &info, 0, r, 1 << 30, Some(kernels), false)
+                    .expect("SIMD");
                 assert_eq!(c.as_bytes(), s.as_bytes(), "{info:?} {r:?}");
             }
         }
@@ -1086,8 +1158,9 @@ mod tests {
                 let info = read_info(&data).expect("header");
                 let whole = Rect { x: 0, y: 0, w, h };
                 for k in [None, kernels] {
-                    let reference = libjpeg::decode(&data, &info, 0, whole, 1 << 30, k).expect("C");
-                    let raw = libjpeg::decode_raw(&data, whole, 1 << 30, k)
+                    let reference =
+                        libjpeg::decode(&data, &info, 0, whole, 1 << 30, k, false).expect("C");
+                    let raw = libjpeg::decode_raw(&data, whole, 1 << 30, k, false)
                         .expect("raw")
                         .expect("this layout takes the raw path");
                     assert_eq!(
@@ -1109,7 +1182,7 @@ mod tests {
                             w: rw.max(1),
                             h: rh.max(1),
                         };
-                        let part = libjpeg::decode_raw(&data, r, 1 << 30, k)
+                        let part = libjpeg::decode_raw(&data, r, 1 << 30, k, false)
                             .expect("raw")
                             .expect("raw path")
                             .to_rgb8();
@@ -1142,8 +1215,9 @@ mod tests {
                 w: 45,
                 h: 31,
             };
-            let reference = libjpeg::decode(&data, &info, 0, whole, 1 << 30, None).expect("C");
-            let raw = libjpeg::decode_raw(&data, whole, 1 << 30, kernels)
+            let reference =
+                libjpeg::decode(&data, &info, 0, whole, 1 << 30, None, false).expect("C");
+            let raw = libjpeg::decode_raw(&data, whole, 1 << 30, kernels, false)
                 .expect("raw")
                 .expect("raw path");
             assert_eq!(reference.as_bytes(), raw.as_bytes(), "{info:?}");

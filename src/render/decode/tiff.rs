@@ -27,8 +27,10 @@ pub(crate) fn render(
     let color = ColorPlan::new(pyramid.icc.clone(), settings.color);
     // A stored tile's pixels are in the source's colour space and carry no profile: it is sent as
     // it is only when the source needs no colour handling.
+    // RGB-coded tiles would be shown as YCbCr by browsers (their markers do not say RGB): re-encoded.
     if settings.tile_passthrough
         && color.is_keep()
+        && !level.rgb_jpeg
         && level.codec == tiff::TileCodec::Jpeg
         && plan::is_stored_tile(req, rect, (tw, th))
     {
@@ -80,7 +82,8 @@ fn read_tiles(
             let pixels: Vec<u8> =
                 match level.codec {
                     tiff::TileCodec::Jpeg => {
-                        let img = super::jpeg::decode(&bytes, 0, Some(part), max)?;
+                        let img =
+                            super::jpeg::decode_coded(&bytes, 0, Some(part), max, level.rgb_jpeg)?;
                         if ch == 1 {
                             img.into_luma8().into_raw()
                         } else {
