@@ -487,3 +487,87 @@ fn a_jpeg2000_with_an_embedded_profile_is_converted() {
         "jp2: mean {mean:.2}, max {max:.1}"
     );
 }
+
+/// An uncompressed RGBA TIFF (one strip, little-endian) whose ExtraSamples tag says `extra` (1:
+/// associated alpha, the colour premultiplied; 2: unassociated).
+fn rgba_tiff(w: u32, h: u32, samples: &[u8], extra: u16) -> Vec<u8> {
+    let mut out = b"II*\0".to_vec();
+    let data_at = 8u32;
+    let bits_at = data_at + samples.len() as u32;
+    let ifd_at = bits_at + 8;
+    out.extend(ifd_at.to_le_bytes());
+    out.extend_from_slice(samples);
+    out.extend([8u16, 8, 8, 8].iter().flat_map(|b| b.to_le_bytes()));
+    let entries: [(u16, u16, u32, u32); 12] = [
+        (256, 4, 1, w),
+        (257, 4, 1, h),
+        (258, 3, 4, bits_at),
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, data_at),
+        (277, 3, 1, 4),
+        (278, 4, 1, h),
+        (279, 4, 1, samples.len() as u32),
+        (284, 3, 1, 1),
+        (296, 3, 1, 1),
+        (338, 3, 1, u32::from(extra)),
+    ];
+    out.extend((entries.len() as u16).to_le_bytes());
+    for (tag, typ, count, value) in entries {
+        out.extend(tag.to_le_bytes());
+        out.extend(typ.to_le_bytes());
+        out.extend(count.to_le_bytes());
+        out.extend(value.to_le_bytes());
+    }
+    out.extend(0u32.to_le_bytes());
+    out
+}
+
+#[test]
+fn associated_alpha_is_served_as_straight_alpha() {
+    let s = InProcess::start();
+    let (w, h) = (40u32, 30u32);
+    let straight = image::RgbaImage::from_fn(w, h, |x, y| {
+        image::Rgba([
+            200,
+            (x * 6) as u8,
+            (y * 8) as u8,
+            [255, 128, 64, 0][(x / 10) as usize],
+        ])
+    });
+    let premultiplied: Vec<u8> = straight
+        .pixels()
+        .flat_map(|p| {
+            let a = u32::from(p.0[3]);
+            let m = |c: u8| ((u32::from(c) * a + 127) / 255) as u8;
+            [m(p.0[0]), m(p.0[1]), m(p.0[2]), p.0[3]]
+        })
+        .collect();
+    std::fs::write(
+        s.images.join("assoc.tif"),
+        rgba_tiff(w, h, &premultiplied, 1),
+    )
+    .expect("tif");
+    std::fs::write(
+        s.images.join("unassoc.tif"),
+        rgba_tiff(w, h, straight.as_raw(), 2),
+    )
+    .expect("tif");
+    for id in ["assoc.tif", "unassoc.tif"] {
+        let r = s.get(&format!("/iiif/3/{id}/full/max/0/default.png"));
+        assert_eq!(r.status, 200, "{id}: {}", r.text());
+        let got = r.image().to_rgba8();
+        for (g, want) in got.pixels().zip(straight.pixels()) {
+            assert_eq!(g.0[3], want.0[3], "{id}: alpha kept");
+            if want.0[3] == 0 {
+                continue;
+            }
+            // Division after 8-bit premultiplication loses up to 255 / alpha / 2 levels.
+            let tolerance = 255 / u32::from(want.0[3]);
+            for c in 0..3 {
+                let d = u32::from(g.0[c].abs_diff(want.0[c]));
+                assert!(d <= tolerance, "{id}: {:?} for {:?}", g.0, want.0);
+            }
+        }
+    }
+}

@@ -182,6 +182,33 @@ pub(crate) fn read_pyramid(file: &dyn ObjectReader) -> Result<Option<Pyramid>> {
     Ok((!levels.is_empty()).then_some(Pyramid { levels, icc }))
 }
 
+/// Whether the first image of a TIFF has associated (premultiplied) alpha: ExtraSamples (tag 338)
+/// naming 1. The `image` crate hands such samples on as they are stored; straight alpha is what
+/// every encoder downstream expects. `false` for anything that is not a readable TIFF.
+pub(crate) fn associated_alpha(file: &dyn ObjectReader) -> bool {
+    let mut head = [0u8; 16];
+    let Ok(n) = file.read_at(&mut head, 0) else {
+        return false;
+    };
+    let r = match (&head[..n.min(4)], n) {
+        (b"II*\0", _) => Reader::new(file, true, false),
+        (b"MM\0*", _) => Reader::new(file, false, false),
+        (b"II+\0", 16) => Reader::new(file, true, true),
+        (b"MM\0+", 16) => Reader::new(file, false, true),
+        _ => return false,
+    };
+    let first = if r.big {
+        r.u64_in(&head[8..16])
+    } else {
+        u64::from(r.u32_in(&head[4..8]))
+    };
+    r.ifd(first).is_ok_and(|(tags, _)| {
+        tags.iter()
+            .find(|t| t.code == 338)
+            .is_some_and(|t| r.values(t).first() == Some(&1))
+    })
+}
+
 /// One directory entry: tag, type, count, and the raw value field or the bytes it points to.
 struct Tag {
     code: u16,

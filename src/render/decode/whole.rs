@@ -7,7 +7,7 @@ use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::render::cache::DecodedCache;
 use crate::render::ops::halve;
 use crate::render::{plan, RenderError, Result, SourceRef};
-use crate::source::{ObjectReader, SourceKind};
+use crate::source::{tiff, ObjectReader, SourceKind};
 use image::{DynamicImage, ImageDecoder};
 use std::sync::Arc;
 
@@ -59,12 +59,48 @@ pub(crate) fn decode(reader: &dyn ObjectReader, max_decode_bytes: u64) -> Result
     let image_reader = image::ImageReader::new(reader.stream())
         .with_guessed_format()
         .map_err(|e| RenderError::Source(e.into()))?;
-    match decode_reader(image_reader, max_decode_bytes) {
+    let decoded = decode_reader(image_reader, max_decode_bytes);
+    let decoded = match (decoded, SourceKind::of(reader)) {
+        (Ok(img), Ok(SourceKind::Tiff))
+            if img.color().has_alpha() && tiff::associated_alpha(reader) =>
+        {
+            Ok(unpremultiply(img))
+        }
+        (other, _) => other,
+    };
+    match decoded {
         // A PNG whose checksums are wrong: browsers and Pillow show it, so do we.
         Err(RenderError::Undecodable(first))
             if matches!(SourceKind::of(reader), Ok(SourceKind::Png)) =>
         {
             png_ignoring_crc(reader, max_decode_bytes).map_err(|_| RenderError::Undecodable(first))
+        }
+        other => other,
+    }
+}
+
+/// Straight alpha from premultiplied (TIFF's associated alpha): each colour sample divided by its
+/// alpha, rounded; fully transparent pixels keep their (zero) colour.
+fn unpremultiply(img: DynamicImage) -> DynamicImage {
+    fn divide(px: &mut [u8]) {
+        let Some((&mut a, colour)) = px.split_last_mut() else {
+            return;
+        };
+        if a == 0 || a == 255 {
+            return;
+        }
+        for c in colour {
+            *c = ((u32::from(*c) * 255 + u32::from(a) / 2) / u32::from(a)).min(255) as u8;
+        }
+    }
+    match img {
+        DynamicImage::ImageRgba8(mut buf) => {
+            buf.chunks_exact_mut(4).for_each(divide);
+            DynamicImage::ImageRgba8(buf)
+        }
+        DynamicImage::ImageLumaA8(mut buf) => {
+            buf.chunks_exact_mut(2).for_each(divide);
+            DynamicImage::ImageLumaA8(buf)
         }
         other => other,
     }
