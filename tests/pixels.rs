@@ -672,3 +672,77 @@ fn a_png_with_wrong_checksums_is_served() {
     let r = s.get("/iiif/3/damaged.png/full/max/0/default.png");
     assert_eq!(r.status, 500, "{}", r.text());
 }
+
+/// The quirks real JPEGs carry, which browsers and Pillow show and libjpeg only warns about: stray
+/// bytes before a marker (Photoshop, cameras), an ICC marker whose pieces do not add up, a truncated
+/// Adobe APP14 segment; and arithmetic coding (a DAC marker), which libjpeg decodes.
+#[test]
+fn jpeg_quirks_are_shown_as_browsers_show_them() {
+    let s = InProcess::start();
+    let pic = picture(160, 120);
+    let good = jpeg(&pic, 92);
+    let reference = image::load_from_memory(&good).expect("decodes").to_rgb8();
+    // Segments: SOI, then marker segments up to SOS.
+    let after_segment = |data: &[u8], marker: u8| {
+        let mut at = 2;
+        loop {
+            let m = data[at + 1];
+            let len = usize::from(u16::from_be_bytes([data[at + 2], data[at + 3]]));
+            if m == marker {
+                return at + 2 + len;
+            }
+            at += 2 + len;
+        }
+    };
+    let mut extraneous = good.clone();
+    let at = after_segment(&good, 0xDB);
+    extraneous.splice(at..at, [0x00, 0x13, 0x37]);
+    let mut bad_icc = good.clone();
+    let mut app2 = vec![0xFF, 0xE2, 0, 20];
+    app2.extend_from_slice(b"ICC_PROFILE\0");
+    app2.extend([1, 2, 0xAB, 0xCD]); // piece 1 of 2, and no piece 2
+    bad_icc.splice(2..2, app2);
+    let mut short_app14 = good.clone();
+    short_app14.splice(2..2, [0xFF, 0xEE, 0, 7, b'A', b'd', b'o', b'b', b'e']);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ppm = tmp.path().join("in.ppm");
+    let mut pnm = format!("P6\n{} {}\n255\n", pic.width(), pic.height()).into_bytes();
+    pnm.extend_from_slice(pic.as_raw());
+    std::fs::write(&ppm, pnm).expect("ppm");
+    let arith = std::process::Command::new("cjpeg")
+        .args(["-arithmetic", "-quality", "92"])
+        .arg(&ppm)
+        .output()
+        .expect("cjpeg (apt-get install libjpeg-turbo-progs) must be installed");
+    assert!(
+        arith.status.success() && arith.stdout.windows(2).any(|w| w == [0xFF, 0xCC]),
+        "DAC marker"
+    );
+    for (name, bytes, limit) in [
+        ("extraneous.jpg", &extraneous, 1.0),
+        ("bad-icc.jpg", &bad_icc, 1.0),
+        ("short-app14.jpg", &short_app14, 1.0),
+        ("arithmetic.jpg", &arith.stdout, 3.0),
+    ] {
+        std::fs::write(s.images.join(name), bytes).expect("write");
+        assert_eq!(
+            s.get(&format!("/iiif/3/{name}/info.json")).status,
+            200,
+            "{name}"
+        );
+        let r = s.get(&format!("/iiif/3/{name}/full/max/0/default.png"));
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let got = r.image().to_rgb8();
+        let mean = got
+            .as_raw()
+            .iter()
+            .zip(reference.as_raw())
+            .map(|(a, b)| f64::from(a.abs_diff(*b)))
+            .sum::<f64>()
+            / got.len() as f64;
+        assert!(
+            mean <= limit,
+            "{name}: mean difference {mean:.2} from the clean file"
+        );
+    }
+}

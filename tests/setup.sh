@@ -17,6 +17,7 @@ declare -A NEED=(
   [chromium]="command:chromium"              # tests/browser.rs: OpenSeadragon in a real browser
   [systemd]="command:systemd-analyze"        # tests/deploy.rs: systemd-analyze verify of the unit
   [libopenjp2-tools]="command:opj_compress"  # tests/pixels.rs: JPEG 2000 fixtures
+  [libjpeg-turbo-progs]="command:cjpeg"      # tests/pixels.rs: arithmetic-coded JPEG fixtures
   [libmagic1]="lib:libmagic.so.1"            # the official validator's python-magic
   [python3-venv]="python:venv"               # the validator and SeaweedFS live in venvs
   [nodejs]="command:node"                    # the browser test's driver (Playwright)
