@@ -571,3 +571,26 @@ fn associated_alpha_is_served_as_straight_alpha() {
         }
     }
 }
+
+/// A valid TIFF in a variant the decoders do not read (JPEG 2000 compression, 34712) is 501 for
+/// info.json and images alike, never "200, then 500 on every tile"; bytes of no image format are 500.
+#[test]
+fn unsupported_variants_are_501_and_garbage_is_500() {
+    let s = InProcess::start();
+    let mut tif = rgba_tiff(4, 4, &[9u8; 64], 2);
+    let entry = [0x03, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00];
+    let at = tif
+        .windows(entry.len())
+        .position(|w| w == entry)
+        .expect("compression entry");
+    tif[at + 8..at + 10].copy_from_slice(&34712u16.to_le_bytes());
+    std::fs::write(s.images.join("j2k-in-tiff.tif"), &tif).expect("tif");
+    let info = s.get("/iiif/3/j2k-in-tiff.tif/info.json");
+    let image = s.get("/iiif/3/j2k-in-tiff.tif/full/max/0/default.jpg");
+    assert_eq!((info.status, image.status), (501, 501), "{}", image.text());
+    std::fs::write(s.images.join("noise.tif"), b"II*\0 this is no directory").expect("tif");
+    assert_eq!(
+        s.get("/iiif/3/noise.tif/full/max/0/default.jpg").status,
+        500
+    );
+}

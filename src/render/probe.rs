@@ -49,7 +49,14 @@ pub(crate) fn probe(reader: &dyn ObjectReader, limits: &SourceLimits) -> Result<
                 }
                 (l.width, l.height)
             }
-            None => whole_dimensions(reader)?,
+            None => {
+                if let Some(code) = tiff::unreadable_compression(reader) {
+                    return Err(RenderError::Unsupported(format!(
+                        "TIFF compression {code} is not one this server decodes"
+                    )));
+                }
+                whole_dimensions(reader)?
+            }
         },
         SourceKind::Jp2 => {
             let head = reader.read_range(0, 1 << 20).map_err(SourceError::from)?;
@@ -109,7 +116,11 @@ fn whole_dimensions(reader: &dyn ObjectReader) -> Result<(u32, u32)> {
         .map_err(|e| match e {
             // The same answer the renderer would give (see `decode::whole`): 501 for a valid
             // variant it does not read, so info.json never promises what images cannot deliver.
-            image::ImageError::Unsupported(u) => RenderError::Unsupported(u.to_string()),
+            image::ImageError::Unsupported(u)
+                if u.format_hint() != image::error::ImageFormatHint::Unknown =>
+            {
+                RenderError::Unsupported(u.to_string())
+            }
             other => RenderError::Undecodable(other.to_string()),
         })?;
     let (w, h) = decoder.dimensions();

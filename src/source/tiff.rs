@@ -182,31 +182,53 @@ pub(crate) fn read_pyramid(file: &dyn ObjectReader) -> Result<Option<Pyramid>> {
     Ok((!levels.is_empty()).then_some(Pyramid { levels, icc }))
 }
 
-/// Whether the first image of a TIFF has associated (premultiplied) alpha: ExtraSamples (tag 338)
-/// naming 1. The `image` crate hands such samples on as they are stored; straight alpha is what
-/// every encoder downstream expects. `false` for anything that is not a readable TIFF.
-pub(crate) fn associated_alpha(file: &dyn ObjectReader) -> bool {
+/// The entries of a TIFF's first directory, with the reader that reads their values; `None` for
+/// anything that is not a readable TIFF.
+fn first_directory(file: &dyn ObjectReader) -> Option<(Reader<'_>, Vec<Tag>)> {
     let mut head = [0u8; 16];
-    let Ok(n) = file.read_at(&mut head, 0) else {
-        return false;
-    };
+    let n = file.read_at(&mut head, 0).ok()?;
     let r = match (&head[..n.min(4)], n) {
         (b"II*\0", _) => Reader::new(file, true, false),
         (b"MM\0*", _) => Reader::new(file, false, false),
         (b"II+\0", 16) => Reader::new(file, true, true),
         (b"MM\0+", 16) => Reader::new(file, false, true),
-        _ => return false,
+        _ => return None,
     };
     let first = if r.big {
         r.u64_in(&head[8..16])
     } else {
         u64::from(r.u32_in(&head[4..8]))
     };
-    r.ifd(first).is_ok_and(|(tags, _)| {
+    let (tags, _) = r.ifd(first).ok()?;
+    Some((r, tags))
+}
+
+/// Whether the first image of a TIFF has associated (premultiplied) alpha: ExtraSamples (tag 338)
+/// naming 1. The `image` crate hands such samples on as they are stored; straight alpha is what
+/// every encoder downstream expects. `false` for anything that is not a readable TIFF.
+pub(crate) fn associated_alpha(file: &dyn ObjectReader) -> bool {
+    first_directory(file).is_some_and(|(r, tags)| {
         tags.iter()
             .find(|t| t.code == 338)
             .is_some_and(|t| r.values(t).first() == Some(&1))
     })
+}
+
+/// Compressions the decoder of flat TIFFs (the `tiff` crate, as the `image` crate builds it) reads:
+/// none, CCITT Group 4, LZW, JPEG, Deflate (both codes), PackBits.
+const FLAT_COMPRESSIONS: [u64; 7] = [1, 4, 5, 7, 8, 32946, 32773];
+
+/// The compression of a flat TIFF's first image when its decoder cannot read it, so the probe
+/// refuses the file (501) exactly as a render would, instead of promising an info.json whose every
+/// image request fails. `None` when it can (or the file is no readable TIFF: the decoder says why).
+pub(crate) fn unreadable_compression(file: &dyn ObjectReader) -> Option<u64> {
+    let (r, tags) = first_directory(file)?;
+    let code = tags
+        .iter()
+        .find(|t| t.code == 259)
+        .and_then(|t| r.values(t).first().copied())
+        .unwrap_or(1);
+    (!FLAT_COMPRESSIONS.contains(&code)).then_some(code)
 }
 
 /// One directory entry: tag, type, count, and the raw value field or the bytes it points to.

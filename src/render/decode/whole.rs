@@ -165,8 +165,13 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
             "decoding it would exceed render.max_decode_bytes ({l})"
         )),
         // A valid file in a variant the decoders do not read (a TIFF compression, a sample
-        // format): 501, as the README's table says, not "corrupt".
-        image::ImageError::Unsupported(u) => RenderError::Unsupported(u.to_string()),
+        // format): 501, as the README's table says, not "corrupt". A file of no known format is
+        // not an image at all: 500.
+        image::ImageError::Unsupported(u)
+            if u.format_hint() != image::error::ImageFormatHint::Unknown =>
+        {
+            RenderError::Unsupported(u.to_string())
+        }
         other => RenderError::Undecodable(other.to_string()),
     };
     let mut decoder = reader.into_decoder().map_err(failed)?;
