@@ -175,6 +175,14 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
         other => RenderError::Undecodable(other.to_string()),
     };
     let mut decoder = reader.into_decoder().map_err(failed)?;
+    // `into_decoder` does not reserve the output against the limits as `decode` does (found by the
+    // `decode` fuzz target: a PNG header promising 500 GB): the budget is checked here.
+    if decoder.total_bytes() > max_decode_bytes {
+        return Err(RenderError::TooLarge(format!(
+            "decoding it would take {} bytes, above render.max_decode_bytes ({max_decode_bytes})",
+            decoder.total_bytes()
+        )));
+    }
     // A broken EXIF block is no reason to refuse the pixels: shown as stored, as browsers do.
     let orientation = decoder
         .orientation()
