@@ -99,6 +99,13 @@ fn against_reference(out: &RgbImage, source: &RgbImage) -> (f64, f64) {
     (sum / (out.len() as f64), max)
 }
 
+/// The image at `path`, which must answer 200.
+fn rgb(s: &InProcess, path: &str) -> RgbImage {
+    let r = s.get(path);
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    r.image().to_rgb8()
+}
+
 fn max_diff(a: &RgbImage, b: &RgbImage) -> u8 {
     assert_eq!(a.dimensions(), b.dimensions());
     a.as_raw()
@@ -141,29 +148,20 @@ fn adobe_rgb_sources_are_converted_to_srgb() {
     .expect("png");
     assert_eq!(dec.icc_profile().expect("reads"), None);
     // An untagged source is left alone.
-    let plain = s
-        .get("/iiif/3/plain.png/full/max/0/default.png")
-        .image()
-        .to_rgb8();
+    let plain = rgb(&s, "/iiif/3/plain.png/full/max/0/default.png");
     assert_eq!(max_diff(&plain, &pic), 0);
 
     // JPEG source, jpg output: the reference of the decoded source, within JPEG's own error (what
     // the same source without a profile loses through the same route).
     let decoded = image::load_from_memory(&jpg).expect("decodes").to_rgb8();
-    let out = s
-        .get("/iiif/3/adobe.jpg/full/max/0/default.jpg")
-        .image()
-        .to_rgb8();
+    let out = rgb(&s, "/iiif/3/adobe.jpg/full/max/0/default.jpg");
     let (mean, _) = against_reference(&out, &decoded);
     let untagged = jpeg_encoder_plain(&pic);
     std::fs::write(s.images.join("plain.jpg"), &untagged).expect("jpg");
     let plain_decoded = image::load_from_memory(&untagged)
         .expect("decodes")
         .to_rgb8();
-    let plain_out = s
-        .get("/iiif/3/plain.jpg/full/max/0/default.jpg")
-        .image()
-        .to_rgb8();
+    let plain_out = rgb(&s, "/iiif/3/plain.jpg/full/max/0/default.jpg");
     let own_error = plain_out
         .as_raw()
         .iter()
@@ -200,30 +198,19 @@ fn tiles_of_a_tagged_image_agree_with_its_full_size_render() {
         jpeg_with_profile(&pic, &adobe_profile()),
     )
     .expect("jpg");
-    let full = s
-        .get("/iiif/3/big.jpg/full/max/0/default.png")
-        .image()
-        .to_rgb8();
+    let full = rgb(&s, "/iiif/3/big.jpg/full/max/0/default.png");
     for (x, y) in [(0, 0), (512, 0), (0, 384), (512, 384)] {
-        let tile = s
-            .get(&format!(
-                "/iiif/3/big.jpg/{x},{y},512,384/max/0/default.png"
-            ))
-            .image()
-            .to_rgb8();
+        let tile = rgb(
+            &s,
+            &format!("/iiif/3/big.jpg/{x},{y},512,384/max/0/default.png"),
+        );
         let want = image::imageops::crop_imm(&full, x, y, 512, 384).to_image();
         let d = max_diff(&tile, &want);
         assert!(d <= 1, "tile at {x},{y} differs by {d}");
     }
     // A reduced level too: the same pixels, converted the same way, as the full render scaled.
-    let half = s
-        .get("/iiif/3/big.jpg/full/512,/0/default.png")
-        .image()
-        .to_rgb8();
-    let tile = s
-        .get("/iiif/3/big.jpg/512,384,512,384/256,/0/default.png")
-        .image()
-        .to_rgb8();
+    let half = rgb(&s, "/iiif/3/big.jpg/full/512,/0/default.png");
+    let tile = rgb(&s, "/iiif/3/big.jpg/512,384,512,384/256,/0/default.png");
     let want = image::imageops::crop_imm(&half, 256, 192, 256, 192).to_image();
     let mean = tile
         .as_raw()
@@ -393,10 +380,7 @@ fn orientation_from_png_and_webp_exif_is_applied() {
         let d = max_diff(&out, &shown);
         assert!(d <= limit, "{id}: differs from the turned picture by {d}");
         // A region of the displayed image is cut from the displayed image.
-        let part = s
-            .get(&format!("/iiif/3/{id}/0,32,40,32/max/0/default.png"))
-            .image()
-            .to_rgb8();
+        let part = rgb(&s, &format!("/iiif/3/{id}/0,32,40,32/max/0/default.png"));
         let want = image::imageops::crop_imm(&shown, 0, 32, 40, 32).to_image();
         assert!(max_diff(&part, &want) <= limit, "{id}: region");
     }
@@ -474,10 +458,7 @@ fn a_jpeg2000_with_an_embedded_profile_is_converted() {
     .expect("write");
     // Lossless JPEG 2000 (opj_compress's default): the untagged one is the picture itself, the tagged
     // one its conversion.
-    let untagged = s
-        .get("/iiif/3/plain.jp2/full/max/0/default.png")
-        .image()
-        .to_rgb8();
+    let untagged = rgb(&s, "/iiif/3/plain.jp2/full/max/0/default.png");
     assert_eq!(max_diff(&untagged, &pic), 0);
     let tagged = s.get("/iiif/3/adobe.jp2/full/max/0/default.png");
     assert_eq!(tagged.status, 200, "{}", tagged.text());

@@ -85,7 +85,15 @@ pub(crate) fn probe(reader: &dyn ObjectReader, limits: &SourceLimits) -> Result<
             Err(e) => whole::png_dimensions_ignoring_crc(reader).ok_or(e)?,
             Ok(dims) => dims,
         },
-        SourceKind::Gif | SourceKind::Webp | SourceKind::Other => whole_dimensions(reader)?,
+        SourceKind::Gif => match whole_dimensions(reader) {
+            // As the renderer does: a GIF without any colour table is read with a gray ramp.
+            Err(e) => whole::gif_with_gray_table(reader, limits.max_source_bytes)
+                .map(crate::source::memory::bytes_reader)
+                .and_then(|patched| whole_dimensions(&*patched).ok())
+                .ok_or(e)?,
+            Ok(dims) => dims,
+        },
+        SourceKind::Webp | SourceKind::Other => whole_dimensions(reader)?,
     };
     if width == 0 || height == 0 {
         return Err(RenderError::Undecodable("the image has no pixels".into()));

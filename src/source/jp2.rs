@@ -65,15 +65,17 @@ pub(crate) fn read_header(head: &[u8]) -> Option<Jp2Header> {
     })
 }
 
-/// The boxes directly inside `data` (a file, or a superbox's contents): type and contents.
-fn boxes(data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
+/// The boxes directly inside `data` (a file, or a superbox's contents): type, and where its contents
+/// start and end. The end may lie past `data` when only the head of a file was read; the walk stops
+/// there.
+fn box_spans(data: &[u8]) -> impl Iterator<Item = ([u8; 4], usize, usize)> + '_ {
     let mut at = 0usize;
     std::iter::from_fn(move || {
-        let b = data.get(at..at + 8)?;
+        let b = data.get(at..at.checked_add(8)?)?;
         let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
         let kind = [b[4], b[5], b[6], b[7]];
         let (header, size) = match len {
-            0 => (8, data.len() - at),
+            0 => (8, data.len() - at), // to the end of the file
             1 => {
                 let x = data.get(at + 8..at + 16)?;
                 let mut v = [0u8; 8];
@@ -85,11 +87,15 @@ fn boxes(data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
         if size < header {
             return None;
         }
-        // A box running past the bytes at hand ends the walk: a profile cut short is no profile.
-        let body = data.get(at + header..at.checked_add(size)?)?;
-        at = at.checked_add(size)?;
-        Some((kind, body))
+        let span = (kind, at + header, at.checked_add(size)?);
+        at = span.2;
+        Some(span)
     })
+}
+
+/// The boxes inside `data` that lie wholly within it, with their contents.
+fn boxes(data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
+    box_spans(data).map_while(|(kind, start, end)| Some((kind, data.get(start..end)?)))
 }
 
 /// The ICC profile of a JP2 file: the `colr` box inside `jp2h` with method 2 (restricted ICC) or 3
@@ -104,31 +110,11 @@ pub(crate) fn icc_profile(file: &[u8]) -> Option<Vec<u8>> {
         })
 }
 
-/// The contents of the `jp2c` box of a JP2 file.
+/// The contents of the `jp2c` box of a JP2 file, as far as `file` holds them.
 fn codestream(file: &[u8]) -> Option<&[u8]> {
-    let mut at = 0usize;
-    while at + 8 <= file.len() {
-        let b = file.get(at..at + 8)?;
-        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        let (header, size) = match len {
-            0 => (8, file.len() - at), // to the end of the file
-            1 => {
-                let x = file.get(at + 8..at + 16)?;
-                let mut v = [0u8; 8];
-                v.copy_from_slice(x);
-                (16, usize::try_from(u64::from_be_bytes(v)).ok()?)
-            }
-            n => (8, n),
-        };
-        if &b[4..8] == b"jp2c" {
-            return file.get(at + header..);
-        }
-        if size < header {
-            return None;
-        }
-        at = at.checked_add(size)?;
-    }
-    None
+    box_spans(file)
+        .find(|(kind, _, _)| kind == b"jp2c")
+        .and_then(|(_, start, _)| file.get(start..))
 }
 
 #[cfg(test)]

@@ -75,8 +75,39 @@ pub(crate) fn decode(reader: &dyn ObjectReader, max_decode_bytes: u64) -> Result
         {
             png_ignoring_crc(reader, max_decode_bytes).map_err(|_| RenderError::Undecodable(first))
         }
+        // A GIF with no colour table at all: shown with a gray ramp, as Pillow shows it.
+        Err(RenderError::Undecodable(first))
+            if matches!(SourceKind::of(reader), Ok(SourceKind::Gif)) =>
+        {
+            let patched = gif_with_gray_table(reader, max_decode_bytes)
+                .ok_or(RenderError::Undecodable(first))?;
+            let patched = crate::source::memory::bytes_reader(patched);
+            let image_reader = image::ImageReader::new(patched.stream())
+                .with_guessed_format()
+                .map_err(|e| RenderError::Source(e.into()))?;
+            decode_reader(image_reader, max_decode_bytes)
+        }
         other => other,
     }
+}
+
+/// The GIF in `reader` with a global colour table added (a gray ramp, index = level) when it has
+/// none; `None` when it has one (the failure was something else) or is no GIF. The `gif` crate
+/// refuses frames that have no table of their own and no global one.
+pub(crate) fn gif_with_gray_table(reader: &dyn ObjectReader, max: u64) -> Option<Vec<u8>> {
+    let bytes = reader.read_all(max).ok()?;
+    let header = bytes.get(..13)?;
+    if !(header.starts_with(b"GIF87a") || header.starts_with(b"GIF89a")) || header[10] & 0x80 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 768);
+    out.extend_from_slice(&header[..10]);
+    // Global table present, 2^(7+1) = 256 entries; keep the colour-resolution bits.
+    out.push(header[10] | 0x80 | 0x07);
+    out.extend_from_slice(&header[11..13]);
+    out.extend((0..=255u8).flat_map(|v| [v, v, v]));
+    out.extend_from_slice(&bytes[13..]);
+    Some(out)
 }
 
 /// Straight alpha from premultiplied (TIFF's associated alpha): each colour sample divided by its
