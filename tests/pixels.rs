@@ -823,3 +823,51 @@ fn a_gif_without_a_colour_table_is_shown_in_gray() {
         assert_eq!(p.0, [v, v, v], "pixel {x},{y}");
     }
 }
+
+/// A pyramidal TIFF whose Orientation tag turns it (6: a quarter clockwise) is served turned: the
+/// displayed size in info.json, every region cut from the displayed image, at every level.
+#[test]
+fn a_turned_pyramidal_tiff_is_served_as_displayed() {
+    let s = InProcess::start();
+    let stored = picture(600, 400);
+    let half = image::imageops::resize(&stored, 300, 200, FilterType::Triangle);
+    let tif = crate::common::images::tiled_tiff_with(
+        &[stored.clone(), half],
+        128,
+        TileCoding::Raw,
+        false,
+        &[(274, 6)],
+    );
+    std::fs::write(s.images.join("turned.tif"), &tif).expect("write");
+    let shown = image::imageops::rotate90(&stored);
+    let info = s.get("/iiif/3/turned.tif/info.json").json();
+    assert_eq!(
+        (info["width"].as_u64(), info["height"].as_u64()),
+        (Some(400), Some(600))
+    );
+    // Full size, raw tiles: exactly the turned picture, whole and in part.
+    let full = s
+        .get("/iiif/3/turned.tif/full/max/0/default.png")
+        .image()
+        .to_rgb8();
+    assert_eq!(full, shown);
+    let part = s
+        .get("/iiif/3/turned.tif/100,200,128,256/max/0/default.png")
+        .image()
+        .to_rgb8();
+    assert_eq!(
+        part,
+        image::imageops::crop_imm(&shown, 100, 200, 128, 256).to_image()
+    );
+    // From the reduced level: close to the turned picture scaled.
+    let small = s
+        .get("/iiif/3/turned.tif/full/200,/0/default.png")
+        .image()
+        .to_rgb8();
+    let want = image::imageops::resize(&shown, 200, 300, FilterType::Triangle);
+    let (mean, _) = difference(
+        &DynamicImage::ImageRgb8(small),
+        &DynamicImage::ImageRgb8(want),
+    );
+    assert!(mean < 3.0, "reduced level: mean difference {mean:.2}");
+}

@@ -38,12 +38,17 @@ pub(crate) fn level_rect(r: Rect, k: usize) -> Rect {
 /// the output at the region's scale: its index, and the region in its pixels (widened to whole
 /// pixels, at least one).
 pub(crate) fn pyramid_level(sizes: &[(u32, u32)], req: &CanonicalRequest) -> (usize, Rect) {
+    pyramid_level_for(sizes, req.region(), (req.width(), req.height()))
+}
+
+/// [`pyramid_level`] for `region` of the full-size level and an output of `out` pixels (both in the
+/// stored orientation, which differs from the request's when the file says to turn the image).
+pub(crate) fn pyramid_level_for(sizes: &[(u32, u32)], r: Rect, out: (u32, u32)) -> (usize, Rect) {
     let Some(&(full_w, full_h)) = sizes.first() else {
-        return (0, req.region());
+        return (0, r);
     };
     let (fw, fh) = (u64::from(full_w), u64::from(full_h));
-    let r = req.region();
-    let (ow, oh) = (u64::from(req.width()), u64::from(req.height()));
+    let (ow, oh) = (u64::from(out.0), u64::from(out.1));
     let index = sizes
         .iter()
         .rposition(|&(w, h)| {

@@ -47,7 +47,8 @@ pub(crate) fn probe(reader: &dyn ObjectReader, limits: &SourceLimits) -> Result<
                 if l.tile_width == l.tile_height {
                     tile = Some(l.tile_width);
                 }
-                (l.width, l.height)
+                // The displayed size: the Orientation tag may turn the stored pixels a quarter.
+                p.orientation.display_size(l.width, l.height)
             }
             None => {
                 if let Some(code) = tiff::unreadable_compression(reader) {

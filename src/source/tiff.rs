@@ -6,6 +6,7 @@
 //! uncompressed tiles. Anything else (strips, LZW, 16-bit, separate planes) is left to the whole-image
 //! decoder, which handles every TIFF the `image` crate can read.
 
+use super::orientation::Orientation;
 use super::{ObjectReader, SourceError};
 
 type Result<T> = std::result::Result<T, SourceError>;
@@ -108,6 +109,8 @@ pub(crate) struct Pyramid {
     pub(crate) levels: Vec<Level>,
     /// The embedded ICC profile of the image (tag 34675 of its first directory).
     pub(crate) icc: Option<Vec<u8>>,
+    /// How the stored pixels are to be turned for display (tag 274 of its first directory).
+    pub(crate) orientation: Orientation,
 }
 
 /// Largest ICC profile read from a TIFF directory: real profiles are kilobytes (LUT-based ones up to
@@ -136,6 +139,7 @@ pub(crate) fn read_pyramid(file: &dyn ObjectReader) -> Result<Option<Pyramid>> {
     };
     let mut levels: Vec<Level> = Vec::new();
     let mut icc = None;
+    let mut orientation = Orientation::NORMAL;
     let mut seen = Vec::new();
     let mut queue = std::collections::VecDeque::from([next]);
     while let Some(at) = queue.pop_front() {
@@ -163,6 +167,10 @@ pub(crate) fn read_pyramid(file: &dyn ObjectReader) -> Result<Option<Pyramid>> {
                 .find(|t| t.code == 34675)
                 .map(|t| t.value.clone())
                 .filter(|v| !v.is_empty());
+            if let Some(o) = tags.iter().find(|t| t.code == 274) {
+                let value = r.values(o).first().copied().unwrap_or(1);
+                orientation = Orientation::from_exif(u16::try_from(value).unwrap_or(1));
+            }
         }
         let level = match tiled_level(&r, &tags)? {
             Some(l) => l,
@@ -179,7 +187,11 @@ pub(crate) fn read_pyramid(file: &dyn ObjectReader) -> Result<Option<Pyramid>> {
         }
         levels.push(level);
     }
-    Ok((!levels.is_empty()).then_some(Pyramid { levels, icc }))
+    Ok((!levels.is_empty()).then_some(Pyramid {
+        levels,
+        icc,
+        orientation,
+    }))
 }
 
 /// The entries of a TIFF's first directory, with the reader that reads their values; `None` for

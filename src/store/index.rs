@@ -189,11 +189,25 @@ impl Index {
     /// Open (or create) the index at `path`, with sled's page cache bounded to `cache_bytes`. Fails
     /// if another process holds it.
     pub(crate) fn open(path: &Path, cache_bytes: u64) -> IndexResult<Index> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(500))
-            .open()?;
+            .flush_every_ms(Some(500));
+        // sled's file lock is released when the last of its threads lets go of the file, which on a
+        // busy machine can be a moment after the index that held it was dropped in this process (a
+        // store reopened by a test or a CLI command). A lock still held after a second belongs to
+        // someone else.
+        let mut waited = 0;
+        let db = loop {
+            match config.open().map_err(IndexError::from) {
+                Ok(db) => break db,
+                Err(IndexError::Locked(_)) if waited < 50 => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    waited += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         // The first probe cache was keyed by local path (with an inode): nothing reads it now.
         let _ = db.drop_tree("info");
         Ok(Index {

@@ -71,6 +71,17 @@ pub fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
 
 /// A tiled TIFF (or BigTIFF) with one IFD per level, `levels[0]` the full image.
 pub fn tiled_tiff(levels: &[RgbImage], tile: u32, coding: TileCoding, big: bool) -> Vec<u8> {
+    tiled_tiff_with(levels, tile, coding, big, &[])
+}
+
+/// [`tiled_tiff`] with `extra` SHORT entries (tag, value) in the first IFD, e.g. Orientation (274).
+pub fn tiled_tiff_with(
+    levels: &[RgbImage],
+    tile: u32,
+    coding: TileCoding,
+    big: bool,
+    extra: &[(u16, u16)],
+) -> Vec<u8> {
     let mut out: Vec<u8> = Vec::new();
     if big {
         out.extend_from_slice(b"II\x2b\0\x08\0\0\0");
@@ -137,6 +148,12 @@ pub fn tiled_tiff(levels: &[RgbImage], tile: u32, coding: TileCoding, big: bool)
         entries.push((325, typ, counts.len() as u64, arr(&counts)));
         if let Some(t) = tables {
             entries.push((347, 7, t.len() as u64, t));
+        }
+        if n == 0 {
+            for &(tag, value) in extra {
+                entries.push((tag, 3, 1, short(value)));
+            }
+            entries.sort_by_key(|e| e.0);
         }
         // Values too large for the entry go before the IFD.
         let inline = if big { 8 } else { 4 };

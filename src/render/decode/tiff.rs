@@ -5,6 +5,7 @@
 use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::render::color::ColorPlan;
 use crate::render::{finish, plan, EncodeSettings, RenderError, Result};
+use crate::source::orientation::Orientation;
 use crate::source::tiff;
 use crate::source::ObjectReader;
 use image::DynamicImage;
@@ -19,7 +20,21 @@ pub(crate) fn render(
     max: u64,
 ) -> Result<Vec<u8>> {
     let sizes: Vec<(u32, u32)> = pyramid.levels.iter().map(|l| (l.width, l.height)).collect();
-    let (index, rect) = plan::pyramid_level(&sizes, req);
+    // The request is in the displayed image; the levels hold the stored one. Turned files (the
+    // Orientation tag) are read in stored coordinates and turned after.
+    let o = pyramid.orientation;
+    let (index, rect) = match sizes.first() {
+        Some(&(sw, sh)) if o != Orientation::NORMAL => {
+            let (dw, dh) = o.display_size(sw, sh);
+            let out = if o.swaps_axes() {
+                (req.height(), req.width())
+            } else {
+                (req.width(), req.height())
+            };
+            plan::pyramid_level_for(&sizes, o.stored_rect(req.region(), dw, dh), out)
+        }
+        _ => plan::pyramid_level(&sizes, req),
+    };
     let Some(level) = pyramid.levels.get(index) else {
         return Err(RenderError::Internal("pyramid level out of range".into()));
     };
@@ -31,17 +46,18 @@ pub(crate) fn render(
     if settings.tile_passthrough
         && color.is_keep()
         && !level.rgb_jpeg
+        && o == Orientation::NORMAL
         && level.codec == tiff::TileCodec::Jpeg
         && plan::is_stored_tile(req, rect, (tw, th))
     {
         return Ok(level.read_tile(file, rect.x / tw, rect.y / th, max)?);
     }
-    let img = read_tiles(file, level, rect, max)?;
+    let img = o.apply(read_tiles(file, level, rect, max)?);
     let whole = Rect {
         x: 0,
         y: 0,
-        w: rect.w,
-        h: rect.h,
+        w: img.width(),
+        h: img.height(),
     };
     finish(&img, whole, req, settings, &color)
 }
