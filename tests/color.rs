@@ -99,6 +99,20 @@ fn against_reference(out: &RgbImage, source: &RgbImage) -> (f64, f64) {
     (sum / (out.len() as f64), max)
 }
 
+/// The ICC profile an output of `format` carries, read by the `image` crate's decoder for it.
+fn embedded_profile(format: &str, body: Vec<u8>) -> Option<Vec<u8>> {
+    use image::codecs::{jpeg::JpegDecoder, png::PngDecoder, tiff::TiffDecoder, webp::WebPDecoder};
+    let cursor = std::io::Cursor::new(body);
+    let profile = match format {
+        "png" => PngDecoder::new(cursor).expect("png").icc_profile(),
+        "jpg" => JpegDecoder::new(cursor).expect("jpg").icc_profile(),
+        "webp" => WebPDecoder::new(cursor).expect("webp").icc_profile(),
+        "tif" => TiffDecoder::new(cursor).expect("tif").icc_profile(),
+        other => panic!("no decoder for {other}"),
+    };
+    profile.expect("reads")
+}
+
 /// The image at `path`, which must answer 200.
 fn rgb(s: &InProcess, path: &str) -> RgbImage {
     let r = s.get(path);
@@ -142,11 +156,8 @@ fn adobe_rgb_sources_are_converted_to_srgb() {
     // The conversion did something: Adobe RGB's green is far outside sRGB.
     assert!(max_diff(&out, &pic) > 40, "pixels were not converted");
     // No profile in the output: sRGB is what an untagged image means.
-    let mut dec = image::codecs::png::PngDecoder::new(std::io::Cursor::new(
-        s.get("/iiif/3/adobe.png/full/max/0/default.png").body,
-    ))
-    .expect("png");
-    assert_eq!(dec.icc_profile().expect("reads"), None);
+    let body = s.get("/iiif/3/adobe.png/full/max/0/default.png").body;
+    assert_eq!(embedded_profile("png", body), None);
     // An untagged source is left alone.
     let plain = rgb(&s, "/iiif/3/plain.png/full/max/0/default.png");
     assert_eq!(max_diff(&plain, &pic), 0);
@@ -237,29 +248,20 @@ fn preserve_keeps_the_pixels_and_embeds_the_profile() {
     .expect("png");
     let png = s.get("/iiif/3/adobe.png/full/max/0/default.png");
     assert_eq!(max_diff(&png.image().to_rgb8(), &pic), 0, "pixels kept");
-    let mut dec = image::codecs::png::PngDecoder::new(std::io::Cursor::new(png.body)).expect("png");
     assert_eq!(
-        dec.icc_profile().expect("reads").as_deref(),
+        embedded_profile("png", png.body).as_deref(),
         Some(icc.as_slice())
     );
-    let jpg = s.get("/iiif/3/adobe.png/full/max/0/default.jpg").body;
-    let mut dec = image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(jpg)).expect("jpg");
-    assert_eq!(
-        dec.icc_profile().expect("reads").as_deref(),
-        Some(icc.as_slice())
-    );
-    let webp = s.get("/iiif/3/adobe.png/full/max/0/default.webp").body;
-    let mut dec = image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(webp)).expect("webp");
-    assert_eq!(
-        dec.icc_profile().expect("reads").as_deref(),
-        Some(icc.as_slice())
-    );
-    let tif = s.get("/iiif/3/adobe.png/full/max/0/default.tif").body;
-    let mut dec = image::codecs::tiff::TiffDecoder::new(std::io::Cursor::new(tif)).expect("tif");
-    assert_eq!(
-        dec.icc_profile().expect("reads").as_deref(),
-        Some(icc.as_slice())
-    );
+    for format in ["jpg", "webp", "tif"] {
+        let body = s
+            .get(&format!("/iiif/3/adobe.png/full/max/0/default.{format}"))
+            .body;
+        assert_eq!(
+            embedded_profile(format, body).as_deref(),
+            Some(icc.as_slice()),
+            "{format}"
+        );
+    }
 
     // The setting is part of the key: the same URL under `srgb` is another derivative.
     let preserved = s.get("/iiif/3/adobe.png/full/64,/0/default.png");
