@@ -69,11 +69,14 @@ fn png_with_profile(img: &RgbImage, icc: Option<&[u8]>) -> Vec<u8> {
     out
 }
 
-fn jpeg_with_profile(img: &RgbImage, icc: &[u8]) -> Vec<u8> {
+/// A 4:4:4 JPEG at quality 95, with `icc` in APP2 when given.
+fn jpeg_with_profile(img: &RgbImage, icc: Option<&[u8]>) -> Vec<u8> {
     let mut out = Vec::new();
     let mut enc = jpeg_encoder::Encoder::new(&mut out, 95);
     enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_1_1);
-    enc.add_icc_profile(icc).expect("jpeg takes a profile");
+    if let Some(icc) = icc {
+        enc.add_icc_profile(icc).expect("jpeg takes a profile");
+    }
     enc.encode(
         img.as_raw(),
         img.width() as u16,
@@ -141,7 +144,7 @@ fn adobe_rgb_sources_are_converted_to_srgb() {
     )
     .expect("png");
     std::fs::write(s.images.join("plain.png"), png_with_profile(&pic, None)).expect("png");
-    let jpg = jpeg_with_profile(&pic, &icc);
+    let jpg = jpeg_with_profile(&pic, Some(&icc));
     std::fs::write(s.images.join("adobe.jpg"), &jpg).expect("jpg");
 
     // Lossless in, lossless out: within a level or two of the definition (the CMS works in fixed point).
@@ -167,7 +170,7 @@ fn adobe_rgb_sources_are_converted_to_srgb() {
     let decoded = image::load_from_memory(&jpg).expect("decodes").to_rgb8();
     let out = rgb(&s, "/iiif/3/adobe.jpg/full/max/0/default.jpg");
     let (mean, _) = against_reference(&out, &decoded);
-    let untagged = jpeg_encoder_plain(&pic);
+    let untagged = jpeg_with_profile(&pic, None);
     std::fs::write(s.images.join("plain.jpg"), &untagged).expect("jpg");
     let plain_decoded = image::load_from_memory(&untagged)
         .expect("decodes")
@@ -186,27 +189,13 @@ fn adobe_rgb_sources_are_converted_to_srgb() {
     );
 }
 
-fn jpeg_encoder_plain(img: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut enc = jpeg_encoder::Encoder::new(&mut out, 95);
-    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_1_1);
-    enc.encode(
-        img.as_raw(),
-        img.width() as u16,
-        img.height() as u16,
-        jpeg_encoder::ColorType::Rgb,
-    )
-    .expect("jpeg");
-    out
-}
-
 #[test]
 fn tiles_of_a_tagged_image_agree_with_its_full_size_render() {
     let s = InProcess::start();
     let pic = picture(1024, 768);
     std::fs::write(
         s.images.join("big.jpg"),
-        jpeg_with_profile(&pic, &adobe_profile()),
+        jpeg_with_profile(&pic, Some(&adobe_profile())),
     )
     .expect("jpg");
     let full = rgb(&s, "/iiif/3/big.jpg/full/max/0/default.png");
