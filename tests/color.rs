@@ -123,6 +123,16 @@ fn rgb(s: &InProcess, path: &str) -> RgbImage {
     r.image().to_rgb8()
 }
 
+fn mean_diff(a: &RgbImage, b: &RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| f64::from(x.abs_diff(*y)))
+        .sum::<f64>()
+        / a.len() as f64
+}
+
 fn max_diff(a: &RgbImage, b: &RgbImage) -> u8 {
     assert_eq!(a.dimensions(), b.dimensions());
     a.as_raw()
@@ -176,13 +186,7 @@ fn adobe_rgb_sources_are_converted_to_srgb() {
         .expect("decodes")
         .to_rgb8();
     let plain_out = rgb(&s, "/iiif/3/plain.jpg/full/max/0/default.jpg");
-    let own_error = plain_out
-        .as_raw()
-        .iter()
-        .zip(plain_decoded.as_raw())
-        .map(|(a, b)| f64::from(a.abs_diff(*b)))
-        .sum::<f64>()
-        / plain_out.len() as f64;
+    let own_error = mean_diff(&plain_out, &plain_decoded);
     assert!(
         mean < own_error + 1.0,
         "jpg: mean {mean:.2} from the reference; jpg alone loses {own_error:.2}"
@@ -212,13 +216,7 @@ fn tiles_of_a_tagged_image_agree_with_its_full_size_render() {
     let half = rgb(&s, "/iiif/3/big.jpg/full/512,/0/default.png");
     let tile = rgb(&s, "/iiif/3/big.jpg/512,384,512,384/256,/0/default.png");
     let want = image::imageops::crop_imm(&half, 256, 192, 256, 192).to_image();
-    let mean = tile
-        .as_raw()
-        .iter()
-        .zip(want.as_raw())
-        .map(|(a, b)| f64::from(a.abs_diff(*b)))
-        .sum::<f64>()
-        / tile.len() as f64;
+    let mean = mean_diff(&tile, &want);
     assert!(
         mean < 1.5,
         "scaled tile against the scaled full render: mean {mean:.2}"
