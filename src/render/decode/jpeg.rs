@@ -57,6 +57,9 @@ pub(crate) struct JpegInfo {
     pub(crate) channels: u8,
     /// CMYK and YCCK: the caller decodes them elsewhere.
     pub(crate) cmyk: bool,
+    /// The file's own markers say its three components are R, G, B (an Adobe marker with no
+    /// transform, or the component ids 'R', 'G', 'B'), so decoders read it as RGB without being told.
+    pub(crate) marked_rgb: bool,
 }
 
 /// `ceil(d / 2^k)`: a dimension after DCT scaling (and after `k` pyramid halvings).
@@ -519,6 +522,7 @@ mod libjpeg {
                 height,
                 channels,
                 cmyk,
+                marked_rgb: cs == Cs::JCS_RGB,
             })
         }
     }
@@ -1045,6 +1049,17 @@ mod tests {
         let as_rgb = decode(&as_rgb_jpeg(&data, false), 0, None, 1 << 30)
             .expect("rgb")
             .to_rgb8();
+        assert!(
+            read_info(&as_rgb_jpeg(&data, false))
+                .expect("header")
+                .marked_rgb
+        );
+        assert!(
+            read_info(&as_rgb_jpeg(&data, true))
+                .expect("header")
+                .marked_rgb
+        );
+        assert!(!read_info(&unmarked).expect("header").marked_rgb);
         let guessed = decode(&unmarked, 0, None, 1 << 30)
             .expect("guess")
             .to_rgb8();

@@ -42,15 +42,18 @@ pub(crate) fn render(
     let color = ColorPlan::new(pyramid.icc.clone(), settings.color);
     // A stored tile's pixels are in the source's colour space and carry no profile: it is sent as
     // it is only when the source needs no colour handling.
-    // RGB-coded tiles would be shown as YCbCr by browsers (their markers do not say RGB): re-encoded.
     if settings.tile_passthrough
         && color.is_keep()
-        && !level.rgb_jpeg
         && o == Orientation::NORMAL
         && level.codec == tiff::TileCodec::Jpeg
         && plan::is_stored_tile(req, rect, (tw, th))
     {
-        return Ok(level.read_tile(file, rect.x / tw, rect.y / th, max)?);
+        let tile = level.read_tile(file, rect.x / tw, rect.y / th, max)?;
+        // RGB-coded tiles pass only when their own markers say RGB (vips writes the ids 'R', 'G',
+        // 'B'); unmarked ones (Aperio) would be shown as YCbCr by browsers, so they are re-encoded.
+        if !level.rgb_jpeg || super::jpeg::read_info(&tile).is_ok_and(|i| i.marked_rgb) {
+            return Ok(tile);
+        }
     }
     let img = o.apply(read_tiles(file, level, rect, max)?);
     let whole = Rect {
