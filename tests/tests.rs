@@ -5,6 +5,7 @@ mod browser;
 mod cluster;
 mod color;
 mod common;
+mod corpus;
 mod crawl;
 mod deploy;
 mod faults;

@@ -213,6 +213,33 @@ fn build(icc: &[u8]) -> Option<Arc<Converter>> {
     Some(Arc::new(converter))
 }
 
+/// A transform from CMYK samples (four a pixel, 0 = no ink, as TIFF stores them) to sRGB through
+/// the source's CMYK profile; `None` when the profile is not a CMYK one or cannot be used. Built
+/// per decode: a CMYK source is decoded once into the decoded cache, not per tile.
+pub(crate) fn cmyk_to_srgb(icc: &[u8]) -> Option<Arc<Transform8BitExecutor>> {
+    let profile = ColorProfile::new_from_slice(icc).ok()?;
+    if profile.color_space != DataColorSpace::Cmyk {
+        return None;
+    }
+    // moxcms takes 8-bit CMYK in the four-channel layout.
+    profile
+        .create_transform_8bit(
+            Layout::Rgba,
+            &ColorProfile::new_srgb(),
+            Layout::Rgb,
+            TransformOptions::default(),
+        )
+        .ok()
+}
+
+/// Whether an ICC profile describes RGB or gray pixels (its header's data colour space, bytes
+/// 16..20): the only profiles that describe what the decoders hand on. A CMYK or Lab source's
+/// pixels are turned into RGB by its decoder, so its profile is neither converted from again nor
+/// embedded in an RGB output.
+pub(crate) fn describes_rgb_or_gray(icc: &[u8]) -> bool {
+    matches!(icc.get(16..20), Some(b"RGB " | b"GRAY"))
+}
+
 /// Whether an RGB profile maps every 8-bit value within one level of sRGB (checked on a coarse grid
 /// of colours: primaries, greys and mixtures).
 fn is_srgb(profile: &ColorProfile) -> bool {

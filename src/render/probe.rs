@@ -2,7 +2,7 @@
 //! decoded), read by the same parsers that render it, so a file the probe accepts is one the
 //! renderer reads.
 
-use super::decode::{jpeg, whole};
+use super::decode::{jpeg, tiff_flat, whole};
 use super::{RenderError, Result};
 use crate::iiif::canonical::ImageSize;
 use crate::source::{jp2, orientation, tiff, ObjectReader, SourceError, SourceKind};
@@ -50,13 +50,11 @@ pub(crate) fn probe(reader: &dyn ObjectReader, limits: &SourceLimits) -> Result<
                 // The displayed size: the Orientation tag may turn the stored pixels a quarter.
                 p.orientation.display_size(l.width, l.height)
             }
+            // The directory the renderer reads, and the variants it decodes (501 for the rest).
             None => {
-                if let Some(code) = tiff::unreadable_compression(reader) {
-                    return Err(RenderError::Unsupported(format!(
-                        "TIFF compression {code} is not one this server decodes"
-                    )));
-                }
-                whole_dimensions(reader)?
+                let flat = tiff::read_flat(reader)?;
+                tiff_flat::check(&flat)?;
+                flat.orientation.display_size(flat.width, flat.height)
             }
         },
         SourceKind::Jp2 => {
@@ -116,7 +114,6 @@ pub(crate) fn probe(reader: &dyn ObjectReader, limits: &SourceLimits) -> Result<
 /// The displayed dimensions the `image` crate reads from a header: stored dimensions, swapped when the
 /// orientation (EXIF in PNG, WebP and JPEG; TIFF's tag) turns the image a quarter.
 fn whole_dimensions(reader: &dyn ObjectReader) -> Result<(u32, u32)> {
-    use image::metadata::Orientation as O;
     use image::ImageDecoder;
     let mut decoder = image::ImageReader::new(reader.stream())
         .with_guessed_format()
@@ -133,9 +130,6 @@ fn whole_dimensions(reader: &dyn ObjectReader) -> Result<(u32, u32)> {
             other => RenderError::Undecodable(other.to_string()),
         })?;
     let (w, h) = decoder.dimensions();
-    let turned = matches!(
-        decoder.orientation(),
-        Ok(O::Rotate90 | O::Rotate270 | O::Rotate90FlipH | O::Rotate270FlipH)
-    );
-    Ok(if turned { (h, w) } else { (w, h) })
+    // The renderer's own reading of the orientation (`whole::orientation_of`).
+    Ok(whole::orientation_of(&mut decoder).display_size(w, h))
 }

@@ -110,6 +110,13 @@ pub(crate) fn jpeg_orientation(data: &[u8]) -> Orientation {
     Orientation::NORMAL
 }
 
+/// The orientation in an EXIF block as a PNG `eXIf` or WebP `EXIF` chunk holds it: the TIFF
+/// structure, or (as several writers of WebP put it) that structure behind JPEG's `Exif\0\0`
+/// prefix, which Pillow and browsers accept too.
+pub(crate) fn exif_orientation(exif: &[u8]) -> Option<Orientation> {
+    tiff_orientation(exif.strip_prefix(b"Exif\0\0").unwrap_or(exif))
+}
+
 /// Tag 0x0112 of IFD0 of the TIFF structure inside an EXIF segment.
 fn tiff_orientation(t: &[u8]) -> Option<Orientation> {
     let le = match t.get(..2)? {

@@ -123,19 +123,8 @@ const MAX_TILES: u64 = 1 << 24;
 /// Read the directory of a tiled TIFF. `Ok(None)` when the file is a TIFF this reader does not take
 /// tile by tile (the caller decodes it whole); `Err` when the structure is broken.
 pub(crate) fn read_pyramid(file: &dyn ObjectReader) -> Result<Option<Pyramid>> {
-    let mut head = [0u8; 16];
-    let n = file.read_at(&mut head, 0).map_err(io)?;
-    let r = match (&head[..n.min(4)], n) {
-        (b"II*\0", _) => Reader::new(file, true, false),
-        (b"MM\0*", _) => Reader::new(file, false, false),
-        (b"II+\0", 16) => Reader::new(file, true, true),
-        (b"MM\0+", 16) => Reader::new(file, false, true),
-        _ => return Ok(None),
-    };
-    let next = if r.big {
-        r.u64_in(&head[8..16])
-    } else {
-        u64::from(r.u32_in(&head[4..8]))
+    let Some((r, next)) = header(file)? else {
+        return Ok(None);
     };
     let mut levels: Vec<Level> = Vec::new();
     let mut icc = None;
@@ -194,53 +183,207 @@ pub(crate) fn read_pyramid(file: &dyn ObjectReader) -> Result<Option<Pyramid>> {
     }))
 }
 
-/// The entries of a TIFF's first directory, with the reader that reads their values; `None` for
-/// anything that is not a readable TIFF.
-fn first_directory(file: &dyn ObjectReader) -> Option<(Reader<'_>, Vec<Tag>)> {
+/// The byte order and format of a TIFF, and the offset of its first directory; `None` when the file
+/// is not a TIFF at all.
+fn header(file: &dyn ObjectReader) -> Result<Option<(Reader<'_>, u64)>> {
     let mut head = [0u8; 16];
-    let n = file.read_at(&mut head, 0).ok()?;
+    let n = file.read_at(&mut head, 0).map_err(io)?;
     let r = match (&head[..n.min(4)], n) {
         (b"II*\0", _) => Reader::new(file, true, false),
         (b"MM\0*", _) => Reader::new(file, false, false),
         (b"II+\0", 16) => Reader::new(file, true, true),
         (b"MM\0+", 16) => Reader::new(file, false, true),
-        _ => return None,
+        _ => return Ok(None),
     };
     let first = if r.big {
         r.u64_in(&head[8..16])
     } else {
         u64::from(r.u32_in(&head[4..8]))
     };
-    let (tags, _) = r.ifd(first).ok()?;
-    Some((r, tags))
+    Ok(Some((r, first)))
 }
 
-/// Whether the first image of a TIFF has associated (premultiplied) alpha: ExtraSamples (tag 338)
-/// naming 1. The `image` crate hands such samples on as they are stored; straight alpha is what
-/// every encoder downstream expects. `false` for anything that is not a readable TIFF.
-pub(crate) fn associated_alpha(file: &dyn ObjectReader) -> bool {
-    first_directory(file).is_some_and(|(r, tags)| {
-        tags.iter()
-            .find(|t| t.code == 338)
-            .is_some_and(|t| r.values(t).first() == Some(&1))
+/// A TIFF's first image as the whole-image decoder (`render::decode::tiff_flat`) reads it: the
+/// directory facts that decide how its pixels are stored. Structure only: no pixel is read here.
+/// The probe and the renderer both start from this one reading, so a file that info.json describes
+/// is one its images can be rendered from.
+#[derive(Clone, Debug)]
+pub(crate) struct Flat {
+    /// Stored width.
+    pub(crate) width: u32,
+    /// Stored height.
+    pub(crate) height: u32,
+    /// Compression (tag 259): 1 none, 2 CCITT modified Huffman, 3 CCITT Group 3, 4 Group 4, 5 LZW,
+    /// 6 old-style JPEG, 7 JPEG, 8 and 32946 Deflate, 32773 PackBits, 34925 LZMA, ...
+    pub(crate) compression: u64,
+    /// Photometric interpretation (tag 262).
+    pub(crate) photometric: u64,
+    /// Bits of every sample (tag 258; files that mix depths are refused).
+    pub(crate) bits: u32,
+    /// Samples per pixel (tag 277).
+    pub(crate) samples: u32,
+    /// 1 unsigned, 2 signed, 3 IEEE float (tag 339).
+    pub(crate) sample_format: u64,
+    /// Samples stored in separate planes (tag 284 = 2).
+    pub(crate) planar: bool,
+    /// FillOrder 2 (tag 266): the bits of every stored byte are reversed.
+    pub(crate) lsb_first: bool,
+    /// Predictor (tag 317): 1 none, 2 horizontal differencing, 3 floating point.
+    pub(crate) predictor: u64,
+    /// Width and height of one chunk (a tile, or a strip of full width).
+    pub(crate) chunk: (u32, u32),
+    /// Tiled (tags 322/323) rather than stripped: every tile decodes to a full tile.
+    pub(crate) tiled: bool,
+    /// Chunk offsets (tags 273 or 324).
+    pub(crate) offsets: Vec<u64>,
+    /// Chunk byte counts (tags 279 or 325); old writers omit them for a single strip.
+    pub(crate) counts: Vec<u64>,
+    /// The palette (tag 320): red, green then blue, 2^bits 16-bit entries each.
+    pub(crate) colormap: Vec<u16>,
+    /// The first extra sample is alpha: `Some(true)` associated (premultiplied), `Some(false)`
+    /// unassociated (tag 338).
+    pub(crate) alpha: Option<bool>,
+    /// JPEGTables (tag 347).
+    pub(crate) jpeg_tables: Vec<u8>,
+    /// Old-style JPEG's interchange stream (tags 513/514): offset and length (0 when not given).
+    pub(crate) ojpeg: Option<(u64, u64)>,
+    /// YCbCr subsampling (tag 530), horizontal and vertical.
+    pub(crate) subsampling: (u64, u64),
+    /// T4Options (tag 292): bit 0 is 2-D coding.
+    pub(crate) t4_options: u64,
+    /// InkSet (tag 332): 1 is CMYK.
+    pub(crate) inkset: u64,
+    /// The embedded ICC profile (tag 34675).
+    pub(crate) icc: Option<Vec<u8>>,
+    /// How the stored pixels are to be turned for display (tag 274).
+    pub(crate) orientation: Orientation,
+    /// Byte order of multi-byte samples.
+    pub(crate) little_endian: bool,
+}
+
+/// Largest side of a flat TIFF or of its chunks: beyond this the directory is broken.
+const MAX_SIDE: u64 = 1 << 20;
+
+/// Read the directory of a TIFF's first image (see [`Flat`]).
+pub(crate) fn read_flat(file: &dyn ObjectReader) -> Result<Flat> {
+    let bad = |what: &str| SourceError::Undecodable(format!("TIFF: {what}"));
+    let (r, first) = header(file)?.ok_or_else(|| bad("not a TIFF file"))?;
+    let (tags, _) = r.ifd(first)?;
+    let get = |code: u16| tags.iter().find(|t| t.code == code);
+    let all = |code: u16| get(code).map(|t| r.values(t)).unwrap_or_default();
+    let one = |code: u16| all(code).first().copied();
+    let (Some(w), Some(h)) = (one(256), one(257)) else {
+        return Err(bad("no width or height"));
+    };
+    if !(1..=MAX_SIDE).contains(&w) || !(1..=MAX_SIDE).contains(&h) {
+        return Err(bad("implausible dimensions"));
+    }
+    let bits_all = all(258);
+    let bits = bits_all.first().copied().unwrap_or(1);
+    // SamplesPerPixel is sometimes left out (it defaults to 1) by writers that list three depths.
+    let samples = one(277)
+        .unwrap_or(bits_all.len().max(1) as u64)
+        .clamp(1, 64);
+    // Only the depths of the samples there are count (GIMP has written a fourth for three).
+    if bits_all.iter().take(samples as usize).any(|&b| b != bits) {
+        return Err(SourceError::Unsupported(format!(
+            "TIFF samples of different depths ({bits_all:?})"
+        )));
+    }
+    let tiled = get(322).is_some() && get(323).is_some();
+    let chunk = if tiled {
+        (one(322).unwrap_or(0), one(323).unwrap_or(0))
+    } else {
+        (w, one(278).unwrap_or(h).clamp(1, h))
+    };
+    if !(1..=MAX_SIDE).contains(&chunk.0) || !(1..=MAX_SIDE).contains(&chunk.1) {
+        return Err(bad("implausible tile size"));
+    }
+    let (offsets, counts) = if tiled {
+        (all(324), all(325))
+    } else {
+        (all(273), all(279))
+    };
+    let subsampling = all(530);
+    Ok(Flat {
+        width: w as u32,
+        height: h as u32,
+        compression: one(259).unwrap_or(1),
+        photometric: one(262).unwrap_or(1),
+        bits: bits.min(255) as u32,
+        samples: samples as u32,
+        sample_format: one(339).unwrap_or(1),
+        planar: one(284) == Some(2),
+        lsb_first: one(266) == Some(2),
+        predictor: one(317).unwrap_or(1),
+        chunk: (chunk.0 as u32, chunk.1 as u32),
+        tiled,
+        offsets,
+        counts,
+        colormap: all(320).into_iter().map(|v| v as u16).collect(),
+        alpha: match one(338) {
+            Some(1) => Some(true),
+            Some(2) => Some(false),
+            // One sample beyond gray or RGB and no ExtraSamples at all: alpha, as libtiff-based
+            // readers (Pillow) and the tiff crate take it.
+            None if alpha_by_count(one(262).unwrap_or(1), samples) => Some(false),
+            _ => None,
+        },
+        jpeg_tables: get(347).map(|t| t.value.clone()).unwrap_or_default(),
+        ojpeg: one(513).map(|at| (at, one(514).unwrap_or(0))),
+        subsampling: (
+            subsampling.first().copied().unwrap_or(2),
+            subsampling.get(1).copied().unwrap_or(2),
+        ),
+        t4_options: one(292).unwrap_or(0),
+        inkset: one(332).unwrap_or(1),
+        icc: get(34675)
+            .map(|t| t.value.clone())
+            .filter(|v| !v.is_empty()),
+        orientation: Orientation::from_exif(u16::try_from(one(274).unwrap_or(1)).unwrap_or(1)),
+        little_endian: r.le,
     })
 }
 
-/// Compressions the decoder of flat TIFFs (the `tiff` crate, as the `image` crate builds it) reads:
-/// none, CCITT Group 4, LZW, JPEG, Deflate (both codes), PackBits.
-const FLAT_COMPRESSIONS: [u64; 7] = [1, 4, 5, 7, 8, 32946, 32773];
+/// Whether a sample count is gray or RGB plus exactly one more.
+fn alpha_by_count(photometric: u64, samples: u64) -> bool {
+    matches!((photometric, samples), (0 | 1, 2) | (2, 4))
+}
 
-/// The compression of a flat TIFF's first image when its decoder cannot read it, so the probe
-/// refuses the file (501) exactly as a render would, instead of promising an info.json whose every
-/// image request fails. `None` when it can (or the file is no readable TIFF: the decoder says why).
-pub(crate) fn unreadable_compression(file: &dyn ObjectReader) -> Option<u64> {
-    let (r, tags) = first_directory(file)?;
-    let code = tags
-        .iter()
-        .find(|t| t.code == 259)
-        .and_then(|t| r.values(t).first().copied())
-        .unwrap_or(1);
-    (!FLAT_COMPRESSIONS.contains(&code)).then_some(code)
+impl Flat {
+    /// The stored bytes of chunk `i`, at most `max` of them. A missing byte count (old writers omit
+    /// it for a single strip) reads to the end of the file; a count past the end is cut there.
+    pub(crate) fn read_chunk(
+        &self,
+        file: &dyn ObjectReader,
+        i: usize,
+        max: u64,
+    ) -> Result<Vec<u8>> {
+        let Some(&off) = self.offsets.get(i) else {
+            return Err(SourceError::Undecodable(format!("TIFF: chunk {i} missing")));
+        };
+        let len = self.counts.get(i).copied().unwrap_or(u64::MAX);
+        self.read_range(file, off, len, max)
+    }
+
+    /// Up to `len` bytes at `at` (cut at the end of the file), at most `max`.
+    pub(crate) fn read_range(
+        &self,
+        file: &dyn ObjectReader,
+        at: u64,
+        len: u64,
+        max: u64,
+    ) -> Result<Vec<u8>> {
+        let len = len.min(file.size().saturating_sub(at));
+        if len > max {
+            return Err(SourceError::TooLarge(format!(
+                "a TIFF chunk of {len} bytes"
+            )));
+        }
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, at).map_err(io)?;
+        Ok(buf)
+    }
 }
 
 /// One directory entry: tag, type, count, and the raw value field or the bytes it points to.
@@ -326,7 +469,25 @@ impl<'a> Reader<'a> {
             // Only the tags used below are fetched from elsewhere in the file.
             let wanted = matches!(
                 code,
-                256 | 257 | 258 | 259 | 262 | 277 | 284 | 322 | 323 | 324 | 325 | 330 | 347
+                256..=259
+                    | 262
+                    | 266
+                    | 273
+                    | 274
+                    | 277..=279
+                    | 284
+                    | 292
+                    | 317
+                    | 320
+                    | 322..=325
+                    | 330
+                    | 332
+                    | 338
+                    | 339
+                    | 347
+                    | 513
+                    | 514
+                    | 530
             );
             let profile = code == 34675 && size <= MAX_ICC;
             let value = if size <= value_len as u64 {

@@ -143,6 +143,28 @@ impl Server {
         }
     }
 
+    /// Serve the images in `images` as they are (not a copy), with a store of its own.
+    pub fn start_on(images: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = tmp.path().join("store");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, addr, admin) = spawn(images, &store, &args, &env);
+        Server {
+            child,
+            addr,
+            admin,
+            images: images.to_path_buf(),
+            store,
+            args,
+            env,
+            _tmp: tmp,
+        }
+    }
+
     /// SIGKILL the server (no clean-up of any kind), wait for it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

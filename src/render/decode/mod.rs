@@ -1,13 +1,14 @@
 //! Decoding, one file per source kind: [`jpeg`] (libjpeg with DCT scaling and cropping, our SIMD
 //! kernels), [`tiff`] (the tiles of a pyramid level), [`jp2`] (openjpeg: resolution reduction and
 //! decode area, reading through the backend), and [`whole`] (everything decoded whole by the `image`
-//! crate, with a cached pyramid of halvings). Each returns the region's pixels in one of the 8-bit
+//! crate, with a cached pyramid of halvings; flat TIFF by [`tiff_flat`]). Each returns the region's pixels in one of the 8-bit
 //! layouts [`from_samples`] builds.
 
 pub(crate) mod jp2;
 pub(crate) mod jpeg;
 mod jpeg_simd;
 pub(crate) mod tiff;
+pub(crate) mod tiff_flat;
 pub(crate) mod whole;
 
 use crate::source::{icc, jp2 as jp2_dir, tiff as tiff_dir, ObjectReader, SourceKind};
@@ -17,11 +18,15 @@ use image::{DynamicImage, ImageDecoder};
 /// segments, TIFF's tag 34675, JP2's `colr` box, and the `image` crate's decoders for PNG (`iCCP`),
 /// WebP (`ICCP`) and GIF. Any failure is "no profile": a source is never refused for its profile.
 pub(crate) fn profile(reader: &dyn ObjectReader, kind: SourceKind) -> Option<Vec<u8>> {
+    embedded_profile(reader, kind).filter(|p| crate::render::color::describes_rgb_or_gray(p))
+}
+
+fn embedded_profile(reader: &dyn ObjectReader, kind: SourceKind) -> Option<Vec<u8>> {
     match kind {
         SourceKind::Jpeg => icc::jpeg_profile(reader),
         SourceKind::Tiff => match tiff_dir::read_pyramid(reader) {
             Ok(Some(pyramid)) => pyramid.icc,
-            _ => decoder_profile(reader),
+            _ => tiff_dir::read_flat(reader).ok()?.icc,
         },
         // The JP2 header boxes come before the codestream: the first mebibyte holds them.
         SourceKind::Jp2 => jp2_dir::icc_profile(&reader.read_range(0, 1 << 20).ok()?),

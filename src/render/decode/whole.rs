@@ -1,4 +1,5 @@
-//! Sources decoded whole by the `image` crate (PNG, GIF, WebP, flat TIFF, CMYK JPEG), kept in the
+//! Sources decoded whole (PNG, GIF, WebP and CMYK JPEG by the `image` crate, flat TIFF by
+//! [`super::tiff_flat`]), kept in the
 //! decoded cache with a lazily built pyramid of 2x2 halvings: level 0 decoded once, every other
 //! level halved from the one above, so a viewer's tiles of one image cost one decode.
 
@@ -7,7 +8,8 @@ use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::render::cache::DecodedCache;
 use crate::render::ops::halve;
 use crate::render::{plan, RenderError, Result, SourceRef};
-use crate::source::{tiff, ObjectReader, SourceKind};
+use crate::source::orientation::{self, Orientation};
+use crate::source::{ObjectReader, SourceKind};
 use image::{DynamicImage, ImageDecoder};
 use std::sync::Arc;
 
@@ -56,19 +58,13 @@ pub(crate) fn cached_region(
 /// orientation says (EXIF in JPEG, PNG `eXIf` and WebP `EXIF`; the TIFF Orientation tag): the
 /// displayed image, whose size the probe reports.
 pub(crate) fn decode(reader: &dyn ObjectReader, max_decode_bytes: u64) -> Result<DynamicImage> {
+    if matches!(SourceKind::of(reader), Ok(SourceKind::Tiff)) {
+        return super::tiff_flat::decode(reader, max_decode_bytes);
+    }
     let image_reader = image::ImageReader::new(reader.stream())
         .with_guessed_format()
         .map_err(|e| RenderError::Source(e.into()))?;
-    let decoded = decode_reader(image_reader, max_decode_bytes);
-    let decoded = match (decoded, SourceKind::of(reader)) {
-        (Ok(img), Ok(SourceKind::Tiff))
-            if img.color().has_alpha() && tiff::associated_alpha(reader) =>
-        {
-            Ok(unpremultiply(img))
-        }
-        (other, _) => other,
-    };
-    match decoded {
+    match decode_reader(image_reader, max_decode_bytes) {
         // A PNG whose checksums are wrong: browsers and Pillow show it, so do we.
         Err(RenderError::Undecodable(first))
             if matches!(SourceKind::of(reader), Ok(SourceKind::Png)) =>
@@ -110,31 +106,16 @@ pub(crate) fn gif_with_gray_table(reader: &dyn ObjectReader, max: u64) -> Option
     Some(out)
 }
 
-/// Straight alpha from premultiplied (TIFF's associated alpha): each colour sample divided by its
-/// alpha, rounded; fully transparent pixels keep their (zero) colour.
-fn unpremultiply(img: DynamicImage) -> DynamicImage {
-    fn divide(px: &mut [u8]) {
-        let Some((&mut a, colour)) = px.split_last_mut() else {
-            return;
-        };
-        if a == 0 || a == 255 {
-            return;
-        }
-        for c in colour {
-            *c = ((u32::from(*c) * 255 + u32::from(a) / 2) / u32::from(a)).min(255) as u8;
-        }
-    }
-    match img {
-        DynamicImage::ImageRgba8(mut buf) => {
-            buf.chunks_exact_mut(4).for_each(divide);
-            DynamicImage::ImageRgba8(buf)
-        }
-        DynamicImage::ImageLumaA8(mut buf) => {
-            buf.chunks_exact_mut(2).for_each(divide);
-            DynamicImage::ImageLumaA8(buf)
-        }
-        other => other,
-    }
+/// The orientation in a decoder's EXIF block (PNG `eXIf`, WebP `EXIF`), read by our own parser,
+/// which also takes the `Exif\0\0`-prefixed blocks the `image` crate skips. A broken block is no
+/// reason to refuse the pixels: they are shown as stored, as browsers do.
+pub(crate) fn orientation_of(decoder: &mut dyn ImageDecoder) -> Orientation {
+    decoder
+        .exif_metadata()
+        .ok()
+        .flatten()
+        .and_then(|exif| orientation::exif_orientation(&exif))
+        .unwrap_or(Orientation::NORMAL)
 }
 
 fn png_options() -> png::DecodeOptions {
@@ -214,12 +195,8 @@ fn decode_reader<R: std::io::BufRead + std::io::Seek>(
             decoder.total_bytes()
         )));
     }
-    // A broken EXIF block is no reason to refuse the pixels: shown as stored, as browsers do.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(failed)?;
-    img.apply_orientation(orientation);
+    let orientation = orientation_of(&mut decoder);
+    let img = orientation.apply(DynamicImage::from_decoder(decoder).map_err(failed)?);
     // Found by the `decode` fuzz target: a GIF whose logical screen is 0x0 decodes to an empty image.
     if img.width() == 0 || img.height() == 0 {
         return Err(RenderError::Undecodable("the image has no pixels".into()));
