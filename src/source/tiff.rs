@@ -87,16 +87,7 @@ impl Level {
             })
         })?;
         match (&self.jpeg_tables, self.codec) {
-            (Some(tables), TileCodec::Jpeg)
-                if tables.len() >= 4
-                    && tables.ends_with(&[0xFF, 0xD9])
-                    && tile.starts_with(&[0xFF, 0xD8]) =>
-            {
-                let mut out = Vec::with_capacity(tables.len() + tile.len());
-                out.extend_from_slice(&tables[..tables.len() - 2]);
-                out.extend_from_slice(&tile[2..]);
-                Ok(out)
-            }
+            (Some(tables), TileCodec::Jpeg) => Ok(with_tables(tables, tile)),
             _ => Ok(tile),
         }
     }
@@ -384,6 +375,18 @@ impl Flat {
         file.read_exact_at(&mut buf, at).map_err(io)?;
         Ok(buf)
     }
+}
+
+/// A JPEG chunk of a TIFF as one standalone stream: the shared JPEGTables (SOI..EOI, without the
+/// EOI), then the chunk without its SOI; the chunk as it is when either is not so framed.
+pub(crate) fn with_tables(tables: &[u8], chunk: Vec<u8>) -> Vec<u8> {
+    if tables.len() < 4 || !tables.ends_with(&[0xFF, 0xD9]) || !chunk.starts_with(&[0xFF, 0xD8]) {
+        return chunk;
+    }
+    let mut out = Vec::with_capacity(tables.len() + chunk.len());
+    out.extend_from_slice(&tables[..tables.len() - 2]);
+    out.extend_from_slice(&chunk[2..]);
+    out
 }
 
 /// One directory entry: tag, type, count, and the raw value field or the bytes it points to.

@@ -124,6 +124,22 @@ impl Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let images = tmp.path().join("images");
         copy_dir(&examples(), &images);
+        Server::launch(tmp, images, args, env)
+    }
+
+    /// Serve the images in `images` as they are (not a copy), with a store of its own.
+    pub fn start_on(images: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        Server::launch(tmp, images.to_path_buf(), args, env)
+    }
+
+    /// Start on `images` with the store in `tmp`, which the server keeps until dropped.
+    fn launch(
+        tmp: tempfile::TempDir,
+        images: PathBuf,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let store = tmp.path().join("store");
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env
@@ -136,28 +152,6 @@ impl Server {
             addr,
             admin,
             images,
-            store,
-            args,
-            env,
-            _tmp: tmp,
-        }
-    }
-
-    /// Serve the images in `images` as they are (not a copy), with a store of its own.
-    pub fn start_on(images: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let store = tmp.path().join("store");
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let (child, addr, admin) = spawn(images, &store, &args, &env);
-        Server {
-            child,
-            addr,
-            admin,
-            images: images.to_path_buf(),
             store,
             args,
             env,

@@ -616,17 +616,7 @@ fn jpeg_samples(file: &dyn ObjectReader, f: &Flat, max: u64) -> Result<Vec<u8>> 
     let tables = &f.jpeg_tables;
     for j in 0..count {
         let chunk = f.read_chunk(file, j, max)?;
-        let stream = if tables.len() >= 4
-            && tables.ends_with(&[0xFF, 0xD9])
-            && chunk.starts_with(&[0xFF, 0xD8])
-        {
-            let mut s = Vec::with_capacity(tables.len() + chunk.len());
-            s.extend_from_slice(&tables[..tables.len() - 2]);
-            s.extend_from_slice(&chunk[2..]);
-            s
-        } else {
-            chunk
-        };
+        let stream = tiff::with_tables(tables, chunk);
         let (x0, y0) = ((j % across) * cw, (j / across) * ch);
         if channels == 4 {
             let (iw, ih, inks) = cmyk_jpeg(&stream, max)?;
