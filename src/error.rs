@@ -118,9 +118,10 @@ fn render_status(e: &RenderError) -> StatusCode {
     match e {
         RenderError::Source(s) => source_status(s),
         RenderError::Unsupported(_) | RenderError::TooLarge(_) => StatusCode::NOT_IMPLEMENTED,
-        RenderError::Undecodable(_) | RenderError::Encode { .. } | RenderError::Internal(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        RenderError::Undecodable(_)
+        | RenderError::Corrupt(_)
+        | RenderError::Encode { .. }
+        | RenderError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         RenderError::Shared(inner) => render_status(inner),
     }
 }

@@ -461,27 +461,49 @@ fn a_jpeg2000_with_an_embedded_profile_is_converted() {
 /// An uncompressed RGBA TIFF (one strip, little-endian) whose ExtraSamples tag says `extra` (1:
 /// associated alpha, the colour premultiplied; 2: unassociated).
 fn rgba_tiff(w: u32, h: u32, samples: &[u8], extra: u16) -> Vec<u8> {
+    strip_tiff(w, h, 2, 4, samples, &[(338, 3, 1, u32::from(extra))], None)
+}
+
+/// An uncompressed 8-bit TIFF, one strip, little-endian: `spp` samples a pixel under the
+/// Photometric tag `photometric`, with `extra` entries and an embedded ICC profile if given.
+fn strip_tiff(
+    w: u32,
+    h: u32,
+    photometric: u16,
+    spp: u16,
+    samples: &[u8],
+    extra: &[(u16, u16, u32, u32)],
+    icc: Option<&[u8]>,
+) -> Vec<u8> {
     let mut out = b"II*\0".to_vec();
     let data_at = 8u32;
     let bits_at = data_at + samples.len() as u32;
-    let ifd_at = bits_at + 8;
+    let icc_at = bits_at + 2 * u32::from(spp);
+    let icc = icc.unwrap_or_default();
+    let ifd_at = (icc_at + icc.len() as u32).next_multiple_of(2);
     out.extend(ifd_at.to_le_bytes());
     out.extend_from_slice(samples);
-    out.extend([8u16, 8, 8, 8].iter().flat_map(|b| b.to_le_bytes()));
-    let entries: [(u16, u16, u32, u32); 12] = [
+    out.extend((0..spp).flat_map(|_| 8u16.to_le_bytes()));
+    out.extend_from_slice(icc);
+    out.resize(ifd_at as usize, 0);
+    let mut entries: Vec<(u16, u16, u32, u32)> = vec![
         (256, 4, 1, w),
         (257, 4, 1, h),
-        (258, 3, 4, bits_at),
+        (258, 3, u32::from(spp), bits_at),
         (259, 3, 1, 1),
-        (262, 3, 1, 2),
+        (262, 3, 1, u32::from(photometric)),
         (273, 4, 1, data_at),
-        (277, 3, 1, 4),
+        (277, 3, 1, u32::from(spp)),
         (278, 4, 1, h),
         (279, 4, 1, samples.len() as u32),
         (284, 3, 1, 1),
         (296, 3, 1, 1),
-        (338, 3, 1, u32::from(extra)),
     ];
+    if !icc.is_empty() {
+        entries.push((34675, 7, icc.len() as u32, icc_at));
+    }
+    entries.extend_from_slice(extra);
+    entries.sort_by_key(|e| e.0);
     out.extend((entries.len() as u16).to_le_bytes());
     for (tag, typ, count, value) in entries {
         out.extend(tag.to_le_bytes());
@@ -491,6 +513,137 @@ fn rgba_tiff(w: u32, h: u32, samples: &[u8], extra: u16) -> Vec<u8> {
     }
     out.extend(0u32.to_le_bytes());
     out
+}
+
+/// A CMYK printer profile (ICC v2, Lab PCS) whose A2B0 is a lut8 with two grid points per ink: the
+/// sixteen corners of CMYK space each map to a chosen Lab colour. Corner colours are exact under any
+/// interpolation, so a CMS's answer for them is fixed by this table alone.
+fn cmyk_profile() -> Vec<u8> {
+    let s15 = |v: f64| ((v * 65536.0).round() as i32).to_be_bytes();
+    let mut lut = b"mft1\0\0\0\0".to_vec();
+    lut.extend([4u8, 3, 2, 0]);
+    for v in [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0] {
+        lut.extend(s15(v));
+    }
+    for _ in 0..4 {
+        lut.extend(0..=255u8);
+    }
+    // Corners, C slowest, K fastest: a rough press, each ink darkening and tinting.
+    for c in 0..2 {
+        for m in 0..2 {
+            for y in 0..2 {
+                for k in 0..2 {
+                    let (c, m, y, k) = (f64::from(c), f64::from(m), f64::from(y), f64::from(k));
+                    let l = (100.0 - 45.0 * c - 52.0 * m - 11.0 * y).max(8.0) * (1.0 - 0.85 * k);
+                    let a = (-37.0 * c + 74.0 * m - 5.0 * y) * (1.0 - 0.8 * k);
+                    let b = (-50.0 * c - 3.0 * m + 93.0 * y) * (1.0 - 0.8 * k);
+                    lut.push((l * 2.55).round() as u8);
+                    lut.push((a + 128.0).round() as u8);
+                    lut.push((b + 128.0).round() as u8);
+                }
+            }
+        }
+    }
+    for _ in 0..3 {
+        lut.extend(0..=255u8);
+    }
+    let mut wtpt = b"XYZ \0\0\0\0".to_vec();
+    for v in [0.9642, 1.0, 0.8249] {
+        wtpt.extend(s15(v));
+    }
+    let mut desc = b"desc\0\0\0\0".to_vec();
+    desc.extend(5u32.to_be_bytes());
+    desc.extend(b"test\0");
+    desc.extend([0u8; 4 + 4 + 2 + 1 + 67]);
+    let tags: [(&[u8; 4], &Vec<u8>); 3] = [(b"desc", &desc), (b"wtpt", &wtpt), (b"A2B0", &lut)];
+    let mut body = Vec::new();
+    let mut table = (tags.len() as u32).to_be_bytes().to_vec();
+    let mut at = 128 + 4 + 12 * tags.len();
+    for (sig, data) in tags {
+        table.extend(sig);
+        table.extend((at as u32).to_be_bytes());
+        table.extend((data.len() as u32).to_be_bytes());
+        body.extend(data.iter());
+        while body.len() % 4 != 0 {
+            body.push(0);
+        }
+        at = 128 + 4 + 12 * tags.len() + body.len();
+    }
+    let mut head = vec![0u8; 128];
+    let size = 128 + table.len() + body.len();
+    head[0..4].copy_from_slice(&(size as u32).to_be_bytes());
+    head[8..12].copy_from_slice(&[2, 0x10, 0, 0]);
+    head[12..16].copy_from_slice(b"prtr");
+    head[16..20].copy_from_slice(b"CMYK");
+    head[20..24].copy_from_slice(b"Lab ");
+    head[36..40].copy_from_slice(b"acsp");
+    for (i, v) in [0.9642, 1.0, 0.8249].iter().enumerate() {
+        head[68 + 4 * i..72 + 4 * i].copy_from_slice(&s15(*v));
+    }
+    [head, table, body].concat()
+}
+
+/// A CMYK source with an embedded CMYK profile is converted through that profile, as lcms2 (Pillow's
+/// ImageCms, the reference) converts it, not naively; the same inks without a profile are converted
+/// naively, as Pillow shows them.
+#[test]
+fn cmyk_sources_are_converted_through_their_profile() {
+    let profile = cmyk_profile();
+    // The sixteen corners of CMYK space, a 16 x 16 block each, side by side: 256 x 16.
+    let (w, h) = (256u32, 16u32);
+    let inks: Vec<u8> = (0..w * h)
+        .flat_map(|p| {
+            let corner = (p % w) / 16;
+            [8u32, 4, 2, 1].map(|bit| if corner & bit != 0 { 255u8 } else { 0 })
+        })
+        .collect();
+    let s = InProcess::start();
+    let tagged = strip_tiff(w, h, 5, 4, &inks, &[], Some(&profile));
+    std::fs::write(s.images.join("cmyk-tagged.tif"), &tagged).expect("tif");
+    std::fs::write(
+        s.images.join("cmyk-plain.tif"),
+        strip_tiff(w, h, 5, 4, &inks, &[], None),
+    )
+    .expect("tif");
+    // And as JPEG (jpeg-encoder writes Adobe's APP14 and inverted inks, as Photoshop does).
+    let mut jpeg = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut jpeg, 100);
+    encoder.add_icc_profile(&profile).expect("profile");
+    encoder
+        .encode(&inks, w as u16, h as u16, jpeg_encoder::ColorType::Cmyk)
+        .expect("cmyk jpeg");
+    std::fs::write(s.images.join("cmyk-tagged.jpg"), &jpeg).expect("jpg");
+    let python = crate::corpus::reference_python();
+    for name in ["cmyk-tagged.tif", "cmyk-plain.tif", "cmyk-tagged.jpg"] {
+        let got = rgb(&s, &format!("/iiif/3/{name}/full/max/0/default.png"));
+        let out = std::process::Command::new(&python)
+            .arg("-c")
+            .arg(
+                "import sys, io\nfrom PIL import Image, ImageCms\nim = Image.open(sys.argv[1])\n\
+                 icc = im.info.get('icc_profile')\n\
+                 im = ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(icc)), \
+                 ImageCms.createProfile('sRGB'), outputMode='RGB') if icc else im.convert('RGB')\n\
+                 sys.stdout.buffer.write(im.tobytes())",
+            )
+            .arg(s.images.join(name))
+            .output()
+            .expect("run Pillow");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = RgbImage::from_raw(w, h, out.stdout).expect("the reference's pixels");
+        let (mean, max) = (mean_diff(&got, &want), max_diff(&got, &want));
+        assert!(
+            mean <= 2.0 && max <= 12,
+            "{name}: mean {mean:.2}, max {max}"
+        );
+    }
+    // The profile mattered: the two differ by far more than the tolerance.
+    let tagged = rgb(&s, "/iiif/3/cmyk-tagged.tif/full/max/0/default.png");
+    let plain = rgb(&s, "/iiif/3/cmyk-plain.tif/full/max/0/default.png");
+    assert!(mean_diff(&tagged, &plain) > 10.0);
 }
 
 #[test]

@@ -22,6 +22,17 @@ fn cache() -> PathBuf {
         })
 }
 
+/// The Python with Pillow (and its lcms2) that `tests/setup.sh` installs as the reference decoder.
+pub fn reference_python() -> PathBuf {
+    let python = cache().join("corpus/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run tests/setup.sh",
+        python.display()
+    );
+    python
+}
+
 /// `tests/corpus/known.txt`: file name, then why it is not served as Pillow shows it.
 fn known() -> HashMap<String, String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/known.txt");
@@ -41,9 +52,9 @@ fn known() -> HashMap<String, String> {
 fn real_world_files_are_served_as_the_reference_decoder_shows_them() {
     let corpus = cache().join("corpus");
     let images = corpus.join("images");
-    let python = corpus.join("venv/bin/python");
+    let python = reference_python();
     assert!(
-        python.exists() && images.is_dir(),
+        images.is_dir(),
         "the corpus is missing from {}: run tests/setup.sh",
         corpus.display()
     );

@@ -313,3 +313,32 @@ fn fuzz_regressions_decode_to_an_error_or_a_real_image() {
     }
     assert!(n >= 1);
 }
+
+/// A file whose header is sound and whose data is not (a PNG cut in its pixel data): info.json is
+/// answered from the header, but once a render has decoded the file and found it corrupt, info.json
+/// answers the same 500 as its images, instead of promising an image that never comes.
+#[test]
+fn a_source_found_corrupt_is_refused_by_info_json_too() {
+    let server = Server::start();
+    let img: RgbImage = ImageBuffer::from_fn(300, 200, |x, y| Rgb([x as u8, y as u8, 7]));
+    let png = encode(&img, ImageFormat::Png);
+    std::fs::write(server.images.join("cut.png"), &png[..png.len() / 2]).expect("write");
+    assert_eq!(server.get("/iiif/3/cut/info.json").status, 200);
+    let image = server.get("/iiif/3/cut/full/max/0/default.png");
+    assert_eq!(image.status, 500, "{}", image.text());
+    assert!(
+        image.text().contains("could not be decoded"),
+        "{}",
+        image.text()
+    );
+    let info = server.get("/iiif/3/cut/info.json");
+    assert_eq!(info.status, 500, "{}", info.text());
+    assert_eq!(
+        server.get("/iiif/3/cut/0,0,10,10/max/0/default.jpg").status,
+        500
+    );
+    // A new version of the file is judged afresh.
+    std::fs::write(server.images.join("cut.png"), &png).expect("write");
+    assert_eq!(server.get("/iiif/3/cut/info.json").status, 200);
+    assert_eq!(server.get("/iiif/3/cut/full/max/0/default.png").status, 200);
+}

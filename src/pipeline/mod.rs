@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::render::cache::DecodedCache;
 use crate::render::pool::{PoolError, RenderPool};
 use crate::render::probe::{self, Probe, SourceLimits, PROBE_VERSION};
-use crate::render::{self, tiled_copy, EncodeSettings, SourceRef};
+use crate::render::{self, tiled_copy, EncodeSettings, RenderError, SourceRef};
 use crate::source::{Backend, Object, SourceError};
 use crate::store::{Hit, ProbeRecord, Store};
 use bounded::BoundedCache;
@@ -147,6 +147,9 @@ pub(crate) struct Pipeline {
     decoded: Arc<DecodedCache>,
     flights: Flights<Result<Produced, Arc<Error>>>,
     located: BoundedCache<String, Located>,
+    /// Source versions found corrupt by a whole decode (fingerprint -> why): their info.json then
+    /// answers the error their images do, instead of promising an image that never comes.
+    corrupt: BoundedCache<String, String>,
     metrics: Arc<Metrics>,
     settings: Settings,
     crawl_slots: tokio::sync::Semaphore,
@@ -172,6 +175,7 @@ impl Pipeline {
             decoded,
             flights: Flights::default(),
             located: BoundedCache::new(LOCATED_ENTRIES),
+            corrupt: BoundedCache::new(LOCATED_ENTRIES),
             metrics,
             settings,
             copies_building: Mutex::new(HashSet::new()),
@@ -240,6 +244,17 @@ impl Pipeline {
     }
 
     fn locate_blocking(&self, identifier: &str) -> Result<Located> {
+        let located = self.locate_object(identifier)?;
+        match self
+            .corrupt
+            .get(&located.object.fingerprint.as_str().to_owned())
+        {
+            Some(why) => Err(RenderError::Corrupt(why).into()),
+            None => Ok(located),
+        }
+    }
+
+    fn locate_object(&self, identifier: &str) -> Result<Located> {
         if let Some(cached) = self.located.get(&identifier.to_owned()) {
             // One stat (or HEAD) tells whether the cached answer still holds.
             match self.source.refresh(&cached.object) {
@@ -443,6 +458,7 @@ impl Pipeline {
         // A tiled copy's tiles are JPEG: a lossless output (png, tif, gif) is always rendered from
         // the source, so its pixels do not depend on whether the copy exists yet.
         let copy_readable = prepared.canonical.format().is_lossy();
+        let corrupt_fp = fingerprint.as_str().to_owned();
         let job_prepared = prepared.clone();
         let job = move || -> Result<(Produced, bool, bool, Duration)> {
             let prepared = job_prepared;
@@ -517,6 +533,10 @@ impl Pipeline {
             Ok((produced, used_copy, wants_copy, elapsed))
         };
         let (produced, used_copy, wants_copy, elapsed) = match self.pool.run(job).await {
+            Ok(Err(Error::Render(RenderError::Corrupt(why)))) => {
+                self.corrupt.insert(corrupt_fp, why.clone());
+                return Err(RenderError::Corrupt(why).into());
+            }
             Ok(result) => result?,
             Err(PoolError::Busy) | Err(PoolError::Closed) => return Err(Error::Busy),
             Err(PoolError::Panicked) => return Err(Error::RenderPanicked),

@@ -216,7 +216,7 @@ fn build(icc: &[u8]) -> Option<Arc<Converter>> {
 /// A transform from CMYK samples (four a pixel, 0 = no ink, as TIFF stores them) to sRGB through
 /// the source's CMYK profile; `None` when the profile is not a CMYK one or cannot be used. Built
 /// per decode: a CMYK source is decoded once into the decoded cache, not per tile.
-pub(crate) fn cmyk_to_srgb(icc: &[u8]) -> Option<Arc<Transform8BitExecutor>> {
+fn cmyk_to_srgb(icc: &[u8]) -> Option<Arc<Transform8BitExecutor>> {
     let profile = ColorProfile::new_from_slice(icc).ok()?;
     if profile.color_space != DataColorSpace::Cmyk {
         return None;
@@ -230,6 +230,28 @@ pub(crate) fn cmyk_to_srgb(icc: &[u8]) -> Option<Arc<Transform8BitExecutor>> {
             TransformOptions::default(),
         )
         .ok()
+}
+
+/// CMYK inks (four a pixel, 0 = no ink) as sRGB (three a pixel): through `icc` when it is a usable
+/// CMYK profile, otherwise naively (each ink darkens multiplicatively, as Pillow and browsers do
+/// without a profile).
+pub(crate) fn cmyk_to_rgb(inks: &[u8], icc: Option<&[u8]>) -> Vec<u8> {
+    let mut rgb = vec![0u8; inks.len() / 4 * 3];
+    if let Some(t) = icc.and_then(cmyk_to_srgb) {
+        if t.transform(&inks[..inks.len() / 4 * 4], &mut rgb).is_ok() {
+            return rgb;
+        }
+    }
+    for (o, px) in rgb.chunks_exact_mut(3).zip(inks.chunks_exact(4)) {
+        o.copy_from_slice(&naive_cmyk([px[0], px[1], px[2], px[3]]));
+    }
+    rgb
+}
+
+fn naive_cmyk([c, m, y, k]: [u8; 4]) -> [u8; 3] {
+    let nk = 255 - u32::from(k);
+    let ch = |v: u8| ((255 - u32::from(v)) * nk / 255) as u8;
+    [ch(c), ch(m), ch(y)]
 }
 
 /// Whether an ICC profile describes RGB or gray pixels (its header's data colour space, bytes
@@ -265,6 +287,14 @@ fn is_srgb(profile: &ColorProfile) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cmyk_without_a_profile_darkens_multiplicatively() {
+        assert_eq!(naive_cmyk([0, 0, 0, 0]), [255, 255, 255]);
+        assert_eq!(naive_cmyk([255, 0, 0, 0]), [0, 255, 255]);
+        assert_eq!(naive_cmyk([0, 0, 0, 255]), [0, 0, 0]);
+        assert_eq!(naive_cmyk([0, 128, 0, 128]), [127, 63, 127]);
+    }
 
     fn adobe() -> Vec<u8> {
         ColorProfile::new_adobe_rgb().encode().expect("encodes")

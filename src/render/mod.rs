@@ -43,6 +43,11 @@ pub enum RenderError {
     /// A valid source in a variant this server does not render.
     #[error("this server cannot render this source image: {0}")]
     Unsupported(String),
+    /// The source was decoded whole and its data is corrupt (a truncated or damaged file whose header
+    /// is sound): every request of this version fails alike, so the pipeline remembers it and
+    /// info.json answers the same error from then on.
+    #[error("the source image could not be decoded: {0}")]
+    Corrupt(String),
     /// Decoding it would exceed `render.max_decode_bytes`.
     #[error("the source image is too large for this server: {0}")]
     TooLarge(String),
@@ -86,21 +91,42 @@ pub(crate) fn render(
     let (img, region) = match kind {
         SourceKind::Jpeg => match decode::jpeg::region(src, cache, req, max_decode_bytes)? {
             Some(found) => found,
-            None => decode::whole::cached_region(src, cache, req, max_decode_bytes)?,
+            None => whole_region(src, cache, req, max_decode_bytes)?,
         },
         SourceKind::Tiff => match tiff::read_pyramid(src.reader)? {
             Some(pyramid) => {
                 return decode::tiff::render(src.reader, &pyramid, req, settings, max_decode_bytes)
             }
-            None => decode::whole::cached_region(src, cache, req, max_decode_bytes)?,
+            None => whole_region(src, cache, req, max_decode_bytes)?,
         },
         SourceKind::Jp2 => decode::jp2::region(src.reader, req, max_decode_bytes)?,
         SourceKind::Png | SourceKind::Gif | SourceKind::Webp | SourceKind::Other => {
-            decode::whole::cached_region(src, cache, req, max_decode_bytes)?
+            whole_region(src, cache, req, max_decode_bytes)?
         }
     };
     let color = ColorPlan::new(decode::profile(src.reader, kind), settings.color);
     finish(&img, region, req, settings, &color)
+}
+
+/// A region through the whole-image route. The whole file was decoded, so a file it finds corrupt
+/// is corrupt for every request: [`RenderError::Corrupt`] says so to the pipeline.
+fn whole_region(
+    src: SourceRef<'_>,
+    cache: &DecodedCache,
+    req: &CanonicalRequest,
+    max: u64,
+) -> Result<(Arc<image::DynamicImage>, crate::iiif::canonical::Rect)> {
+    fn corrupt(e: &RenderError) -> Option<String> {
+        match e {
+            RenderError::Undecodable(m) | RenderError::Source(SourceError::Undecodable(m)) => {
+                Some(m.clone())
+            }
+            RenderError::Shared(inner) => corrupt(inner),
+            _ => None,
+        }
+    }
+    decode::whole::cached_region(src, cache, req, max)
+        .map_err(|e| corrupt(&e).map_or(e, RenderError::Corrupt))
 }
 
 /// Steps 4 and 5: the operations after the region's pixels are in hand (colour conversion after the

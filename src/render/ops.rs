@@ -136,6 +136,17 @@ fn rotate_arbitrary(src: &RgbaImage, degrees: f64) -> RgbaImage {
     })
 }
 
+/// Full-range YCbCr (ITU-R BT.601, TIFF's default coefficients and reference levels) to RGB.
+pub(crate) fn ycbcr_to_rgb([y, cb, cr]: [u8; 3]) -> [u8; 3] {
+    let (y, cb, cr) = (f32::from(y), f32::from(cb) - 128.0, f32::from(cr) - 128.0);
+    let c = |v: f32| v.round().clamp(0.0, 255.0) as u8;
+    [
+        c(y + 1.402 * cr),
+        c(y - 0.344_136 * cb - 0.714_136 * cr),
+        c(y + 1.772 * cb),
+    ]
+}
+
 /// Composite any alpha onto white (for formats and qualities without transparency).
 pub(crate) fn flatten(img: DynamicImage) -> DynamicImage {
     let blend = |c: u8, a: u8| {
@@ -232,6 +243,13 @@ pub(crate) fn halve(img: &DynamicImage) -> DynamicImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ycbcr_gray_stays_gray() {
+        for v in [0u8, 77, 200, 255] {
+            assert_eq!(ycbcr_to_rgb([v, 128, 128]), [v, v, v]);
+        }
+    }
 
     #[test]
     fn rotated_bounding_boxes() {

@@ -166,6 +166,82 @@ pub(crate) fn decode_coded(
     )
 }
 
+/// The inks of a CMYK (or YCCK) JPEG as stored, with its width and height: zune-jpeg reads them, as
+/// libjpeg's route here converts to RGB. Adobe's inversion is the caller's to undo (TIFF's JPEG
+/// chunks are not inverted; Photoshop's files are, and say so in APP14).
+pub(crate) fn cmyk_inks(stream: &[u8], max: u64) -> Result<(usize, usize, Vec<u8>)> {
+    use zune_jpeg::zune_core::{
+        bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
+    };
+    let bad =
+        |e: zune_jpeg::errors::DecodeErrors| RenderError::Undecodable(format!("CMYK JPEG: {e:?}"));
+    let options = |out: ColorSpace| {
+        DecoderOptions::default()
+            .jpeg_set_out_colorspace(out)
+            .set_max_width(1 << 16)
+            .set_max_height(1 << 16)
+    };
+    let mut decoder =
+        zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(stream), options(ColorSpace::CMYK));
+    decoder.decode_headers().map_err(bad)?;
+    let (iw, ih) = decoder
+        .dimensions()
+        .ok_or_else(|| RenderError::Undecodable("CMYK JPEG without a frame".into()))?;
+    if (iw * ih * 4) as u64 > max {
+        return Err(RenderError::TooLarge(format!(
+            "a CMYK JPEG of {iw}x{ih} would exceed render.max_decode_bytes ({max})"
+        )));
+    }
+    // YCCK (Adobe transform 2): zune-jpeg hands the components on as they are; the colour part is
+    // YCbCr of the inverted C, M, Y, as libjpeg's YCCK-to-CMYK conversion takes it.
+    let ycck = decoder.input_colorspace() == Some(ColorSpace::YCCK);
+    if ycck {
+        decoder.set_options(options(ColorSpace::YCCK));
+    }
+    let mut inks = decoder.decode().map_err(bad)?;
+    match decoder.output_colorspace() {
+        Some(ColorSpace::CMYK) => {}
+        Some(ColorSpace::YCCK) if ycck => {
+            for px in inks.chunks_exact_mut(4) {
+                let [r, g, b] = crate::render::ops::ycbcr_to_rgb([px[0], px[1], px[2]]);
+                px[..3].copy_from_slice(&[255 - r, 255 - g, 255 - b]);
+            }
+        }
+        _ => {
+            return Err(RenderError::Unsupported(
+                "a four-component JPEG that is neither CMYK nor YCCK".into(),
+            ))
+        }
+    }
+    Ok((iw, ih, inks))
+}
+
+/// Whether a JPEG carries Adobe's APP14 segment (before its first scan): Photoshop's CMYK files
+/// store inverted inks and say so this way.
+pub(crate) fn has_adobe_marker(data: &[u8]) -> bool {
+    let mut i = 2usize;
+    while let (Some(&0xFF), Some(&m)) = (data.get(i), data.get(i + 1)) {
+        if m == 0xFF {
+            i += 1;
+            continue;
+        }
+        if m == 0xDA || m == 0xD9 {
+            break;
+        }
+        let Some(len) = data
+            .get(i + 2..i + 4)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        else {
+            break;
+        };
+        if m == 0xEE && data.get(i + 4..i + 9) == Some(b"Adobe") {
+            return true;
+        }
+        i += 2 + len;
+    }
+    false
+}
+
 fn too_large(w: u32, h: u32, max: u64) -> RenderError {
     RenderError::TooLarge(format!(
         "decoding {w}x{h} pixels would exceed render.max_decode_bytes ({max})"

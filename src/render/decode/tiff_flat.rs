@@ -16,7 +16,7 @@
 //! taken as 0.0 = black, 1.0 = white, clamped.
 
 use super::{from_samples, jpeg};
-use crate::render::{RenderError, Result};
+use crate::render::{color, ops, RenderError, Result};
 use crate::source::tiff::{self, Flat};
 use crate::source::ObjectReader;
 use image::DynamicImage;
@@ -619,7 +619,7 @@ fn jpeg_samples(file: &dyn ObjectReader, f: &Flat, max: u64) -> Result<Vec<u8>> 
         let stream = tiff::with_tables(tables, chunk);
         let (x0, y0) = ((j % across) * cw, (j / across) * ch);
         if channels == 4 {
-            let (iw, ih, inks) = cmyk_jpeg(&stream, max)?;
+            let (iw, ih, inks) = jpeg::cmyk_inks(&stream, max)?;
             copy_samples(&mut out, w, h, 4, &inks, iw, ih, x0, y0);
         } else {
             let img =
@@ -662,39 +662,6 @@ fn ojpeg(file: &dyn ObjectReader, f: &Flat, max: u64) -> Result<DynamicImage> {
         }
     }
     jpeg::decode_coded(&stream, 0, None, max, f.photometric == 2).map_err(cmyk_unsupported)
-}
-
-/// The inks of a CMYK JPEG as stored (0 = no ink, as TIFF keeps them; no Adobe inversion is
-/// guessed), with its width and height. libjpeg's route here converts to RGB, so zune-jpeg reads these.
-fn cmyk_jpeg(stream: &[u8], max: u64) -> Result<(usize, usize, Vec<u8>)> {
-    use zune_jpeg::zune_core::{
-        bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
-    };
-    let options = DecoderOptions::default()
-        .jpeg_set_out_colorspace(ColorSpace::CMYK)
-        .set_max_width(1 << 16)
-        .set_max_height(1 << 16);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(stream), options);
-    decoder
-        .decode_headers()
-        .map_err(|e| RenderError::Undecodable(format!("CMYK JPEG in TIFF: {e:?}")))?;
-    let (iw, ih) = decoder
-        .dimensions()
-        .ok_or_else(|| RenderError::Undecodable("CMYK JPEG in TIFF without a frame".into()))?;
-    if (iw * ih * 4) as u64 > max {
-        return Err(RenderError::TooLarge(format!(
-            "a CMYK JPEG tile of {iw}x{ih} would exceed render.max_decode_bytes ({max})"
-        )));
-    }
-    let inks = decoder
-        .decode()
-        .map_err(|e| RenderError::Undecodable(format!("CMYK JPEG in TIFF: {e:?}")))?;
-    if decoder.output_colorspace() != Some(ColorSpace::CMYK) {
-        return Err(RenderError::Unsupported(
-            "a JPEG-compressed TIFF whose JPEG is not CMYK".into(),
-        ));
-    }
-    Ok((iw, ih, inks))
 }
 
 /// Copy a decoded chunk's pixels into the image's sample buffer at (`x0`, `y0`), cut at the image's
@@ -774,9 +741,6 @@ fn pixels_of(f: &Flat, samples: Vec<u8>) -> Result<DynamicImage> {
         from_samples(w, h, oc, samples)
     } else {
         let mut out = Vec::with_capacity(w as usize * h as usize * oc);
-        let cmyk = (f.photometric == 5)
-            .then(|| cmyk_converter(f.icc.as_deref()))
-            .flatten();
         let lut = (f.photometric == 3).then(|| palette(f));
         for px in samples.chunks_exact(spp) {
             match f.photometric {
@@ -790,15 +754,8 @@ fn pixels_of(f: &Flat, samples: Vec<u8>) -> Result<DynamicImage> {
                         None => out.extend_from_slice(&[0, 0, 0]),
                     }
                 }
-                5 => {
-                    if cmyk.is_some() {
-                        // Converted in one pass below.
-                        out.extend_from_slice(&px[..3]);
-                    } else {
-                        out.extend_from_slice(&naive_cmyk([px[0], px[1], px[2], px[3]]));
-                    }
-                }
-                6 => out.extend_from_slice(&ycbcr([px[0], px[1], px[2]])),
+                5 => out.extend_from_slice(&[0, 0, 0]), // filled in one pass below
+                6 => out.extend_from_slice(&ops::ycbcr_to_rgb([px[0], px[1], px[2]])),
                 8 | 9 => out.extend_from_slice(&lab_to_srgb(px[0], px[1], px[2])),
                 p => {
                     return Err(RenderError::Unsupported(format!(
@@ -810,8 +767,15 @@ fn pixels_of(f: &Flat, samples: Vec<u8>) -> Result<DynamicImage> {
                 out.push(px.get(a).copied().unwrap_or(255));
             }
         }
-        if let Some(convert) = cmyk {
-            convert(&samples, spp, &mut out, oc);
+        if f.photometric == 5 {
+            let inks: Vec<u8> = samples
+                .chunks_exact(spp)
+                .flat_map(|px| [px[0], px[1], px[2], px[3]])
+                .collect();
+            let rgb = color::cmyk_to_rgb(&inks, f.icc.as_deref());
+            for (o, c) in out.chunks_exact_mut(oc).zip(rgb.chunks_exact(3)) {
+                o[..3].copy_from_slice(c);
+            }
         }
         from_samples(w, h, oc, out)
     };
@@ -834,57 +798,6 @@ fn palette(f: &Flat) -> Vec<u8> {
         }
     }
     lut
-}
-
-/// CMYK without a profile: each ink darkens multiplicatively (what Pillow and libjpeg viewers do).
-fn naive_cmyk([c, m, y, k]: [u8; 4]) -> [u8; 3] {
-    let nk = 255 - u32::from(k);
-    let ch = |v: u8| ((255 - u32::from(v)) * nk / 255) as u8;
-    [ch(c), ch(m), ch(y)]
-}
-
-/// A pass that converts CMYK samples to sRGB through the image's CMYK profile, writing the colour of
-/// every output pixel (`oc` channels each); `None` when there is no usable CMYK profile.
-type CmykPass = Box<dyn Fn(&[u8], usize, &mut [u8], usize)>;
-
-fn cmyk_converter(icc: Option<&[u8]>) -> Option<CmykPass> {
-    let transform = crate::render::color::cmyk_to_srgb(icc?)?;
-    Some(Box::new(move |samples, spp, out, oc| {
-        const ROWS: usize = 4096;
-        let mut cmyk = Vec::with_capacity(ROWS * 4);
-        let mut rgb = vec![0u8; ROWS * 3];
-        let n = samples.len() / spp;
-        let mut start = 0;
-        while start < n {
-            let end = (start + ROWS).min(n);
-            cmyk.clear();
-            for px in samples[start * spp..end * spp].chunks_exact(spp) {
-                cmyk.extend_from_slice(&px[..4]);
-            }
-            let len = end - start;
-            if transform.transform(&cmyk, &mut rgb[..len * 3]).is_err() {
-                for (i, px) in cmyk.chunks_exact(4).enumerate() {
-                    rgb[i * 3..i * 3 + 3]
-                        .copy_from_slice(&naive_cmyk([px[0], px[1], px[2], px[3]]));
-                }
-            }
-            for i in 0..len {
-                out[(start + i) * oc..(start + i) * oc + 3].copy_from_slice(&rgb[i * 3..i * 3 + 3]);
-            }
-            start = end;
-        }
-    }))
-}
-
-/// Full-range YCbCr (ITU-R BT.601, TIFF's default coefficients and reference levels) to RGB.
-fn ycbcr([y, cb, cr]: [u8; 3]) -> [u8; 3] {
-    let (y, cb, cr) = (f32::from(y), f32::from(cb) - 128.0, f32::from(cr) - 128.0);
-    let c = |v: f32| v.round().clamp(0.0, 255.0) as u8;
-    [
-        c(y + 1.402 * cr),
-        c(y - 0.344_136 * cb - 0.714_136 * cr),
-        c(y + 1.772 * cb),
-    ]
 }
 
 /// CIE L*a*b* (D50, as TIFF stores it: L* 0..=255 for 0..=100, a* and b* offset by 128) to sRGB.
@@ -1011,21 +924,6 @@ mod tests {
         // Mid gray: L* 50 is sRGB 119.
         let gray = lab_to_srgb(128, 128, 128);
         assert!(gray.iter().all(|&v| (118..=120).contains(&v)), "{gray:?}");
-    }
-
-    #[test]
-    fn cmyk_without_a_profile_darkens_multiplicatively() {
-        assert_eq!(naive_cmyk([0, 0, 0, 0]), [255, 255, 255]);
-        assert_eq!(naive_cmyk([255, 0, 0, 0]), [0, 255, 255]);
-        assert_eq!(naive_cmyk([0, 0, 0, 255]), [0, 0, 0]);
-        assert_eq!(naive_cmyk([0, 128, 0, 128]), [127, 63, 127]);
-    }
-
-    #[test]
-    fn ycbcr_gray_stays_gray() {
-        for v in [0u8, 77, 200, 255] {
-            assert_eq!(ycbcr([v, 128, 128]), [v, v, v]);
-        }
     }
 
     proptest! {

@@ -7,7 +7,7 @@ use super::jpeg;
 use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::render::cache::DecodedCache;
 use crate::render::ops::halve;
-use crate::render::{plan, RenderError, Result, SourceRef};
+use crate::render::{color, plan, RenderError, Result, SourceRef};
 use crate::source::orientation::{self, Orientation};
 use crate::source::{ObjectReader, SourceKind};
 use image::{DynamicImage, ImageDecoder};
@@ -58,8 +58,10 @@ pub(crate) fn cached_region(
 /// orientation says (EXIF in JPEG, PNG `eXIf` and WebP `EXIF`; the TIFF Orientation tag): the
 /// displayed image, whose size the probe reports.
 pub(crate) fn decode(reader: &dyn ObjectReader, max_decode_bytes: u64) -> Result<DynamicImage> {
-    if matches!(SourceKind::of(reader), Ok(SourceKind::Tiff)) {
-        return super::tiff_flat::decode(reader, max_decode_bytes);
+    match SourceKind::of(reader) {
+        Ok(SourceKind::Tiff) => return super::tiff_flat::decode(reader, max_decode_bytes),
+        Ok(SourceKind::Jpeg) => return cmyk_jpeg(reader, max_decode_bytes),
+        _ => {}
     }
     let image_reader = image::ImageReader::new(reader.stream())
         .with_guessed_format()
@@ -85,6 +87,21 @@ pub(crate) fn decode(reader: &dyn ObjectReader, max_decode_bytes: u64) -> Result
         }
         other => other,
     }
+}
+
+/// A CMYK or YCCK JPEG (the only JPEGs decoded whole: libjpeg's route takes the rest): its inks,
+/// un-inverted when Adobe's APP14 says Photoshop inverted them, converted to sRGB through its
+/// embedded CMYK profile (naively without one), turned as its EXIF says.
+fn cmyk_jpeg(reader: &dyn ObjectReader, max: u64) -> Result<DynamicImage> {
+    let data = reader.read_all(max)?;
+    let (w, h, mut inks) = jpeg::cmyk_inks(&data, max)?;
+    if jpeg::has_adobe_marker(&data) {
+        inks.iter_mut().for_each(|v| *v = 255 - *v);
+    }
+    let rgb = color::cmyk_to_rgb(&inks, crate::source::icc::jpeg_profile(reader).as_deref());
+    let img = super::from_samples(w as u32, h as u32, 3, rgb)
+        .ok_or_else(|| RenderError::Internal("CMYK JPEG of the wrong length".into()))?;
+    Ok(orientation::jpeg_orientation(&data).apply(img))
 }
 
 /// The GIF in `reader` with a global colour table added (a gray ramp, index = level) when it has
