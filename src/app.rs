@@ -131,7 +131,8 @@ impl App {
                 tile_passthrough: config.render.tile_passthrough,
                 color: config.render.color,
             },
-            max_decode_bytes: config.render.max_decode_bytes,
+            // Lowered to fit render.max_memory_bytes when that is set.
+            max_decode_bytes: config.memory_bound().decode,
             tiled_copy_min_pixels: config.render.tiled_copy_min_pixels,
             accel: !config.store.accel_redirect.is_empty(),
             crawl_workers: config.crawl_workers(),
@@ -297,6 +298,11 @@ impl App {
                 pool.pending() as u64,
             ),
             ("iiifd_pool_workers", "Render threads.", pool.size() as u64),
+            (
+                "iiifd_memory_bound_bytes",
+                "The peak resident memory this configuration is bounded by.",
+                self.config.memory_bound().total,
+            ),
             (
                 "iiifd_store_reconcile_running",
                 "Whether a reconcile pass is running.",

@@ -110,6 +110,10 @@ pub struct RenderConfig {
     pub color: ColorMode,
     /// Most bytes one decode may allocate. Env: `IIIFD_RENDER__MAX_DECODE_BYTES`.
     pub max_decode_bytes: u64,
+    /// The peak resident memory to stay under (0: no target). When set, each decode's budget is
+    /// lowered, if need be, so that [`MemoryBound`] fits in it; a target too small for that is a
+    /// configuration error. Env: `IIIFD_RENDER__MAX_MEMORY_BYTES`.
+    pub max_memory_bytes: u64,
     /// Decoded source pixels kept in memory between renders (0 disables).
     /// Env: `IIIFD_RENDER__DECODED_CACHE_BYTES`.
     pub decoded_cache_bytes: u64,
@@ -469,6 +473,7 @@ impl Default for RenderConfig {
             tile_passthrough: true,
             color: ColorMode::Srgb,
             max_decode_bytes: 1 << 30,
+            max_memory_bytes: 0,
             decoded_cache_bytes: 256 << 20,
             tiled_copy_min_pixels: 16_000_000,
         }
@@ -613,6 +618,22 @@ impl Config {
         if self.render.max_decode_bytes < 1 << 20 {
             return bad("render.max_decode_bytes", "must be at least 1 MiB");
         }
+        let bound = self.memory_bound();
+        if self.render.max_memory_bytes > 0 && bound.decode < MIN_DECODE_BUDGET {
+            return bad(
+                "render.max_memory_bytes",
+                &format!(
+                    "{} MiB leaves under {} MiB a decode once the fixed part ({} MiB), the decoded \
+                     cache ({} MiB) and the index cache ({} MiB) are set aside for {} workers",
+                    self.render.max_memory_bytes >> 20,
+                    MIN_DECODE_BUDGET >> 20,
+                    MemoryBound::BASE >> 20,
+                    bound.decoded_cache >> 20,
+                    bound.index_cache >> 20,
+                    bound.workers
+                ),
+            );
+        }
         let accel = &self.store.accel_redirect;
         let accel_ok = accel.is_empty()
             || (accel.starts_with('/') && accel.ends_with('/') && valid_path(accel));
@@ -734,6 +755,28 @@ impl Config {
         }
     }
 
+    /// The bound on peak resident memory that this configuration implies (see [`MemoryBound`]).
+    pub fn memory_bound(&self) -> MemoryBound {
+        let workers = self.render_workers().max(1) as u64;
+        let decoded_cache = self.render.decoded_cache_bytes;
+        let index_cache = self.store.index_cache_bytes;
+        let fixed = MemoryBound::BASE + decoded_cache + index_cache;
+        let decode = match self.render.max_memory_bytes {
+            0 => self.render.max_decode_bytes,
+            target => self
+                .render
+                .max_decode_bytes
+                .min(target.saturating_sub(fixed) / (MemoryBound::COPIES * workers)),
+        };
+        MemoryBound {
+            decoded_cache,
+            index_cache,
+            workers,
+            decode,
+            total: fixed + MemoryBound::COPIES * workers * decode,
+        }
+    }
+
     /// Render threads to start.
     pub fn render_workers(&self) -> usize {
         match self.render.workers {
@@ -742,6 +785,56 @@ impl Config {
                 .unwrap_or(2),
             n => n,
         }
+    }
+}
+
+/// The smallest decode budget `render.max_memory_bytes` may leave: below it ordinary thumbnails
+/// of flat sources would be refused.
+const MIN_DECODE_BUDGET: u64 = 16 << 20;
+
+/// What bounds iiifd's peak resident memory, from its configuration. Every term is enforced where
+/// it is spent: the decoded cache evicts to its size, sled's page cache keeps to its capacity, the
+/// pool never runs more renders than workers, and every decoder checks its budget before it
+/// allocates. A render holds its decode and at most one working copy of the same size (crop, turn,
+/// resize, colour, encode all work on pixels no larger than the decoded ones), hence two copies a
+/// worker. Not counted: encoded responses in flight on the network, bounded by `http`'s connection
+/// limit times the largest output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryBound {
+    /// `render.decoded_cache_bytes`.
+    pub decoded_cache: u64,
+    /// `store.index_cache_bytes`.
+    pub index_cache: u64,
+    /// Render workers.
+    pub workers: u64,
+    /// The budget of one decode: `render.max_decode_bytes`, lowered to fit `max_memory_bytes`.
+    pub decode: u64,
+    /// The bound: base + decoded cache + index cache + workers x 2 x decode.
+    pub total: u64,
+}
+
+impl MemoryBound {
+    /// The fixed part: code, the async runtime, buffers, the located and probe caches (measured
+    /// idle at 25-30 MiB; the rest is headroom).
+    pub const BASE: u64 = 64 << 20;
+    /// Decode-sized buffers one render may hold at once.
+    pub const COPIES: u64 = 2;
+}
+
+impl std::fmt::Display for MemoryBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b >> 20;
+        write!(
+            f,
+            "peak memory bound {} MiB = {} fixed + {} decoded cache + {} index cache + {} workers x {} x {} MiB decode budget",
+            mib(self.total),
+            mib(Self::BASE),
+            mib(self.decoded_cache),
+            mib(self.index_cache),
+            self.workers,
+            Self::COPIES,
+            mib(self.decode)
+        )
     }
 }
 
@@ -837,6 +930,39 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.prefix, "/iiif");
+        Ok(())
+    }
+
+    #[test]
+    fn the_memory_bound_adds_up_and_a_target_lowers_the_decode_budget() -> Result<(), ConfigError> {
+        let mib = 1u64 << 20;
+        let two = env(&[("IIIFD_RENDER__WORKERS", "2")]);
+        let c = Config::load(None, &two, &Overrides::default())?;
+        let b = c.memory_bound();
+        assert_eq!(b.decode, 1024 * mib);
+        assert_eq!(b.total, (64 + 256 + 8 + 2 * 2 * 1024) * mib);
+        assert!(
+            b.to_string().starts_with("peak memory bound 4424 MiB"),
+            "{b}"
+        );
+
+        let tight = env(&[
+            ("IIIFD_RENDER__WORKERS", "2"),
+            ("IIIFD_RENDER__MAX_MEMORY_BYTES", "536870912"),
+            ("IIIFD_RENDER__DECODED_CACHE_BYTES", "67108864"),
+        ]);
+        let b = Config::load(None, &tight, &Overrides::default())?.memory_bound();
+        // (512 - 64 - 64 - 8) / (2 x 2) = 94 MiB a decode, and the whole within the target.
+        assert_eq!(b.decode, 94 * mib);
+        assert!(b.total <= 512 * mib, "{b}");
+
+        let too_small = env(&[
+            ("IIIFD_RENDER__WORKERS", "2"),
+            ("IIIFD_RENDER__MAX_MEMORY_BYTES", "377487360"),
+        ]);
+        let err = Config::load(None, &too_small, &Overrides::default())
+            .expect_err("360 MiB leaves 8 MiB a decode beside a 256 MiB cache");
+        assert!(err.to_string().contains("render.max_memory_bytes"), "{err}");
         Ok(())
     }
 

@@ -39,6 +39,7 @@ pub(crate) fn run(cfg: Config) -> io::Result<()> {
         println!("iiifd listening on http://{addr}{}/", cfg.prefix);
         println!("iiifd admin on http://{admin_addr}/");
         tracing::info!(%addr, %admin_addr, source = app.pipeline().source().kind(), workers = app.pipeline().pool().size(), "iiifd started");
+        tracing::info!("{}", app.config().memory_bound());
         let codecs = crate::render::decode::jpeg::codec_description();
         if crate::render::decode::jpeg::simd() {
             tracing::info!("{codecs}");
