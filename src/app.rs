@@ -2,6 +2,7 @@
 //! pipeline, the crawler and the metrics from a configuration. Nothing here decides anything about a
 //! request, and nothing here knows HTTP (`crate::daemon` puts an [`App`] behind the listeners).
 
+use crate::access::Access;
 use crate::config::Config;
 use crate::config::S3SourceConfig;
 use crate::crawl::{CrawlSettings, Crawler};
@@ -84,6 +85,8 @@ pub struct App {
     store: Arc<Store>,
     crawler: Arc<Crawler>,
     metrics: Arc<Metrics>,
+    /// Who may see what (`[access]`).
+    access: Access,
     /// A remote source's kind and counters (`iiifd_source_*`).
     source: Option<(&'static str, Arc<SourceCounters>)>,
     recovery: Recovery,
@@ -102,6 +105,8 @@ impl App {
 
     /// [`App::new`] with another source backend (the image directory in `config` is not used).
     pub fn with_source(config: Config, source: Arc<dyn Backend>) -> io::Result<App> {
+        let access = Access::new(&config.access)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let (mut store, recovery) = Store::open(store_settings(&config)).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -165,6 +170,7 @@ impl App {
             store,
             crawler,
             metrics,
+            access,
             source: source_counters,
             recovery,
             started: std::time::SystemTime::now(),
@@ -215,6 +221,11 @@ impl App {
     /// The crawl jobs.
     pub(crate) fn crawler(&self) -> &Arc<Crawler> {
         &self.crawler
+    }
+
+    /// Access control.
+    pub(crate) fn access(&self) -> &Access {
+        &self.access
     }
 
     /// The request metrics.

@@ -47,6 +47,14 @@ pub enum Error {
     /// The admin listener's token is required and was not given.
     #[error("admin token required")]
     Unauthorized,
+    /// The identifier is restricted and the visitor holds no credential its policy accepts (or the
+    /// decision service said no).
+    #[error("this image is restricted: sign in through the viewer to see it")]
+    AccessDenied,
+    /// The access decision service did not answer in time or at all: access is never granted by
+    /// default.
+    #[error("the access decision service did not answer: {0}")]
+    AccessUnavailable(String),
     /// The render queue is full; retry later.
     #[error("the server is busy rendering other images; retry in a moment")]
     Busy,
@@ -84,8 +92,10 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NoRoute(_) | Error::NoSuchJob(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::Busy | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unauthorized | Error::AccessDenied => StatusCode::UNAUTHORIZED,
+            Error::Busy | Error::ShuttingDown | Error::AccessUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::RenderPanicked | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Shared(inner) => inner.status(),
         }
@@ -94,7 +104,7 @@ impl Error {
     /// Seconds a client should wait before retrying, for statuses where a retry can succeed.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
-            Error::Busy | Error::ShuttingDown => Some(1),
+            Error::Busy | Error::ShuttingDown | Error::AccessUnavailable(_) => Some(1),
             Error::Shared(inner) => inner.retry_after(),
             _ => None,
         }
@@ -151,5 +161,11 @@ mod tests {
         let e = Error::from(SourceError::NotFound("a\nb".into()));
         assert_eq!(e.to_string(), "no image with identifier 'a\\nb'");
         assert_eq!(Error::Unauthorized.status(), 401);
+        assert_eq!(Error::AccessDenied.status(), 401);
+        let down = Error::AccessUnavailable("timeout".into());
+        assert_eq!(
+            (down.status(), down.retry_after()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some(1))
+        );
     }
 }

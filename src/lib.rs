@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 #![deny(unreachable_pub)]
 
+mod access;
 mod app;
 pub mod cli;
 pub mod config;

@@ -165,6 +165,108 @@ fn nginx_in_front_of_iiifd() {
     }
 }
 
+/// `deploy/nginx/iiifd-auth.conf` for a test: plain HTTP on `port` (the TLS lines are nginx's own),
+/// `upstream`, the store, and an htpasswd file with `alice:secret`.
+fn auth_site(upstream: SocketAddr, port: u16, store: &Path, dir: &Path) -> String {
+    let text = std::fs::read_to_string(repo("deploy/nginx/iiifd-auth.conf")).expect("site");
+    let htpasswd = dir.join("htpasswd");
+    std::fs::write(&htpasswd, "alice:{PLAIN}secret\n").expect("htpasswd");
+    let out: String = text
+        .replace("server 127.0.0.1:8080;", &format!("server {upstream};"))
+        .replace(
+            "listen 443 ssl http2;",
+            &format!("listen 127.0.0.1:{port};"),
+        )
+        .replace(
+            "alias /var/lib/iiifd/objects/;",
+            &format!("alias {}/objects/;", store.display()),
+        )
+        .replace("/etc/nginx/iiifd.htpasswd", &htpasswd.display().to_string())
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("ssl_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        out.contains(&upstream.to_string()) && out.contains(&htpasswd.display().to_string()),
+        "the shipped auth site no longer has the expected placeholders"
+    );
+    out
+}
+
+/// Auth 2.0 behind the shipped nginx site: nginx signs the visitor in at the access service only
+/// (a name sent by a client anywhere is dropped), and a restricted image stored earlier is not sent
+/// through X-Accel-Redirect without the cookie; with it, nginx keeps iiifd's private caching.
+#[test]
+fn nginx_signs_in_and_never_sends_a_restricted_hit_without_the_cookie() {
+    let conf = tempfile::tempdir().expect("tempdir");
+    let config = conf.path().join("iiifd.toml");
+    std::fs::write(
+        &config,
+        "[access]\nsecret = \"nginx-test-secret-0123456789abcdef\"\ncookie_secure = false\n\
+         [[access.rules]]\nidentifiers = \"chart\"\npolicy = \"restricted\"\n",
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let s = Server::start_with(
+        &["--config", &config],
+        &[("IIIFD_STORE__ACCEL_REDIRECT", "/_iiifd/")],
+    );
+    let nginx = Nginx::start(&auth_site(s.addr, free_port(), &s.store, conf.path()));
+    let get = |path: &str, headers: &str| {
+        raw(
+            nginx.addr,
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\n{headers}Connection: close\r\n\r\n",
+                nginx.addr
+            )
+            .as_bytes(),
+        )
+    };
+    let access = "/iiif/auth/access?origin=https://viewer.example.org";
+    assert_eq!(get(access, "").status, 401, "nginx asks for credentials");
+    // A name claimed by the client is not a sign-in, there or anywhere else.
+    let claimed = get(access, "X-Remote-User: mallory\r\n");
+    assert_eq!(claimed.status, 401);
+    assert!(claimed.header("set-cookie").is_none());
+    // alice:secret
+    let signed = get(access, "Authorization: Basic YWxpY2U6c2VjcmV0\r\n");
+    assert_eq!(signed.status, 200, "{}", signed.text());
+    let cookie = signed
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("cookie")
+        .to_owned();
+    let with = format!("Cookie: {cookie}\r\n");
+    let url = "/iiif/3/chart/full/300,/0/default.jpg";
+    let miss = get(url, &with);
+    assert_eq!(miss.status, 200);
+    let hit = get(url, &with);
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.body, miss.body);
+    assert_eq!(
+        hit.header("cache-status"),
+        Some("iiifd; hit"),
+        "sent by nginx"
+    );
+    assert!(
+        hit.header("cache-control")
+            .is_some_and(|c| c.starts_with("private")),
+        "{:?}",
+        hit.headers
+    );
+    assert!(hit.header("vary").is_some_and(|v| v.contains("Cookie")));
+    // Stored, yet refused without the cookie or with a name claimed on the image route.
+    assert_eq!(get(url, "").status, 401);
+    assert_eq!(get(url, "X-Remote-User: alice\r\n").status, 401);
+    assert!(get(url, "").body.len() < 200, "no image bytes");
+    // Open images stay public through the same site.
+    let open = get("/iiif/3/rings.png/full/64,/0/default.jpg", "");
+    assert_eq!(open.status, 200);
+    assert!(open
+        .header("cache-control")
+        .is_some_and(|c| c.starts_with("public")));
+}
+
 /// The shipped cluster site, listening on a free port, in front of the instances at `addrs`.
 fn cluster_conf(addrs: &[String]) -> String {
     let text =

@@ -1,6 +1,7 @@
 //! The integration suite: one test binary (faster to link than one per file), one module per area.
 //! Tests that serve HTTP start the real `iiifd` binary on a free loopback port.
 
+mod access;
 mod browser;
 mod cluster;
 mod color;

@@ -547,7 +547,7 @@ fn note_error(s: &mut JobState, message: String) {
 
 async fn warm_one(pipeline: &Arc<Pipeline>, item: &Planned) -> Result<Ensured> {
     let prepared = pipeline
-        .prepare(&item.identifier, &item.request, true)
+        .prepare(&item.identifier, &item.request, None, true)
         .await?;
     pipeline.ensure(prepared).await
 }

@@ -5,6 +5,7 @@
 //! where an [`crate::error::Error`] becomes a response.
 
 pub(crate) mod admin;
+pub(crate) mod auth;
 pub(crate) mod headers;
 pub(crate) mod response;
 pub(crate) mod routes;

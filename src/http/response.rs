@@ -72,6 +72,13 @@ pub(crate) fn error(err: &Error) -> Response<Bytes> {
     match err {
         Error::MethodNotAllowed(allowed) => set(&mut resp, header::ALLOW, allowed),
         Error::Unauthorized => set(&mut resp, header::WWW_AUTHENTICATE, "Bearer"),
+        // Images are authorized by the access cookie (IIIF Auth 2.0), which the viewer obtains
+        // through the probe's access service.
+        Error::AccessDenied => set(
+            &mut resp,
+            header::WWW_AUTHENTICATE,
+            "Cookie realm=\"iiifd\"",
+        ),
         _ => {}
     }
     resp

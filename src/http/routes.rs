@@ -2,6 +2,7 @@
 //! under the prefix, or Flask-IIIF's when enabled (base redirect, info.json, image). Every handler returns `Result<Response, Error>`; [`handle`]
 //! maps errors in one place and writes the access log line.
 
+use super::auth::Gate;
 use super::headers::{info_content_type, negotiate_format, not_modified, public_base, Forwarded};
 use super::response;
 use crate::app::App;
@@ -82,6 +83,10 @@ async fn route(app: &Arc<App>, req: &Request<Bytes>) -> Result<Response<Bytes>> 
     };
     let rest = rest.as_ref();
     let headers = req.headers();
+    if let (false, Some(auth)) = (compat, rest.strip_prefix("auth/")) {
+        let root = public_root(app, headers, false);
+        return super::auth::route(app, req, auth, &root).await;
+    }
     let negotiated = negotiate_format(header_str(headers, header::ACCEPT));
     match parse_route(rest, negotiated)? {
         Route::Base {
@@ -101,7 +106,11 @@ async fn route(app: &Arc<App>, req: &Request<Bytes>) -> Result<Response<Bytes>> 
             let negotiated = request.version == ApiVersion::V1
                 && !rest.rsplit('/').next().unwrap_or("").contains('.');
             if let (true, Ok(r)) = (negotiated, &mut resp) {
-                response::set(r, header::VARY, "Accept");
+                let vary = match r.headers().get(header::VARY).and_then(|v| v.to_str().ok()) {
+                    Some(v) => format!("{v}, Accept"),
+                    None => "Accept".to_owned(),
+                };
+                response::set(r, header::VARY, &vary);
             }
             resp
         }
@@ -120,9 +129,24 @@ fn service_base(
     identifier: &str,
     compat: bool,
 ) -> String {
+    let segment = if compat {
+        format!("v{}", version.path_segment())
+    } else {
+        version.path_segment().to_owned()
+    };
+    format!(
+        "{}/{segment}/{}",
+        public_root(app, headers, compat),
+        encode_identifier(identifier)
+    )
+}
+
+/// The public URL of the prefix (`https://images.example.org/iiif`), or of Flask-IIIF's mount when
+/// `compat`: configured, or derived from the forwarding headers.
+fn public_root(app: &App, headers: &HeaderMap, compat: bool) -> String {
     let cfg = app.config();
-    // Flask-IIIF routes live beside the IIIF prefix: same origin, their own mount and `v1`/`v2` segment.
-    let (mount, configured, segment) = if compat {
+    // Flask-IIIF routes live beside the IIIF prefix: same origin, their own mount.
+    let (mount, configured) = if compat {
         let origin = cfg
             .public_base_url
             .strip_suffix(cfg.prefix.as_str())
@@ -132,17 +156,9 @@ fn service_base(
         } else {
             format!("{origin}{}", cfg.compat.flask_iiif_prefix)
         };
-        (
-            cfg.compat.flask_iiif_prefix.as_str(),
-            configured,
-            format!("v{}", version.path_segment()),
-        )
+        (cfg.compat.flask_iiif_prefix.as_str(), configured)
     } else {
-        (
-            cfg.prefix.as_str(),
-            cfg.public_base_url.clone(),
-            version.path_segment().to_owned(),
-        )
+        (cfg.prefix.as_str(), cfg.public_base_url.clone())
     };
     let fwd = Forwarded {
         proto: header_str(
@@ -158,8 +174,7 @@ fn service_base(
         forwarded: header_str(headers, header::FORWARDED),
         host_header: header_str(headers, header::HOST),
     };
-    let base = public_base(&configured, mount, fwd, &cfg.listen.to_string());
-    format!("{base}/{segment}/{}", encode_identifier(identifier))
+    public_base(&configured, mount, fwd, &cfg.listen.to_string())
 }
 
 /// A Flask-IIIF path (`{flask_iiif_prefix}/v1/...` or `/v2/...`), when those routes are enabled, as the
@@ -238,12 +253,16 @@ async fn info(
     let base = service_base(app, headers, version, identifier, compat);
     let source = app.pipeline().locate(identifier).await?;
     let extras = app.pipeline().info_extras(identifier).await;
+    // A restricted image lists its Auth 2.0 services; info.json itself stays open to everyone
+    // (the probe carries the decision), and is the same for every visitor.
+    let auth = super::auth::probe_service(app, &public_root(app, headers, false), identifier);
     let input = InfoInput {
         id: &base,
         size: source.size(),
         limits: *app.pipeline().limits(),
         tile: source.probe.tile.unwrap_or(app.config().tile_size),
         extras: &extras,
+        auth: auth.as_ref(),
     };
     let json = info_json(version, &input);
     let content_type = info_content_type(version, header_str(headers, header::ACCEPT));
@@ -292,9 +311,12 @@ async fn image(
     // may answer it with a 304 and reading the file would be wasted).
     let has_validators = headers.contains_key(header::IF_NONE_MATCH)
         || headers.contains_key(header::IF_MODIFIED_SINCE);
+    // Access is decided before the store is asked: a stored derivative of a restricted image is
+    // never sent (nor handed to nginx) without a decision.
+    let gate = super::auth::gate(app, headers, identifier).await?;
     let prepared = app
         .pipeline()
-        .prepare(identifier, request, !has_validators)
+        .prepare(identifier, request, gate.degrade(), !has_validators)
         .await?;
     let version = request.version;
     let canonical_url = format!(
@@ -346,11 +368,23 @@ async fn image(
         header::LAST_MODIFIED,
         &httpdate::fmt_http_date(modified),
     );
-    response::set(
-        &mut resp,
-        header::CACHE_CONTROL,
-        &format!("public, max-age={}", app.config().http.max_age),
-    );
+    let max_age = app.config().http.max_age;
+    match gate {
+        Gate::Public => response::set(
+            &mut resp,
+            header::CACHE_CONTROL,
+            &format!("public, max-age={max_age}"),
+        ),
+        // The answer depends on the visitor's cookie: no shared cache may keep it.
+        Gate::Private(_) => {
+            response::set(
+                &mut resp,
+                header::CACHE_CONTROL,
+                &format!("private, max-age={max_age}"),
+            );
+            response::set(&mut resp, header::VARY, "Cookie");
+        }
+    }
     response::set(
         &mut resp,
         header::LINK,

@@ -266,6 +266,32 @@ impl CanonicalRequest {
         })
     }
 
+    /// This request as a visitor gets it who may see the image (`img`) at most `ceiling` large as
+    /// a whole: the same region at no more than that resolution. An output finer than
+    /// `region * ceiling / img` is scaled down to it, keeping its aspect ratio; the canonical form
+    /// then names the smaller size explicitly, so its key is that of the smaller image. Unchanged
+    /// when already within.
+    pub fn degraded(&self, img: ImageSize, ceiling: (u32, u32)) -> CanonicalRequest {
+        let r = self.region;
+        let cap_w = scale_dim(r.w, ceiling.0, img.width.max(1)).max(1);
+        let cap_h = scale_dim(r.h, ceiling.1, img.height.max(1)).max(1);
+        let (w, h) = (self.width, self.height);
+        if w <= cap_w && h <= cap_h {
+            return self.clone();
+        }
+        // Best fit of the requested output into the cap, as `!w,h` computes it.
+        let (nw, nh) = if u64::from(cap_w) * u64::from(h) <= u64::from(cap_h) * u64::from(w) {
+            (cap_w, scale_dim(h, cap_w, w).clamp(1, cap_h))
+        } else {
+            (scale_dim(w, cap_h, h).clamp(1, cap_w), cap_h)
+        };
+        CanonicalRequest {
+            width: nw,
+            height: nh,
+            ..self.clone()
+        }
+    }
+
     /// API version of the request.
     pub fn version(&self) -> ApiVersion {
         self.version
@@ -587,6 +613,30 @@ mod tests {
                 let path = format!("full/{},/0/default.jpg", max.width());
                 let wc = canon_limited(ApiVersion::V2, (w, h), limits, &path).expect("w, of max");
                 prop_assert_eq!((wc.width(), wc.height()), (max.width(), max.height()));
+            }
+        }
+
+        /// A degraded request never exceeds the ceiling's resolution over its region, never grows,
+        /// keeps its region, and its canonical form resolves to itself (so its key is stable).
+        #[test]
+        fn degraded_requests_stay_under_their_ceiling((w, h, path, v) in arb_request(), cw in 1u32..2000) {
+            if let Ok(c) = canon(v, w, h, &path) {
+                let img = ImageSize { width: w, height: h };
+                let ceiling = (cw.min(w), scale_dim(h, cw.min(w), w).max(1));
+                let d = c.degraded(img, ceiling);
+                let r = c.region();
+                prop_assert_eq!(d.region(), r);
+                prop_assert!(d.width() <= c.width() && d.height() <= c.height());
+                prop_assert!(d.width() >= 1 && d.height() >= 1);
+                let cap_w = scale_dim(r.w, ceiling.0, w).max(1);
+                let cap_h = scale_dim(r.h, ceiling.1, h).max(1);
+                prop_assert!(d.width() <= cap_w && d.height() <= cap_h);
+                if (c.width(), c.height()) != (d.width(), d.height()) {
+                    prop_assert_ne!(d.key_material(), c.key_material());
+                }
+                if let Ok(again) = canon(v, w, h, &d.to_path()) {
+                    prop_assert_eq!(again.key_material(), d.key_material());
+                }
             }
         }
 

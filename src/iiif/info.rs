@@ -39,6 +39,20 @@ pub struct InfoInput<'a> {
     /// Properties the institution adds: from the configuration (`rights`, `preferredFormats`) and the
     /// image's sidecar, already validated by [`extra_properties`]. Each version lists those it defines.
     pub extras: &'a Extras,
+    /// The IIIF Authorization Flow 2.0 probe service of a restricted image, listed first in
+    /// `service` (3.0 and 2.1; 1.1 has no services).
+    pub auth: Option<&'a serde_json::Value>,
+}
+
+/// The Auth 2.0 context, which a 3.0 info.json lists before the image context (Auth 2.0 §2.2).
+const AUTH_CONTEXT: &str = "http://iiif.io/api/auth/2/context.json";
+
+/// A 3.0 `@context`: the image context alone, or after the Auth 2.0 one.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Context3 {
+    One(&'static str),
+    Two([&'static str; 2]),
 }
 
 /// Extra info.json properties, in the order they are written. Keys are the 3.0 names; 2.1 writes
@@ -227,7 +241,7 @@ struct Tile3 {
 #[derive(Serialize)]
 struct Info3<'a> {
     #[serde(rename = "@context")]
-    context: &'static str,
+    context: Context3,
     id: &'a str,
     #[serde(rename = "type")]
     kind: &'static str,
@@ -332,13 +346,17 @@ pub fn info_json(version: ApiVersion, input: &InfoInput<'_>) -> String {
         limits,
         tile,
         extras,
+        auth,
     } = *input;
     let tile = tile_within(tile, &limits);
     let factors = scale_factors(size, tile);
     let sizes = sizes(size, tile, &limits);
     let result = match version {
         ApiVersion::V3 => serde_json::to_string(&Info3 {
-            context: version.context_uri(),
+            context: match auth {
+                Some(_) => Context3::Two([AUTH_CONTEXT, version.context_uri()]),
+                None => Context3::One(version.context_uri()),
+            },
             id,
             kind: "ImageService3",
             protocol: "http://iiif.io/api/image",
@@ -409,11 +427,35 @@ pub fn info_json(version: ApiVersion, input: &InfoInput<'_>) -> String {
     let mut text = result.unwrap_or_else(|_| "{}".to_owned());
     // The extras after the computed properties, in their own order (the documents above are written
     // from structs so that `@context` comes first and the order is stable).
-    let extras = extras.for_version(version);
+    let mut extras: Vec<(&str, std::borrow::Cow<'_, serde_json::Value>)> = extras
+        .for_version(version)
+        .into_iter()
+        .map(|(k, v)| (k, std::borrow::Cow::Borrowed(v)))
+        .collect();
+    if let (Some(auth), false) = (auth, version == ApiVersion::V1) {
+        // 2.1 services carry their own context; 3.0 lists it at the top instead.
+        let mut probe = auth.clone();
+        if let (ApiVersion::V2, Some(obj)) = (version, probe.as_object_mut()) {
+            let mut with_context = serde_json::Map::new();
+            with_context.insert("@context".into(), AUTH_CONTEXT.into());
+            with_context.extend(std::mem::take(obj));
+            *obj = with_context;
+        }
+        match extras.iter_mut().find(|(k, _)| *k == "service") {
+            Some((_, services)) => {
+                let mut list = vec![probe];
+                if let Some(more) = services.as_array() {
+                    list.extend(more.iter().cloned());
+                }
+                *services = std::borrow::Cow::Owned(list.into());
+            }
+            None => extras.push(("service", std::borrow::Cow::Owned(vec![probe].into()))),
+        }
+    }
     if !extras.is_empty() && text.ends_with('}') && text.len() > 2 {
         text.pop();
         for (name, value) in extras {
-            if let (Ok(k), Ok(v)) = (serde_json::to_string(name), serde_json::to_string(value)) {
+            if let (Ok(k), Ok(v)) = (serde_json::to_string(name), serde_json::to_string(&value)) {
                 text.push(',');
                 text.push_str(&k);
                 text.push(':');
@@ -440,6 +482,7 @@ mod tests {
             limits: Limits::default(),
             tile: 512,
             extras: &Extras::default(),
+            auth: None,
         };
         serde_json::from_str(&info_json(v, &input)).expect("valid JSON")
     }
@@ -467,6 +510,7 @@ mod tests {
             limits: Limits::default(),
             tile: 512,
             extras: &extras,
+            auth: None,
         };
         let v3: Value = serde_json::from_str(&info_json(ApiVersion::V3, &input)).expect("JSON");
         assert_eq!(
@@ -482,6 +526,40 @@ mod tests {
         assert!(v2.get("preferredFormats").is_none() && v2.get("rights").is_none());
         let v1: Value = serde_json::from_str(&info_json(ApiVersion::V1, &input)).expect("JSON");
         assert!(v1.get("license").is_none());
+
+        // A restricted image: the Auth 2.0 context first (3.0), the probe service first in
+        // `service`, before any the institution lists; 2.1 gives the service its own context.
+        let probe =
+            serde_json::json!({"id": "http://x/iiif/auth/probe/a", "type": "AuthProbeService2"});
+        let linked = extra_properties(
+            serde_json::json!({"service": [{"id": "https://example.org/s", "type": "Service"}]})
+                .as_object()
+                .expect("object"),
+        )
+        .expect("valid");
+        for extras in [Extras::default(), linked] {
+            let input = InfoInput {
+                auth: Some(&probe),
+                extras: &extras,
+                ..input.clone()
+            };
+            let v3: Value = serde_json::from_str(&info_json(ApiVersion::V3, &input)).expect("JSON");
+            assert_eq!(
+                v3["@context"],
+                serde_json::json!([AUTH_CONTEXT, "http://iiif.io/api/image/3/context.json"])
+            );
+            assert_eq!(v3["service"][0], probe);
+            assert_eq!(
+                v3["service"].as_array().map(Vec::len),
+                Some(1 + usize::from(!extras.is_empty()))
+            );
+            let v2: Value = serde_json::from_str(&info_json(ApiVersion::V2, &input)).expect("JSON");
+            assert_eq!(v2["@context"], "http://iiif.io/api/image/2/context.json");
+            assert_eq!(v2["service"][0]["@context"], AUTH_CONTEXT);
+            assert_eq!(v2["service"][0]["type"], "AuthProbeService2");
+            let v1: Value = serde_json::from_str(&info_json(ApiVersion::V1, &input)).expect("JSON");
+            assert!(v1.get("service").is_none());
+        }
 
         for bad in [
             serde_json::json!({"width": 5}),
@@ -557,6 +635,7 @@ mod tests {
                 limits: Limits::default(),
                 tile: 512,
                 extras: &Extras::default(),
+                auth: None,
             },
         );
         assert!(
@@ -595,6 +674,7 @@ mod tests {
             limits,
             tile,
             extras: &Extras::default(),
+            auth: None,
         };
         serde_json::from_str(&info_json(v, &input)).expect("valid JSON")
     }

@@ -12,6 +12,7 @@
 mod bounded;
 pub(crate) mod flight;
 
+use crate::access::Degrade;
 use crate::error::{Error, Result};
 use crate::iiif::canonical::{CanonicalRequest, ImageSize};
 use crate::iiif::info::{extra_properties, Extras};
@@ -322,12 +323,13 @@ impl Pipeline {
         self: &Arc<Self>,
         identifier: &str,
         request: &ImageRequest,
+        degrade: Option<Degrade>,
         lookup: bool,
     ) -> Result<Prepared> {
         let p = Arc::clone(self);
         let (identifier, request) = (identifier.to_owned(), request.clone());
         blocking(move || {
-            let (source, canonical, key) = p.key_blocking(&identifier, &request)?;
+            let (source, canonical, key) = p.key_within(&identifier, &request, degrade)?;
             let lookup = if lookup {
                 p.lookup_blocking(&key, canonical.format().extension(), &identifier)
             } else {
@@ -350,8 +352,23 @@ impl Pipeline {
         identifier: &str,
         request: &ImageRequest,
     ) -> Result<(Located, CanonicalRequest, DerivativeKey)> {
+        self.key_within(identifier, request, None)
+    }
+
+    /// [`Pipeline::key_blocking`] for a visitor who may see the image at most as `degrade` allows:
+    /// the request is answered at that resolution, under the key of the smaller image.
+    fn key_within(
+        &self,
+        identifier: &str,
+        request: &ImageRequest,
+        degrade: Option<Degrade>,
+    ) -> Result<(Located, CanonicalRequest, DerivativeKey)> {
         let source = self.locate_blocking(identifier)?;
-        let canonical = CanonicalRequest::resolve(request, source.size(), &self.settings.limits)?;
+        let size = source.size();
+        let mut canonical = CanonicalRequest::resolve(request, size, &self.settings.limits)?;
+        if let Some(d) = degrade {
+            canonical = canonical.degraded(size, d.size(size));
+        }
         let encoder = self.settings.encode.describe(canonical.format());
         let key = DerivativeKey::derive(&source.object.fingerprint, &canonical, &encoder);
         Ok((source, canonical, key))

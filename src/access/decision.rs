@@ -1,0 +1,165 @@
+//! The institution's own rules: one HTTP call to a configured decision service, as Cantaloupe's
+//! delegate script or SIPI's pre-flight function decide, but in the institution's own service and
+//! language rather than a scripting engine inside iiifd.
+//!
+//! `GET {url}?identifier={identifier}&user={user}` (user empty for an anonymous visitor) answers
+//! `{"decision": "allow" | "deny" | "degrade", "max_width": n, "max_area": n}` (the sizes only with
+//! `degrade`, each optional: the rule's or 0). Answers are kept for the configured time per
+//! identifier and user. A slow, failing or unintelligible service is an error that the edge answers
+//! 503: access is never granted by default.
+
+use super::{Decision, Degrade};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Answers kept at most; past it the expired ones go, then all (a burst of distinct visitors).
+const CACHED: usize = 50_000;
+
+/// Why no decision could be had.
+#[derive(Debug, thiserror::Error)]
+#[error("the access decision service did not answer: {0}")]
+pub(crate) struct Unavailable(pub(crate) String);
+
+/// The service's answer.
+#[derive(Deserialize)]
+struct Answer {
+    decision: String,
+    #[serde(default)]
+    max_width: u32,
+    #[serde(default)]
+    max_area: u64,
+}
+
+/// A client of the decision service with its cache.
+pub(crate) struct DecisionService {
+    client: reqwest::Client,
+    url: String,
+    keep: Duration,
+    cache: Mutex<HashMap<(String, String), (Instant, Decision)>>,
+}
+
+impl std::fmt::Debug for DecisionService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionService")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl DecisionService {
+    /// A client of `url`, each call bounded by `timeout`, answers kept for `keep`.
+    pub(crate) fn new(url: &str, timeout: Duration, keep: Duration) -> Result<Self, String> {
+        crate::source::remote::install_tls_provider();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("access.decision_url: {e}"))?;
+        reqwest::Url::parse(url).map_err(|e| format!("access.decision_url: {e}"))?;
+        Ok(DecisionService {
+            client,
+            url: url.to_owned(),
+            keep,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The decision for `user` (empty: anonymous) and `identifier`.
+    pub(crate) async fn decide(
+        &self,
+        identifier: &str,
+        user: &str,
+    ) -> Result<Decision, Unavailable> {
+        let key = (identifier.to_owned(), user.to_owned());
+        if let Some(&(at, d)) = self.lock().get(&key) {
+            if at.elapsed() < self.keep {
+                return Ok(d);
+            }
+        }
+        let decision = self.ask(identifier, user).await?;
+        let mut cache = self.lock();
+        if cache.len() >= CACHED {
+            let keep = self.keep;
+            cache.retain(|_, (at, _)| at.elapsed() < keep);
+            if cache.len() >= CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (Instant::now(), decision));
+        Ok(decision)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Instant, Decision)>> {
+        // A panic while holding it cannot leave the map inconsistent (single inserts and removals).
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn ask(&self, identifier: &str, user: &str) -> Result<Decision, Unavailable> {
+        let fail = |e: reqwest::Error| Unavailable(e.without_url().to_string());
+        let mut url =
+            reqwest::Url::parse(&self.url).map_err(|e| Unavailable(format!("bad URL: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("identifier", identifier)
+            .append_pair("user", user);
+        let resp = self.client.get(url).send().await.map_err(fail)?;
+        if !resp.status().is_success() {
+            return Err(Unavailable(format!("HTTP {}", resp.status().as_u16())));
+        }
+        let body = resp.bytes().await.map_err(fail)?;
+        parse(&body)
+    }
+}
+
+/// The decision in an answer body.
+fn parse(body: &[u8]) -> Result<Decision, Unavailable> {
+    let a: Answer =
+        serde_json::from_slice(body).map_err(|e| Unavailable(format!("not a decision ({e})")))?;
+    match a.decision.as_str() {
+        "allow" => Ok(Decision::Allow),
+        "deny" => Ok(Decision::Deny),
+        "degrade" if a.max_width > 0 || a.max_area > 0 => Ok(Decision::Degrade(Degrade {
+            max_width: a.max_width,
+            max_area: a.max_area,
+        })),
+        "degrade" => Err(Unavailable(
+            "`degrade` without max_width or max_area".into(),
+        )),
+        other => Err(Unavailable(format!(
+            "unknown decision '{}'",
+            crate::iiif::parse::printable(other)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_read_strictly() {
+        assert_eq!(
+            parse(br#"{"decision":"allow"}"#).ok(),
+            Some(Decision::Allow)
+        );
+        assert_eq!(parse(br#"{"decision":"deny"}"#).ok(), Some(Decision::Deny));
+        assert_eq!(
+            parse(br#"{"decision":"degrade","max_width":300}"#).ok(),
+            Some(Decision::Degrade(Degrade {
+                max_width: 300,
+                max_area: 0
+            }))
+        );
+        for bad in [
+            &br#"{"decision":"degrade"}"#[..],
+            br#"{"decision":"maybe"}"#,
+            br#"{"allow":true}"#,
+            b"<html>",
+            b"",
+        ] {
+            assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}
