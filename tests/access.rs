@@ -151,6 +151,15 @@ fn policies_decide_every_request_kind() {
     let denied = get(&s, chart, &[]);
     assert_eq!(denied.status, 401);
     assert_eq!(denied.header("cache-control"), Some("no-store"));
+    // Aliases of the file are as restricted: without the extension, and through a symbolic link.
+    std::os::unix::fs::symlink(s.images.join("chart.jpg"), s.images.join("alias.jpg"))
+        .expect("link");
+    for alias in ["chart", "alias.jpg", "alias"] {
+        let path = format!("/iiif/3/{alias}/full/max/0/default.jpg");
+        assert_eq!(get(&s, &path, &[]).status, 401, "{path}");
+        let info = get(&s, &format!("/iiif/3/{alias}/info.json"), &[]).json();
+        assert_eq!(info["service"][0]["type"], "AuthProbeService2", "{alias}");
+    }
     let open = get(
         &s,
         "/iiif/3/collection%2Fpage.tif/full/64,/0/default.jpg",
@@ -454,28 +463,27 @@ fn the_decision_service_decides_is_cached_and_never_fails_open() {
     let alice = signed_cookie("alice", ORIGIN, now() + 600);
     let bob = signed_cookie("bob", ORIGIN, now() + 600);
     assert_eq!(get(&s, chart, &[]).status, 401);
-    assert_eq!(get(&s, chart, &[("Cookie", alice.as_str())]).status, 200);
     // "degrade" for bob: the 200 px request is answered at the service's 32 px.
     let b = get(&s, chart, &[("Cookie", bob.as_str())]);
     assert_eq!(b.status, 200);
     assert_eq!(b.image().width(), 32);
     // Open identifiers are not asked about.
     let before = calls.load(Ordering::SeqCst);
+    let open = "/iiif/3/collection%2Fpage.tif/full/64,/0/default.jpg";
+    assert_eq!(get(&s, open, &[]).status, 200);
     assert_eq!(
-        get(
-            &s,
-            "/iiif/3/collection%2Fpage.tif/full/64,/0/default.jpg",
-            &[]
-        )
-        .status,
-        200
+        calls.load(Ordering::SeqCst),
+        before,
+        "no decision for an open image"
     );
+    assert_eq!(get(&s, chart, &[("Cookie", alice.as_str())]).status, 200);
     // Kept: a failing service changes nothing until the decisions expire, then means 503.
+    let asked = calls.load(Ordering::SeqCst);
     mode.store(1, Ordering::SeqCst);
     assert_eq!(get(&s, chart, &[("Cookie", alice.as_str())]).status, 200);
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        before,
+        asked,
         "served from the decision cache"
     );
     std::thread::sleep(Duration::from_millis(2_200));

@@ -119,3 +119,98 @@ fn openseadragon_loads_every_tile_in_chromium() {
     );
     eprintln!("browser offline: {r}");
 }
+
+/// IIIF Authorization Flow 2.0 in Chromium (`tests/browser/auth.mjs`): a page on another origin than
+/// iiifd runs the client flow against a restricted image and ends with it drawn; a page on a third
+/// origin holding the same cookie gets `invalidOrigin` and no image.
+#[test]
+fn the_auth2_client_flow_draws_a_restricted_image_in_chromium() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir()
+            && Path::new("/usr/bin/chromium").exists(),
+        "needs Debian chromium and `npm ci --prefix tests/browser` (tests/setup.sh installs both)"
+    );
+    // The viewer pages' server (in auth.mjs) listens on this port, for two host names.
+    let port = crate::common::quiet_port();
+    let viewer = format!("http://viewer.example.test:{port}");
+    let other = format!("http://other.example.test:{port}");
+    let conf = tempfile::tempdir().expect("tempdir");
+    let config = conf.path().join("iiifd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[access]\nsecret = \"browser-test-secret-0123456789abcdef\"\ncookie_secure = false\n\
+             allowed_origins = [\"{viewer}\", \"{other}\"]\n\
+             [[access.rules]]\nidentifiers = \"chart\"\npolicy = \"restricted\"\n"
+        ),
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let s = Server::start_with(&["--config", &config], &[]);
+    assert_eq!(
+        s.get("/iiif/3/chart/full/!400,400/0/default.jpg").status,
+        401
+    );
+    let info = format!(
+        "http://images.example.test:{}/iiif/3/chart/info.json",
+        s.addr.port()
+    );
+    let out = Command::new("node")
+        .arg(dir.join("auth.mjs"))
+        .arg(&info)
+        .arg(&viewer)
+        .arg("--reuse-origin")
+        .arg(&other)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("result JSON");
+    eprintln!("auth flow: {runs}");
+    let step = |run: usize, name: &str| {
+        runs[run]["log"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["step"] == name).cloned())
+            .unwrap_or_else(|| panic!("run {run} has no step {name}: {runs}"))
+    };
+    for run in 0..2 {
+        assert_eq!(runs[run]["pageErrors"], serde_json::json!([]), "{runs}");
+        assert!(
+            runs[run]["log"]
+                .as_array()
+                .is_some_and(|l| !l.iter().any(|s| s["step"] == "error")),
+            "{runs}"
+        );
+        assert_eq!(step(run, "probe")["status"], 401);
+        assert_eq!(step(run, "probe")["http"], 200);
+    }
+    // Before signing in: missingAspect, delivered to the page's own origin.
+    assert_eq!(step(0, "token-before")["profile"], "missingAspect");
+    // Signed in: a token from iiifd's origin, the probe says 200, the image is drawn.
+    let token = step(0, "token");
+    assert_eq!(token["type"], "AuthAccessToken2", "{runs}");
+    assert_eq!(
+        token["from"],
+        format!("http://images.example.test:{}", s.addr.port())
+    );
+    assert_eq!(step(0, "probe-with-token")["status"], 200);
+    let image = step(0, "image");
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(400), Some(250)),
+        "{runs}"
+    );
+    assert!(
+        step(0, "shown")["stddev"].as_f64().unwrap_or(0.0) > 10.0,
+        "the image is shown, not blank: {runs}"
+    );
+    // The other origin, with the first one's cookie: invalidOrigin, still 401, no image.
+    assert_eq!(step(1, "token")["profile"], "invalidOrigin", "{runs}");
+    assert_eq!(step(1, "probe-with-token")["status"], 401);
+}

@@ -267,6 +267,75 @@ fn nginx_signs_in_and_never_sends_a_restricted_hit_without_the_cookie() {
         .is_some_and(|c| c.starts_with("public")));
 }
 
+/// `deploy/nginx/iiifd-login.conf`: signed-in visitors see everything, others nothing; the
+/// institution's sign-in check is played by nginx itself (a cookie `sso=ok` or not).
+#[test]
+fn nginx_login_site_lets_only_signed_in_visitors_in() {
+    let s = Server::start_with(&[], &[("IIIFD_STORE__ACCEL_REDIRECT", "/_iiifd/")]);
+    let port = free_port();
+    let text = std::fs::read_to_string(repo("deploy/nginx/iiifd-login.conf")).expect("site");
+    let conf: String = text
+        .replace("server 127.0.0.1:8080;", &format!("server {};", s.addr))
+        .replace(
+            "listen 443 ssl http2;",
+            &format!("listen 127.0.0.1:{port};"),
+        )
+        .replace(
+            "alias /var/lib/iiifd/objects/;",
+            &format!("alias {}/objects/;", s.store.display()),
+        )
+        .replace(
+            "proxy_pass https://sso.example.org/validate;",
+            "if ($http_cookie ~ \"sso=ok\") { return 204; } return 401;",
+        )
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("ssl_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(conf.contains("return 204;") && conf.contains(&s.addr.to_string()));
+    let nginx = Nginx::start(&conf);
+    let get = |path: &str, cookie: &str| {
+        raw(
+            nginx.addr,
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\n{cookie}Connection: close\r\n\r\n",
+                nginx.addr
+            )
+            .as_bytes(),
+        )
+    };
+    let url = "/iiif/3/chart/full/300,/0/default.jpg";
+    let signed = "Cookie: sso=ok\r\n";
+    assert_eq!(get("/iiif/3/chart/info.json", "").status, 401);
+    assert_eq!(get(url, "").status, 401);
+    let miss = get(url, signed);
+    assert_eq!(miss.status, 200);
+    let hit = get(url, signed);
+    assert_eq!(
+        hit.header("cache-status"),
+        Some("iiifd; hit"),
+        "sent by nginx"
+    );
+    assert_eq!(hit.body, miss.body);
+    for r in [&miss, &hit] {
+        let cc: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("cache-control"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let cc = cc.join(", ");
+        assert!(
+            cc.contains("private") && cc.contains("max-age=3600") && !cc.contains("public"),
+            "{cc}"
+        );
+    }
+    // Stored, and still nothing without the sign-in.
+    let refused = get(url, "Cookie: sso=no\r\n");
+    assert_eq!(refused.status, 401);
+    assert!(refused.header("cache-status").is_none());
+}
+
 /// The shipped cluster site, listening on a free port, in front of the instances at `addrs`.
 fn cluster_conf(addrs: &[String]) -> String {
     let text =

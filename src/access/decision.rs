@@ -2,7 +2,9 @@
 //! delegate script or SIPI's pre-flight function decide, but in the institution's own service and
 //! language rather than a scripting engine inside iiifd.
 //!
-//! `GET {url}?identifier={identifier}&user={user}` (user empty for an anonymous visitor) answers
+//! `GET {url}?identifier={identifier}&name={name}&user={user}` (the identifier as requested, the
+//! source's own name for the file it resolved to, which aliases share; user empty for an anonymous
+//! visitor) answers
 //! `{"decision": "allow" | "deny" | "degrade", "max_width": n, "max_area": n}` (the sizes only with
 //! `degrade`, each optional: the rule's or 0). Answers are kept for the configured time per
 //! identifier and user. A slow, failing or unintelligible service is an error that the edge answers
@@ -37,8 +39,11 @@ pub(crate) struct DecisionService {
     client: reqwest::Client,
     url: String,
     keep: Duration,
-    cache: Mutex<HashMap<(String, String), (Instant, Decision)>>,
+    cache: Mutex<HashMap<Asked, (Instant, Decision)>>,
 }
+
+/// What a decision is about: identifier, file name, user.
+type Asked = (String, String, String);
 
 impl std::fmt::Debug for DecisionService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,19 +72,20 @@ impl DecisionService {
         })
     }
 
-    /// The decision for `user` (empty: anonymous) and `identifier`.
+    /// The decision for `user` (empty: anonymous) about `identifier`, which names the file `name`.
     pub(crate) async fn decide(
         &self,
         identifier: &str,
+        name: &str,
         user: &str,
     ) -> Result<Decision, Unavailable> {
-        let key = (identifier.to_owned(), user.to_owned());
+        let key = (identifier.to_owned(), name.to_owned(), user.to_owned());
         if let Some(&(at, d)) = self.lock().get(&key) {
             if at.elapsed() < self.keep {
                 return Ok(d);
             }
         }
-        let decision = self.ask(identifier, user).await?;
+        let decision = self.ask(identifier, name, user).await?;
         let mut cache = self.lock();
         if cache.len() >= CACHED {
             let keep = self.keep;
@@ -92,17 +98,18 @@ impl DecisionService {
         Ok(decision)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Instant, Decision)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Asked, (Instant, Decision)>> {
         // A panic while holding it cannot leave the map inconsistent (single inserts and removals).
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn ask(&self, identifier: &str, user: &str) -> Result<Decision, Unavailable> {
+    async fn ask(&self, identifier: &str, name: &str, user: &str) -> Result<Decision, Unavailable> {
         let fail = |e: reqwest::Error| Unavailable(e.without_url().to_string());
         let mut url =
             reqwest::Url::parse(&self.url).map_err(|e| Unavailable(format!("bad URL: {e}")))?;
         url.query_pairs_mut()
             .append_pair("identifier", identifier)
+            .append_pair("name", name)
             .append_pair("user", user);
         let resp = self.client.get(url).send().await.map_err(fail)?;
         if !resp.status().is_success() {

@@ -76,26 +76,46 @@ impl Access {
         &self.signer
     }
 
-    /// Whether `identifier` is open to everyone (no rule restricts it): then no access services
-    /// are listed, nothing is checked and responses stay public.
-    pub(crate) fn is_open(&self, identifier: &str) -> bool {
-        self.rules.policy(identifier) == Policy::Open
+    /// Whether any rule restricts anything: when none does, requests need no check at all (and no
+    /// lookup of the file behind an identifier before the usual one).
+    pub(crate) fn enabled(&self) -> bool {
+        self.rules.0.iter().any(|r| r.policy != Policy::Open)
+    }
+
+    /// The policy for a request of `identifier` served by the file `name` (the source's own name
+    /// for it, aliases resolved: an identifier without its extension, a symbolic link): the
+    /// strictest of the rules for the identifier, the name, and the name without its extension, so
+    /// no alias of a restricted file is less restricted than the file.
+    pub(crate) fn policy(&self, identifier: &str, name: &str) -> Policy {
+        // The name also without its image extension: `chart` and `chart.jpg` are one image.
+        let stem = crate::source::identifier_of(name).unwrap_or(name);
+        [name, stem]
+            .iter()
+            .fold(self.rules.policy(identifier), |p, n| {
+                stricter(p, self.rules.policy(n))
+            })
+    }
+
+    /// Whether the request is open to everyone: then no access services are listed, nothing is
+    /// checked and responses stay public.
+    pub(crate) fn is_open(&self, identifier: &str, name: &str) -> bool {
+        self.policy(identifier, name) == Policy::Open
     }
 
     /// The decision for a visitor holding `credential` (already verified, `None` when anonymous)
-    /// about `identifier`: open identifiers are allowed; others are decided by the decision
+    /// about `identifier` (file `name`): open ones are allowed; others are decided by the decision
     /// service when one is configured (which then refines the rules), else by their rule.
     pub(crate) async fn decide(
         &self,
         identifier: &str,
+        name: &str,
         credential: Option<&Credential>,
     ) -> Result<Decision, Unavailable> {
-        let policy = self.rules.policy(identifier);
-        match (&self.decision, policy) {
+        match (&self.decision, self.policy(identifier, name)) {
             (_, Policy::Open) => Ok(Decision::Allow),
             (Some(service), _) => {
                 let user = credential.map_or("", |c| c.user.as_str());
-                service.decide(identifier, user).await
+                service.decide(identifier, name, user).await
             }
             (None, policy) => Ok(by_policy(policy, credential.is_some())),
         }
@@ -190,6 +210,29 @@ impl Rules {
             .iter()
             .find(|r| glob(&r.identifiers, identifier))
             .map_or(Policy::Open, |r| r.policy)
+    }
+}
+
+/// The stricter of two policies: restricted over degraded over open; of two degraded, the smaller.
+pub(crate) fn stricter(a: Policy, b: Policy) -> Policy {
+    match (a, b) {
+        (Policy::Restricted, _) | (_, Policy::Restricted) => Policy::Restricted,
+        (Policy::Degraded(x), Policy::Degraded(y)) => Policy::Degraded(Degrade {
+            max_width: smaller_bound(x.max_width, y.max_width),
+            max_area: smaller_bound(x.max_area, y.max_area),
+        }),
+        (Policy::Degraded(d), _) | (_, Policy::Degraded(d)) => Policy::Degraded(d),
+        (Policy::Open, Policy::Open) => Policy::Open,
+    }
+}
+
+/// The smaller of two bounds where 0 means none.
+fn smaller_bound<T: Ord + Default + Copy>(a: T, b: T) -> T {
+    let none = T::default();
+    match (a == none, b == none) {
+        (true, _) => b,
+        (_, true) => a,
+        _ => a.min(b),
     }
 }
 
@@ -298,6 +341,27 @@ mod tests {
         assert_eq!(by_policy(Policy::Restricted, true), Decision::Allow);
         assert_eq!(by_policy(Policy::Degraded(d), false), Decision::Degrade(d));
         assert_eq!(by_policy(Policy::Open, false), Decision::Allow);
+        // Aliases: the stricter policy of the identifier and the file's own name.
+        let narrow = Degrade {
+            max_width: 0,
+            max_area: 5_000,
+        };
+        assert_eq!(
+            stricter(Policy::Open, Policy::Restricted),
+            Policy::Restricted
+        );
+        assert_eq!(
+            stricter(Policy::Degraded(d), Policy::Open),
+            Policy::Degraded(d)
+        );
+        assert_eq!(
+            stricter(Policy::Degraded(d), Policy::Degraded(narrow)),
+            Policy::Degraded(Degrade {
+                max_width: 400,
+                max_area: 5_000
+            })
+        );
+        assert_eq!(stricter(Policy::Open, Policy::Open), Policy::Open);
     }
 
     #[test]

@@ -43,14 +43,19 @@ impl Gate {
 /// The check before an image request reaches the store: open identifiers pass; others need the
 /// decision for the visitor's cookie. Refused: [`Error::AccessDenied`] (401); no decision to be
 /// had: [`Error::AccessUnavailable`] (503).
-pub(crate) async fn gate(app: &App, headers: &HeaderMap, identifier: &str) -> Result<Gate> {
+pub(crate) async fn gate(app: &Arc<App>, headers: &HeaderMap, identifier: &str) -> Result<Gate> {
     let access = app.access();
-    if access.is_open(identifier) {
+    if !access.enabled() {
+        return Ok(Gate::Public);
+    }
+    // The rules also apply to the file's own name, so an alias is never less restricted.
+    let name = app.pipeline().locate(identifier).await?.object.name;
+    if access.is_open(identifier, &name) {
         return Ok(Gate::Public);
     }
     let visitor = cookie(headers).and_then(|v| access.cookie_credential(v).ok());
     match access
-        .decide(identifier, visitor.as_ref())
+        .decide(identifier, &name, visitor.as_ref())
         .await
         .map_err(|e| Error::AccessUnavailable(e.0))?
     {
@@ -60,9 +65,14 @@ pub(crate) async fn gate(app: &App, headers: &HeaderMap, identifier: &str) -> Re
     }
 }
 
-/// The probe service of `identifier` as info.json lists it, when the identifier is not open.
-pub(crate) fn probe_service(app: &App, root: &str, identifier: &str) -> Option<serde_json::Value> {
-    (!app.access().is_open(identifier))
+/// The probe service of `identifier` (file `name`) as info.json lists it, when it is not open.
+pub(crate) fn probe_service(
+    app: &App,
+    root: &str,
+    identifier: &str,
+    name: &str,
+) -> Option<serde_json::Value> {
+    (!app.access().is_open(identifier, name))
         .then(|| services::probe_service(&urls(root, identifier), app.access().config()))
 }
 
@@ -136,7 +146,8 @@ async fn probe(
         .and_then(|v| v.strip_prefix("Bearer "))
         .and_then(|t| access.token_credential(t.trim()).ok())
         .filter(|c| origin.is_none_or(|o| o == c.origin));
-    let body = match access.decide(identifier, visitor.as_ref()).await {
+    let name = &source.object.name;
+    let body = match access.decide(identifier, name, visitor.as_ref()).await {
         Ok(decision) => {
             let substitute = match decision {
                 Decision::Degrade(d) => {

@@ -255,7 +255,8 @@ async fn info(
     let extras = app.pipeline().info_extras(identifier).await;
     // A restricted image lists its Auth 2.0 services; info.json itself stays open to everyone
     // (the probe carries the decision), and is the same for every visitor.
-    let auth = super::auth::probe_service(app, &public_root(app, headers, false), identifier);
+    let root = public_root(app, headers, false);
+    let auth = super::auth::probe_service(app, &root, identifier, &source.object.name);
     let input = InfoInput {
         id: &base,
         size: source.size(),
