@@ -503,3 +503,34 @@ fn the_decision_service_decides_is_cached_and_never_fails_open() {
     mode.store(0, Ordering::SeqCst);
     assert_eq!(get(&s, chart, &[("Cookie", alice.as_str())]).status, 200);
 }
+
+#[test]
+fn kiosk_and_external_profiles() {
+    // Kiosk: the access service sets the cookie with no sign-in and no interaction.
+    let (s, _cfg) = start("profile = \"kiosk\"", &[]);
+    let info = get(&s, "/iiif/3/chart.jpg/info.json", &[]).json();
+    let access = &info["service"][0]["service"][0];
+    assert_eq!(access["profile"], "kiosk");
+    assert!(access.get("confirmLabel").is_none());
+    let r = get(&s, &format!("/iiif/auth/access?origin={ORIGIN}"), &[]);
+    assert_eq!(r.status, 200);
+    let cookie = cookie_of(&r);
+    let with = [("Cookie", cookie.as_str())];
+    assert_eq!(
+        get(&s, "/iiif/3/chart.jpg/full/100,/0/default.jpg", &with).status,
+        200
+    );
+    // Origins outside access.allowed_origins may not sign in.
+    let (s, _cfg) = start("allowed_origins = [\"https://viewer.example.org\"]", &[]);
+    let other = "/iiif/auth/access?origin=https://elsewhere.example.org";
+    let r = get(&s, other, &[("X-Remote-User", "alice")]);
+    assert_eq!(r.status, 403);
+    assert!(r.header("set-cookie").is_none());
+    // External: no access service to open; the token service is the way in.
+    let (s, _cfg) = start("profile = \"external\"", &[]);
+    let info = get(&s, "/iiif/3/chart.jpg/info.json", &[]).json();
+    let access = &info["service"][0]["service"][0];
+    assert_eq!(access["profile"], "external");
+    assert!(access.get("id").is_none());
+    assert_eq!(access["service"][0]["type"], "AuthAccessTokenService2");
+}
