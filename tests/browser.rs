@@ -121,8 +121,9 @@ fn openseadragon_loads_every_tile_in_chromium() {
 }
 
 /// IIIF Authorization Flow 2.0 in Chromium (`tests/browser/auth.mjs`): a page on another origin than
-/// iiifd runs the client flow against a restricted image and ends with it drawn; a page on a third
-/// origin holding the same cookie gets `invalidOrigin` and no image.
+/// the image server runs the client flow against a restricted image served by iiifd behind the
+/// shipped nginx Auth 2.0 site (sign-in by nginx's basic authentication) and ends with the image
+/// drawn; a page on a third origin holding the same cookie gets `invalidOrigin` and no image.
 #[test]
 fn the_auth2_client_flow_draws_a_restricted_image_in_chromium() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
@@ -147,21 +148,24 @@ fn the_auth2_client_flow_draws_a_restricted_image_in_chromium() {
     )
     .expect("config");
     let config = config.display().to_string();
-    let s = Server::start_with(&["--config", &config], &[]);
-    assert_eq!(
-        s.get("/iiif/3/chart/full/!400,400/0/default.jpg").status,
-        401
+    let s = Server::start_with(
+        &["--config", &config],
+        &[("IIIFD_STORE__ACCEL_REDIRECT", "/_iiifd/")],
     );
-    let info = format!(
-        "http://images.example.test:{}/iiif/3/chart/info.json",
-        s.addr.port()
-    );
+    let nginx_port = crate::deploy::free_port();
+    let nginx = crate::deploy::Nginx::start(&crate::deploy::auth_site(
+        s.addr,
+        nginx_port,
+        &s.store,
+        conf.path(),
+    ));
+    let images = format!("http://images.example.test:{}", nginx.addr.port());
     let out = Command::new("node")
         .arg(dir.join("auth.mjs"))
-        .arg(&info)
+        .arg(format!("{images}/iiif/3/chart/info.json"))
         .arg(&viewer)
-        .arg("--reuse-origin")
         .arg(&other)
+        .arg("alice:secret")
         .output()
         .expect("node");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -192,13 +196,10 @@ fn the_auth2_client_flow_draws_a_restricted_image_in_chromium() {
     }
     // Before signing in: missingAspect, delivered to the page's own origin.
     assert_eq!(step(0, "token-before")["profile"], "missingAspect");
-    // Signed in: a token from iiifd's origin, the probe says 200, the image is drawn.
+    // Signed in: a token from the image server's origin, the probe says 200, the image is drawn.
     let token = step(0, "token");
     assert_eq!(token["type"], "AuthAccessToken2", "{runs}");
-    assert_eq!(
-        token["from"],
-        format!("http://images.example.test:{}", s.addr.port())
-    );
+    assert_eq!(token["from"], images);
     assert_eq!(step(0, "probe-with-token")["status"], 200);
     let image = step(0, "image");
     assert_eq!(

@@ -12,7 +12,7 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -20,14 +20,14 @@ fn free_port() -> u16 {
 }
 
 /// A real nginx serving one site file, stopped on drop.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl Nginx {
-    fn start(site: &str) -> Nginx {
+    pub(crate) fn start(site: &str) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display();
         // As root, nginx workers would drop to `nobody` and could not read the test's private store.
@@ -167,7 +167,7 @@ fn nginx_in_front_of_iiifd() {
 
 /// `deploy/nginx/iiifd-auth.conf` for a test: plain HTTP on `port` (the TLS lines are nginx's own),
 /// `upstream`, the store, and an htpasswd file with `alice:secret`.
-fn auth_site(upstream: SocketAddr, port: u16, store: &Path, dir: &Path) -> String {
+pub(crate) fn auth_site(upstream: SocketAddr, port: u16, store: &Path, dir: &Path) -> String {
     let text = std::fs::read_to_string(repo("deploy/nginx/iiifd-auth.conf")).expect("site");
     let htpasswd = dir.join("htpasswd");
     std::fs::write(&htpasswd, "alice:{PLAIN}secret\n").expect("htpasswd");

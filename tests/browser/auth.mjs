@@ -1,16 +1,18 @@
 // The IIIF Authorization Flow 2.0 client flow in Debian's Chromium, from a page on another origin
 // than the image server: probe -> (click) open the access service -> it closes -> the token service
 // in a hidden iframe -> postMessage -> probe again with the token -> draw the restricted image.
-// The viewer page lives at http://viewer.example.test:PORT (served here), iiifd at
-// http://images.example.test:PORT2 (all names mapped to 127.0.0.1): two origins of one site. The
-// fronting proxy's sign-in is played by adding its X-Remote-User header to the access service request.
-// With --reuse-origin, a second page on another origin then asks for a token with the first one's
-// cookie (its own sign-in window closes without reaching iiifd): it must get invalidOrigin.
-// Usage: node auth.mjs INFO_URL VIEWER_ORIGIN [--reuse-origin OTHER_ORIGIN]   (prints one JSON line)
+// The viewer page lives at http://viewer.example.test:PORT (served here), iiifd behind the shipped
+// nginx Auth 2.0 site at http://images.example.test:PORT2 (all names mapped to 127.0.0.1): two
+// origins of one site. nginx signs the visitor in at the access service with basic authentication
+// (the browser answers its challenge with USER:PASS). Then a second page on another origin asks for a
+// token with the first one's cookie (its own sign-in window closes without reaching iiifd): it must
+// get invalidOrigin.
+// Usage: node auth.mjs INFO_URL VIEWER_ORIGIN OTHER_ORIGIN USER:PASS   (prints one JSON line)
 import { chromium } from "playwright-core";
 import http from "node:http";
 
-const [, , infoUrl, viewerOrigin, flag, otherOrigin] = process.argv;
+const [, , infoUrl, viewerOrigin, otherOrigin, credentials] = process.argv;
+const [username, password] = credentials.split(":");
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -116,19 +118,13 @@ const run = async (context, origin) => {
 };
 
 try {
-  const context = await browser.newContext();
-  // The fronting proxy names the visitor on the access service only.
-  await context.route("**/auth/access?**", (route) =>
-    route.continue({ headers: { ...route.request().headers(), "x-remote-user": "alice" } }));
+  const context = await browser.newContext({ httpCredentials: { username, password } });
   const runs = [await run(context, viewerOrigin)];
-  if (flag === "--reuse-origin") {
-    // Another page, signed in through the first origin's cookie: it gets invalidOrigin, never a token.
-    await context.unroute("**/auth/access?**");
-    // Its sign-in window closes without reaching iiifd, so the cookie stays the first origin's.
-    await context.route("**/auth/access?**", (route) =>
-      route.fulfill({ contentType: "text/html", body: "<script>window.close()</script>" }));
-    runs.push(await run(context, otherOrigin));
-  }
+  // The other origin's sign-in window closes without reaching iiifd, so the cookie stays the first
+  // origin's.
+  await context.route("**/auth/access?**", (route) =>
+    route.fulfill({ contentType: "text/html", body: "<script>window.close()</script>" }));
+  runs.push(await run(context, otherOrigin));
   console.log(JSON.stringify(runs));
 } finally {
   await browser.close();
