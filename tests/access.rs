@@ -5,7 +5,7 @@
 //! refused; a stored derivative of a restricted image is never served without the cookie; the
 //! institution's decision service decides, is cached, and a slow or failing one means 503.
 
-use crate::common::{raw, Response, Server};
+use crate::common::{Response, Server};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -350,10 +350,7 @@ fn policies_decide_every_request_kind() {
     // Admin work is not a visitor's: a crawl warms a restricted image, whose hit still needs the
     // cookie; a purge removes it.
     let body = r#"{"identifiers": ["chart.jpg"], "thumbnails": ["!128,128"]}"#;
-    let crawl = raw(
-        s.admin,
-        format!("POST /admin/crawl HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
-    );
+    let crawl = s.admin_post("/admin/crawl", body);
     assert!(
         crawl.status == 202 || crawl.status == 200,
         "{}",
@@ -371,10 +368,7 @@ fn policies_decide_every_request_kind() {
         get(&s, thumb, &with).header("cache-status"),
         Some("iiifd; hit")
     );
-    let purge = raw(
-        s.admin,
-        b"POST /admin/store/purge?id=chart.jpg HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    );
+    let purge = s.admin_post("/admin/store/purge?id=chart.jpg", "");
     assert_eq!(purge.status, 200, "{}", purge.text());
     assert_ne!(
         get(&s, thumb, &with).header("cache-status"),

@@ -8,6 +8,23 @@ use crate::common::Server;
 use std::path::Path;
 use std::process::Command;
 
+/// Run one of the Playwright scripts beside this file with `args`; its last output line, as JSON.
+fn node(script: &str, args: &[&str]) -> serde_json::Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let out = Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("result JSON")
+}
+
 #[test]
 fn openseadragon_loads_every_tile_in_chromium() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
@@ -36,20 +53,8 @@ fn openseadragon_loads_every_tile_in_chromium() {
             .unwrap_or_default()
             .join(format!("shot-{version}.png"));
         let url = format!("http://{}/viewer/large?version={version}", s.addr);
-        let out = Command::new("node")
-            .arg(dir.join("view.mjs"))
-            .arg(&url)
-            .arg(&shot)
-            .output()
-            .expect("node");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "version {version}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value =
-            serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("result JSON");
+        let shot = shot.display().to_string();
+        let r = node("view.mjs", &[&url, &shot]);
         assert_eq!(
             r["failures"],
             serde_json::json!([]),
@@ -84,21 +89,8 @@ fn openseadragon_loads_every_tile_in_chromium() {
         .unwrap_or(Path::new("/tmp"))
         .join("shot-offline.png");
     let url = format!("http://{}/viewer/large", s.addr);
-    let out = Command::new("node")
-        .arg(dir.join("view.mjs"))
-        .arg(&url)
-        .arg(&shot)
-        .arg("--offline")
-        .output()
-        .expect("node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "offline: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("result JSON");
+    let shot = shot.display().to_string();
+    let r = node("view.mjs", &[&url, &shot, "--offline"]);
     assert_eq!(r["mode"], "still", "offline: {r}");
     assert_eq!(r["pageErrors"], serde_json::json!([]), "offline: {r}");
     assert_eq!(
@@ -160,22 +152,8 @@ fn the_auth2_client_flow_draws_a_restricted_image_in_chromium() {
         conf.path(),
     ));
     let images = format!("http://images.example.test:{}", nginx.addr.port());
-    let out = Command::new("node")
-        .arg(dir.join("auth.mjs"))
-        .arg(format!("{images}/iiif/3/chart/info.json"))
-        .arg(&viewer)
-        .arg(&other)
-        .arg("alice:secret")
-        .output()
-        .expect("node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let runs: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("result JSON");
+    let info = format!("{images}/iiif/3/chart/info.json");
+    let runs = node("auth.mjs", &[&info, &viewer, &other, "alice:secret"]);
     eprintln!("auth flow: {runs}");
     let step = |run: usize, name: &str| {
         runs[run]["log"]

@@ -1,6 +1,6 @@
 //! Pre-warming through the admin API and `iiifd warm`.
 
-use crate::common::{files_under, raw, Server};
+use crate::common::{files_under, Server};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,10 +13,7 @@ fn make_image(server: &Server, name: &str, w: u32, h: u32) {
 }
 
 fn post(server: &Server, path: &str, body: &str) -> crate::common::Response {
-    raw(
-        server.admin,
-        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
-    )
+    server.admin_post(path, body)
 }
 
 fn wait_done(server: &Server, id: &str, limit: Duration) -> serde_json::Value {

@@ -1,7 +1,7 @@
 //! Crashes and disk faults: `kill -9` at varying points during cold renders and crawls, a disk that
 //! fills up and frees again, a corrupted index.
 
-use crate::common::{raw, Server};
+use crate::common::Server;
 use std::process::Command;
 use std::time::Duration;
 
@@ -36,10 +36,7 @@ fn twenty_kill_9_cycles_during_renders_and_crawls() {
     for cycle in 0..20u64 {
         // A crawl job in the background plus a burst of cold renders in the foreground.
         let body = r#"{"identifiers": ["chart", "rings", "collection/page"], "versions": [3, 2], "thumbnails": ["!200,200"]}"#;
-        let crawl = raw(
-            s.admin,
-            format!("POST /admin/crawl HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
-        );
+        let crawl = s.admin_post("/admin/crawl", body);
         assert!(
             crawl.status == 202 || crawl.status == 200,
             "{}",
@@ -109,7 +106,7 @@ fn full_disk_then_space_returns() {
     assert_eq!(full.header("cache-status"), Some("iiifd; fwd=miss"));
     assert_eq!(full.image().width(), 124);
     assert!(s.metric("iiifd_store_write_errors_total") >= 1.0);
-    let verify = raw(s.admin, b"POST /admin/store/verify HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let verify = s.admin_post("/admin/store/verify", "");
     assert_eq!(verify.json()["bad"], 0);
     // Space returns: writes resume.
     std::fs::remove_file(&filler).expect("remove filler");

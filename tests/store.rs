@@ -218,7 +218,7 @@ fn index_is_rebuilt_and_offline_tools_work() {
     // Purge through the admin listener: the identifier's list beside the objects survived the lost
     // index, so the object rendered before it is purged with the one rendered since.
     assert_eq!(s.get("/iiif/3/rings/full/60,/0/default.png").status, 200);
-    let purge = raw(s.admin, b"POST /admin/store/purge?id=rings HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let purge = s.admin_post("/admin/store/purge?id=rings", "");
     assert_eq!(purge.status, 200);
     assert_eq!(purge.json()["purged"], 2);
     assert_eq!(s.admin_get("/admin/store/stats").json()["objects"], 1);

@@ -182,6 +182,18 @@ impl Server {
         )
     }
 
+    /// POST `body` to the admin listener.
+    pub fn admin_post(&self, path: &str, body: &str) -> Response {
+        raw(
+            self.admin,
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    }
+
     /// The value of an unlabelled Prometheus metric.
     pub fn metric(&self, name: &str) -> f64 {
         let text = self.admin_get("/metrics").text();
