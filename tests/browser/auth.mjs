@@ -51,10 +51,14 @@ const probe = async (url, token) => {
   const before = await getToken(tokenService, "m0");
   log.push({ step: "token-before", type: before.data.type, profile: before.data.profile, from: before.from });
   // Active profile: the visitor clicks, the access service opens in a new window and closes itself.
-  await new Promise((resolve) => document.getElementById("signin").addEventListener("click", () => {
-    const w = window.open(access.id + "?origin=" + encodeURIComponent(location.origin), "_blank");
-    const t = setInterval(() => { if (!w || w.closed) { clearInterval(t); resolve(); } }, 100);
-  }, { once: true }));
+  await new Promise((resolve) => {
+    document.getElementById("signin").addEventListener("click", () => {
+      const w = window.open(access.id + "?origin=" + encodeURIComponent(location.origin), "_blank");
+      const t = setInterval(() => { if (!w || w.closed) { clearInterval(t); resolve(); } }, 100);
+    }, { once: true });
+    // Only now may the visitor click (a click before the listener would be lost).
+    window.flow.ready = true;
+  });
   log.push({ step: "access-closed" });
   const got = await getToken(tokenService, "m1");
   log.push({ step: "token", type: got.data.type, profile: got.data.profile || null, from: got.from });
@@ -89,8 +93,11 @@ const run = async (context, origin) => {
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
   await page.goto(origin + "/viewer.html");
-  await page.click("#signin");
-  await page.waitForFunction(() => window.flow && window.flow.done, null, { timeout: 60000 });
+  // The button is live once the flow has probed and asked for a token; a loaded machine may take a
+  // while to get there, and a click before it would be lost.
+  await page.waitForFunction(() => window.flow && (window.flow.ready || window.flow.done), null, { timeout: 120000 });
+  if (await page.evaluate(() => !window.flow.done)) await page.click("#signin");
+  await page.waitForFunction(() => window.flow && window.flow.done, null, { timeout: 120000 });
   const log = await page.evaluate(() => window.flow.log);
   const drawn = await page.$("#drawn");
   if (drawn) {
