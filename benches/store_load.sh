@@ -4,15 +4,18 @@
 #   2. nginx in front of iiifd with X-Accel-Redirect (nginx sends the file with sendfile);
 #   3. nginx serving the same object files directly (the ceiling).
 # Needs: wrk and nginx (Debian: apt-get install wrk nginx-light), a release build (built if missing).
-# Usage: benches/store_load.sh [SECONDS]   (default 10 s per run)
+# Usage: [STORE_LOAD_BIN=path] benches/store_load.sh [SECONDS]   (default 10 s per run; fails on any answer but 200)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SECS="${1:-10}"
-BIN="$ROOT/target/release/iiifd"
+BIN="${STORE_LOAD_BIN:-$ROOT/target/release/iiifd}"  # STORE_LOAD_BIN: measure another build
 [[ -x "$BIN" ]] || (cd "$ROOT" && cargo build --release --quiet)
 command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs wrk and nginx" >&2; exit 2; }
 
 W="$(mktemp -d)"
+# mktemp makes the folder 0700: nginx's workers (an unprivileged user when run as root) could not
+# read the objects and every X-Accel or direct request would be a fast 403.
+chmod 755 "$W"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -101,11 +104,26 @@ end
 request = function() i = i % #paths + 1; return wrk.format("GET", paths[i]) end
 LUA
 run() { # label url pathsfile
-  local rps
-  rps="$(wrk -t2 -c64 -d"${SECS}s" -s "$W/paths.lua" "$2" -- "$3" | awk '/Requests\/sec/ {print $2}')"
+  local out rps
+  out="$(wrk -t2 -c64 -d"${SECS}s" -s "$W/paths.lua" "$2" -- "$3")"
+  # wrk counts every answer as throughput: a run with any error status measures nothing.
+  if grep -q "Non-2xx" <<<"$out"; then
+    echo "$1: $(grep Non-2xx <<<"$out"), not a measurement" >&2
+    exit 1
+  fi
+  rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
   printf '%-34s %10s req/s\n' "$1" "$rps" >&2
   echo "$rps"
 }
+# Each kind of URL answers 200 with the object's bytes before it is measured.
+check() { # url
+  local code
+  code="$(curl -s -o "$W/check.body" -w '%{http_code}' "$1")"
+  [[ "$code" == 200 && -s "$W/check.body" ]] || { echo "$1 answered $code, not 200 with a body" >&2; exit 1; }
+}
+check "http://$STREAM$(head -1 "$W/paths")"
+check "http://127.0.0.1:$NGINX_PORT$(head -1 "$W/paths")"
+check "http://127.0.0.1:$NGINX_PORT$(head -1 "$W/objects")"
 echo "64 connections, ${SECS}s each, $(wc -l <"$W/paths") cache-hit tiles" >&2
 S=$(run "iiifd streaming" "http://$STREAM" "$W/paths")
 A=$(run "nginx + iiifd X-Accel-Redirect" "http://127.0.0.1:$NGINX_PORT" "$W/paths")

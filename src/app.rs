@@ -238,6 +238,7 @@ impl App {
         let mut out = String::new();
         self.metrics.render_into(&mut out);
         let c = &self.store.counters;
+        let (hot, (hot_bytes, hot_objects)) = self.store.hot_figures();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let counters = [
             (
@@ -285,6 +286,16 @@ impl App {
                 "Index entries dropped by reconcile passes (file gone or changed).",
                 &c.reconcile_dropped,
             ),
+            (
+                "iiifd_store_memory_hits_total",
+                "Store hits answered from the memory tier (counted in iiifd_store_hits_total too).",
+                &hot.hits,
+            ),
+            (
+                "iiifd_store_memory_inserts_total",
+                "Stored objects taken into the memory tier.",
+                &hot.inserts,
+            ),
         ];
         for (name, help, value) in counters {
             metrics::counter(&mut out, name, help, load(value));
@@ -302,6 +313,16 @@ impl App {
                 "iiifd_store_max_bytes",
                 "The store's budget.",
                 stats.max_bytes,
+            ),
+            (
+                "iiifd_store_memory_bytes",
+                "Bytes held by the memory tier (objects and their bookkeeping).",
+                hot_bytes,
+            ),
+            (
+                "iiifd_store_memory_objects",
+                "Objects held by the memory tier.",
+                hot_objects,
             ),
             (
                 "iiifd_pool_pending",
@@ -385,6 +406,8 @@ pub(crate) fn store_settings(config: &Config) -> StoreSettings {
         fsync: config.store.fsync,
         index_cache_bytes: config.store.index_cache_bytes,
         reconcile_rate: config.store.reconcile_rate,
+        memory_bytes: config.store.memory_bytes,
+        memory_object_max_bytes: config.store.memory_object_max_bytes,
     }
 }
 

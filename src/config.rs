@@ -89,6 +89,57 @@ impl ColorMode {
     }
 }
 
+/// `render.tile_passthrough`: when a request that is exactly one stored JPEG tile of a pyramidal
+/// TIFF is answered with the tile's own bytes (see `render::passthrough` for the rule).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TilePassthrough {
+    /// When the stored tile is not much heavier than iiifd's own encode of it would be (judged
+    /// from its quantisation tables and chroma subsampling, once per file); otherwise re-encoded
+    /// once and stored.
+    #[default]
+    Auto,
+    /// Always (no decode, no encode, no generation loss, whatever the tile weighs).
+    Always,
+    /// Never: every tile is re-encoded at `jpeg_quality`.
+    Never,
+}
+
+impl TilePassthrough {
+    /// The config spelling, also part of the JPEG encoder's key description.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TilePassthrough::Auto => "auto",
+            TilePassthrough::Always => "always",
+            TilePassthrough::Never => "never",
+        }
+    }
+}
+
+// Earlier versions took a boolean: `true` still means always and `false` never.
+impl<'de> Deserialize<'de> for TilePassthrough {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Spelling {
+            Flag(bool),
+            Name(String),
+        }
+        match Spelling::deserialize(d)? {
+            Spelling::Flag(true) => Ok(TilePassthrough::Always),
+            Spelling::Flag(false) => Ok(TilePassthrough::Never),
+            Spelling::Name(n) => match n.as_str() {
+                "auto" => Ok(TilePassthrough::Auto),
+                "always" | "true" => Ok(TilePassthrough::Always),
+                "never" | "false" => Ok(TilePassthrough::Never),
+                other => Err(serde::de::Error::custom(format!(
+                    "tile_passthrough is \"auto\", \"always\" or \"never\", not {other:?}"
+                ))),
+            },
+        }
+    }
+}
+
 /// `[render]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -101,11 +152,14 @@ pub struct RenderConfig {
     pub jpeg_quality: u8,
     /// Lossy WebP quality 1-100. Env: `IIIFD_RENDER__WEBP_QUALITY`.
     pub webp_quality: u8,
-    /// Answer a request that is exactly one stored JPEG tile of a pyramidal TIFF with that tile's
-    /// bytes (no decode, no re-encode, no generation loss). Off: such tiles are re-encoded at
-    /// `jpeg_quality` 4:2:0, smaller when the file's tiles are 4:4:4 or RGB (vips writes those at
-    /// Q >= 90). Env: `IIIFD_RENDER__TILE_PASSTHROUGH`.
-    pub tile_passthrough: bool,
+    /// Whether a request that is exactly one stored JPEG tile of a pyramidal TIFF is answered with
+    /// that tile's bytes (no decode, no re-encode, no generation loss): `auto` (the default) when
+    /// the tile's quality is at most `jpeg_quality` + 5 and its chroma is subsampled as iiifd's
+    /// encoder does (4:2:0) or it is gray, so that it is not much heavier than a re-encode;
+    /// `always`; `never`. vips writes 4:4:4 tiles at Q >= 90, about 2.6x the bytes of a 4:2:0 Q85
+    /// re-encode of the same region: `auto` re-encodes those, once (the result is stored). Env:
+    /// `IIIFD_RENDER__TILE_PASSTHROUGH`.
+    pub tile_passthrough: TilePassthrough,
     /// Sources with an embedded ICC profile: `srgb` converts their pixels to sRGB (what browsers
     /// assume), `preserve` keeps them and embeds the profile in jpg, png, webp and tif outputs. Part
     /// of every derivative key. Env: `IIIFD_RENDER__COLOR`.
@@ -460,6 +514,13 @@ pub struct StoreConfig {
     /// a lost index (nginx's cache loader makes the same bounded walk). 0: no bound. Env:
     /// `IIIFD_STORE__RECONCILE_RATE`.
     pub reconcile_rate: u64,
+    /// The memory tier: stored objects read at least twice are kept in memory up to this many
+    /// bytes, and hits on them are answered without a disk read or a trip to a blocking thread.
+    /// 0 turns it off. Counted in the memory bound. Env: `IIIFD_STORE__MEMORY_BYTES`.
+    pub memory_bytes: u64,
+    /// Larger objects never enter the memory tier (a tile is 5-60 KB; a full-size image is not
+    /// worth holding). Env: `IIIFD_STORE__MEMORY_OBJECT_MAX_BYTES`.
+    pub memory_object_max_bytes: u64,
 }
 
 /// `[source]`: the backend that holds the source images.
@@ -595,6 +656,8 @@ impl Default for StoreConfig {
             index_cache_bytes: 8 << 20,
             shared: SharedStoreConfig::default(),
             reconcile_rate: 20_000,
+            memory_bytes: 64 << 20,
+            memory_object_max_bytes: 1 << 20,
         }
     }
 }
@@ -662,7 +725,7 @@ impl Default for RenderConfig {
             queue: 64,
             jpeg_quality: 85,
             webp_quality: 80,
-            tile_passthrough: true,
+            tile_passthrough: TilePassthrough::Auto,
             color: ColorMode::Srgb,
             max_decode_bytes: 1 << 30,
             max_memory_bytes: 0,
@@ -817,12 +880,14 @@ impl Config {
                 "render.max_memory_bytes",
                 &format!(
                     "{} MiB leaves under {} MiB a decode once the fixed part ({} MiB), the decoded \
-                     cache ({} MiB) and the index cache ({} MiB) are set aside for {} workers",
+                     cache ({} MiB), the index cache ({} MiB) and the memory tier ({} MiB) are set \
+                     aside for {} workers",
                     self.render.max_memory_bytes >> 20,
                     MIN_DECODE_BUDGET >> 20,
                     MemoryBound::BASE >> 20,
                     bound.decoded_cache >> 20,
                     bound.index_cache >> 20,
+                    bound.memory_tier >> 20,
                     bound.workers
                 ),
             );
@@ -953,7 +1018,8 @@ impl Config {
         let workers = self.render_workers().max(1) as u64;
         let decoded_cache = self.render.decoded_cache_bytes;
         let index_cache = self.store.index_cache_bytes;
-        let fixed = MemoryBound::BASE + decoded_cache + index_cache;
+        let memory_tier = self.store.memory_bytes;
+        let fixed = MemoryBound::BASE + decoded_cache + index_cache + memory_tier;
         let decode = match self.render.max_memory_bytes {
             0 => self.render.max_decode_bytes,
             target => self
@@ -964,6 +1030,7 @@ impl Config {
         MemoryBound {
             decoded_cache,
             index_cache,
+            memory_tier,
             workers,
             decode,
             total: fixed + MemoryBound::COPIES * workers * decode,
@@ -998,11 +1065,13 @@ pub struct MemoryBound {
     pub decoded_cache: u64,
     /// `store.index_cache_bytes`.
     pub index_cache: u64,
+    /// `store.memory_bytes`.
+    pub memory_tier: u64,
     /// Render workers.
     pub workers: u64,
     /// The budget of one decode: `render.max_decode_bytes`, lowered to fit `max_memory_bytes`.
     pub decode: u64,
-    /// The bound: base + decoded cache + index cache + workers x 2 x decode.
+    /// The bound: base + decoded cache + index cache + memory tier + workers x 2 x decode.
     pub total: u64,
 }
 
@@ -1019,11 +1088,12 @@ impl std::fmt::Display for MemoryBound {
         let mib = |b: u64| b >> 20;
         write!(
             f,
-            "peak memory bound {} MiB = {} fixed + {} decoded cache + {} index cache + {} workers x {} x {} MiB decode budget",
+            "peak memory bound {} MiB = {} fixed + {} decoded cache + {} index cache + {} memory tier + {} workers x {} x {} MiB decode budget",
             mib(self.total),
             mib(Self::BASE),
             mib(self.decoded_cache),
             mib(self.index_cache),
+            mib(self.memory_tier),
             self.workers,
             Self::COPIES,
             mib(self.decode)
@@ -1133,9 +1203,9 @@ mod tests {
         let c = Config::load(None, &two, &Overrides::default())?;
         let b = c.memory_bound();
         assert_eq!(b.decode, 1024 * mib);
-        assert_eq!(b.total, (64 + 256 + 8 + 2 * 2 * 1024) * mib);
+        assert_eq!(b.total, (64 + 256 + 8 + 64 + 2 * 2 * 1024) * mib);
         assert!(
-            b.to_string().starts_with("peak memory bound 4424 MiB"),
+            b.to_string().starts_with("peak memory bound 4488 MiB"),
             "{b}"
         );
 
@@ -1145,8 +1215,8 @@ mod tests {
             ("IIIFD_RENDER__DECODED_CACHE_BYTES", "67108864"),
         ]);
         let b = Config::load(None, &tight, &Overrides::default())?.memory_bound();
-        // (512 - 64 - 64 - 8) / (2 x 2) = 94 MiB a decode, and the whole within the target.
-        assert_eq!(b.decode, 94 * mib);
+        // (512 - 64 - 64 - 8 - 64) / (2 x 2) = 78 MiB a decode, and the whole within the target.
+        assert_eq!(b.decode, 78 * mib);
         assert!(b.total <= 512 * mib, "{b}");
 
         let too_small = env(&[
@@ -1185,6 +1255,33 @@ mod tests {
         assert_eq!(c.listen.port(), 9999, "flags beat env");
         assert_eq!(c.store.path, PathBuf::from("/tmp/s"));
         assert!(c.store.verify_reads);
+        Ok(())
+    }
+
+    #[test]
+    fn tile_passthrough_takes_its_names_and_the_old_booleans() -> Result<(), ConfigError> {
+        let load = |v: &str| {
+            Config::load(
+                None,
+                &env(&[("IIIFD_RENDER__TILE_PASSTHROUGH", v)]),
+                &Overrides::default(),
+            )
+            .map(|c| c.render.tile_passthrough)
+        };
+        assert_eq!(
+            Config::default().render.tile_passthrough,
+            TilePassthrough::Auto
+        );
+        assert_eq!(load("auto")?, TilePassthrough::Auto);
+        assert_eq!(load("always")?, TilePassthrough::Always);
+        assert_eq!(load("true")?, TilePassthrough::Always);
+        assert_eq!(load("never")?, TilePassthrough::Never);
+        assert_eq!(load("false")?, TilePassthrough::Never);
+        let err = load("sometimes")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("tile_passthrough"), "{err}");
         Ok(())
     }
 

@@ -443,37 +443,72 @@ fn jpeg2000_sources_match_the_reference() {
     );
 }
 
+/// `render.tile_passthrough`: a request that is exactly one stored JPEG tile is answered with the
+/// tile's bytes when they are no heavier than a re-encode would be (`auto`), always, or never.
 #[test]
-fn a_stored_jpeg_tile_is_passed_through() {
-    let server = Server::start();
+fn stored_jpeg_tiles_pass_through_when_they_are_no_heavier() {
     let pic = picture(W, H);
-    let levels = [pic.clone()];
-    let file = tiled_tiff(&levels, 256, TileCoding::JpegTables, false);
-    std::fs::write(server.images.join("pass.tif"), &file).expect("tif");
-    let r = server.get("/iiif/3/pass.tif/256,512,256,256/256,256/0/default.jpg");
-    assert_eq!(r.status, 200);
-    // Tile (1, 2) as written: its entropy-coded data is in the answer unchanged.
     let tile = RgbImage::from_fn(256, 256, |x, y| *pic.get_pixel(256 + x, 512 + y));
-    let (_, abbreviated) = split_tables(&jpeg(&tile, 92));
-    let sos = abbreviated
-        .windows(2)
-        .position(|w| w == [0xFF, 0xDA])
-        .expect("scan");
+    // The scan of tile (1, 2) as written at quality `q`.
+    let scan = |q: u8| {
+        let (_, abbreviated) = split_tables(&jpeg(&tile, q));
+        let sos = abbreviated
+            .windows(2)
+            .position(|w| w == [0xFF, 0xDA])
+            .expect("scan");
+        abbreviated[sos..].to_vec()
+    };
+    let url = |name: &str| format!("/iiif/3/{name}/256,512,256,256/256,256/0/default.jpg");
+    let write = |server: &Server, name: &str, q: u8| {
+        let file = tiled_tiff(
+            std::slice::from_ref(&pic),
+            256,
+            TileCoding::JpegTablesAt(q),
+            false,
+        );
+        std::fs::write(server.images.join(name), file).expect("tif");
+    };
+
+    // auto (the default): a Q80 4:2:0 tile is lighter than our Q85 encode: sent as it is.
+    let server = Server::start();
+    write(&server, "q80.tif", 80);
+    let r = server.get(&url("q80.tif"));
+    assert_eq!(r.status, 200);
+    assert!(r.body.ends_with(&scan(80)), "a light tile was re-encoded");
+    // A Q97 tile is far heavier: re-encoded (once: the second answer is a hit), and lighter.
+    write(&server, "q97.tif", 97);
+    let r = server.get(&url("q97.tif"));
     assert!(
-        r.body.ends_with(&abbreviated[sos..]),
-        "the stored tile was re-encoded instead of passed through"
+        !r.body.ends_with(&scan(97)),
+        "a heavy tile was passed through"
+    );
+    assert!(
+        r.body.len() < scan(97).len(),
+        "{} >= {}",
+        r.body.len(),
+        scan(97).len()
+    );
+    assert_eq!(r.image().to_rgb8().dimensions(), (256, 256));
+    assert_eq!(
+        server.get(&url("q97.tif")).header("cache-status"),
+        Some("iiifd; hit")
     );
     // Anything that changes the pixels is rendered, not passed through.
-    let gray = server.get("/iiif/3/pass.tif/256,512,256,256/256,256/0/gray.jpg");
-    assert!(!gray.body.ends_with(&abbreviated[sos..]));
+    let gray = server.get("/iiif/3/q80.tif/256,512,256,256/256,256/0/gray.jpg");
+    assert!(!gray.body.ends_with(&scan(80)));
     assert_eq!(gray.image().color(), image::ColorType::L8);
 
-    // With passthrough off the same tile is decoded and encoded again.
+    // always: the heavy tile too.
+    let server = Server::start_with(&[], &[("IIIFD_RENDER__TILE_PASSTHROUGH", "always")]);
+    write(&server, "q97.tif", 97);
+    assert!(server.get(&url("q97.tif")).body.ends_with(&scan(97)));
+
+    // never (`false`, as earlier versions spelled it): even the light one is decoded and encoded.
     let server = Server::start_with(&[], &[("IIIFD_RENDER__TILE_PASSTHROUGH", "false")]);
-    std::fs::write(server.images.join("pass.tif"), &file).expect("tif");
-    let r = server.get("/iiif/3/pass.tif/256,512,256,256/256,256/0/default.jpg");
+    write(&server, "q80.tif", 80);
+    let r = server.get(&url("q80.tif"));
     assert_eq!(r.status, 200);
-    assert!(!r.body.ends_with(&abbreviated[sos..]), "re-encoded");
+    assert!(!r.body.ends_with(&scan(80)), "re-encoded");
     assert_eq!(r.image().to_rgb8().dimensions(), (256, 256));
 }
 

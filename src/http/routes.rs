@@ -315,10 +315,18 @@ async fn image(
     // Access is decided before the store is asked: a stored derivative of a restricted image is
     // never sent (nor handed to nginx) without a decision.
     let gate = super::auth::gate(app, headers, identifier).await?;
-    let prepared = app
-        .pipeline()
-        .prepare(identifier, request, gate.degrade(), !has_validators)
-        .await?;
+    // A hit held in memory (or a conditional request whose source is known) is answered here on
+    // the async thread; anything else takes a blocking thread.
+    let pipeline = app.pipeline();
+    let prepared = match pipeline.prepare_now(identifier, request, gate.degrade(), !has_validators)
+    {
+        Some(prepared) => prepared,
+        None => {
+            pipeline
+                .prepare(identifier, request, gate.degrade(), !has_validators)
+                .await?
+        }
+    };
     let version = request.version;
     let canonical_url = format!(
         "{}/{}",

@@ -346,6 +346,49 @@ impl Pipeline {
         .await?
     }
 
+    /// [`Pipeline::prepare`] without leaving the async thread, for a request whose answer is
+    /// already in hand: the source located before and unchanged (by [`Backend::refresh_now`]),
+    /// and, with `lookup`, the derivative in the store's memory tier. `None` whenever anything
+    /// would need to wait (or fails: the blocking way then reports it), so the caller falls back
+    /// to [`Pipeline::prepare`].
+    pub(crate) fn prepare_now(
+        &self,
+        identifier: &str,
+        request: &ImageRequest,
+        degrade: Option<Degrade>,
+        lookup: bool,
+    ) -> Option<Prepared> {
+        let cached = self.located.get(&identifier.to_owned())?;
+        let object = match self.source.refresh_now(&cached.object)? {
+            Ok(object) if object.fingerprint == cached.object.fingerprint => object,
+            _ => return None,
+        };
+        if self
+            .corrupt
+            .get(&object.fingerprint.as_str().to_owned())
+            .is_some()
+        {
+            return None;
+        }
+        let source = Located {
+            object,
+            probe: cached.probe,
+        };
+        let (canonical, key) = self.canonical_key(&source, request, degrade).ok()?;
+        let lookup = if lookup {
+            Lookup::Hit(self.store.lookup_hot(&key)?)
+        } else {
+            Lookup::Pending
+        };
+        Some(Prepared {
+            identifier: identifier.to_owned(),
+            source,
+            canonical,
+            key,
+            lookup,
+        })
+    }
+
     /// Steps 3 to 5: locate and probe the source, canonicalise, key. Blocks.
     pub(crate) fn key_blocking(
         &self,
@@ -364,6 +407,18 @@ impl Pipeline {
         degrade: Option<Degrade>,
     ) -> Result<(Located, CanonicalRequest, DerivativeKey)> {
         let source = self.locate_blocking(identifier)?;
+        let (canonical, key) = self.canonical_key(&source, request, degrade)?;
+        Ok((source, canonical, key))
+    }
+
+    /// Steps 4 and 5 for a located source: the canonical request (at most `degrade`'s resolution)
+    /// and its key. Pure.
+    fn canonical_key(
+        &self,
+        source: &Located,
+        request: &ImageRequest,
+        degrade: Option<Degrade>,
+    ) -> Result<(CanonicalRequest, DerivativeKey)> {
         let size = source.size();
         let mut canonical = CanonicalRequest::resolve(request, size, &self.settings.limits)?;
         if let Some(d) = degrade {
@@ -371,7 +426,7 @@ impl Pipeline {
         }
         let encoder = self.settings.encode.describe(canonical.format());
         let key = DerivativeKey::derive(&source.object.fingerprint, &canonical, &encoder);
-        Ok((source, canonical, key))
+        Ok((canonical, key))
     }
 
     /// The local store, then the cluster's shared tier (before a render worker is taken).
@@ -389,18 +444,23 @@ impl Pipeline {
     /// The derivative for `prepared`: from the store when present, else rendered once (however many
     /// requests ask at the same moment), persisted, and returned.
     pub(crate) async fn deliver(self: &Arc<Self>, prepared: Prepared) -> Result<Delivered> {
-        let lookup = match prepared.lookup {
-            Lookup::Pending => {
+        let hot = match prepared.lookup {
+            Lookup::Pending => self.store.lookup_hot(&prepared.key),
+            _ => None,
+        };
+        let lookup = match (hot, &prepared.lookup) {
+            (Some(hit), _) => Lookup::Hit(hit),
+            (None, Lookup::Pending) => {
                 let (p, key) = (Arc::clone(self), prepared.key);
                 let ext = prepared.canonical.format().extension();
                 let identifier = prepared.identifier.clone();
                 blocking(move || p.lookup_blocking(&key, ext, &identifier)).await?
             }
-            ref done => done.clone(),
+            (None, done) => done.clone(),
         };
         if let Lookup::Hit(hit) = lookup {
             let body = match hit.bytes {
-                Some(b) => Body::Bytes(Bytes::from(b)),
+                Some(b) => Body::Bytes(b),
                 None => Body::Accel(hit.relative_path),
             };
             return Ok(Delivered {
@@ -483,7 +543,7 @@ impl Pipeline {
             if let Some(hit) = store.lookup(&key, prepared.canonical.format().extension(), true) {
                 if let Some(bytes) = hit.bytes {
                     let found = Produced {
-                        bytes: Bytes::from(bytes),
+                        bytes,
                         stored: true,
                         found: true,
                     };

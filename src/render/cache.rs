@@ -7,8 +7,14 @@
 //! Bounded by `render.decoded_cache_bytes` (least recently used levels go first; a level larger than
 //! the budget is built, used and dropped). Concurrent renders needing one missing level build it once:
 //! the others wait for it.
+//!
+//! Beside the pixels, the directories of tiled TIFFs ([`Directory`]): a cold tile of a pyramid is
+//! one tile read and decode, and parsing the file's directory (every tile's offset, a few hundred
+//! kilobytes for a 30,000 px scan) for each one was a large part of it. Bounded by
+//! [`DIRECTORY_BUDGET`], within the memory bound's fixed part.
 
 use super::{RenderError, Result};
+use crate::source::tiff::Pyramid;
 use crate::source::Fingerprint;
 use image::DynamicImage;
 use std::collections::HashMap;
@@ -29,10 +35,52 @@ struct Inner {
     tick: u64,
 }
 
+/// Bytes of TIFF directories kept (offsets and byte counts of every tile, levels, profile).
+pub(crate) const DIRECTORY_BUDGET: u64 = 8 << 20;
+
+/// A TIFF's directory as the renderer reads it: its pyramid (`None` for a flat TIFF), and for each
+/// level whether its JPEG tiles may be sent as they are (decided once, from the first tile read).
+#[derive(Debug)]
+pub(crate) struct Directory {
+    pub(crate) pyramid: Option<Pyramid>,
+    pub(crate) passes: Vec<OnceLock<bool>>,
+}
+
+impl Directory {
+    fn new(pyramid: Option<Pyramid>) -> Directory {
+        let levels = pyramid.as_ref().map_or(0, |p| p.levels.len());
+        Directory {
+            pyramid,
+            passes: (0..levels).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn weight(&self) -> u64 {
+        let tiles: u64 = self
+            .pyramid
+            .as_ref()
+            .map_or(0, |p| p.levels.iter().map(|l| l.tile_count() as u64).sum());
+        let icc = self
+            .pyramid
+            .as_ref()
+            .and_then(|p| p.icc.as_ref())
+            .map_or(0, |i| i.len() as u64);
+        256 + tiles * 16 + icc
+    }
+}
+
+#[derive(Default)]
+struct Directories {
+    map: HashMap<Fingerprint, (Arc<Directory>, u64)>,
+    bytes: u64,
+    tick: u64,
+}
+
 /// The cache of decoded sources.
 pub(crate) struct DecodedCache {
     budget: u64,
     inner: Mutex<Inner>,
+    directories: Mutex<Directories>,
 }
 
 impl DecodedCache {
@@ -41,7 +89,52 @@ impl DecodedCache {
         DecodedCache {
             budget,
             inner: Mutex::new(Inner::default()),
+            directories: Mutex::new(Directories::default()),
         }
+    }
+
+    /// The directory of the TIFF version `key`, read with `read` the first time. Two renders that
+    /// miss at once both read it (a directory read is milliseconds; the first one kept wins).
+    pub(crate) fn directory(
+        &self,
+        key: &Fingerprint,
+        read: impl FnOnce() -> Result<Option<Pyramid>>,
+    ) -> Result<Arc<Directory>> {
+        if let Ok(mut d) = self.directories.lock() {
+            d.tick += 1;
+            let tick = d.tick;
+            if let Some((dir, used)) = d.map.get_mut(key) {
+                *used = tick;
+                return Ok(Arc::clone(dir));
+            }
+        }
+        let dir = Arc::new(Directory::new(read()?));
+        let weight = dir.weight();
+        if weight > DIRECTORY_BUDGET / 4 {
+            return Ok(dir);
+        }
+        if let Ok(mut d) = self.directories.lock() {
+            let tick = d.tick;
+            if let Some((kept, _)) = d.map.get(key) {
+                return Ok(Arc::clone(kept));
+            }
+            d.bytes += weight;
+            d.map.insert(key.clone(), (Arc::clone(&dir), tick));
+            while d.bytes > DIRECTORY_BUDGET {
+                let Some(oldest) = d
+                    .map
+                    .iter()
+                    .min_by_key(|(_, (_, used))| *used)
+                    .map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                if let Some((gone, _)) = d.map.remove(&oldest) {
+                    d.bytes = d.bytes.saturating_sub(gone.weight());
+                }
+            }
+        }
+        Ok(dir)
     }
 
     /// Bytes of pixels held.

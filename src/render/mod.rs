@@ -19,6 +19,7 @@ pub(crate) mod color;
 pub(crate) mod decode;
 pub(crate) mod encode;
 pub(crate) mod ops;
+pub(crate) mod passthrough;
 pub(crate) mod plan;
 pub(crate) mod pool;
 pub(crate) mod probe;
@@ -93,12 +94,33 @@ pub(crate) fn render(
             Some(found) => found,
             None => whole_region(src, cache, req, max_decode_bytes)?,
         },
-        SourceKind::Tiff => match tiff::read_pyramid(src.reader)? {
-            Some(pyramid) => {
-                return decode::tiff::render(src.reader, &pyramid, req, settings, max_decode_bytes)
+        SourceKind::Tiff => {
+            let dir = cache.directory(src.fingerprint, || Ok(tiff::read_pyramid(src.reader)?))?;
+            match &dir.pyramid {
+                Some(pyramid) => {
+                    let passes = |level: usize, tile: &[u8]| {
+                        dir.passes.get(level).is_some_and(|p| {
+                            *p.get_or_init(|| {
+                                passthrough::passes(
+                                    settings.tile_passthrough,
+                                    passthrough::coding_of(tile),
+                                    settings.jpeg_quality,
+                                )
+                            })
+                        })
+                    };
+                    return decode::tiff::render(
+                        src.reader,
+                        pyramid,
+                        req,
+                        settings,
+                        max_decode_bytes,
+                        &passes,
+                    );
+                }
+                None => whole_region(src, cache, req, max_decode_bytes)?,
             }
-            None => whole_region(src, cache, req, max_decode_bytes)?,
-        },
+        }
         SourceKind::Jp2 => decode::jp2::region(src.reader, req, max_decode_bytes)?,
         SourceKind::Png | SourceKind::Gif | SourceKind::Webp | SourceKind::Other => {
             whole_region(src, cache, req, max_decode_bytes)?
@@ -156,7 +178,7 @@ pub(crate) fn render_tiled_copy(
     // The copy's tiles are an intermediate (quality 92, 4:4:4), never sent as they are; the copy
     // carries the source's profile, so colour is handled as from the source.
     let settings = EncodeSettings {
-        tile_passthrough: false,
+        tile_passthrough: crate::config::TilePassthrough::Never,
         ..*settings
     };
     Some(decode::tiff::render(
@@ -165,6 +187,7 @@ pub(crate) fn render_tiled_copy(
         req,
         &settings,
         max_decode_bytes,
+        &|_, _| false,
     ))
 }
 

@@ -79,6 +79,10 @@ impl Backend for MemoryBackend {
             .ok_or_else(|| SourceError::NotFound(object.name.clone()))
     }
 
+    fn refresh_now(&self, object: &Object) -> Option<Result<Object, SourceError>> {
+        Some(self.refresh(object))
+    }
+
     fn list(&self) -> Result<Vec<String>, SourceError> {
         let map = self
             .objects

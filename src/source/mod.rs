@@ -295,6 +295,14 @@ pub trait Backend: Send + Sync {
     /// `NotFound` if it is gone.
     fn refresh(&self, object: &Object) -> Result<Object, SourceError>;
 
+    /// [`Backend::refresh`] when the answer needs no waiting (it is called on the async threads,
+    /// for hits answered from memory): a local `stat`, or a remote version still inside its
+    /// revalidation window. `None` when finding out means waiting (a HEAD due): the caller then
+    /// takes the blocking way.
+    fn refresh_now(&self, _object: &Object) -> Option<Result<Object, SourceError>> {
+        None
+    }
+
     /// Every identifier the backend holds (names with a known extension, without it), sorted.
     fn list(&self) -> Result<Vec<String>, SourceError>;
 

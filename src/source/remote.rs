@@ -490,6 +490,13 @@ impl<F: Fetch> RemoteBackend<F> {
 }
 
 impl<F: Fetch> Shared<F> {
+    /// The version of `name` seen within the revalidation window, if any (no request).
+    fn head_seen(&self, name: &str) -> Option<Option<Meta>> {
+        let seen = self.seen.lock().ok()?;
+        let s = seen.get(name)?;
+        (s.at.elapsed() < self.revalidate).then(|| s.meta.clone())
+    }
+
     /// The version of `name`, from memory within the revalidation window, else by a HEAD. When
     /// the service cannot answer, the last version seen is used for another window (stale if
     /// error, as HTTP caches do): stored derivatives of it stay served through an outage, and only
@@ -752,6 +759,13 @@ impl<F: Fetch> Backend for RemoteBackend<F> {
         match self.shared.head(&object.name)? {
             Some(meta) => Ok(object_of(meta)),
             None => Err(SourceError::NotFound(object.name.clone())),
+        }
+    }
+
+    fn refresh_now(&self, object: &Object) -> Option<Result<Object, SourceError>> {
+        match self.shared.head_seen(&object.name)? {
+            Some(meta) => Some(Ok(object_of(meta))),
+            None => Some(Err(SourceError::NotFound(object.name.clone()))),
         }
     }
 

@@ -53,6 +53,11 @@ impl Level {
         )
     }
 
+    /// Tiles in the directory (what caching it costs: an offset and a length each).
+    pub(crate) fn tile_count(&self) -> usize {
+        self.offsets.len()
+    }
+
     /// The stored bytes of tile (`col`, `row`) as one standalone JPEG or raw samples. For JPEG the
     /// shared tables are spliced in front of the tile's own stream (tables' SOI..EOI without the EOI,
     /// then the tile without its SOI), which is what a plain JPEG decoder or a browser needs.

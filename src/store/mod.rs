@@ -21,17 +21,24 @@
 //!   saved is start-up time). After a crash they are off by the last seconds' writes until the
 //!   reconcile pass recounts them.
 //!
-//! Every method blocks; the pipeline calls them off the async threads.
+//! - Memory: hot objects are also kept in memory ([`hot`]) and [`Store::lookup_hot`] answers them
+//!   without blocking, so that a hit on them never leaves the async thread.
+//!
+//! Every other method blocks; the pipeline calls them off the async threads.
 
 pub(crate) mod files;
+pub(crate) mod hot;
 pub(crate) mod index;
 pub(crate) mod shared;
 
 use crate::key::{content_hash, DerivativeKey};
+use bytes::Bytes;
 use files::{Files, FoundObject};
+use hot::{HotObject, HotTier};
 pub use index::IndexError;
 pub(crate) use index::ProbeRecord;
 use index::{Entry, Index, Totals};
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,6 +77,10 @@ pub(crate) struct StoreSettings {
     pub index_cache_bytes: u64,
     /// Checks a second of the background reconcile (0: unbounded).
     pub reconcile_rate: u64,
+    /// Budget of the memory tier (0: off).
+    pub memory_bytes: u64,
+    /// Largest object the memory tier keeps.
+    pub memory_object_max_bytes: u64,
 }
 
 /// Counters kept by the store (exported as Prometheus metrics).
@@ -101,7 +112,7 @@ pub(crate) struct StoreCounters {
 #[derive(Clone, Debug)]
 pub(crate) struct Hit {
     /// The bytes, when asked for.
-    pub bytes: Option<Vec<u8>>,
+    pub bytes: Option<Bytes>,
     /// Path below `objects/` (for `X-Accel-Redirect`).
     pub relative_path: String,
 }
@@ -196,6 +207,11 @@ pub(crate) struct Store {
     stopping: AtomicBool,
     /// The cluster's shared tier, when `store.shared.bucket` is set.
     shared: Option<shared::SharedTier>,
+    /// Hot objects in memory.
+    hot: HotTier,
+    /// Hits from memory whose access time is due to be recorded in the index (by the background
+    /// thread: a memory hit never writes).
+    touches: Mutex<HashMap<DerivativeKey, std::sync::Arc<HotObject>>>,
 }
 
 fn now_secs() -> u64 {
@@ -273,6 +289,7 @@ impl Store {
             })
             .map_err(io_err)?;
         index.flush().map_err(io_err)?;
+        let hot = HotTier::new(settings.memory_bytes, settings.memory_object_max_bytes);
         let store = Store {
             settings,
             files,
@@ -287,6 +304,8 @@ impl Store {
             needs_pass: AtomicBool::new(recovery.reconcile_needed),
             stopping: AtomicBool::new(false),
             shared: None,
+            hot,
+            touches: Mutex::new(HashMap::new()),
         };
         Ok((store, recovery))
     }
@@ -317,13 +336,16 @@ impl Store {
             }
         };
         let path = self.files.path(key, &entry.ext);
+        // Whether the bytes read were hashed: the memory tier takes only objects that were.
+        let mut hashed = false;
         let bytes = if read_body {
             match std::fs::read(&path) {
                 Ok(b)
                     if b.len() as u64 == entry.len
                         && (!self.settings.verify_reads || content_hash(&b) == entry.hash) =>
                 {
-                    Some(b)
+                    hashed = self.settings.verify_reads;
+                    Some(Bytes::from(b))
                 }
                 _ => return self.repair(key, &entry),
             }
@@ -340,10 +362,105 @@ impl Store {
                 tracing::warn!(key = %key.to_hex(), "cannot record a hit: {e}");
             }
         }
+        let relative_path = Files::relative_path(key, &entry.ext);
+        if self.hot.admits(entry.len) {
+            // Checked once more when unchecked: what memory serves was hashed on its way in.
+            let whole = match &bytes {
+                Some(b) => hashed || content_hash(b) == entry.hash,
+                None => true,
+            };
+            if whole {
+                self.keep_hot(key, &entry, bytes.clone(), &relative_path);
+            }
+        }
         Some(Hit {
             bytes,
-            relative_path: Files::relative_path(key, &entry.ext),
+            relative_path,
         })
+    }
+
+    /// Take an object just read into the memory tier, under the write lock and only if its file is
+    /// still the one it was read as: a removal (eviction, repair, purge) or a new write that ran
+    /// since the read has already cleared the tier, and must not be undone by this insert.
+    fn keep_hot(&self, key: &DerivativeKey, entry: &Entry, bytes: Option<Bytes>, path: &str) {
+        let Ok(_guard) = lock(&self.write_lock) else {
+            return;
+        };
+        // The same file (the hit itself may just have advanced its access time).
+        let current = match self.index.get(key) {
+            Ok(Some(e)) if e.len == entry.len && e.hash == entry.hash && e.ext == entry.ext => e,
+            _ => return,
+        };
+        if self.closed() {
+            return;
+        }
+        self.hot.insert(
+            *key,
+            HotObject {
+                bytes,
+                relative_path: path.to_owned(),
+                len: current.len,
+                hash: current.hash,
+                last_access: AtomicU64::new(current.last_access),
+            },
+        );
+    }
+
+    /// Look `key` up in the memory tier only: no index read, no file read, no waiting on a lock
+    /// held across I/O, so it may be called on the async threads. When the proxy sends the files
+    /// (no bytes kept), the file's length is checked with one `stat` (as nginx itself does before
+    /// sending it), so a file truncated or removed behind the store's back is still a miss.
+    pub(crate) fn lookup_hot(&self, key: &DerivativeKey) -> Option<Hit> {
+        let object = self.hot.get(key)?;
+        if object.bytes.is_none() {
+            let ext = object.relative_path.rsplit('.').next().unwrap_or("");
+            match std::fs::metadata(self.files.path(key, ext)) {
+                Ok(m) if m.len() == object.len => {}
+                _ => {
+                    // The disk lookup that follows repairs it.
+                    self.hot.remove(key);
+                    return None;
+                }
+            }
+        }
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        self.hot.counters.hits.fetch_add(1, Ordering::Relaxed);
+        let now = now_secs();
+        if now.saturating_sub(object.last_access.load(Ordering::Relaxed)) >= ACCESS_GRANULARITY_SECS
+        {
+            if let Ok(mut due) = self.touches.lock() {
+                due.entry(*key)
+                    .or_insert_with(|| std::sync::Arc::clone(&object));
+            }
+        }
+        Some(Hit {
+            bytes: object.bytes.clone(),
+            relative_path: object.relative_path.clone(),
+        })
+    }
+
+    /// The memory tier's counters and usage (bytes, objects).
+    pub(crate) fn hot_figures(&self) -> (&hot::HotCounters, (u64, u64)) {
+        (&self.hot.counters, self.hot.usage())
+    }
+
+    /// Record in the index the memory tier's hits that are due (so eviction sees them used).
+    fn record_hot_touches(&self) {
+        let due = match self.touches.lock() {
+            Ok(mut due) => std::mem::take(&mut *due),
+            Err(_) => return,
+        };
+        let now = now_secs();
+        for (key, object) in due {
+            let seen = match self.index.get(&key) {
+                Ok(Some(e)) if e.len == object.len && e.hash == object.hash => e,
+                _ => continue,
+            };
+            match self.touch(&key, &seen, now) {
+                Ok(()) => object.last_access.store(now, Ordering::Relaxed),
+                Err(e) => tracing::warn!(key = %key.to_hex(), "cannot record a hit: {e}"),
+            }
+        }
     }
 
     fn touch(&self, key: &DerivativeKey, seen: &Entry, now: u64) -> io::Result<()> {
@@ -372,7 +489,7 @@ impl Store {
             Ok(Some(bytes)) => {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 Some(Hit {
-                    bytes: read_body.then_some(bytes),
+                    bytes: read_body.then(|| Bytes::from(bytes)),
                     relative_path: Files::relative_path(key, ext),
                 })
             }
@@ -448,6 +565,7 @@ impl Store {
         if self.closed() || self.index.get(key).map_err(io_err)?.as_ref() != Some(seen) {
             return Ok(false);
         }
+        self.hot.remove(key);
         self.files.remove(key, &seen.ext)?;
         if let Some(removed) = self.index.remove(key).map_err(io_err)? {
             self.account(key, -(removed.len as i64), -1);
@@ -461,6 +579,7 @@ impl Store {
         if self.closed() {
             return Ok(false);
         }
+        self.hot.remove(key);
         let had_file = self.files.remove(key, ext)?;
         let removed = self.index.remove(key).map_err(io_err)?;
         if let Some(removed) = &removed {
@@ -535,7 +654,7 @@ impl Store {
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
         Some(Hit {
             // A proxy can only be sent to a file that is there.
-            bytes: (read_body || !copied).then_some(bytes),
+            bytes: (read_body || !copied).then(|| Bytes::from(bytes)),
             relative_path: Files::relative_path(key, ext),
         })
     }
@@ -622,6 +741,8 @@ impl Store {
 
     /// Insert `entry` and count it (the caller holds the write lock).
     fn index_entry(&self, key: &DerivativeKey, entry: &Entry) -> io::Result<()> {
+        // A new file under the key: whatever memory held of the old one is not it.
+        self.hot.remove(key);
         let previous = self.index.insert(key, entry).map_err(io_err)?;
         if let Some(prev) = previous {
             self.account(key, -(prev.len as i64), -1);
@@ -699,6 +820,7 @@ impl Store {
         }
         match self.index.get(&record.key).map_err(io_err)? {
             Some(entry) if entry.last_access == record.last_access => {
+                self.hot.remove(&record.key);
                 self.files.remove(&record.key, &entry.ext)?;
                 self.index.remove(&record.key).map_err(io_err)?;
                 self.account(&record.key, -(entry.len as i64), -1);
@@ -1114,6 +1236,7 @@ fn evictor(store: &std::sync::Weak<Store>, rx: &Receiver<()>) {
         if store.stopping.load(Ordering::Relaxed) {
             return;
         }
+        store.record_hot_touches();
         let n = store.evict_to_budget();
         if n > 0 {
             tracing::info!(
@@ -1147,6 +1270,8 @@ mod tests {
             fsync: true,
             index_cache_bytes: 1 << 20,
             reconcile_rate: 0,
+            memory_bytes: 1 << 20,
+            memory_object_max_bytes: 64 << 10,
         }
     }
 
@@ -1176,13 +1301,98 @@ mod tests {
         store.put(&key(1), "jpg", b"0123456789", "a")?;
         assert_eq!(
             store.lookup(&key(1), "jpg", true).and_then(|h| h.bytes),
-            Some(b"0123456789".to_vec())
+            Some(Bytes::from_static(b"0123456789"))
         );
         // Same length, different bytes: only the hash can tell.
         std::fs::write(store.files.path(&key(1), "jpg"), b"9876543210")?;
         assert!(store.lookup(&key(1), "jpg", true).is_none());
         assert_eq!(store.counters.repairs.load(Ordering::Relaxed), 1);
         assert_eq!(store.stats().objects, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn the_memory_tier_holds_only_what_the_disk_holds() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let mut set = settings(dir.path(), 1 << 20);
+        set.verify_reads = false;
+        let (store, _) = Store::open(set)?;
+        store.put(&key(1), "jpg", b"0123456789", "a")?;
+        assert!(
+            store.lookup_hot(&key(1)).is_none(),
+            "a render's bytes wait for a read"
+        );
+        store.lookup(&key(1), "jpg", true).ok_or("hit")?;
+        let hot = store.lookup_hot(&key(1)).ok_or("read once: in memory")?;
+        assert_eq!(hot.bytes.as_deref(), Some(&b"0123456789"[..]));
+        // Changed on disk behind the store: memory still serves the bytes that were verified.
+        std::fs::write(store.files.path(&key(1), "jpg"), b"9876543210")?;
+        assert_eq!(
+            store.lookup_hot(&key(1)).and_then(|h| h.bytes).as_deref(),
+            Some(&b"0123456789"[..])
+        );
+        // A corrupt file is never taken in, even with verify_reads off.
+        store.hot.remove(&key(1));
+        store
+            .lookup(&key(1), "jpg", true)
+            .ok_or("unverified disk hit")?;
+        assert!(store.lookup_hot(&key(1)).is_none(), "hashed on its way in");
+        // Every way an object leaves the disk empties memory too.
+        store.put(&key(2), "jpg", b"abc", "b")?;
+        store.put(&key(3), "jpg", b"def", "b")?;
+        store.put(&key(4), "png", b"ghi", "c")?;
+        for n in [2, 3, 4] {
+            let ext = if n == 4 { "png" } else { "jpg" };
+            store.lookup(&key(n), ext, true).ok_or("hit")?;
+            assert!(store.lookup_hot(&key(n)).is_some());
+        }
+        assert_eq!(store.purge("b")?, 2);
+        assert!(store.lookup_hot(&key(2)).is_none() && store.lookup_hot(&key(3)).is_none());
+        store.put(&key(4), "png", b"new", "c")?;
+        assert!(store.lookup_hot(&key(4)).is_none(), "rewritten");
+        // Without bodies (the proxy sends the file), a hit checks the file's length.
+        store.lookup(&key(4), "png", false).ok_or("hit")?;
+        assert!(store.lookup_hot(&key(4)).is_some_and(|h| h.bytes.is_none()));
+        std::fs::write(store.files.path(&key(4), "png"), b"shorter!!")?;
+        assert!(
+            store.lookup_hot(&key(4)).is_none(),
+            "truncated or grown: a miss"
+        );
+        assert_eq!(store.hot.counters.hits.load(Ordering::Relaxed), 6);
+        Ok(())
+    }
+
+    #[test]
+    fn memory_hits_are_recorded_for_eviction() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (store, _) = Store::open(settings(dir.path(), 1 << 20))?;
+        store.put(&key(1), "jpg", b"0123456789", "a")?;
+        store.lookup(&key(1), "jpg", true).ok_or("hit")?;
+        // Pretend the last recorded access was long ago.
+        let old = Entry {
+            last_access: 1,
+            ..store.index.get(&key(1))?.ok_or("entry")?
+        };
+        store.index.insert(&key(1), &old)?;
+        store.hot.remove(&key(1));
+        store.lookup(&key(1), "jpg", true).ok_or("hit")?;
+        let entry = store.index.get(&key(1))?.ok_or("entry")?;
+        assert!(entry.last_access > 1, "a disk hit records itself");
+        store.index.insert(&key(1), &old)?;
+        if let Some(o) = store.hot.get(&key(1)) {
+            o.last_access.store(1, Ordering::Relaxed);
+        }
+        store.lookup_hot(&key(1)).ok_or("memory hit")?;
+        assert_eq!(
+            store.index.get(&key(1))?.ok_or("entry")?.last_access,
+            1,
+            "no write on the hit"
+        );
+        store.record_hot_touches();
+        assert!(
+            store.index.get(&key(1))?.ok_or("entry")?.last_access > 1,
+            "recorded in the background"
+        );
         Ok(())
     }
 

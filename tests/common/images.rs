@@ -11,6 +11,8 @@ pub enum TileCoding {
     Jpeg,
     /// Tiles are abbreviated JPEG streams; the tables sit in the JPEGTables tag (what libtiff writes).
     JpegTables,
+    /// [`TileCoding::JpegTables`] at this quality (the others are at 92).
+    JpegTablesAt(u8),
     /// Uncompressed RGB.
     Raw,
 }
@@ -109,8 +111,12 @@ pub fn tiled_tiff_with(
                 let bytes = match coding {
                     TileCoding::Raw => t.into_raw(),
                     TileCoding::Jpeg => jpeg(&t, 92),
-                    TileCoding::JpegTables => {
-                        let (tb, abbreviated) = split_tables(&jpeg(&t, 92));
+                    TileCoding::JpegTables | TileCoding::JpegTablesAt(_) => {
+                        let q = match coding {
+                            TileCoding::JpegTablesAt(q) => q,
+                            _ => 92,
+                        };
+                        let (tb, abbreviated) = split_tables(&jpeg(&t, q));
                         tables = Some(tb);
                         abbreviated
                     }

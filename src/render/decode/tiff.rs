@@ -2,6 +2,7 @@
 //! the region (JPEG tiles with shared tables, or raw tiles). A request that is exactly one stored
 //! JPEG tile, unchanged, is answered with the tile's bytes.
 
+use crate::config::TilePassthrough;
 use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::render::color::ColorPlan;
 use crate::render::{finish, plan, EncodeSettings, RenderError, Result};
@@ -10,14 +11,16 @@ use crate::source::tiff;
 use crate::source::ObjectReader;
 use image::DynamicImage;
 
-/// Render `req` from `pyramid`: pass a stored tile through, or decode the tiles under the region
-/// at the chosen level and finish the image.
+/// Render `req` from `pyramid`: pass a stored tile through (when `passes(level, tile)` says its
+/// bytes may be sent as they are), or decode the tiles under the region at the chosen level and
+/// finish the image.
 pub(crate) fn render(
     file: &dyn ObjectReader,
     pyramid: &tiff::Pyramid,
     req: &CanonicalRequest,
     settings: &EncodeSettings,
     max: u64,
+    passes: &dyn Fn(usize, &[u8]) -> bool,
 ) -> Result<Vec<u8>> {
     let sizes: Vec<(u32, u32)> = pyramid.levels.iter().map(|l| (l.width, l.height)).collect();
     // The request is in the displayed image; the levels hold the stored one. Turned files (the
@@ -42,7 +45,7 @@ pub(crate) fn render(
     let color = ColorPlan::new(pyramid.icc.clone(), settings.color);
     // A stored tile's pixels are in the source's colour space and carry no profile: it is sent as
     // it is only when the source needs no colour handling.
-    if settings.tile_passthrough
+    if settings.tile_passthrough != TilePassthrough::Never
         && color.is_keep()
         && o == Orientation::NORMAL
         && level.codec == tiff::TileCodec::Jpeg
@@ -51,7 +54,8 @@ pub(crate) fn render(
         let tile = level.read_tile(file, rect.x / tw, rect.y / th, max)?;
         // RGB-coded tiles pass only when their own markers say RGB (vips writes the ids 'R', 'G',
         // 'B'); unmarked ones (Aperio) would be shown as YCbCr by browsers, so they are re-encoded.
-        if !level.rgb_jpeg || super::jpeg::read_info(&tile).is_ok_and(|i| i.marked_rgb) {
+        let marked = !level.rgb_jpeg || super::jpeg::read_info(&tile).is_ok_and(|i| i.marked_rgb);
+        if marked && passes(index, &tile) {
             return Ok(tile);
         }
     }

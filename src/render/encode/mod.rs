@@ -10,6 +10,7 @@ mod webp;
 use super::color::ColorMode;
 use super::ops::flatten;
 use super::{RenderError, Result};
+use crate::config::TilePassthrough;
 use crate::iiif::Format;
 use image::DynamicImage;
 
@@ -21,7 +22,7 @@ pub(crate) struct EncodeSettings {
     /// Lossy WebP quality, 1-100.
     pub(crate) webp_quality: u8,
     /// Send a stored JPEG tile as it is when a request is exactly that tile.
-    pub(crate) tile_passthrough: bool,
+    pub(crate) tile_passthrough: TilePassthrough,
     /// What happens to sources with an ICC profile (`render.color`).
     pub(crate) color: ColorMode,
 }
@@ -31,7 +32,7 @@ impl Default for EncodeSettings {
         EncodeSettings {
             jpeg_quality: 85,
             webp_quality: 80,
-            tile_passthrough: true,
+            tile_passthrough: TilePassthrough::Auto,
             color: ColorMode::Srgb,
         }
     }
@@ -44,7 +45,8 @@ impl EncodeSettings {
         let encoder = match format {
             Format::Jpg => format!(
                 "jpeg-encoder-v1 q={} 420 passthrough={}",
-                self.jpeg_quality, self.tile_passthrough
+                self.jpeg_quality,
+                self.tile_passthrough.name()
             ),
             Format::Png => "image-png-v1 fast".into(),
             Format::Webp => format!("libwebp-v1 q={}", self.webp_quality),
