@@ -6,6 +6,7 @@ use crate::access::Access;
 use crate::config::Config;
 use crate::config::S3SourceConfig;
 use crate::crawl::{CrawlSettings, Crawler};
+use crate::iiif::ApiVersion;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Pipeline, Settings};
 use crate::render::cache::DecodedCache;
@@ -90,6 +91,8 @@ pub struct App {
     /// A remote source's kind and counters (`iiifd_source_*`).
     source: Option<(&'static str, Arc<SourceCounters>)>,
     recovery: Recovery,
+    /// `crawl.watch`, once started.
+    watch: std::sync::Mutex<Option<crate::crawl::watch::Watch>>,
     /// When this process started: no generated document (info.json) is older, since its configuration
     /// was read then.
     started: std::time::SystemTime,
@@ -173,6 +176,7 @@ impl App {
             access,
             source: source_counters,
             recovery,
+            watch: std::sync::Mutex::new(None),
             started: std::time::SystemTime::now(),
         })
     }
@@ -182,6 +186,30 @@ impl App {
     pub fn start(&self) -> io::Result<()> {
         self.store.start_background()?;
         self.crawler.resume();
+        if self.config.crawl.watch {
+            let crawl = &self.config.crawl;
+            let settings = crate::crawl::watch::WatchSettings {
+                thumbnails: crawl.watch_thumbnails.clone(),
+                // Validated with the configuration.
+                versions: crawl
+                    .watch_versions
+                    .iter()
+                    .filter_map(|v| ApiVersion::from_path_segment(&v.to_string()))
+                    .collect(),
+                interval: Duration::from_secs(crawl.watch_interval_secs),
+                tile_size: self.config.tile_size,
+            };
+            let root = (self.pipeline.source().kind() == "fs").then_some(&self.config.images);
+            let watch = crate::crawl::watch::start(
+                Arc::clone(&self.pipeline),
+                root.map(|p| p.as_path()),
+                settings,
+            )
+            .map_err(|e| io::Error::new(e.kind(), format!("crawl.watch: {e}")))?;
+            if let Ok(mut w) = self.watch.lock() {
+                *w = Some(watch);
+            }
+        }
         Ok(())
     }
 
@@ -346,6 +374,39 @@ impl App {
         }
         if let Some((backend, c)) = &self.source {
             remote_metrics(&mut out, "iiifd_source", backend, c);
+        }
+        if let Some(w) = self.watch.lock().ok().as_ref().and_then(|w| w.as_ref()) {
+            let m = &w.metrics;
+            for (name, help, value) in [
+                (
+                    "iiifd_watch_arrivals_total",
+                    "Source images seen arriving or changing (crawl.watch).",
+                    &m.arrivals,
+                ),
+                (
+                    "iiifd_watch_warmed_total",
+                    "Arrivals whose sizes and thumbnails are stored.",
+                    &m.warmed,
+                ),
+                (
+                    "iiifd_watch_failed_total",
+                    "Arrivals that could not be warmed (not an image, unreadable).",
+                    &m.failed,
+                ),
+                (
+                    "iiifd_watch_rendered_total",
+                    "Derivatives rendered for arrivals.",
+                    &m.rendered,
+                ),
+            ] {
+                metrics::counter(&mut out, name, help, load(value));
+            }
+            m.latency.render_into(
+                &mut out,
+                "iiifd_watch_seconds",
+                "From a source's arrival to its sizes and thumbnails being stored.",
+                "",
+            );
         }
         if let Some(tier) = self.store.shared() {
             remote_metrics(&mut out, "iiifd_shared", "s3", tier.requests());

@@ -457,12 +457,34 @@ impl Default for ViewerConfig {
 }
 
 /// `[crawl]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CrawlConfig {
     /// Crawl renders at once; 0 = render workers - 1 (at least 1), so live requests keep a worker.
     /// Env: `IIIFD_CRAWL__MAX_WORKERS`.
     pub max_workers: usize,
+    /// Warm each source image as it appears or changes: its `sizes` and `watch_thumbnails`, in the
+    /// crawl's low-priority lane (file notifications for the image directory, a listing every
+    /// `watch_interval_secs` for remote sources). Env: `IIIFD_CRAWL__WATCH`.
+    pub watch: bool,
+    /// Thumbnail sizes the watch renders, in 3.0 syntax. Env: `IIIFD_CRAWL__WATCH_THUMBNAILS`.
+    pub watch_thumbnails: Vec<String>,
+    /// API versions whose `sizes` URL shapes the watch renders. Env: `IIIFD_CRAWL__WATCH_VERSIONS`.
+    pub watch_versions: Vec<u8>,
+    /// Seconds between listings of a remote source. Env: `IIIFD_CRAWL__WATCH_INTERVAL_SECS`.
+    pub watch_interval_secs: u64,
+}
+
+impl Default for CrawlConfig {
+    fn default() -> Self {
+        CrawlConfig {
+            max_workers: 0,
+            watch: false,
+            watch_thumbnails: vec!["!256,256".into()],
+            watch_versions: vec![3],
+            watch_interval_secs: 30,
+        }
+    }
 }
 
 /// `[compat]`: routes of the servers iiifd replaces.
@@ -819,6 +841,33 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.access.validate()?;
         let bad = |key: &str, why: &str| Err(ConfigError(format!("key `{key}`: {why}")));
+        for t in &self.crawl.watch_thumbnails {
+            let parsed = crate::iiif::parse::parse_image_params(
+                crate::iiif::ApiVersion::V3,
+                "full",
+                t,
+                "0",
+                "default.jpg",
+                crate::iiif::Format::Jpg,
+            );
+            if let Err(e) = parsed {
+                return bad("crawl.watch_thumbnails", &format!("{t:?}: {e}"));
+            }
+        }
+        if let Some(v) = self
+            .crawl
+            .watch_versions
+            .iter()
+            .find(|v| crate::iiif::ApiVersion::from_path_segment(&v.to_string()).is_none())
+        {
+            return bad(
+                "crawl.watch_versions",
+                &format!("{v} is not an API version: use 1, 2 or 3"),
+            );
+        }
+        if self.crawl.watch_interval_secs == 0 {
+            return bad("crawl.watch_interval_secs", "must be at least 1");
+        }
         if !self.prefix.is_empty() && (!self.prefix.starts_with('/') || self.prefix.ends_with('/'))
         {
             return bad(

@@ -215,3 +215,72 @@ fn bad_crawl_requests_and_the_warm_command() {
         Some("iiifd; hit")
     );
 }
+
+/// `crawl.watch`: a file copied into the image directory of a running server has its `!256,256`
+/// thumbnail and every `sizes` entry stored before its first viewer asks, so that viewer gets hits;
+/// a changed file is warmed again; other files are ignored.
+#[test]
+fn watch_warms_new_and_changed_sources_before_the_first_visitor() {
+    let server = Server::start_with(&[], &[("IIIFD_CRAWL__WATCH", "true")]);
+    let outside = tempfile::tempdir().expect("tempdir");
+    let write = |w: u32, h: u32| {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x / 7) as u8, (y / 5) as u8, ((x * y) / 97) as u8])
+        });
+        let path = outside.path().join("new.jpg");
+        img.save(&path).expect("write image");
+        path
+    };
+    let warmed = |n: f64| {
+        let started = Instant::now();
+        while server.metric("iiifd_watch_warmed_total") < n {
+            // A bound against a hang, not the speed figure (benches/watch_burst.py measures that).
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "not warmed within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        started.elapsed()
+    };
+    // Into a folder made after the server started: the watch covers the whole tree.
+    std::fs::create_dir(server.images.join("arrivals")).expect("mkdir");
+    std::fs::write(server.images.join("arrivals/notes.txt"), b"not an image").expect("txt");
+    let copied = Instant::now();
+    std::fs::copy(write(1800, 1200), server.images.join("arrivals/new.jpg")).expect("copy");
+    let took = warmed(1.0);
+    eprintln!("warmed {:?} after the copy", copied.elapsed().max(took));
+    let renders = server.metric("iiifd_renders_total");
+    let check = |size: (u32, u32)| {
+        let info = server.get("/iiif/3/arrivals%2Fnew/info.json").json();
+        assert_eq!(
+            (info["width"].as_u64(), info["height"].as_u64()),
+            (Some(u64::from(size.0)), Some(u64::from(size.1)))
+        );
+        let sizes = info["sizes"].as_array().cloned().unwrap_or_default();
+        assert!(!sizes.is_empty());
+        let mut urls = vec!["/iiif/3/arrivals%2Fnew/full/!256,256/0/default.jpg".to_owned()];
+        for s in sizes {
+            urls.push(format!(
+                "/iiif/3/arrivals%2Fnew/full/{},{}/0/default.jpg",
+                s["width"], s["height"]
+            ));
+        }
+        for u in urls {
+            let r = server.get(&u);
+            assert_eq!(r.status, 200, "{u}");
+            assert_eq!(r.header("cache-status"), Some("iiifd; hit"), "{u}");
+        }
+    };
+    check((1800, 1200));
+    assert_eq!(
+        server.metric("iiifd_renders_total"),
+        renders,
+        "the first visitor's thumbnail and sizes were all stored"
+    );
+    // Replaced by another picture: warmed again, at its new size.
+    std::fs::copy(write(1000, 1500), server.images.join("arrivals/new.jpg")).expect("copy");
+    warmed(2.0);
+    check((1000, 1500));
+    assert_eq!(server.metric("iiifd_watch_failed_total"), 0.0);
+}

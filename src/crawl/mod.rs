@@ -7,6 +7,7 @@
 //! `kill -9`) resumes where it stopped, skipping what is stored.
 
 pub(crate) mod plan;
+pub(crate) mod watch;
 
 use crate::error::{Error, Result};
 use crate::iiif::parse::parse_image_params;
