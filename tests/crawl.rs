@@ -278,6 +278,9 @@ fn watch_warms_new_and_changed_sources_before_the_first_visitor() {
         renders,
         "the first visitor's thumbnail and sizes were all stored"
     );
+    // Reading the file (the warm-up, the visitor) is not a change: no second arrival.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(server.metric("iiifd_watch_arrivals_total"), 1.0);
     // Replaced by another picture: warmed again, at its new size.
     std::fs::copy(write(1000, 1500), server.images.join("arrivals/new.jpg")).expect("copy");
     warmed(2.0);

@@ -20,7 +20,7 @@ use crate::iiif::ApiVersion;
 use crate::iiif::Format;
 use crate::metrics::Histogram;
 use crate::pipeline::{Ensured, Pipeline};
-use crate::source::{identifier_of, Backend};
+use crate::source::{identifier_of, Backend, Fingerprint};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// Quiet time after a file's last event before it is taken as arrived.
 const SETTLE: Duration = Duration::from_millis(300);
+/// Versions remembered as warmed (forgotten all at once beyond this: a re-warm finds all stored).
+const MAX_REMEMBERED: usize = 100_000;
 
 /// What the watch warms.
 #[derive(Clone, Debug)]
@@ -99,9 +101,24 @@ pub(crate) fn start(
     };
     let m = Arc::clone(&metrics);
     tokio::spawn(async move {
+        // The version each identifier was last warmed at: an event that changed nothing (a
+        // `touch` with the same time, a second event for one copy) is not an arrival.
+        let mut warmed: HashMap<String, Fingerprint> = HashMap::new();
         while let Some((identifier, since)) = rx.recv().await {
+            let version = pipeline.locate(&identifier).await.ok();
+            let version = version.map(|l| l.object.fingerprint);
+            if version.is_some() && warmed.get(&identifier) == version.as_ref() {
+                continue;
+            }
             m.arrivals.fetch_add(1, Ordering::Relaxed);
-            warm_arrival(&pipeline, &settings, &m, &identifier, since).await;
+            if warm_arrival(&pipeline, &settings, &m, &identifier, since).await {
+                if let Some(v) = version {
+                    if warmed.len() >= MAX_REMEMBERED {
+                        warmed.clear();
+                    }
+                    warmed.insert(identifier, v);
+                }
+            }
         }
     });
     Ok(Watch {
@@ -111,20 +128,21 @@ pub(crate) fn start(
     })
 }
 
-/// Render what the first viewer of `identifier` asks for first: its sizes and thumbnails.
+/// Render what the first viewer of `identifier` asks for first: its sizes and thumbnails. Returns
+/// whether all of it is stored.
 async fn warm_arrival(
     pipeline: &Arc<Pipeline>,
     settings: &WatchSettings,
     metrics: &WatchMetrics,
     identifier: &str,
     since: Instant,
-) {
+) -> bool {
     let source = match pipeline.locate(identifier).await {
         Ok(s) => s,
         Err(e) => {
             metrics.failed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(identifier, "watch: not warmed: {e}");
-            return;
+            return false;
         }
     };
     let limits = *pipeline.limits();
@@ -150,11 +168,13 @@ async fn warm_arrival(
         Some(e) => {
             metrics.failed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(identifier, "watch: not all warmed: {e}");
+            false
         }
         None => {
             metrics.latency.observe(since.elapsed());
             metrics.warmed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(identifier, "watch: sizes and thumbnails stored");
+            true
         }
     }
 }
@@ -165,14 +185,11 @@ fn notify_arrivals(
     tx: UnboundedSender<(String, Instant)>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<notify::RecommendedWatcher> {
-    use notify::{EventKind, RecursiveMode, Watcher};
+    use notify::{RecursiveMode, Watcher};
     let (events, rx) = channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res {
-            if matches!(
-                event.kind,
-                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Access(_)
-            ) {
+            if changes_content(event.kind) {
                 for path in event.paths {
                     let _ = events.send(path);
                 }
@@ -189,6 +206,17 @@ fn notify_arrivals(
         .name("iiifd-watch".into())
         .spawn(move || settle(&root, &rx, &tx, &stop))?;
     Ok(watcher)
+}
+
+/// Whether an event can mean new content. Opening and reading a file are events too, and iiifd
+/// reads every file it warms: counting those would make each warm-up announce the next.
+fn changes_content(kind: notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Create(_) | EventKind::Modify(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Remove(_) | EventKind::Any | EventKind::Other => false,
+    }
 }
 
 /// Take a path once it has been quiet for [`SETTLE`]; send its identifier with the time of its
@@ -264,4 +292,34 @@ fn list_arrivals(
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+
+    #[test]
+    fn only_events_that_can_change_content_count() {
+        for kind in [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+        ] {
+            assert!(changes_content(kind), "{kind:?}");
+        }
+        // What iiifd's own reads of a file cause, and removals.
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Remove(RemoveKind::File),
+        ] {
+            assert!(!changes_content(kind), "{kind:?}");
+        }
+    }
 }
