@@ -105,13 +105,13 @@ pub(crate) fn start(
         // `touch` with the same time, a second event for one copy) is not an arrival.
         let mut warmed: HashMap<String, Fingerprint> = HashMap::new();
         while let Some((identifier, since)) = rx.recv().await {
-            let version = pipeline.locate(&identifier).await.ok();
-            let version = version.map(|l| l.object.fingerprint);
+            let located = pipeline.locate(&identifier).await;
+            let version = located.as_ref().ok().map(|l| l.object.fingerprint.clone());
             if version.is_some() && warmed.get(&identifier) == version.as_ref() {
                 continue;
             }
             m.arrivals.fetch_add(1, Ordering::Relaxed);
-            if warm_arrival(&pipeline, &settings, &m, &identifier, since).await {
+            if warm_arrival(&pipeline, &settings, &m, &identifier, located, since).await {
                 if let Some(v) = version {
                     if warmed.len() >= MAX_REMEMBERED {
                         warmed.clear();
@@ -128,16 +128,17 @@ pub(crate) fn start(
     })
 }
 
-/// Render what the first viewer of `identifier` asks for first: its sizes and thumbnails. Returns
-/// whether all of it is stored.
+/// Render what the first viewer of `identifier` (located as `located`) asks for first: its sizes
+/// and thumbnails. Returns whether all of it is stored.
 async fn warm_arrival(
     pipeline: &Arc<Pipeline>,
     settings: &WatchSettings,
     metrics: &WatchMetrics,
     identifier: &str,
+    located: crate::error::Result<crate::pipeline::Located>,
     since: Instant,
 ) -> bool {
-    let source = match pipeline.locate(identifier).await {
+    let source = match located {
         Ok(s) => s,
         Err(e) => {
             metrics.failed.fetch_add(1, Ordering::Relaxed);

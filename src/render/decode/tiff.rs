@@ -58,6 +58,15 @@ pub(crate) fn render(
         if marked && passes(index, &tile) {
             return Ok(tile);
         }
+        // Re-encoded: from the bytes in hand (the request is exactly this tile, not turned).
+        let img = super::jpeg::decode_coded(&tile, 0, None, max, level.rgb_jpeg)?;
+        let whole = Rect {
+            x: 0,
+            y: 0,
+            w: img.width(),
+            h: img.height(),
+        };
+        return finish(&img, whole, req, settings, &color);
     }
     let img = o.apply(read_tiles(file, level, rect, max)?);
     let whole = Rect {
