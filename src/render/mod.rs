@@ -127,7 +127,7 @@ pub(crate) fn render(
         }
     };
     let color = ColorPlan::new(decode::profile(src.reader, kind), settings.color);
-    finish(&img, region, req, settings, &color)
+    finish(img, region, req, settings, &color)
 }
 
 /// A region through the whole-image route. The whole file was decoded, so a file it finds corrupt
@@ -154,7 +154,7 @@ fn whole_region(
 /// Steps 4 and 5: the operations after the region's pixels are in hand (colour conversion after the
 /// geometry, on the output's pixels, before the quality), and the encoder.
 pub(crate) fn finish(
-    img: &image::DynamicImage,
+    img: Arc<image::DynamicImage>,
     region: crate::iiif::canonical::Rect,
     req: &CanonicalRequest,
     settings: &EncodeSettings,

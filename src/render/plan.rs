@@ -79,15 +79,25 @@ pub(crate) fn pyramid_level_for(sizes: &[(u32, u32)], r: Rect, out: (u32, u32)) 
 /// tiles are `tile`, output at the tile's own size, default quality, no mirror or rotation, jpg.
 /// Then the tile's bytes are the answer (IIPImage's codec passthrough): no decode, no encode.
 pub(crate) fn is_stored_tile(req: &CanonicalRequest, rect: Rect, tile: (u32, u32)) -> bool {
+    is_tile_part(req, rect, tile) && (rect.w, rect.h) == tile
+}
+
+/// Whether `req` asks for the pixels of one stored tile at its own resolution, in its own JPEG
+/// coding: the tile at `rect`'s origin, unscaled, all of it or (at the level's right or bottom
+/// edge) its top-left part: the one tile read is all the render needs.
+pub(crate) fn is_tile_part(req: &CanonicalRequest, rect: Rect, tile: (u32, u32)) -> bool {
     let (tw, th) = tile;
     req.format() == Format::Jpg
         && matches!(req.quality(), Quality::Default | Quality::Color)
         && !req.mirror()
         && req.degrees() == 0.0
+        && tw > 0
+        && th > 0
         && rect.x % tw == 0
         && rect.y % th == 0
-        && (rect.w, rect.h) == (tw, th)
-        && (req.width(), req.height()) == (tw, th)
+        && (1..=tw).contains(&rect.w)
+        && (1..=th).contains(&rect.h)
+        && (req.width(), req.height()) == (rect.w, rect.h)
 }
 
 /// The JPEG 2000 resolution reduction for `req`: the coarsest of the file's `levels` that still
@@ -172,6 +182,27 @@ mod tests {
         )
         .expect("valid");
         assert!(!is_stored_tile(&png, rect, (256, 256)));
+    }
+
+    #[test]
+    fn edge_tiles_are_read_from_their_one_tile() {
+        // The last column of a 4000x3000 image's level 2 (1000x750): 232 pixels of a 256 tile.
+        let edge = req("3072,0,928,1024", "232,256", 4000, 3000);
+        let rect = Rect {
+            x: 768,
+            y: 0,
+            w: 232,
+            h: 256,
+        };
+        assert!(is_tile_part(&edge, rect, (256, 256)));
+        // Part of a tile, but not its stored tile: never passed through as it is.
+        assert!(!is_stored_tile(&edge, rect, (256, 256)));
+        // Not at a tile's origin, or scaled, or past one tile: read through the level instead.
+        assert!(!is_tile_part(&edge, Rect { x: 770, ..rect }, (256, 256)));
+        let scaled = req("3072,0,928,1024", "116,128", 4000, 3000);
+        assert!(!is_tile_part(&scaled, rect, (256, 256)));
+        assert!(!is_tile_part(&edge, rect, (128, 128)));
+        assert!(!is_tile_part(&edge, rect, (0, 0)));
     }
 
     proptest! {

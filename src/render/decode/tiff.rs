@@ -10,6 +10,7 @@ use crate::source::orientation::Orientation;
 use crate::source::tiff;
 use crate::source::ObjectReader;
 use image::DynamicImage;
+use std::sync::Arc;
 
 /// Render `req` from `pyramid`: pass a stored tile through (when `passes(level, tile)` says its
 /// bytes may be sent as they are), or decode the tiles under the region at the chosen level and
@@ -45,28 +46,33 @@ pub(crate) fn render(
     let color = ColorPlan::new(pyramid.icc.clone(), settings.color);
     // A stored tile's pixels are in the source's colour space and carry no profile: it is sent as
     // it is only when the source needs no colour handling.
-    if settings.tile_passthrough != TilePassthrough::Never
-        && color.is_keep()
+    if color.is_keep()
         && o == Orientation::NORMAL
         && level.codec == tiff::TileCodec::Jpeg
-        && plan::is_stored_tile(req, rect, (tw, th))
+        && plan::is_tile_part(req, rect, (tw, th))
     {
         let tile = level.read_tile(file, rect.x / tw, rect.y / th, max)?;
-        // RGB-coded tiles pass only when their own markers say RGB (vips writes the ids 'R', 'G',
-        // 'B'); unmarked ones (Aperio) would be shown as YCbCr by browsers, so they are re-encoded.
-        let marked = !level.rgb_jpeg || super::jpeg::read_info(&tile).is_ok_and(|i| i.marked_rgb);
-        if marked && passes(index, &tile) {
-            return Ok(tile);
+        if settings.tile_passthrough != TilePassthrough::Never
+            && plan::is_stored_tile(req, rect, (tw, th))
+        {
+            // RGB-coded tiles pass only when their own markers say RGB (vips writes the ids 'R',
+            // 'G', 'B'); unmarked ones (Aperio) would be shown as YCbCr by browsers, so they are
+            // re-encoded.
+            let marked =
+                !level.rgb_jpeg || super::jpeg::read_info(&tile).is_ok_and(|i| i.marked_rgb);
+            if marked && passes(index, &tile) {
+                return Ok(tile);
+            }
         }
-        // Re-encoded: from the bytes in hand (the request is exactly this tile, not turned).
-        let img = super::jpeg::decode_coded(&tile, 0, None, max, level.rgb_jpeg)?;
-        let whole = Rect {
+        // Re-encoded from the bytes in hand (one tile, or the image's part of an edge tile).
+        let part = Rect {
             x: 0,
             y: 0,
-            w: img.width(),
-            h: img.height(),
+            w: rect.w,
+            h: rect.h,
         };
-        return finish(&img, whole, req, settings, &color);
+        let img = super::jpeg::decode_coded(&tile, 0, Some(part), max, level.rgb_jpeg)?;
+        return finish(Arc::new(img), part, req, settings, &color);
     }
     let img = o.apply(read_tiles(file, level, rect, max)?);
     let whole = Rect {
@@ -75,7 +81,7 @@ pub(crate) fn render(
         w: img.width(),
         h: img.height(),
     };
-    finish(&img, whole, req, settings, &color)
+    finish(Arc::new(img), whole, req, settings, &color)
 }
 
 /// The pixels of `rect` of a tiled level, decoding each tile that meets it (only the part it needs).
