@@ -54,7 +54,9 @@ impl DerivativeKey {
 
     /// Lower-case hex, 64 characters.
     pub(crate) fn to_hex(self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        let mut s = String::with_capacity(64);
+        push_hex(&mut s, &self.0);
+        s
     }
 
     /// Parse the 64-character hex form.
@@ -81,7 +83,20 @@ impl DerivativeKey {
 
     /// The strong entity tag: the quoted hex key.
     pub(crate) fn etag(&self) -> String {
-        format!("\"{}\"", self.to_hex())
+        let mut s = String::with_capacity(66);
+        s.push('"');
+        push_hex(&mut s, &self.0);
+        s.push('"');
+        s
+    }
+}
+
+/// Append `bytes` in lower-case hex. (Per byte `format!` was 32 allocations for every hit's ETag.)
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0F)]));
     }
 }
 
@@ -141,6 +156,19 @@ mod tests {
     use crate::iiif::canonical::ImageSize;
     use crate::iiif::parse::parse_image_params;
     use crate::iiif::{ApiVersion, Format, Limits};
+
+    #[test]
+    fn hex_and_etag_spell_every_byte() {
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37) ^ 0xA5;
+        }
+        let key = DerivativeKey(bytes);
+        let want: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(key.to_hex(), want);
+        assert_eq!(key.etag(), format!("\"{want}\""));
+        assert_eq!(DerivativeKey::from_hex(&key.to_hex()), Some(key));
+    }
 
     fn req(v: ApiVersion, size: &str) -> CanonicalRequest {
         let r =

@@ -328,11 +328,15 @@ async fn image(
         }
     };
     let version = request.version;
-    let canonical_url = format!(
-        "{}/{}",
-        service_base(app, headers, version, identifier, compat),
-        prepared.canonical.to_path()
-    );
+    // The Link header, built in one buffer (it is formatted on every hit).
+    let mut link = String::with_capacity(192);
+    link.push('<');
+    link.push_str(&service_base(app, headers, version, identifier, compat));
+    link.push('/');
+    link.push_str(&prepared.canonical.to_path());
+    link.push_str(">;rel=\"canonical\", <");
+    link.push_str(version.profile_uri());
+    link.push_str(">;rel=\"profile\"");
     let etag = prepared.key.etag();
     let modified = prepared
         .source
@@ -394,14 +398,7 @@ async fn image(
             response::set(&mut resp, header::VARY, "Cookie");
         }
     }
-    response::set(
-        &mut resp,
-        header::LINK,
-        &format!(
-            "<{canonical_url}>;rel=\"canonical\", {}",
-            profile_link(version)
-        ),
-    );
+    response::set(&mut resp, header::LINK, &link);
     Ok(resp)
 }
 

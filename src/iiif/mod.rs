@@ -130,6 +130,19 @@ pub enum Format {
 }
 
 impl Format {
+    /// Every format, for tables made once per format.
+    pub const ALL: [Format; 7] = [
+        Format::Jpg,
+        Format::Png,
+        Format::Webp,
+        Format::Gif,
+        Format::Tif,
+        Format::Jp2,
+        Format::Pdf,
+    ];
+}
+
+impl Format {
     /// Formats iiifd can encode, in the order info.json lists them.
     pub const RENDERED: [Format; 5] = [
         Format::Jpg,

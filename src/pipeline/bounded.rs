@@ -32,13 +32,17 @@ impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
     }
 
     /// The value for `key`, if cached.
-    pub(crate) fn get(&self, key: &K) -> Option<V> {
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let mut g = self.inner.lock().ok()?;
         if let Some(v) = g.young.get(key) {
             return Some(v.clone());
         }
         let v = g.old.remove(key)?;
-        self.insert_young(&mut g, key.clone(), v.clone());
+        self.insert_young(&mut g, key.to_owned(), v.clone());
         Some(v)
     }
 

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::iiif::canonical::{CanonicalRequest, ImageSize};
 use crate::iiif::info::{extra_properties, Extras};
 use crate::iiif::parse::ImageRequest;
+use crate::iiif::Format;
 use crate::iiif::Limits;
 use crate::key::DerivativeKey;
 use crate::metrics::Metrics;
@@ -156,6 +157,8 @@ pub(crate) struct Pipeline {
     crawl_slots: tokio::sync::Semaphore,
     /// Tiled copies being written, and sources that cannot have one.
     copies_building: Mutex<HashSet<DerivativeKey>>,
+    /// The encoder description of each output format (part of every key), made once.
+    encoders: Vec<(Format, String)>,
 }
 
 impl Pipeline {
@@ -178,6 +181,10 @@ impl Pipeline {
             located: BoundedCache::new(LOCATED_ENTRIES),
             corrupt: BoundedCache::new(LOCATED_ENTRIES),
             metrics,
+            encoders: Format::ALL
+                .iter()
+                .map(|&f| (f, settings.encode.describe(f)))
+                .collect(),
             settings,
             copies_building: Mutex::new(HashSet::new()),
         }
@@ -256,7 +263,7 @@ impl Pipeline {
     }
 
     fn locate_object(&self, identifier: &str) -> Result<Located> {
-        if let Some(cached) = self.located.get(&identifier.to_owned()) {
+        if let Some(cached) = self.located.get(identifier) {
             // One stat (or HEAD) tells whether the cached answer still holds.
             match self.source.refresh(&cached.object) {
                 Ok(object) if object.fingerprint == cached.object.fingerprint => {
@@ -358,16 +365,12 @@ impl Pipeline {
         degrade: Option<Degrade>,
         lookup: bool,
     ) -> Option<Prepared> {
-        let cached = self.located.get(&identifier.to_owned())?;
+        let cached = self.located.get(identifier)?;
         let object = match self.source.refresh_now(&cached.object)? {
             Ok(object) if object.fingerprint == cached.object.fingerprint => object,
             _ => return None,
         };
-        if self
-            .corrupt
-            .get(&object.fingerprint.as_str().to_owned())
-            .is_some()
-        {
+        if self.corrupt.get(object.fingerprint.as_str()).is_some() {
             return None;
         }
         let source = Located {
@@ -424,8 +427,16 @@ impl Pipeline {
         if let Some(d) = degrade {
             canonical = canonical.degraded(size, d.size(size));
         }
-        let encoder = self.settings.encode.describe(canonical.format());
-        let key = DerivativeKey::derive(&source.object.fingerprint, &canonical, &encoder);
+        let format = canonical.format();
+        let described;
+        let encoder = match self.encoders.iter().find(|(f, _)| *f == format) {
+            Some((_, e)) => e.as_str(),
+            None => {
+                described = self.settings.encode.describe(format);
+                described.as_str()
+            }
+        };
+        let key = DerivativeKey::derive(&source.object.fingerprint, &canonical, encoder);
         Ok((canonical, key))
     }
 
