@@ -130,7 +130,7 @@ pub enum Format {
 }
 
 impl Format {
-    /// Every format, for tables made once per format.
+    /// Every format the spec names.
     pub const ALL: [Format; 7] = [
         Format::Jpg,
         Format::Png,
@@ -140,9 +140,7 @@ impl Format {
         Format::Jp2,
         Format::Pdf,
     ];
-}
 
-impl Format {
     /// Formats iiifd can encode, in the order info.json lists them.
     pub const RENDERED: [Format; 5] = [
         Format::Jpg,
@@ -180,17 +178,7 @@ impl Format {
 
     /// The format named by a spec extension. `jpeg` and `tiff` are not spec names and are rejected.
     pub fn from_extension(s: &str) -> Option<Format> {
-        [
-            Format::Jpg,
-            Format::Png,
-            Format::Webp,
-            Format::Gif,
-            Format::Tif,
-            Format::Jp2,
-            Format::Pdf,
-        ]
-        .into_iter()
-        .find(|f| f.extension() == s)
+        Format::ALL.into_iter().find(|f| f.extension() == s)
     }
 
     /// Whether iiifd can produce this format.
