@@ -27,6 +27,8 @@ fn equivalent_spelling_is_a_hit_without_rendering() {
         Some("iiifd; fwd=miss; stored")
     );
     let renders = s.metric("iiifd_renders_total");
+    // The cold request was one miss, though the render worker looked again before rendering.
+    assert_eq!(s.metric("iiifd_store_misses_total"), 1.0);
     for spelling in [
         "/iiif/3/chart/0,0,1600,1000/800,500/0/default.jpg",
         "/iiif/2/chart/full/800,/0/default.jpg",

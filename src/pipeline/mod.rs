@@ -551,7 +551,7 @@ impl Pipeline {
         let job = move || -> Result<(Produced, bool, bool, Duration)> {
             let prepared = job_prepared;
             let key = prepared.key;
-            if let Some(hit) = store.lookup(&key, prepared.canonical.format().extension(), true) {
+            if let Some(hit) = store.recheck(&key, prepared.canonical.format().extension()) {
                 if let Some(bytes) = hit.bytes {
                     let found = Produced {
                         bytes,

@@ -472,6 +472,16 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::lookup`] again for a key already looked up and missed (the render worker's check
+    /// that no render landed meanwhile): an absent key is not counted a second time, so
+    /// `iiifd_store_misses_total` counts each cold render once.
+    pub(crate) fn recheck(&self, key: &DerivativeKey, ext: &str) -> Option<Hit> {
+        match self.index.contains(key) {
+            Ok(false) => None,
+            Ok(true) | Err(_) => self.lookup(key, ext, true),
+        }
+    }
+
     /// A lookup found no entry: if the object's file is there anyway, it is indexed now and served
     /// (the index was lost, or a crash came between the file and its entry).
     fn adopt_on_lookup(&self, key: &DerivativeKey, ext: &str, read_body: bool) -> Option<Hit> {
