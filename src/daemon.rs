@@ -25,13 +25,8 @@ pub(crate) fn run(cfg: Config) -> io::Result<()> {
         crate::memory::release_free_heap();
         let app = Arc::new(app);
         app.start()?;
-        let bind = |addr: SocketAddr| async move {
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
-        };
-        let listener = bind(cfg.listen).await?;
-        let admin_listener = bind(cfg.admin.listen).await?;
+        let listener = bind(cfg.listen)?;
+        let admin_listener = bind(cfg.admin.listen)?;
         let (addr, admin_addr) = (listener.local_addr()?, admin_listener.local_addr()?);
         // Handlers first: once the addresses are printed (or systemd is told READY), a SIGTERM must
         // stop us gracefully, not kill us the default way.
@@ -126,4 +121,25 @@ fn sd_notify(state: &str) {
     if let Err(e) = sent {
         tracing::warn!("sd_notify {state}: {e}");
     }
+}
+
+/// Connections the kernel may hold for us before we accept them. tokio's default (1024) is less
+/// than a burst of new connections can be (2,000 at once in the overload test; a crawler, or a
+/// proxy that does not keep connections alive): past it SYNs are dropped and those clients wait
+/// 1-3 s for their retransmission. The kernel caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listen on `addr` (with `SO_REUSEADDR`, as tokio's `bind` sets) with [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
