@@ -334,9 +334,8 @@ async fn image(
     link.push_str(&service_base(app, headers, version, identifier, compat));
     link.push('/');
     link.push_str(&prepared.canonical.to_path());
-    link.push_str(">;rel=\"canonical\", <");
-    link.push_str(version.profile_uri());
-    link.push_str(">;rel=\"profile\"");
+    link.push_str(">;rel=\"canonical\", ");
+    link.push_str(&profile_link(version));
     let etag = prepared.key.etag();
     let modified = prepared
         .source

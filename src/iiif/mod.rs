@@ -130,7 +130,7 @@ pub enum Format {
 }
 
 impl Format {
-    /// Every format the spec names.
+    /// Every format the spec names, in declaration order (`ALL[f as usize] == f`).
     pub const ALL: [Format; 7] = [
         Format::Jpg,
         Format::Png,
@@ -232,5 +232,19 @@ impl Limits {
     /// Whether an output of `w` x `h` pixels is within every limit.
     pub fn allows(&self, w: u32, h: u32) -> bool {
         w <= self.max_width && h <= self.max_height && u64::from(w) * u64::from(h) <= self.max_area
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Format;
+
+    /// Tables made per format are indexed by `Format as usize`.
+    #[test]
+    fn all_formats_are_listed_in_declaration_order() {
+        for (i, f) in Format::ALL.into_iter().enumerate() {
+            assert_eq!(f as usize, i);
+            assert_eq!(Format::from_extension(f.extension()), Some(f));
+        }
     }
 }

@@ -157,8 +157,9 @@ pub(crate) struct Pipeline {
     crawl_slots: tokio::sync::Semaphore,
     /// Tiled copies being written, and sources that cannot have one.
     copies_building: Mutex<HashSet<DerivativeKey>>,
-    /// The encoder description of each output format (part of every key), made once.
-    encoders: Vec<(Format, String)>,
+    /// The encoder description of each format (part of every key), made once; indexed by
+    /// `Format as usize` (the order of `Format::ALL`).
+    encoders: [String; Format::ALL.len()],
 }
 
 impl Pipeline {
@@ -181,10 +182,7 @@ impl Pipeline {
             located: BoundedCache::new(LOCATED_ENTRIES),
             corrupt: BoundedCache::new(LOCATED_ENTRIES),
             metrics,
-            encoders: Format::ALL
-                .iter()
-                .map(|&f| (f, settings.encode.describe(f)))
-                .collect(),
+            encoders: Format::ALL.map(|f| settings.encode.describe(f)),
             settings,
             copies_building: Mutex::new(HashSet::new()),
         }
@@ -427,15 +425,7 @@ impl Pipeline {
         if let Some(d) = degrade {
             canonical = canonical.degraded(size, d.size(size));
         }
-        let format = canonical.format();
-        let described;
-        let encoder = match self.encoders.iter().find(|(f, _)| *f == format) {
-            Some((_, e)) => e.as_str(),
-            None => {
-                described = self.settings.encode.describe(format);
-                described.as_str()
-            }
-        };
+        let encoder = &self.encoders[canonical.format() as usize];
         let key = DerivativeKey::derive(&source.object.fingerprint, &canonical, encoder);
         Ok((canonical, key))
     }
