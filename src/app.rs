@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::config::S3SourceConfig;
 use crate::crawl::{CrawlSettings, Crawler};
 use crate::iiif::ApiVersion;
+use crate::memo::Memo;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Pipeline, Settings};
 use crate::render::cache::DecodedCache;
@@ -96,6 +97,8 @@ pub struct App {
     /// When this process started: no generated document (info.json) is older, since its configuration
     /// was read then.
     started: std::time::SystemTime,
+    /// Answers to repeat hits (see [`crate::memo`]).
+    memo: Memo,
 }
 
 impl App {
@@ -167,6 +170,12 @@ impl App {
                 workers: config.crawl_workers(),
             },
         ));
+        // Every answer from the memo comes from the memory tier: without one, no memo.
+        let memo = Memo::new(if config.store.memory_bytes > 0 {
+            crate::memo::ENTRIES
+        } else {
+            0
+        });
         Ok(App {
             config,
             pipeline,
@@ -178,6 +187,7 @@ impl App {
             recovery,
             watch: std::sync::Mutex::new(None),
             started: std::time::SystemTime::now(),
+            memo,
         })
     }
 
@@ -239,6 +249,11 @@ impl App {
     /// The pipeline.
     pub(crate) fn pipeline(&self) -> &Arc<Pipeline> {
         &self.pipeline
+    }
+
+    /// The hit memo.
+    pub(crate) fn memo(&self) -> &Memo {
+        &self.memo
     }
 
     /// The store.
@@ -323,6 +338,11 @@ impl App {
                 "iiifd_store_memory_inserts_total",
                 "Stored objects taken into the memory tier.",
                 &hot.inserts,
+            ),
+            (
+                "iiifd_memo_answers_total",
+                "Repeat requests answered from the hit memo (counted in iiifd_store_memory_hits_total too).",
+                &self.memo.recalled,
             ),
         ];
         for (name, help, value) in counters {

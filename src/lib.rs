@@ -18,17 +18,23 @@
 //! 8. `store` persists the result atomically, and `http` responds with the canonical `Link` header
 //!    and caching headers.
 //!
+//! A repeat of a public request that was answered from the store skips steps 2 to 5: `memo` keeps
+//! what its path resolved to and the headers it was sent with, and checks that the source and the
+//! stored object are still the same before `http` sends them again.
+//!
 //! `pipeline` runs steps 3-8 without knowing HTTP (with single flight: one render per key however
 //! many wait for it); `crawl` pre-warms the store through the pipeline's low-priority lane; `app` is
 //! the composition root that wires them from a [`config::Config`]; `daemon` puts an [`App`] behind
 //! the listeners until a signal; [`error`] maps every module's typed error to HTTP statuses in one
-//! place. Dependencies point one way, from the top down: `daemon` -> `http` -> `app` -> `crawl` ->
-//! `pipeline` -> {`render`, `store`, `key`} -> `source` -> `iiif`, which depends on nothing of ours.
+//! place. Dependencies point one way, from the top down: `daemon` -> `http` -> `app` -> {`crawl`,
+//! `memo`} -> `pipeline` -> {`render`, `store`, `key`} -> `source` -> `iiif`, which depends on
+//! nothing of ours (nor does `bounded`, the small caches' map).
 #![deny(missing_docs)]
 #![deny(unreachable_pub)]
 
 mod access;
 mod app;
+mod bounded;
 pub mod cli;
 pub mod config;
 mod crawl;
@@ -39,6 +45,7 @@ pub mod iiif;
 #[doc(hidden)]
 pub mod internals;
 mod key;
+mod memo;
 mod memory;
 mod metrics;
 mod pipeline;

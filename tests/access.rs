@@ -253,6 +253,26 @@ fn policies_decide_every_request_kind() {
         Some("iiifd; hit")
     );
     assert_eq!(get(&s, chart, &[]).status, 401);
+    // A restricted answer is never kept for repeats (the hit memo): every one passes the gate.
+    let memo = s.metric("iiifd_memo_answers_total");
+    for _ in 0..2 {
+        assert_eq!(
+            get(&s, chart, &with).header("cache-status"),
+            Some("iiifd; hit")
+        );
+        assert_eq!(get(&s, chart, &[]).status, 401);
+    }
+    assert_eq!(s.metric("iiifd_memo_answers_total"), memo);
+    // An open image's repeats are.
+    for _ in 0..3 {
+        let open = get(
+            &s,
+            "/iiif/3/collection%2Fpage.tif/full/64,/0/default.jpg",
+            &[],
+        );
+        assert_eq!(open.status, 200);
+    }
+    assert!(s.metric("iiifd_memo_answers_total") > memo);
     let forged = [("Cookie", "iiifd_access=1999999999.00.00.00")];
     assert_eq!(get(&s, chart, &forged).status, 401);
     let expired = signed_cookie("alice", ORIGIN, now() - 5);

@@ -49,6 +49,98 @@ fn equivalent_spelling_is_a_hit_without_rendering() {
 }
 
 #[test]
+fn repeat_hits_are_answered_from_the_memo_as_the_usual_way_would() {
+    let s = Server::start();
+    let url = "/iiif/3/chart/full/!200,200/0/default.jpg";
+    let memo = || s.metric("iiifd_memo_answers_total");
+    assert_eq!(
+        s.get(url).header("cache-status"),
+        Some("iiifd; fwd=miss; stored")
+    );
+    // The first hit goes the usual way (and leaves its answer); the next is answered from it.
+    let usual = s.get(url);
+    assert_eq!(usual.header("cache-status"), Some("iiifd; hit"));
+    assert_eq!(memo(), 0.0);
+    let repeat = s.get(url);
+    assert_eq!(memo(), 1.0);
+    assert_eq!((repeat.status, &repeat.body), (200, &usual.body));
+    let without_date = |r: &crate::common::Response| {
+        let mut h: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("date"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        h.sort();
+        h
+    };
+    assert_eq!(without_date(&repeat), without_date(&usual));
+    let head = s.request("HEAD", url, &[]);
+    assert_eq!(memo(), 2.0);
+    assert!(head.body.is_empty());
+    assert_eq!(without_date(&head), without_date(&usual));
+
+    // Another public origin gets its own Link header, never the kept one.
+    let proxied = [
+        ("X-Forwarded-Host", "images.example.org"),
+        ("X-Forwarded-Proto", "https"),
+    ];
+    let other = s.request("GET", url, &proxied);
+    assert!(
+        other
+            .header("link")
+            .is_some_and(|l| l.starts_with("<https://images.example.org/iiif/3/chart/")),
+        "{:?}",
+        other.header("link")
+    );
+    assert_eq!(memo(), 2.0);
+    assert_eq!(
+        s.request("GET", url, &proxied).header("link"),
+        other.header("link")
+    );
+    assert_eq!(memo(), 3.0);
+    // A conditional request is answered from the key, the usual way.
+    let etag = usual.header("etag").expect("etag");
+    assert_eq!(
+        s.request("GET", url, &[("If-None-Match", etag)]).status,
+        304
+    );
+    assert_eq!(memo(), 3.0);
+
+    // The source replaced: the next request gets the new version, not the kept answer.
+    let picture = image::RgbImage::from_fn(300, 200, |x, _| image::Rgb([x as u8, 90, 200]));
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(picture)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .expect("encode");
+    std::fs::write(s.images.join("chart.jpg.tmp"), &jpeg).expect("write");
+    std::fs::rename(s.images.join("chart.jpg.tmp"), s.images.join("chart.jpg")).expect("rename");
+    let replaced = s.get(url);
+    assert_eq!(replaced.status, 200);
+    assert_eq!(
+        replaced.header("cache-status"),
+        Some("iiifd; fwd=miss; stored")
+    );
+    assert_ne!(replaced.header("etag"), usual.header("etag"));
+    assert_eq!(
+        (replaced.image().width(), replaced.image().height()),
+        (200, 133)
+    );
+    assert_eq!(memo(), 3.0);
+
+    // Without a memory tier there is no memo: every hit goes the usual way.
+    let off = Server::start_with(&[], &[("IIIFD_STORE__MEMORY_BYTES", "0")]);
+    let statuses: Vec<_> = (0..4)
+        .map(|_| off.get(url).header("cache-status").map(str::to_owned))
+        .collect();
+    assert_eq!(statuses[3].as_deref(), Some("iiifd; hit"));
+    assert_eq!(off.metric("iiifd_memo_answers_total"), 0.0);
+}
+
+#[test]
 fn hundred_concurrent_cold_requests_render_once() {
     let s = Server::start();
     let addr = s.addr;
@@ -172,6 +264,21 @@ fn accel_redirect_hands_hits_to_the_proxy() {
         std::fs::read(s.store.join("objects").join(rel)).expect("object"),
         miss.body
     );
+    // The next repeat is answered from the hit memo, with the same hand-off.
+    let again = s.get(url);
+    assert_eq!(s.metric("iiifd_memo_answers_total"), 1.0);
+    assert_eq!(
+        again.header("x-accel-redirect"),
+        hit.header("x-accel-redirect")
+    );
+    assert!(again.body.is_empty());
+    assert_eq!(again.header("etag"), hit.header("etag"));
+    // A stored file cut short behind the store's back is never handed over, repeat or not.
+    std::fs::write(s.store.join("objects").join(rel), &miss.body[..10]).expect("truncate");
+    let after = s.get(url);
+    assert_eq!(s.metric("iiifd_memo_answers_total"), 1.0);
+    assert!(after.header("x-accel-redirect").is_none());
+    assert_eq!(after.body, miss.body, "rendered again and sent");
 }
 
 #[test]

@@ -180,7 +180,9 @@ async fn connection<H, F>(
                         Err(resp) => resp,
                     }
                 };
+                // Biased: the request first, and no random choice of branch on every request.
                 let resp = tokio::select! {
+                    biased;
                     resp = work => resp,
                     () = raised(&mut abandon) => response::shutting_down(),
                 };

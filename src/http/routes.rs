@@ -13,7 +13,7 @@ use crate::iiif::ApiVersion;
 use crate::pipeline::{Body, CacheStatus};
 use bytes::Bytes;
 use http::header::HeaderName;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,10 +21,18 @@ use std::time::Instant;
 /// The methods the public listener answers.
 const METHODS: &str = "GET, HEAD, OPTIONS";
 
+/// The header that hands a stored file to the proxy.
+const ACCEL: HeaderName = HeaderName::from_static("x-accel-redirect");
+
 /// Answer one request. Never fails: errors become responses here.
 pub(crate) async fn handle(app: &Arc<App>, req: Request<Bytes>) -> Response<Bytes> {
     let started = Instant::now();
-    let result = route(app, &req).await;
+    let result = match repeat(app, &req) {
+        Some(resp) => Ok(resp),
+        // Boxed: the routes' state machine is kilobytes (every handler's locals across its
+        // awaits), which would otherwise be copied into place for every request, repeats too.
+        None => Box::pin(route(app, &req)).await,
+    };
     let mut resp = result.unwrap_or_else(|e| response::error(&e));
     if req.method() == Method::HEAD {
         // The headers (Content-Length included) are those of the GET; the body is not sent. hyper
@@ -101,10 +109,11 @@ async fn route(app: &Arc<App>, req: &Request<Bytes>) -> Result<Response<Bytes>> 
             identifier,
             request,
         } => {
-            let mut resp = image(app, headers, &identifier, &request, compat).await;
             // 1.1 §4.5: without an extension the format came from `Accept`, so caches must key on it.
             let negotiated = request.version == ApiVersion::V1
                 && !rest.rsplit('/').next().unwrap_or("").contains('.');
+            let memo_path = (!negotiated).then_some(path);
+            let mut resp = image(app, headers, &identifier, &request, compat, memo_path).await;
             if let (true, Ok(r)) = (negotiated, &mut resp) {
                 let vary = match r.headers().get(header::VARY).and_then(|v| v.to_str().ok()) {
                     Some(v) => format!("{v}, Accept"),
@@ -115,6 +124,38 @@ async fn route(app: &Arc<App>, req: &Request<Bytes>) -> Result<Response<Bytes>> 
             resp
         }
     }
+}
+
+/// A repeat of a public image request answered from the store before, answered from the hit memo
+/// (see [`crate::memo`]); `None` when it must go the usual way.
+fn repeat(app: &App, req: &Request<Bytes>) -> Option<Response<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return None;
+    }
+    let (answer, hit) = app
+        .memo()
+        .recall(app.pipeline(), req.uri().path(), req.headers())?;
+    let mut resp = Response::new(Bytes::new());
+    *resp.headers_mut() = answer.headers.clone();
+    // The kept headers name the body as it was sent then; this hit decides. (Replacing a header
+    // the copy has keeps its table from growing.)
+    let h = resp.headers_mut();
+    match hit.bytes {
+        Some(bytes) => {
+            h.remove(ACCEL);
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            *resp.body_mut() = bytes;
+        }
+        None => {
+            h.remove(header::CONTENT_LENGTH);
+            // The same key is the same stored file, so a target kept with the answer holds.
+            if !h.contains_key(ACCEL) {
+                let target = format!("{}{}", app.config().store.accel_redirect, hit.relative_path);
+                response::set(&mut resp, ACCEL, &target);
+            }
+        }
+    }
+    Some(resp)
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -307,6 +348,7 @@ async fn image(
     identifier: &str,
     request: &ImageRequest,
     compat: bool,
+    memo_path: Option<&str>,
 ) -> Result<Response<Bytes>> {
     // Look the object up in the same blocking hop unless the request is conditional (then the key alone
     // may answer it with a 304 and reading the file would be wasted).
@@ -348,13 +390,22 @@ async fn image(
         Some(&etag),
         modified,
     );
+    // A public answer from the store is kept for the next request of this path (the hit memo).
+    let mut remember = None;
     let mut resp = if conditional {
         let mut r = response::base(StatusCode::NOT_MODIFIED, "");
         r.headers_mut().remove(header::CONTENT_LENGTH);
         r
     } else {
         let media_type = prepared.canonical.format().media_type();
+        let memo = (gate == Gate::Public)
+            .then_some(memo_path)
+            .flatten()
+            .map(|path| (path, prepared.source.object.clone(), prepared.key));
         let delivered = app.pipeline().deliver(prepared).await?;
+        if delivered.cache == CacheStatus::Hit {
+            remember = memo;
+        }
         let mut r = match delivered.body {
             Body::Bytes(bytes) => response::base(StatusCode::OK, bytes),
             Body::Accel(relative) => {
@@ -362,7 +413,7 @@ async fn image(
                 let mut r = response::base(StatusCode::OK, "");
                 r.headers_mut().remove(header::CONTENT_LENGTH);
                 let target = format!("{}{relative}", app.config().store.accel_redirect);
-                response::set(&mut r, HeaderName::from_static("x-accel-redirect"), &target);
+                response::set(&mut r, ACCEL, &target);
                 r
             }
         };
@@ -398,6 +449,10 @@ async fn image(
         }
     }
     response::set(&mut resp, header::LINK, &link);
+    if let Some((path, object, key)) = remember {
+        app.memo()
+            .remember(path, headers, &object, key, resp.headers());
+    }
     Ok(resp)
 }
 

@@ -9,10 +9,10 @@
 //! meanwhile stored it), renders, and persists. The crawl lane uses [`Pipeline::ensure`], which waits
 //! for an idle worker. Returns domain types only; `http` turns them into responses.
 
-mod bounded;
 pub(crate) mod flight;
 
 use crate::access::Degrade;
+use crate::bounded::BoundedCache;
 use crate::error::{Error, Result};
 use crate::iiif::canonical::{CanonicalRequest, ImageSize};
 use crate::iiif::info::{extra_properties, Extras};
@@ -27,7 +27,6 @@ use crate::render::probe::{self, Probe, SourceLimits, PROBE_VERSION};
 use crate::render::{self, tiled_copy, EncodeSettings, RenderError, SourceRef};
 use crate::source::{Backend, Object, SourceError};
 use crate::store::{Hit, ProbeRecord, Store};
-use bounded::BoundedCache;
 use bytes::Bytes;
 use flight::{Flights, Role};
 use std::collections::HashSet;
@@ -388,6 +387,21 @@ impl Pipeline {
             key,
             lookup,
         })
+    }
+
+    /// A request resolved before to `object` and `key`, asked again (the hit memo): the hit when
+    /// `object` is still the source's version (the same check [`Pipeline::prepare_now`] makes),
+    /// was not found corrupt, and the derivative is in the store's memory tier. Never blocks;
+    /// `None` sends the request the usual way.
+    pub(crate) fn hit_again(&self, object: &Object, key: &DerivativeKey) -> Option<Hit> {
+        match self.source.refresh_now(object)? {
+            Ok(now) if now.fingerprint == object.fingerprint => {}
+            _ => return None,
+        }
+        if self.corrupt.get(object.fingerprint.as_str()).is_some() {
+            return None;
+        }
+        self.store.lookup_hot(key)
     }
 
     /// Steps 3 to 5: locate and probe the source, canonicalise, key. Blocks.

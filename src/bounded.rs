@@ -1,8 +1,8 @@
-//! A bounded map for the pipeline's small caches (located sources, probes): at most `capacity`
-//! entries, recently used ones kept. Two generations: lookups search the young map, then the old one
-//! (moving a hit back to the young); when the young map fills, it becomes the old one and the old
-//! one is dropped. Every operation is O(1); what survives a turnover is what was used since the
-//! previous one, an approximation of least-recently-used that never scans.
+//! A bounded map for small caches (the pipeline's located sources and probes, the hit memo): at
+//! most `capacity` entries, recently used ones kept. Two generations: lookups search the young map,
+//! then the old one (moving a hit back to the young); when the young map fills, it becomes the old
+//! one and the old one is dropped. Every operation is O(1); what survives a turnover is what was
+//! used since the previous one, an approximation of least-recently-used that never scans.
 
 use std::collections::HashMap;
 use std::hash::Hash;
