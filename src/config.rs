@@ -1126,7 +1126,7 @@ pub struct MemoryBound {
 
 impl MemoryBound {
     /// The fixed part: code, the async runtime, buffers, the located and probe caches (measured
-    /// idle at 25-30 MiB), the hit memo (at most 12 MiB); the rest is headroom.
+    /// idle at 25-30 MiB), the hit memo (about 12 MiB, at most 32); the rest is headroom.
     pub const BASE: u64 = 64 << 20;
     /// Decode-sized buffers one render may hold at once.
     pub const COPIES: u64 = 2;

@@ -25,10 +25,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Entries kept. An entry is 2-3 KiB (the path, the source's name and fingerprint, the request's
-/// origin headers, nine response headers), so this is at most 12 MiB, within the fixed memory of
-/// [`crate::config::MemoryBound::BASE`]. The memory tier, which every answer from here needs, holds
-/// about as many tiles at its default size (64 MiB of 5-60 KB tiles).
+/// Entries kept. An entry is 2-3 KiB for a viewer's request (the path, the source's name and
+/// fingerprint, the request's origin headers, nine response headers) and at most about 8 KiB
+/// (longer requests are not kept: [`MAX_KEPT_BYTES`]), so this is about 12 MiB and at most 32 MiB,
+/// within the fixed memory of [`crate::config::MemoryBound::BASE`]. The memory tier, which every
+/// answer from here needs, holds about as many tiles at its default size (64 MiB of 5-60 KB tiles).
 pub(crate) const ENTRIES: usize = 4_096;
 
 /// How many [`ORIGIN`] headers there are.
@@ -119,14 +120,40 @@ impl Memo {
                 return;
             }
         }
+        let Some(origin) = origin_of(path, request) else {
+            return;
+        };
         let answer = Answer {
             object: object.clone(),
             key,
-            origin: std::array::from_fn(|i| request.get(&ORIGIN[i]).cloned()),
+            origin,
             headers: response.clone(),
         };
         answers.insert(path.to_owned(), Arc::new(answer));
     }
+}
+
+/// The longest path plus [`ORIGIN`] headers kept. A viewer's tile URL and host are a few hundred
+/// bytes; without a bound, requests padded to the header limit (64 KiB) would make each entry that
+/// large.
+const MAX_KEPT_BYTES: usize = 2048;
+
+/// The [`ORIGIN`] headers of `request`, as copies (a parsed header value is a slice of the whole
+/// request head, which it would keep in memory), or `None` when they and `path` are too long to keep.
+fn origin_of(path: &str, request: &HeaderMap) -> Option<[Option<HeaderValue>; ORIGIN_LEN]> {
+    let values = ORIGIN.each_ref().map(|name| request.get(name));
+    let len = values.iter().flatten().map(|v| v.len()).sum::<usize>() + path.len();
+    if len > MAX_KEPT_BYTES {
+        return None;
+    }
+    let mut origin: [Option<HeaderValue>; ORIGIN_LEN] = Default::default();
+    for (kept, value) in origin.iter_mut().zip(values) {
+        if let Some(v) = value {
+            // A value that was a valid header stays one; were it not, the entry would never match.
+            *kept = Some(HeaderValue::from_bytes(v.as_bytes()).ok()?);
+        }
+    }
+    Some(origin)
 }
 
 fn same_origin(origin: &[Option<HeaderValue>; ORIGIN_LEN], headers: &HeaderMap) -> bool {
@@ -151,7 +178,7 @@ mod tests {
     #[test]
     fn an_answer_holds_only_for_the_origin_it_was_built_for() {
         let sent = headers(&[("host", "a.example"), ("x-forwarded-proto", "https")]);
-        let origin = std::array::from_fn(|i| sent.get(&ORIGIN[i]).cloned());
+        let origin = origin_of("/iiif/3/a/full/max/0/default.jpg", &sent).expect("short");
         assert!(same_origin(&origin, &sent));
         // Headers the answer does not depend on do not matter.
         let mut more = sent.clone();
@@ -175,5 +202,19 @@ mod tests {
         let mut fewer = sent.clone();
         fewer.remove(header::HOST);
         assert!(!same_origin(&origin, &fewer), "a header gone");
+    }
+
+    #[test]
+    fn long_requests_are_not_kept() {
+        let host = headers(&[("host", "a.example")]);
+        let path = format!("/iiif/3/a/{}/max/0/default.jpg", "0".repeat(MAX_KEPT_BYTES));
+        assert!(origin_of(&path, &host).is_none());
+        let mut padded = host.clone();
+        let long = HeaderValue::from_str(&"p".repeat(MAX_KEPT_BYTES)).expect("value");
+        padded.insert(HeaderName::from_static("x-forwarded-prefix"), long);
+        assert!(origin_of("/iiif/3/a/full/max/0/default.jpg", &padded).is_none());
+        // Just under the bound: kept.
+        let path = "/".repeat(MAX_KEPT_BYTES - "a.example".len());
+        assert!(origin_of(&path, &host).is_some());
     }
 }
