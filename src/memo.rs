@@ -36,8 +36,9 @@ pub(crate) const ENTRIES: usize = 4_096;
 const ORIGIN_LEN: usize = 6;
 
 /// The request headers a public image answer depends on: its `Link` header names the image's
-/// public URL, which comes from these when `public_base_url` is not configured.
-static ORIGIN: [HeaderName; ORIGIN_LEN] = [
+/// public URL, which comes from these when `public_base_url` is not configured. The HTTP edge reads
+/// them from this list too (`Forwarded::of`, in this order), so the two cannot drift apart.
+pub(crate) static ORIGIN: [HeaderName; ORIGIN_LEN] = [
     header::HOST,
     header::FORWARDED,
     HeaderName::from_static("x-forwarded-proto"),
@@ -52,7 +53,7 @@ pub(crate) struct Answer {
     object: Object,
     /// The derivative.
     key: DerivativeKey,
-    /// The [`ORIGIN`] headers of the request, as received.
+    /// Copies of the request's [`ORIGIN`] headers.
     origin: [Option<HeaderValue>; ORIGIN_LEN],
     /// The response's headers. Those of its body (`Content-Length`, `X-Accel-Redirect`) are as
     /// they were then: the caller adjusts them to the hit it sends.

@@ -2,6 +2,8 @@
 //! derived from configuration or `X-Forwarded-*` / `Host`. No hyper types, so all of it is unit-tested.
 
 use crate::iiif::{ApiVersion, Format};
+use crate::memo::ORIGIN;
+use http::HeaderMap;
 use std::time::SystemTime;
 
 /// Whether a GET/HEAD with these validators should be answered 304 (RFC 9110 §13.2.2): `If-None-Match`
@@ -131,6 +133,24 @@ pub(crate) struct Forwarded<'a> {
     pub forwarded: Option<&'a str>,
     /// `Host`.
     pub host_header: Option<&'a str>,
+}
+
+impl<'a> Forwarded<'a> {
+    /// The forwarding headers of a request: those of [`ORIGIN`] (one list, so the hit memo
+    /// compares exactly the headers the public URL is made of).
+    pub(crate) fn of(headers: &'a HeaderMap) -> Forwarded<'a> {
+        let [host_header, forwarded, proto, host, prefix, port] = ORIGIN
+            .each_ref()
+            .map(|name| headers.get(name).and_then(|v| v.to_str().ok()));
+        Forwarded {
+            proto,
+            host,
+            prefix,
+            port,
+            forwarded,
+            host_header,
+        }
+    }
 }
 
 fn valid_host(h: &str) -> bool {
@@ -272,6 +292,31 @@ mod tests {
             negotiate_format(Some("image/png;q=0, image/gif;q=0.1")),
             Format::Gif
         );
+    }
+
+    #[test]
+    fn forwarding_headers_are_read_by_name() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("host", "h.example"),
+            ("forwarded", "proto=https"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "x.example"),
+            ("x-forwarded-prefix", "/images"),
+            ("x-forwarded-port", "8443"),
+        ] {
+            h.insert(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static(value),
+            );
+        }
+        let f = Forwarded::of(&h);
+        assert_eq!(f.host_header, Some("h.example"));
+        assert_eq!(f.forwarded, Some("proto=https"));
+        assert_eq!(f.proto, Some("https"));
+        assert_eq!(f.host, Some("x.example"));
+        assert_eq!(f.prefix, Some("/images"));
+        assert_eq!(f.port, Some("8443"));
     }
 
     #[test]

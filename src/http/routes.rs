@@ -201,20 +201,7 @@ fn public_root(app: &App, headers: &HeaderMap, compat: bool) -> String {
     } else {
         (cfg.prefix.as_str(), cfg.public_base_url.clone())
     };
-    let fwd = Forwarded {
-        proto: header_str(
-            headers,
-            header::HeaderName::from_static("x-forwarded-proto"),
-        ),
-        host: header_str(headers, header::HeaderName::from_static("x-forwarded-host")),
-        prefix: header_str(
-            headers,
-            header::HeaderName::from_static("x-forwarded-prefix"),
-        ),
-        port: header_str(headers, header::HeaderName::from_static("x-forwarded-port")),
-        forwarded: header_str(headers, header::FORWARDED),
-        host_header: header_str(headers, header::HOST),
-    };
+    let fwd = Forwarded::of(headers);
     public_base(&configured, mount, fwd, &cfg.listen.to_string())
 }
 

@@ -363,15 +363,8 @@ impl Pipeline {
         lookup: bool,
     ) -> Option<Prepared> {
         let cached = self.located.get(identifier)?;
-        let object = match self.source.refresh_now(&cached.object)? {
-            Ok(object) if object.fingerprint == cached.object.fingerprint => object,
-            _ => return None,
-        };
-        if self.corrupt.get(object.fingerprint.as_str()).is_some() {
-            return None;
-        }
         let source = Located {
-            object,
+            object: self.unchanged_now(&cached.object)?,
             probe: cached.probe,
         };
         let (canonical, key) = self.canonical_key(&source, request, degrade).ok()?;
@@ -394,14 +387,21 @@ impl Pipeline {
     /// was not found corrupt, and the derivative is in the store's memory tier. Never blocks;
     /// `None` sends the request the usual way.
     pub(crate) fn hit_again(&self, object: &Object, key: &DerivativeKey) -> Option<Hit> {
-        match self.source.refresh_now(object)? {
-            Ok(now) if now.fingerprint == object.fingerprint => {}
+        self.unchanged_now(object)?;
+        self.store.lookup_hot(key)
+    }
+
+    /// `object` as the backend has it now, when that is without waiting, still the same version,
+    /// and not found corrupt; otherwise `None` (the blocking way then finds out what changed).
+    fn unchanged_now(&self, object: &Object) -> Option<Object> {
+        let now = match self.source.refresh_now(object)? {
+            Ok(now) if now.fingerprint == object.fingerprint => now,
             _ => return None,
-        }
-        if self.corrupt.get(object.fingerprint.as_str()).is_some() {
+        };
+        if self.corrupt.get(now.fingerprint.as_str()).is_some() {
             return None;
         }
-        self.store.lookup_hot(key)
+        Some(now)
     }
 
     /// Steps 3 to 5: locate and probe the source, canonicalise, key. Blocks.
