@@ -3,6 +3,8 @@
 //! request, and nothing here knows HTTP (`crate::daemon` puts an [`App`] behind the listeners).
 
 use crate::access::Access;
+use crate::admission::fair::ClassRule;
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::config::S3SourceConfig;
 use crate::crawl::{CrawlSettings, Crawler};
@@ -11,7 +13,7 @@ use crate::memo::Memo;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{Pipeline, Settings};
 use crate::render::cache::DecodedCache;
-use crate::render::pool::RenderPool;
+use crate::render::pool::{PoolSettings, RenderPool};
 use crate::render::probe::SourceLimits;
 use crate::render::EncodeSettings;
 use crate::source::http::HttpFetch;
@@ -128,7 +130,27 @@ impl App {
             source.forget_copies()?;
         }
         let metrics = Arc::new(Metrics::default());
-        let pool = RenderPool::new(config.render_workers(), config.render.queue);
+        let admission = Admission::new(&config.admission);
+        let bound = config.memory_bound();
+        let pool = RenderPool::new(&PoolSettings {
+            general: config.render_workers(),
+            reserved: config.reserved_workers(),
+            queue: config.render.queue,
+            background: config.crawl_workers(),
+            classes: admission
+                .classes()
+                .iter()
+                .map(|c| {
+                    let rule = ClassRule {
+                        share: c.share,
+                        cap: c.cap,
+                    };
+                    (c.name.clone(), rule)
+                })
+                .collect(),
+            decode_budget: bound.decode,
+            cheap_decode_budget: bound.cheap_decode,
+        });
         let decoded = Arc::new(DecodedCache::new(config.render.decoded_cache_bytes));
         let settings = Settings {
             limits: config.limits(),
@@ -142,11 +164,9 @@ impl App {
                 tile_passthrough: config.render.tile_passthrough,
                 color: config.render.color,
             },
-            // Lowered to fit render.max_memory_bytes when that is set.
-            max_decode_bytes: config.memory_bound().decode,
             tiled_copy_min_pixels: config.render.tiled_copy_min_pixels,
             accel: !config.store.accel_redirect.is_empty(),
-            crawl_workers: config.crawl_workers(),
+            tile_size: config.tile_size,
             // Validated when the configuration was loaded.
             info_extras: config.info.extras().unwrap_or_default(),
             sidecars: config.info.sidecars,
@@ -159,6 +179,7 @@ impl App {
             decoded,
             Arc::clone(&metrics),
             settings,
+            admission,
         ));
         let crawler = Arc::new(Crawler::new(
             Arc::clone(&pipeline),
@@ -377,7 +398,11 @@ impl App {
                 "Renders queued or running.",
                 pool.pending() as u64,
             ),
-            ("iiifd_pool_workers", "Render threads.", pool.size() as u64),
+            (
+                "iiifd_pool_workers",
+                "Render threads (general and reserved for the cheap lane).",
+                pool.size() as u64,
+            ),
             (
                 "iiifd_memory_bound_bytes",
                 "The peak resident memory this configuration is bounded by.",
@@ -392,6 +417,7 @@ impl App {
         for (name, help, value) in gauges {
             metrics::gauge(&mut out, name, help, value);
         }
+        pool.metrics_into(&mut out);
         if let Some((backend, c)) = &self.source {
             remote_metrics(&mut out, "iiifd_source", backend, c);
         }

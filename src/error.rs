@@ -58,6 +58,10 @@ pub enum Error {
     /// The render queue is full; retry later.
     #[error("the server is busy rendering other images; retry in a moment")]
     Busy,
+    /// This client has as many renders queued as it may (or the longest queue when it is full):
+    /// 429, retry later.
+    #[error("too many renders for this client at once; retry in a moment")]
+    TooManyRequests,
     /// The server is shutting down and could not finish this request in its grace period.
     #[error("the server is restarting; retry in a moment")]
     ShuttingDown,
@@ -96,15 +100,29 @@ impl Error {
             Error::Busy | Error::ShuttingDown | Error::AccessUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Error::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Error::RenderPanicked | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Shared(inner) => inner.status(),
+        }
+    }
+
+    /// Whether this is a refusal of the render queue (429 or 503 for load), which a request that
+    /// only waited on another's render may try again in its own name.
+    pub(crate) fn is_refusal(&self) -> bool {
+        match self {
+            Error::TooManyRequests | Error::Busy => true,
+            Error::Shared(inner) => inner.is_refusal(),
+            _ => false,
         }
     }
 
     /// Seconds a client should wait before retrying, for statuses where a retry can succeed.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
-            Error::Busy | Error::ShuttingDown | Error::AccessUnavailable(_) => Some(1),
+            Error::Busy
+            | Error::TooManyRequests
+            | Error::ShuttingDown
+            | Error::AccessUnavailable(_) => Some(1),
             Error::Shared(inner) => inner.retry_after(),
             _ => None,
         }
@@ -147,6 +165,11 @@ mod tests {
     fn statuses() {
         assert_eq!(Error::Busy.status(), 503);
         assert_eq!(Error::Busy.retry_after(), Some(1));
+        assert_eq!(Error::TooManyRequests.status(), 429);
+        assert_eq!(Error::TooManyRequests.retry_after(), Some(1));
+        let shared = Error::Shared(std::sync::Arc::new(Error::TooManyRequests));
+        assert!(shared.is_refusal());
+        assert_eq!(shared.status(), 429);
         assert_eq!(Error::from(SourceError::NotFound("x".into())).status(), 404);
         assert_eq!(Error::Canonical(CanonicalError::ZeroSize).status(), 400);
         assert_eq!(

@@ -14,7 +14,8 @@
 //! 7. `render` otherwise plans the cheapest route to the region's pixels (`render::plan`, pure),
 //!    decodes (`render::decode`: libjpeg with DCT scaling and cropping, pyramidal TIFF tiles, JPEG
 //!    2000 reduction, a cached decoded level), applies the pixel operations (`render::ops`, pure)
-//!    and encodes (`render::encode`), on the bounded worker pool (`render::pool`);
+//!    and encodes (`render::encode`), on the bounded worker pool (`render::pool`), when `admission`
+//!    says it is the client's turn (its lane by cost, its place by recent use, 429 past its cap);
 //! 8. `store` persists the result atomically, and `http` responds with the canonical `Link` header
 //!    and caching headers.
 //!
@@ -27,12 +28,13 @@
 //! the composition root that wires them from a [`config::Config`]; `daemon` puts an [`App`] behind
 //! the listeners until a signal; [`error`] maps every module's typed error to HTTP statuses in one
 //! place. Dependencies point one way, from the top down: `daemon` -> `http` -> `app` -> {`crawl`,
-//! `memo`} -> `pipeline` -> {`render`, `store`, `key`} -> `source` -> `iiif`, which depends on
-//! nothing of ours (nor does `bounded`, the small caches' map).
+//! `memo`} -> `pipeline` -> {`render`, `store`, `key`} -> {`source`, `admission`} -> `iiif`, which
+//! depends on nothing of ours (nor does `bounded`, the small caches' map).
 #![deny(missing_docs)]
 #![deny(unreachable_pub)]
 
 mod access;
+mod admission;
 mod app;
 mod bounded;
 pub mod cli;

@@ -137,8 +137,23 @@ impl Histogram {
     /// Append it as `name`, with `labels` (`key="value"` pairs, comma-separated, or empty) on
     /// every line.
     pub(crate) fn render_into(&self, out: &mut String, name: &str, help: &str, labels: &str) {
+        self.render_series(out, name, help, labels, true);
+    }
+
+    /// [`Histogram::render_into`] for one of several series of `name` (label sets): the `HELP`
+    /// and `TYPE` lines only with the `first`.
+    pub(crate) fn render_series(
+        &self,
+        out: &mut String,
+        name: &str,
+        help: &str,
+        labels: &str,
+        first: bool,
+    ) {
         let sep = if labels.is_empty() { "" } else { "," };
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        if first {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        }
         for (i, le) in BUCKETS.iter().enumerate() {
             let n = self.buckets[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {n}");

@@ -165,6 +165,48 @@ fn nginx_in_front_of_iiifd() {
     }
 }
 
+/// The shipped site names each visitor in `X-Real-IP`, overwriting what the client sent: with
+/// `admission.client_header` set to it, a class of loopback clients (everyone, through nginx here)
+/// sees images degraded however a client names itself, while iiifd asked directly believes the
+/// header (which is why it is only set behind a proxy).
+#[test]
+fn nginx_names_each_client_and_a_client_cannot_name_itself() {
+    let s = Server::start_with(
+        &[],
+        &[
+            ("IIIFD_ADMISSION__CLIENT_HEADER", "X-Real-IP"),
+            (
+                "IIIFD_ADMISSION__CLASSES",
+                "[{name = \"local\", networks = [\"127.0.0.0/8\"], max_width = 64}]",
+            ),
+        ],
+    );
+    let nginx = Nginx::start(&site(s.addr, free_port(), &s.store));
+    let url = "/iiif/3/chart/full/max/0/default.jpg";
+    let spoofed = raw(
+        nginx.addr,
+        format!(
+            "GET {url} HTTP/1.1\r\nHost: {}\r\nX-Real-IP: 203.0.113.9\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n",
+            nginx.addr
+        )
+        .as_bytes(),
+    );
+    assert_eq!(spoofed.status, 200);
+    assert_eq!(
+        spoofed.image().width(),
+        64,
+        "nginx named the client: 127.0.0.1"
+    );
+    let direct = raw(
+        s.addr,
+        format!(
+            "GET {url} HTTP/1.1\r\nHost: x\r\nX-Real-IP: 203.0.113.9\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(direct.image().width(), 1600);
+}
+
 /// `deploy/nginx/iiifd-auth.conf` for a test: plain HTTP on `port` (the TLS lines are nginx's own),
 /// `upstream`, the store, and an htpasswd file with `alice:secret`.
 pub(crate) fn auth_site(upstream: SocketAddr, port: u16, store: &Path, dir: &Path) -> String {
@@ -504,6 +546,8 @@ fn sigterm_finishes_fifty_in_flight_cold_renders() {
         &[
             ("IIIFD_RENDER__WORKERS", "2"),
             ("IIIFD_RENDER__QUEUE", "100"),
+            // All fifty come from one client: let it have them all in flight.
+            ("IIIFD_ADMISSION__PER_CLIENT_QUEUE", "100"),
             ("IIIFD_HTTP__SHUTDOWN_GRACE_SECS", "600"),
         ],
     );

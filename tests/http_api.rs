@@ -624,10 +624,13 @@ fn corrupt_and_oversized_sources() {
 
 #[test]
 fn full_queue_answers_503_with_retry_after() {
+    // Twelve clients with one render each: no client is over its share, the queue is just full.
+    // (One client asking for twelve hears 429: `admission.rs`.)
     let s = InProcess::with(
         |c| {
             c.render.workers = 1;
             c.render.queue = 0;
+            c.admission.client_header = "X-Real-IP".into();
         },
         None,
     );
@@ -636,11 +639,12 @@ fn full_queue_answers_503_with_retry_after() {
             .map(|i| {
                 let s = &s;
                 scope.spawn(move || {
-                    s.get(&format!(
-                        "/iiif/3/chart/full/^{},/{}/default.png",
-                        3000 + i,
-                        i
-                    ))
+                    let who = format!("192.0.{i}.1");
+                    s.request(
+                        "GET",
+                        &format!("/iiif/3/chart/full/^{},/{}/default.png", 3000 + i, i),
+                        &[("x-real-ip", who.as_str())],
+                    )
                 })
             })
             .collect();

@@ -1,5 +1,7 @@
-//! Overload: 2,000 concurrent connections asking for distinct cold renders. The excess gets 503 with
-//! Retry-After at once, memory stays bounded, cache hits keep being served, and the server recovers.
+//! Overload: 2,000 concurrent connections from 2,000 clients asking for distinct cold renders. The
+//! excess gets 503 with Retry-After at once (no client is over its own cap: the queue is full of
+//! single renders), memory stays bounded, cache hits keep being served, and the server recovers.
+//! One client asking too much is `storm.rs`'s and `admission.rs`'s.
 
 use crate::common::{raw, Server};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +30,7 @@ fn two_thousand_cold_requests_get_503_not_a_meltdown() {
         &[
             ("IIIFD_RENDER__WORKERS", "2"),
             ("IIIFD_RENDER__QUEUE", "32"),
+            ("IIIFD_ADMISSION__CLIENT_HEADER", "X-Forwarded-For"),
         ],
     );
     let hit_url = "/iiif/3/chart/full/256,/0/default.jpg";
@@ -47,10 +50,14 @@ fn two_thousand_cold_requests_get_503_not_a_meltdown() {
                         100 + i % 1400,
                         i / 1400
                     );
+                    // A client of its own (its own /24) for every request.
+                    let who = format!("10.{}.{}.1", i / 256, i % 256);
                     let r = raw(
                         addr,
-                        format!("GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                            .as_bytes(),
+                        format!(
+                            "GET {url} HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {who}\r\nConnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
                     );
                     (r.status, r.header("retry-after").map(str::to_owned))
                 })

@@ -2,6 +2,7 @@
 //! Tests that serve HTTP start the real `iiifd` binary on a free loopback port.
 
 mod access;
+mod admission;
 mod browser;
 mod cluster;
 mod color;

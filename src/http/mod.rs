@@ -50,6 +50,11 @@ pub async fn handle_admin(app: &Arc<App>, req: Request<Bytes>) -> Response<Bytes
     admin::handle(app, req).await
 }
 
+/// The address of the connection a request came on (a request extension; absent in in-process
+/// calls). Admission names clients by it unless the proxy names them in a header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Peer(pub(crate) std::net::IpAddr);
+
 /// The largest request body read (a crawl request can carry a manifest); larger ones get 400.
 const MAX_BODY: usize = 16 << 20;
 
@@ -82,13 +87,15 @@ pub(crate) async fn serve<H, F>(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (abandon_tx, abandon_rx) = watch::channel(false);
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
-    let spawn = |stream: TcpStream, permit: Option<tokio::sync::OwnedSemaphorePermit>| {
+    let spawn = |stream: TcpStream,
+                 peer: std::net::SocketAddr,
+                 permit: Option<tokio::sync::OwnedSemaphorePermit>| {
         let handler = handler.clone();
         let (stop, abandon, alive) = (stop_rx.clone(), abandon_rx.clone(), alive.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let _alive = alive;
-            connection(stream, limits, handler, stop, abandon).await;
+            connection(stream, Peer(peer.ip()), limits, handler, stop, abandon).await;
         });
     };
     tokio::pin!(shutdown);
@@ -100,7 +107,7 @@ pub(crate) async fn serve<H, F>(
         };
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => spawn(stream, Some(permit)),
+                Ok((stream, peer)) => spawn(stream, peer, Some(permit)),
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
                     tracing::warn!("accept failed: {e}");
@@ -115,12 +122,12 @@ pub(crate) async fn serve<H, F>(
     // Taken from the socket itself (not tokio's readiness, which may lag the kernel by an event).
     let mut drained = 0usize;
     if let Ok(queue) = listener.into_std() {
-        while let Ok((stream, _)) = queue.accept() {
+        while let Ok((stream, peer)) = queue.accept() {
             let stream = stream
                 .set_nonblocking(true)
                 .and_then(|()| TcpStream::from_std(stream));
             if let Ok(stream) = stream {
-                spawn(stream, None);
+                spawn(stream, peer, None);
                 drained += 1;
             }
         }
@@ -151,6 +158,7 @@ pub(crate) async fn serve<H, F>(
 /// One connection: HTTP/2 with prior knowledge or HTTP/1.1, told apart by the first bytes.
 async fn connection<H, F>(
     stream: TcpStream,
+    peer: Peer,
     limits: Limits,
     handler: H,
     mut stop: watch::Receiver<bool>,
@@ -169,8 +177,9 @@ async fn connection<H, F>(
     let started = Arc::new(AtomicBool::new(false));
     let service = {
         let (started, stop) = (Arc::clone(&started), stop.clone());
-        service_fn(move |req: Request<Incoming>| {
+        service_fn(move |mut req: Request<Incoming>| {
             started.store(true, Ordering::Relaxed);
+            req.extensions_mut().insert(peer);
             let handler = handler.clone();
             let (mut abandon, stop) = (abandon.clone(), stop.clone());
             async move {

@@ -5,6 +5,8 @@
 use super::auth::Gate;
 use super::headers::{info_content_type, negotiate_format, not_modified, public_base, Forwarded};
 use super::response;
+use super::Peer;
+use crate::admission::ClientKey;
 use crate::app::App;
 use crate::error::{Error, Result};
 use crate::iiif::info::{info_json, InfoInput};
@@ -113,7 +115,17 @@ async fn route(app: &Arc<App>, req: &Request<Bytes>) -> Result<Response<Bytes>> 
             let negotiated = request.version == ApiVersion::V1
                 && !rest.rsplit('/').next().unwrap_or("").contains('.');
             let memo_path = (!negotiated).then_some(path);
-            let mut resp = image(app, headers, &identifier, &request, compat, memo_path).await;
+            let client = client_of(app, req);
+            let mut resp = image(
+                app,
+                headers,
+                &identifier,
+                &request,
+                compat,
+                memo_path,
+                client,
+            )
+            .await;
             if let (true, Ok(r)) = (negotiated, &mut resp) {
                 let vary = match r.headers().get(header::VARY).and_then(|v| v.to_str().ok()) {
                     Some(v) => format!("{v}, Accept"),
@@ -126,10 +138,32 @@ async fn route(app: &Arc<App>, req: &Request<Bytes>) -> Result<Response<Bytes>> 
     }
 }
 
+/// The client a request comes from, for admission (see [`crate::admission`]): the connection's
+/// address or the one the configured header names, and its class.
+fn client_of(app: &App, req: &Request<Bytes>) -> ClientKey {
+    let admission = app.pipeline().admission();
+    let headers = req.headers();
+    let named = admission
+        .client_header()
+        .into_iter()
+        .flat_map(|h| headers.get_all(h).iter())
+        .filter_map(|v| v.to_str().ok());
+    admission.identify(
+        req.extensions().get::<Peer>().map(|p| p.0),
+        named,
+        header_str(headers, header::USER_AGENT),
+    )
+}
+
 /// A repeat of a public image request answered from the store before, answered from the hit memo
 /// (see [`crate::memo`]); `None` when it must go the usual way.
 fn repeat(app: &App, req: &Request<Bytes>) -> Option<Response<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
+        return None;
+    }
+    // The memo keeps full answers: a client whose class sees images degraded goes the usual way.
+    let admission = app.pipeline().admission();
+    if admission.degrades() && admission.degrade(client_of(app, req).class).is_some() {
         return None;
     }
     let (answer, hit) = app
@@ -336,6 +370,7 @@ async fn image(
     request: &ImageRequest,
     compat: bool,
     memo_path: Option<&str>,
+    client: ClientKey,
 ) -> Result<Response<Bytes>> {
     // Look the object up in the same blocking hop unless the request is conditional (then the key alone
     // may answer it with a 304 and reading the file would be wasted).
@@ -347,12 +382,14 @@ async fn image(
     // A hit held in memory (or a conditional request whose source is known) is answered here on
     // the async thread; anything else takes a blocking thread.
     let pipeline = app.pipeline();
-    let prepared = match pipeline.prepare_now(identifier, request, gate.degrade(), !has_validators)
-    {
+    // The stricter of what the access rules and the client's class allow.
+    let class_degraded = pipeline.admission().degrade(client.class).is_some();
+    let degrade = pipeline.degrade_for(client, gate.degrade());
+    let prepared = match pipeline.prepare_now(identifier, request, degrade, !has_validators) {
         Some(prepared) => prepared,
         None => {
             pipeline
-                .prepare(identifier, request, gate.degrade(), !has_validators)
+                .prepare(identifier, request, degrade, !has_validators)
                 .await?
         }
     };
@@ -385,11 +422,11 @@ async fn image(
         r
     } else {
         let media_type = prepared.canonical.format().media_type();
-        let memo = (gate == Gate::Public)
+        let memo = (gate == Gate::Public && !class_degraded)
             .then_some(memo_path)
             .flatten()
             .map(|path| (path, prepared.source.object.clone(), prepared.key));
-        let delivered = app.pipeline().deliver(prepared).await?;
+        let delivered = app.pipeline().deliver(prepared, client).await?;
         if delivered.cache == CacheStatus::Hit {
             remember = memo;
         }
@@ -420,6 +457,14 @@ async fn image(
     );
     let max_age = app.config().http.max_age;
     match gate {
+        // Who asks decides what a degraded class sees: no shared cache may keep that answer for
+        // others (nor, the other way round, should it keep others' answers for the class; see the
+        // README on caches in front).
+        Gate::Public if class_degraded => response::set(
+            &mut resp,
+            header::CACHE_CONTROL,
+            &format!("private, max-age={max_age}"),
+        ),
         Gate::Public => response::set(
             &mut resp,
             header::CACHE_CONTROL,

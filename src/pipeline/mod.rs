@@ -11,18 +11,20 @@
 
 pub(crate) mod flight;
 
-use crate::access::Degrade;
+use crate::access::{stricter, Degrade, Policy};
+use crate::admission::{Admission, ClientKey, Lane};
 use crate::bounded::BoundedCache;
 use crate::error::{Error, Result};
 use crate::iiif::canonical::{CanonicalRequest, ImageSize};
-use crate::iiif::info::{extra_properties, Extras};
+use crate::iiif::info::{extra_properties, tile_within, Extras};
 use crate::iiif::parse::ImageRequest;
 use crate::iiif::Format;
 use crate::iiif::Limits;
 use crate::key::DerivativeKey;
 use crate::metrics::Metrics;
 use crate::render::cache::DecodedCache;
-use crate::render::pool::{PoolError, RenderPool};
+use crate::render::plan::{self, Reading};
+use crate::render::pool::{PoolError, RenderPool, Ticket, Worker};
 use crate::render::probe::{self, Probe, SourceLimits, PROBE_VERSION};
 use crate::render::{self, tiled_copy, EncodeSettings, RenderError, SourceRef};
 use crate::source::{Backend, Object, SourceError};
@@ -46,12 +48,11 @@ pub(crate) struct Settings {
     pub(crate) limits: Limits,
     pub(crate) source_limits: SourceLimits,
     pub(crate) encode: EncodeSettings,
-    pub(crate) max_decode_bytes: u64,
     pub(crate) tiled_copy_min_pixels: u64,
     /// Hits are sent by the proxy (`X-Accel-Redirect`), so lookups need not read the file.
     pub(crate) accel: bool,
-    /// Crawl renders at once.
-    pub(crate) crawl_workers: usize,
+    /// The tile edge info.json advertises for sources without tiles of their own.
+    pub(crate) tile_size: u32,
     /// info.json properties from the configuration (`[info]`).
     pub(crate) info_extras: Extras,
     /// Merge each image's sidecar over them (`info.sidecars`).
@@ -153,9 +154,12 @@ pub(crate) struct Pipeline {
     corrupt: BoundedCache<String, String>,
     metrics: Arc<Metrics>,
     settings: Settings,
-    crawl_slots: tokio::sync::Semaphore,
+    /// Who renders first (lanes, classes).
+    admission: Admission,
     /// Tiled copies being written, and sources that cannot have one.
     copies_building: Mutex<HashSet<DerivativeKey>>,
+    /// Source versions known to have a tiled copy (their renders read levels, not the whole image).
+    copies_known: BoundedCache<String, ()>,
     /// The encoder description of each format (part of every key), made once; indexed by
     /// `Format as usize` (the order of `Format::ALL`).
     encoders: [String; Format::ALL.len()],
@@ -170,9 +174,9 @@ impl Pipeline {
         decoded: Arc<DecodedCache>,
         metrics: Arc<Metrics>,
         settings: Settings,
+        admission: Admission,
     ) -> Pipeline {
         Pipeline {
-            crawl_slots: tokio::sync::Semaphore::new(settings.crawl_workers.max(1)),
             source,
             store,
             pool,
@@ -183,7 +187,9 @@ impl Pipeline {
             metrics,
             encoders: Format::ALL.map(|f| settings.encode.describe(f)),
             settings,
+            admission,
             copies_building: Mutex::new(HashSet::new()),
+            copies_known: BoundedCache::new(LOCATED_ENTRIES),
         }
     }
 
@@ -200,6 +206,24 @@ impl Pipeline {
     /// The server limits.
     pub(crate) fn limits(&self) -> &Limits {
         &self.settings.limits
+    }
+
+    /// The admission rules.
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// What a client of `class` may see, given what the access rules allow (`gate`): the stricter
+    /// of the two.
+    pub(crate) fn degrade_for(&self, client: ClientKey, gate: Option<Degrade>) -> Option<Degrade> {
+        match (self.admission.degrade(client.class), gate) {
+            (None, g) => g,
+            (a, None) => a,
+            (Some(a), Some(g)) => match stricter(Policy::Degraded(a), Policy::Degraded(g)) {
+                Policy::Degraded(d) => Some(d),
+                Policy::Open | Policy::Restricted => Some(a),
+            },
+        }
     }
 
     /// Stop the render workers (after the last request).
@@ -305,6 +329,11 @@ impl Pipeline {
                     height: r.height,
                 },
                 tile: (r.tile > 0).then_some(r.tile),
+                reading: match r.reading {
+                    1 => Reading::Scaled,
+                    2 => Reading::Levels,
+                    _ => Reading::Whole,
+                },
             });
         }
         let reader = self.source.open(object)?;
@@ -315,6 +344,11 @@ impl Pipeline {
                 width: probe.size.width,
                 height: probe.size.height,
                 tile: probe.tile.unwrap_or(0),
+                reading: match probe.reading {
+                    Reading::Whole => 0,
+                    Reading::Scaled => 1,
+                    Reading::Levels => 2,
+                },
                 probe: PROBE_VERSION,
             },
         );
@@ -457,8 +491,12 @@ impl Pipeline {
     }
 
     /// The derivative for `prepared`: from the store when present, else rendered once (however many
-    /// requests ask at the same moment), persisted, and returned.
-    pub(crate) async fn deliver(self: &Arc<Self>, prepared: Prepared) -> Result<Delivered> {
+    /// requests ask at the same moment) when `client`'s turn comes, persisted, and returned.
+    pub(crate) async fn deliver(
+        self: &Arc<Self>,
+        prepared: Prepared,
+        client: ClientKey,
+    ) -> Result<Delivered> {
         let hot = match prepared.lookup {
             Lookup::Pending => self.store.lookup_hot(&prepared.key),
             _ => None,
@@ -483,7 +521,15 @@ impl Pipeline {
                 cache: CacheStatus::Hit,
             });
         }
-        let (produced, role) = self.produce_once(prepared).await?;
+        let (produced, role) = match self.produce_once(prepared.clone(), Some(client)).await {
+            // The render this request waited on was another client's, refused for that client's
+            // excess: this request asks again in its own name.
+            (Err(e), Role::Follower) if e.is_refusal() => {
+                let (result, role) = self.produce_once(prepared, Some(client)).await;
+                (result?, role)
+            }
+            (result, role) => (result?, role),
+        };
         let cache = match (role, produced.stored || produced.found) {
             (Role::Follower, _) => {
                 self.metrics.collapsed.fetch_add(1, Ordering::Relaxed);
@@ -499,144 +545,98 @@ impl Pipeline {
         })
     }
 
-    /// Make sure `prepared` is stored, in the crawl's low-priority lane: at most `crawl_workers`
-    /// crawl renders at once, and each only when a render worker is idle, so live requests never
-    /// queue behind crawl work.
+    /// Make sure `prepared` is stored, in the background lane: at most `crawl.max_workers` such
+    /// renders at once, each started only when no live render waits for a thread, so live
+    /// requests never queue behind crawl work.
     pub(crate) async fn ensure(self: &Arc<Self>, prepared: Prepared) -> Result<Ensured> {
         if matches!(prepared.lookup, Lookup::Hit(_)) {
             return Ok(Ensured::Stored);
         }
-        let _slot = self.crawl_slots.acquire().await.map_err(|_| Error::Busy)?;
-        while self.pool.pending() >= self.pool.size() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let (produced, role) = self.produce_once(prepared).await?;
+        let (produced, role) = self.produce_once(prepared, None).await;
+        let produced = produced?;
         Ok(match role {
             Role::Leader if !produced.found => Ensured::Rendered(produced.bytes.len() as u64),
             Role::Leader | Role::Follower => Ensured::Stored,
         })
     }
 
-    /// Single flight around [`Pipeline::produce`]: one render per key however many wait.
-    async fn produce_once(self: &Arc<Self>, prepared: Prepared) -> Result<(Produced, Role)> {
+    /// Single flight around [`Pipeline::produce`]: one render per key however many wait, in the
+    /// name of `client` (`None`: the server's own, background work).
+    async fn produce_once(
+        self: &Arc<Self>,
+        prepared: Prepared,
+        client: Option<ClientKey>,
+    ) -> (Result<Produced>, Role) {
         let p = Arc::clone(self);
         let key = prepared.key;
         let (result, role) = self
             .flights
-            .run(
-                key,
-                async move { p.produce(prepared).await.map_err(Arc::new) },
-            )
+            .run(key, async move {
+                p.produce(prepared, client).await.map_err(Arc::new)
+            })
             .await;
-        match result {
+        let result = match result {
             None => Err(Error::RenderPanicked),
             Some(Err(e)) => Err(Error::Shared(e)),
-            Some(Ok(p)) => Ok((p, role)),
-        }
+            Some(Ok(p)) => Ok(p),
+        };
+        (result, role)
     }
 
-    /// One trip to a render worker: check the store once more, render (from the source's tiled
-    /// copy when it has one and the pixels are not in memory), persist.
-    async fn produce(self: &Arc<Self>, prepared: Prepared) -> Result<Produced> {
-        let source = Arc::clone(&self.source);
-        let store = Arc::clone(&self.store);
-        let cache = Arc::clone(&self.decoded);
-        let settings = self.settings.clone();
+    /// One trip to a render worker, when the scheduler gives `client` its turn: check the store
+    /// once more, render (from the source's tiled copy when it has one and the pixels are not in
+    /// memory), persist. A cheap render that needs more memory than a reserved thread may give
+    /// goes again, as a heavy one.
+    async fn produce(
+        self: &Arc<Self>,
+        prepared: Prepared,
+        client: Option<ClientKey>,
+    ) -> Result<Produced> {
         let size = prepared.source.size();
         let fingerprint = prepared.source.object.fingerprint.clone();
-        let copy_key =
-            tiled_copy::wanted(size, settings.tiled_copy_min_pixels, &prepared.canonical)
-                .then(|| tiled_copy::key(&fingerprint));
-        // A tiled copy's tiles are JPEG: a lossless output (png, tif, gif) is always rendered from
-        // the source, so its pixels do not depend on whether the copy exists yet.
-        let copy_readable = prepared.canonical.format().is_lossy();
-        let corrupt_fp = fingerprint.as_str().to_owned();
-        let job_prepared = prepared.clone();
-        let job = move || -> Result<(Produced, bool, bool, Duration)> {
-            let prepared = job_prepared;
-            let key = prepared.key;
-            if let Some(hit) = store.recheck(&key, prepared.canonical.format().extension()) {
-                if let Some(bytes) = hit.bytes {
-                    let found = Produced {
-                        bytes,
-                        stored: true,
-                        found: true,
-                    };
-                    return Ok((found, false, false, Duration::ZERO));
-                }
-            }
-            let started = Instant::now();
-            let canonical = &prepared.canonical;
-            let copy = copy_key.and_then(|k| store.open_object(&k, tiled_copy::EXTENSION));
-            // Pixels already in memory beat reading tiles from disk: the copy is for the sessions
-            // that come after the decoded cache has moved on.
-            let from_copy = copy
-                .as_ref()
-                .filter(|_| copy_readable)
-                .filter(|_| !render::level_in_memory(&cache, &fingerprint, canonical))
-                .and_then(|c| {
-                    render::render_tiled_copy(
-                        &**c,
-                        canonical,
-                        &settings.encode,
-                        settings.max_decode_bytes,
-                    )
-                });
-            let (bytes, used_copy, wants_copy) = match from_copy {
-                Some(result) => (result?, true, false),
-                None => {
-                    let reader = source.open(&prepared.source.object)?;
-                    let src = SourceRef {
-                        reader: &*reader,
-                        fingerprint: &fingerprint,
-                    };
-                    let bytes = render::render(
-                        src,
-                        &cache,
-                        canonical,
-                        &settings.encode,
-                        settings.max_decode_bytes,
-                    )?;
-                    let wants =
-                        copy_key.is_some() && copy.is_none() && render::flat_source(&*reader);
-                    (bytes, false, wants)
-                }
-            };
-            let elapsed = started.elapsed();
-            let stored = match store.put(
-                &key,
-                canonical.format().extension(),
-                &bytes,
-                &prepared.identifier,
-            ) {
-                Ok(()) => true,
-                Err(e) => {
-                    // Flask-IIIF's IIIF_CACHE_IGNORE_ERRORS, as the default: the viewer still gets
-                    // its image.
-                    tracing::warn!(key = %key.to_hex(), "could not store derivative: {e}");
-                    false
-                }
-            };
-            let produced = Produced {
-                bytes: Bytes::from(bytes),
-                stored,
-                found: false,
-            };
-            Ok((produced, used_copy, wants_copy, elapsed))
+        let copy_key = tiled_copy::wanted(
+            size,
+            self.settings.tiled_copy_min_pixels,
+            &prepared.canonical,
+        )
+        .then(|| tiled_copy::key(&fingerprint));
+        let fp = fingerprint.as_str().to_owned();
+        let job = RenderJob {
+            source: Arc::clone(&self.source),
+            store: Arc::clone(&self.store),
+            cache: Arc::clone(&self.decoded),
+            settings: self.settings.clone(),
+            copy_key,
+            prepared: prepared.clone(),
         };
-        let (produced, used_copy, wants_copy, elapsed) = match self.pool.run(job).await {
+        let ticket = self.ticket(&prepared, client);
+        let mut outcome = self.pool.run(ticket, job.clone().into_fn()).await;
+        let too_large_for_a_reserved_thread = matches!(
+            &outcome,
+            Ok((Err(Error::Render(e)), true)) if e.is_too_large()
+        );
+        if too_large_for_a_reserved_thread {
+            let heavy = Ticket {
+                lane: Lane::Heavy,
+                ..ticket
+            };
+            outcome = self.pool.run(heavy, job.into_fn()).await;
+        }
+        let (produced, used_copy, wants_copy, elapsed) = match outcome.map(|(r, _)| r) {
             Ok(Err(Error::Render(RenderError::Corrupt(why)))) => {
-                self.corrupt.insert(corrupt_fp, why.clone());
+                self.corrupt.insert(fp, why.clone());
                 return Err(RenderError::Corrupt(why).into());
             }
             Ok(result) => result?,
             Err(PoolError::Busy) | Err(PoolError::Closed) => return Err(Error::Busy),
+            Err(PoolError::TooMany) => return Err(Error::TooManyRequests),
             Err(PoolError::Panicked) => return Err(Error::RenderPanicked),
         };
         if !produced.found {
             self.metrics.observe_render(elapsed);
         }
         if used_copy {
+            self.copies_known.insert(fp, ());
             self.metrics
                 .tiled_copy_renders
                 .fetch_add(1, Ordering::Relaxed);
@@ -645,6 +645,38 @@ impl Pipeline {
             self.start_tiled_copy(key, prepared);
         }
         Ok(produced)
+    }
+
+    /// Where a render of `prepared` for `client` waits its turn: its lane (from what it asks and
+    /// what it would decode) and its estimated time.
+    fn ticket(&self, prepared: &Prepared, client: Option<ClientKey>) -> Ticket {
+        /// Render throughput assumed until a render's own time is known (about 100 Mpx/s: decode,
+        /// resize and encode of small outputs on one core).
+        const SECS_PER_PIXEL: f64 = 1e-8;
+        let req = &prepared.canonical;
+        let (size, probe) = (prepared.source.size(), prepared.source.probe);
+        let fp = prepared.source.object.fingerprint.as_str();
+        let in_memory =
+            render::level_in_memory(&self.decoded, &prepared.source.object.fingerprint, req);
+        // A flat source with a tiled copy is read like a pyramid when its pixels are not in memory.
+        let reading = if !in_memory && self.copies_known.get(fp).is_some() {
+            Reading::Levels
+        } else {
+            probe.reading
+        };
+        let decode = plan::decode_pixels(req, size, reading, in_memory);
+        let limits = &self.settings.limits;
+        let tile = tile_within(probe.tile.unwrap_or(self.settings.tile_size), limits);
+        let lane = match client {
+            None => Lane::Background,
+            Some(_) => self.admission.lane(req, size, tile, limits, decode),
+        };
+        let output = u64::from(req.width()) * u64::from(req.height());
+        Ticket {
+            client: client.unwrap_or(ClientKey::INTERNAL),
+            lane,
+            estimate: Duration::from_secs_f64((decode + output) as f64 * SECS_PER_PIXEL),
+        }
     }
 
     /// Write the tiled copy of a large flat source in the background, in the crawl's way: only when
@@ -678,9 +710,15 @@ impl Pipeline {
                 Arc::clone(&p.store),
                 Arc::clone(&p.decoded),
             );
-            let max = p.settings.max_decode_bytes;
             let identifier = prepared.identifier.clone();
-            let job = move || -> Result<bool> {
+            let fp = prepared.source.object.fingerprint.as_str().to_owned();
+            let ticket = Ticket {
+                client: ClientKey::INTERNAL,
+                lane: Lane::Background,
+                estimate: Duration::from_secs(1),
+            };
+            let job = move |worker: &Worker| -> Result<bool> {
+                let max = worker.decode_budget;
                 let reader = source.open(&prepared.source.object)?;
                 let src = SourceRef {
                     reader: &*reader,
@@ -698,9 +736,10 @@ impl Pipeline {
                 )?;
                 Ok(true)
             };
-            let keep_marked = match p.pool.run(job).await {
+            let keep_marked = match p.pool.run(ticket, job).await {
                 Ok(Ok(true)) => {
                     p.metrics.tiled_copies.fetch_add(1, Ordering::Relaxed);
+                    p.copies_known.insert(fp, ());
                     false
                 }
                 Ok(Ok(false)) => true,
@@ -716,6 +755,100 @@ impl Pipeline {
                 }
             }
         });
+    }
+}
+
+/// What one render on a worker needs; cloned when a render goes round again (see
+/// [`Pipeline::produce`]).
+#[derive(Clone)]
+struct RenderJob {
+    source: Arc<dyn Backend>,
+    store: Arc<Store>,
+    cache: Arc<DecodedCache>,
+    settings: Settings,
+    copy_key: Option<DerivativeKey>,
+    prepared: Prepared,
+}
+
+/// A render's result: what was produced, whether a tiled copy was read, whether the source wants
+/// one, and how long the render took.
+type Rendered = Result<(Produced, bool, bool, Duration)>;
+
+impl RenderJob {
+    /// The job for the pool: its result, and whether it ran on a reserved thread.
+    fn into_fn(self) -> impl FnOnce(&Worker) -> (Rendered, bool) + Send + 'static {
+        move |worker: &Worker| (self.run(worker.decode_budget), worker.reserved)
+    }
+
+    /// Check the store once more, render within `budget`, persist.
+    fn run(self, budget: u64) -> Rendered {
+        let RenderJob {
+            source,
+            store,
+            cache,
+            settings,
+            copy_key,
+            prepared,
+        } = self;
+        let key = prepared.key;
+        if let Some(hit) = store.recheck(&key, prepared.canonical.format().extension()) {
+            if let Some(bytes) = hit.bytes {
+                let found = Produced {
+                    bytes,
+                    stored: true,
+                    found: true,
+                };
+                return Ok((found, false, false, Duration::ZERO));
+            }
+        }
+        let started = Instant::now();
+        let canonical = &prepared.canonical;
+        let fingerprint = &prepared.source.object.fingerprint;
+        // A tiled copy's tiles are JPEG: a lossless output (png, tif, gif) is always rendered from
+        // the source, so its pixels do not depend on whether the copy exists yet.
+        let copy_readable = canonical.format().is_lossy();
+        let copy = copy_key.and_then(|k| store.open_object(&k, tiled_copy::EXTENSION));
+        // Pixels already in memory beat reading tiles from disk: the copy is for the sessions
+        // that come after the decoded cache has moved on.
+        let from_copy = copy
+            .as_ref()
+            .filter(|_| copy_readable)
+            .filter(|_| !render::level_in_memory(&cache, fingerprint, canonical))
+            .and_then(|c| render::render_tiled_copy(&**c, canonical, &settings.encode, budget));
+        let (bytes, used_copy, wants_copy) = match from_copy {
+            Some(result) => (result?, true, false),
+            None => {
+                let reader = source.open(&prepared.source.object)?;
+                let src = SourceRef {
+                    reader: &*reader,
+                    fingerprint,
+                };
+                let bytes = render::render(src, &cache, canonical, &settings.encode, budget)?;
+                let wants = copy_key.is_some() && copy.is_none() && render::flat_source(&*reader);
+                (bytes, false, wants)
+            }
+        };
+        let elapsed = started.elapsed();
+        let stored = match store.put(
+            &key,
+            canonical.format().extension(),
+            &bytes,
+            &prepared.identifier,
+        ) {
+            Ok(()) => true,
+            Err(e) => {
+                // Flask-IIIF's IIIF_CACHE_IGNORE_ERRORS, as the default: the viewer still gets
+                // its image.
+                tracing::warn!(key = %key.to_hex(), "could not store derivative: {e}");
+                false
+            }
+        };
+        let produced = Produced {
+            bytes: Bytes::from(bytes),
+            stored,
+            found: false,
+        };
+        Ok((produced, used_copy, wants_copy, elapsed))
     }
 }
 

@@ -182,9 +182,20 @@ impl DecodedCache {
             Arc::clone(&entry.slot)
         };
         // One build per level: concurrent callers block here until the first one finishes.
+        let mut build = Some(build);
         let result = slot
-            .get_or_init(|| build().map(Arc::new).map_err(Arc::new))
+            .get_or_init(|| match build.take() {
+                Some(b) => b().map(Arc::new).map_err(Arc::new),
+                None => Err(Arc::new(RenderError::Internal("level built twice".into()))),
+            })
             .clone();
+        // Too large for the render that built it is not too large for every render: budgets differ
+        // (a reserved thread's is small), so a waiter with its own budget builds the level itself.
+        if let (Err(e), Some(b)) = (&result, build.take()) {
+            if e.is_too_large() {
+                return b().map(Arc::new);
+            }
+        }
         if let Ok(mut inner) = self.inner.lock() {
             let ours = inner
                 .map

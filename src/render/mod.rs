@@ -68,6 +68,17 @@ pub enum RenderError {
     Shared(Arc<RenderError>),
 }
 
+impl RenderError {
+    /// Whether the render needed more memory than its decode budget (also when shared).
+    pub(crate) fn is_too_large(&self) -> bool {
+        match self {
+            RenderError::TooLarge(_) => true,
+            RenderError::Shared(inner) => inner.is_too_large(),
+            _ => false,
+        }
+    }
+}
+
 /// Results of the renderer.
 pub(crate) type Result<T, E = RenderError> = std::result::Result<T, E>;
 

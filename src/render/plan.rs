@@ -1,8 +1,46 @@
 //! The plan of a render, pure arithmetic on sizes: which resolution level to read and which of its
 //! pixels, and whether a stored tile can be sent as it is. No I/O, no pixels; tested alone.
 
-use crate::iiif::canonical::{CanonicalRequest, Rect};
+use crate::iiif::canonical::{CanonicalRequest, ImageSize, Rect};
 use crate::iiif::{Format, Quality};
+
+/// How a source's pixels are reached, as far as the cost of a render goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// Resolution levels with tiles or precincts (pyramidal TIFF, JPEG 2000, a tiled copy): a
+    /// render reads about its region at the level it needs.
+    Levels,
+    /// One JPEG, decoded whole at up to 1/8 of its size by DCT scaling.
+    Scaled,
+    /// Decoded whole at full size (PNG, GIF, WebP, flat TIFF).
+    #[default]
+    Whole,
+}
+
+/// The largest DCT scaling shift (libjpeg decodes at 1/8 at most).
+const MAX_DCT_SHIFT: usize = 3;
+
+/// About how many pixels a render of `req` from a source of `size` decodes: its region at the
+/// level [`pick_level`] reads when the source has levels or that level is `in_memory` (the decoded
+/// cache), else the whole image at the scale its decoder can reach.
+pub(crate) fn decode_pixels(
+    req: &CanonicalRequest,
+    size: ImageSize,
+    reading: Reading,
+    in_memory: bool,
+) -> u64 {
+    let (k, rect) = pick_level(req);
+    let area = |w: u64, h: u64| w.saturating_mul(h);
+    let (w, h) = (u64::from(size.width), u64::from(size.height));
+    match (reading, in_memory) {
+        (Reading::Levels, _) | (_, true) => area(u64::from(rect.w), u64::from(rect.h)),
+        (Reading::Scaled, false) => {
+            let shift = k.min(MAX_DCT_SHIFT);
+            area(w.div_ceil(1 << shift), h.div_ceil(1 << shift))
+        }
+        (Reading::Whole, false) => area(w, h),
+    }
+}
 
 /// The coarsest level of a halving pyramid (level k is 1/2^k of the full size, rounded up) that
 /// still has at least the output's resolution, and the request's region in that level's pixels.
@@ -109,7 +147,6 @@ pub(crate) fn jp2_reduce(req: &CanonicalRequest, levels: u8) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::iiif::canonical::ImageSize;
     use crate::iiif::parse::parse_image_params;
     use crate::iiif::{ApiVersion, Limits};
     use proptest::prelude::*;
@@ -150,6 +187,37 @@ mod tests {
         ];
         let (i, r) = pyramid_level(&sizes, &req("full", "!256,256", 4000, 3000));
         assert_eq!((i, r.w, r.h), (3, 500, 375));
+    }
+
+    #[test]
+    fn decode_estimates_follow_the_reading() {
+        let size = ImageSize {
+            width: 8000,
+            height: 6000,
+        };
+        let tile = req("2048,2048,2048,2048", "256,256", 8000, 6000);
+        // Levels: the tile's own pixels at scale 8.
+        assert_eq!(
+            decode_pixels(&tile, size, Reading::Levels, false),
+            256 * 256
+        );
+        // A JPEG: the whole image at 1/8.
+        assert_eq!(
+            decode_pixels(&tile, size, Reading::Scaled, false),
+            1000 * 750
+        );
+        // Anything else: all of it, unless the level is in memory.
+        assert_eq!(
+            decode_pixels(&tile, size, Reading::Whole, false),
+            48_000_000
+        );
+        assert_eq!(decode_pixels(&tile, size, Reading::Whole, true), 256 * 256);
+        // A full-resolution tile of a JPEG is the whole JPEG at full size.
+        let zoomed = req("2048,2048,256,256", "256,256", 8000, 6000);
+        assert_eq!(
+            decode_pixels(&zoomed, size, Reading::Scaled, false),
+            48_000_000
+        );
     }
 
     #[test]

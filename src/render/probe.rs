@@ -3,6 +3,7 @@
 //! renderer reads.
 
 use super::decode::{jpeg, tiff_flat, whole};
+use super::plan::Reading;
 use super::{RenderError, Result};
 use crate::iiif::canonical::ImageSize;
 use crate::source::{jp2, orientation, tiff, ObjectReader, SourceError, SourceKind};
@@ -24,10 +25,13 @@ pub(crate) struct Probe {
     /// The file's own tile width for a pyramidal tiled TIFF with square tiles (info.json then
     /// advertises it, so a viewer's tiles are the stored ones), else `None`.
     pub(crate) tile: Option<u32>,
+    /// How its pixels are reached (what a render of it costs).
+    pub(crate) reading: Reading,
 }
 
 /// Bumped when the probe learns to read something new, so cached probes of old versions are redone.
-pub(crate) const PROBE_VERSION: u32 = 4;
+/// 5: the reading.
+pub(crate) const PROBE_VERSION: u32 = 5;
 
 /// Read the image's size from its header, then check the source limits.
 pub(crate) fn probe(reader: &dyn ObjectReader, limits: &SourceLimits) -> Result<Probe> {
@@ -40,9 +44,16 @@ pub(crate) fn probe(reader: &dyn ObjectReader, limits: &SourceLimits) -> Result<
         .into());
     }
     let mut tile = None;
-    let (width, height) = match SourceKind::of(reader).map_err(SourceError::from)? {
+    let kind = SourceKind::of(reader).map_err(SourceError::from)?;
+    let mut reading = match kind {
+        SourceKind::Jpeg => Reading::Scaled,
+        SourceKind::Jp2 => Reading::Levels,
+        _ => Reading::Whole,
+    };
+    let (width, height) = match kind {
         SourceKind::Tiff => match tiff::read_pyramid(reader)? {
             Some(p) => {
+                reading = Reading::Levels;
                 let l = &p.levels[0];
                 if l.tile_width == l.tile_height {
                     tile = Some(l.tile_width);
@@ -108,6 +119,7 @@ pub(crate) fn probe(reader: &dyn ObjectReader, limits: &SourceLimits) -> Result<
     Ok(Probe {
         size: ImageSize { width, height },
         tile,
+        reading,
     })
 }
 

@@ -138,6 +138,10 @@ pub(crate) struct ProbeRecord {
     pub height: u32,
     /// The source's own tile width (0: none).
     pub tile: u32,
+    /// How its pixels are reached: 0 whole, 1 DCT-scaled (JPEG), 2 by levels (absent before
+    /// probe version 5).
+    #[serde(default)]
+    pub reading: u8,
     /// The probe version that wrote this record; other versions are probed again.
     pub probe: u32,
 }

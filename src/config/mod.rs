@@ -4,6 +4,11 @@
 //! Unknown keys are errors (a typo must not silently fall back to a default), and every value is
 //! validated once here, so the rest of iiifd can trust it. `examples/config.toml` documents every key.
 
+mod admission;
+
+pub(crate) use admission::mask;
+pub use admission::{AdmissionConfig, ClientClass, Network};
+
 use crate::iiif::Limits;
 use figment::providers::{Format as _, Serialized, Toml};
 use figment::Figment;
@@ -48,6 +53,8 @@ pub struct Config {
     pub info: InfoConfig,
     /// `[access]`: who may see what (IIIF Authorization Flow 2.0).
     pub access: AccessConfig,
+    /// `[admission]`: who renders first when renders must wait (fairness under harvesters).
+    pub admission: AdmissionConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -146,7 +153,11 @@ impl<'de> Deserialize<'de> for TilePassthrough {
 pub struct RenderConfig {
     /// Render threads; 0 means one per CPU core. Env: `IIIFD_RENDER__WORKERS`.
     pub workers: usize,
-    /// Renders that may wait for a worker before requests get 503. Env: `IIIFD_RENDER__QUEUE`.
+    /// Renders that may wait for a thread, all clients together. When the queue is full, the client
+    /// with the longest queue loses its newest render (429), or, when every client has one, the
+    /// newcomer gets 503. Queued renders wait in fair order, not first come first served, so a long
+    /// queue costs other clients nothing (each client's own is bounded by
+    /// `admission.per_client_queue`). Env: `IIIFD_RENDER__QUEUE`.
     pub queue: usize,
     /// JPEG quality 1-100. Env: `IIIFD_RENDER__JPEG_QUALITY`.
     pub jpeg_quality: u8,
@@ -722,6 +733,7 @@ impl Default for Config {
             viewer: ViewerConfig::default(),
             info: InfoConfig::default(),
             access: AccessConfig::default(),
+            admission: AdmissionConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -744,7 +756,7 @@ impl Default for RenderConfig {
     fn default() -> Self {
         RenderConfig {
             workers: 0,
-            queue: 64,
+            queue: 1024,
             jpeg_quality: 85,
             webp_quality: 80,
             tile_passthrough: TilePassthrough::Auto,
@@ -840,6 +852,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.access.validate()?;
+        self.admission.validate()?;
         let bad = |key: &str, why: &str| Err(ConfigError(format!("key `{key}`: {why}")));
         for t in &self.crawl.watch_thumbnails {
             let parsed = crate::iiif::parse::parse_image_params(
@@ -1065,10 +1078,19 @@ impl Config {
     /// The bound on peak resident memory that this configuration implies (see [`MemoryBound`]).
     pub fn memory_bound(&self) -> MemoryBound {
         let workers = self.render_workers().max(1) as u64;
+        let reserved = self.reserved_workers() as u64;
+        let cheap_decode = self
+            .admission
+            .cheap_decode_bytes()
+            .min(self.render.max_decode_bytes);
         let decoded_cache = self.render.decoded_cache_bytes;
         let index_cache = self.store.index_cache_bytes;
         let memory_tier = self.store.memory_bytes;
-        let fixed = MemoryBound::BASE + decoded_cache + index_cache + memory_tier;
+        let fixed = MemoryBound::BASE
+            + decoded_cache
+            + index_cache
+            + memory_tier
+            + MemoryBound::COPIES * reserved * cheap_decode;
         let decode = match self.render.max_memory_bytes {
             0 => self.render.max_decode_bytes,
             target => self
@@ -1082,19 +1104,34 @@ impl Config {
             memory_tier,
             workers,
             decode,
+            reserved,
+            cheap_decode,
             total: fixed + MemoryBound::COPIES * workers * decode,
         }
     }
 
-    /// Render threads to start.
+    /// Render threads to start for every lane (`render.workers`, one per core when 0).
     pub fn render_workers(&self) -> usize {
         match self.render.workers {
-            0 => std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(2),
+            0 => cores(),
             n => n,
         }
     }
+
+    /// Render threads kept for the cheap lane (`admission.reserved_workers`, one per core when 0).
+    pub fn reserved_workers(&self) -> usize {
+        match self.admission.reserved_workers {
+            0 => cores(),
+            n => n,
+        }
+    }
+}
+
+/// The CPU cores this process may use.
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(2)
 }
 
 /// The smallest decode budget `render.max_memory_bytes` may leave: below it ordinary thumbnails
@@ -1120,7 +1157,12 @@ pub struct MemoryBound {
     pub workers: u64,
     /// The budget of one decode: `render.max_decode_bytes`, lowered to fit `max_memory_bytes`.
     pub decode: u64,
-    /// The bound: base + decoded cache + index cache + memory tier + workers x 2 x decode.
+    /// Render threads kept for the cheap lane.
+    pub reserved: u64,
+    /// The budget of one decode on those threads (`admission.cheap_max_pixels` x 8 bytes).
+    pub cheap_decode: u64,
+    /// The bound: base + decoded cache + index cache + memory tier + workers x 2 x decode +
+    /// reserved x 2 x cheap decode.
     pub total: u64,
 }
 
@@ -1137,7 +1179,7 @@ impl std::fmt::Display for MemoryBound {
         let mib = |b: u64| b >> 20;
         write!(
             f,
-            "peak memory bound {} MiB = {} fixed + {} decoded cache + {} index cache + {} memory tier + {} workers x {} x {} MiB decode budget",
+            "peak memory bound {} MiB = {} fixed + {} decoded cache + {} index cache + {} memory tier + {} workers x {} x {} MiB decode budget + {} reserved workers x {} x {} MiB",
             mib(self.total),
             mib(Self::BASE),
             mib(self.decoded_cache),
@@ -1145,7 +1187,10 @@ impl std::fmt::Display for MemoryBound {
             mib(self.memory_tier),
             self.workers,
             Self::COPIES,
-            mib(self.decode)
+            mib(self.decode),
+            self.reserved,
+            Self::COPIES,
+            mib(self.cheap_decode)
         )
     }
 }
@@ -1248,24 +1293,34 @@ mod tests {
     #[test]
     fn the_memory_bound_adds_up_and_a_target_lowers_the_decode_budget() -> Result<(), ConfigError> {
         let mib = 1u64 << 20;
-        let two = env(&[("IIIFD_RENDER__WORKERS", "2")]);
+        let two = env(&[
+            ("IIIFD_RENDER__WORKERS", "2"),
+            ("IIIFD_ADMISSION__RESERVED_WORKERS", "2"),
+        ]);
         let c = Config::load(None, &two, &Overrides::default())?;
         let b = c.memory_bound();
         assert_eq!(b.decode, 1024 * mib);
-        assert_eq!(b.total, (64 + 256 + 8 + 64 + 2 * 2 * 1024) * mib);
+        // Reserved threads decode at most 4 Mi pixels of 8 bytes each.
+        assert_eq!(b.cheap_decode, 32 * mib);
+        assert_eq!(
+            b.total,
+            (64 + 256 + 8 + 64 + 2 * 2 * 1024 + 2 * 2 * 32) * mib
+        );
         assert!(
-            b.to_string().starts_with("peak memory bound 4488 MiB"),
+            b.to_string().starts_with("peak memory bound 4616 MiB"),
             "{b}"
         );
 
         let tight = env(&[
             ("IIIFD_RENDER__WORKERS", "2"),
+            ("IIIFD_ADMISSION__RESERVED_WORKERS", "2"),
             ("IIIFD_RENDER__MAX_MEMORY_BYTES", "536870912"),
             ("IIIFD_RENDER__DECODED_CACHE_BYTES", "67108864"),
         ]);
         let b = Config::load(None, &tight, &Overrides::default())?.memory_bound();
-        // (512 - 64 - 64 - 8 - 64) / (2 x 2) = 78 MiB a decode, and the whole within the target.
-        assert_eq!(b.decode, 78 * mib);
+        // (512 - 64 - 64 - 8 - 64 - 2 x 2 x 32) / (2 x 2) = 46 MiB a decode, and the whole within
+        // the target.
+        assert_eq!(b.decode, 46 * mib);
         assert!(b.total <= 512 * mib, "{b}");
 
         let too_small = env(&[
