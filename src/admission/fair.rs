@@ -26,8 +26,13 @@ pub(crate) const HALF_LIFE: Duration = Duration::from_secs(20);
 /// Idle clients are forgotten once their use has decayed below this (seconds of render time).
 const FORGET_BELOW: f64 = 1e-3;
 
-/// Clients remembered at most (idle ones past this are forgotten, least used first).
-const MAX_CLIENTS: usize = 100_000;
+/// Clients remembered at most (idle ones past this are forgotten, least used first): about 100
+/// bytes each, so a few MiB however many addresses a swarm has.
+const MAX_CLIENTS: usize = 50_000;
+
+/// Idle clients are looked for once every this many submissions (a pass is linear in the clients
+/// remembered, so its cost per submission stays constant).
+const FORGET_EVERY: u64 = 4096;
 
 /// The kind of render thread asking for work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,7 +250,7 @@ impl<J> Fair<J> {
         }
         c.queue.push_back(entry);
         self.live += 1;
-        if self.clients.len() > MAX_CLIENTS {
+        if self.clients.len() > MAX_CLIENTS || self.seq % FORGET_EVERY == 0 {
             self.forget(now);
         }
         Ok(displaced)
@@ -424,6 +429,11 @@ impl<J> Fair<J> {
             live,
             background: (self.background.len() as u64, self.background_running as u64),
         }
+    }
+
+    /// Whether any job waits for a thread, in any lane.
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.waiting.is_empty() || !self.background.is_empty()
     }
 
     /// Jobs queued or running in every lane.

@@ -193,7 +193,8 @@ impl Admission {
             // proxy's own.
             let last = named.last()?;
             match kind {
-                HeaderKind::Single => parse_ip(last),
+                // One address, but a proxy chain may have made it a list: its last entry.
+                HeaderKind::Single => last.rsplit(',').next().and_then(parse_ip),
                 HeaderKind::List => last.rsplit(',').next().and_then(parse_ip),
                 HeaderKind::Forwarded => forwarded_for(last),
             }
@@ -442,6 +443,11 @@ mod tests {
         assert_eq!(k.addr, ip("2001:db8::"));
         let k = fwd.identify(None, ["proto=http;for=192.0.2.60:8080"].into_iter(), None);
         assert_eq!(k.addr, ip("192.0.2.0"));
+        assert_eq!(
+            real.identify(None, ["10.0.0.1, 192.0.2.77"].into_iter(), None)
+                .addr,
+            ip("192.0.2.0")
+        );
         assert_eq!(parse_ip("[::1]:80"), Some(ip("::1")));
         assert_eq!(parse_ip("unknown"), None);
     }

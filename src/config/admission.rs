@@ -95,11 +95,11 @@ impl Network {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
+        let written: IpAddr = addr
             .trim()
             .parse()
             .map_err(|_| format!("'{s}' is not an IP address or network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let max = if written.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
             Some(l) => l
@@ -108,6 +108,12 @@ impl Network {
                 .ok()
                 .filter(|l| *l <= max)
                 .ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?,
+        };
+        // An IPv4 network written in IPv6 (`::ffff:192.0.2.0/120`) is that IPv4 network: clients
+        // are compared as IPv4.
+        let (addr, len) = match written.to_canonical() {
+            IpAddr::V4(v4) if written.is_ipv6() && len >= 96 => (IpAddr::V4(v4), len - 96),
+            _ => (written, len),
         };
         Ok(Network {
             addr: mask(addr, len),
@@ -250,6 +256,9 @@ mod tests {
         assert!(v6.contains("2001:db8:1::5".parse().map_err(|_| "ip")?));
         assert!(!v6.contains("192.0.2.1".parse().map_err(|_| "ip")?));
         assert_eq!(Network::parse("10.1.2.3")?.to_string(), "10.1.2.3/32");
+        let mapped = Network::parse("::ffff:192.0.2.0/120")?;
+        assert_eq!(mapped.to_string(), "192.0.2.0/24");
+        assert!(mapped.contains("192.0.2.9".parse().map_err(|_| "ip")?));
         assert!(Network::parse("0.0.0.0/0")?.contains("8.8.8.8".parse().map_err(|_| "ip")?));
         for bad in ["10.0.0.0/33", "::/129", "example.org/8", "10.0.0.0/x", ""] {
             assert!(Network::parse(bad).is_err(), "{bad}");

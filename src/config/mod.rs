@@ -1168,7 +1168,8 @@ pub struct MemoryBound {
 
 impl MemoryBound {
     /// The fixed part: code, the async runtime, buffers, the located and probe caches (measured
-    /// idle at 25-30 MiB), the hit memo (about 12 MiB, at most 32); the rest is headroom.
+    /// idle at 25-30 MiB), the hit memo (about 12 MiB, at most 32), the admission's table of recent
+    /// clients (at most 50,000, a few MiB); the rest is headroom.
     pub const BASE: u64 = 64 << 20;
     /// Decode-sized buffers one render may hold at once.
     pub const COPIES: u64 = 2;

@@ -148,6 +148,9 @@ pub(crate) struct Pipeline {
     pool: RenderPool,
     decoded: Arc<DecodedCache>,
     flights: Flights<Result<Produced, Arc<Error>>>,
+    /// The background lane's own: a visitor never waits on a crawl's render, which starts only
+    /// when no live render waits (a crawl's render that finds the visitor's stored is cheap).
+    background_flights: Flights<Result<Produced, Arc<Error>>>,
     located: BoundedCache<String, Located>,
     /// Source versions found corrupt by a whole decode (fingerprint -> why): their info.json then
     /// answers the error their images do, instead of promising an image that never comes.
@@ -182,6 +185,7 @@ impl Pipeline {
             pool,
             decoded,
             flights: Flights::default(),
+            background_flights: Flights::default(),
             located: BoundedCache::new(LOCATED_ENTRIES),
             corrupt: BoundedCache::new(LOCATED_ENTRIES),
             metrics,
@@ -569,8 +573,11 @@ impl Pipeline {
     ) -> (Result<Produced>, Role) {
         let p = Arc::clone(self);
         let key = prepared.key;
-        let (result, role) = self
-            .flights
+        let flights = match client {
+            Some(_) => &self.flights,
+            None => &self.background_flights,
+        };
+        let (result, role) = flights
             .run(key, async move {
                 p.produce(prepared, client).await.map_err(Arc::new)
             })

@@ -205,24 +205,7 @@ impl RenderPool {
         T: Send + 'static,
         F: FnOnce(&Worker) -> T + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel::<Result<T, PoolError>>();
-        let job: Job = Box::new(move |outcome| match outcome {
-            Outcome::Run(worker) => {
-                // Nobody would read the result of a job whose requester has gone away.
-                if tx.is_closed() {
-                    return None;
-                }
-                let result =
-                    catch_unwind(AssertUnwindSafe(|| f(worker))).map_err(|_| PoolError::Panicked);
-                Some(Box::new(move || {
-                    let _ = tx.send(result);
-                }))
-            }
-            Outcome::Refuse(e) => {
-                let _ = tx.send(Err(e));
-                None
-            }
-        });
+        let (job, rx) = job(f);
         self.submit(ticket, job)?;
         match rx.await {
             Ok(result) => result,
@@ -238,6 +221,11 @@ impl RenderPool {
         let class = ticket.client.class.0;
         let submitted = {
             let mut state = self.shared.lock().ok_or(PoolError::Closed)?;
+            // Again under the lock: shutdown drains the queue under it after raising the flag, so
+            // a job queued after the drain would never run.
+            if self.shared.closing.load(Ordering::Relaxed) {
+                return Err(PoolError::Closed);
+            }
             state.fair.submit(
                 ticket.client,
                 ticket.lane,
@@ -389,6 +377,33 @@ impl Drop for RenderPool {
     }
 }
 
+/// `f` as a queued job, and where its result arrives.
+fn job<T, F>(f: F) -> (Job, oneshot::Receiver<Result<T, PoolError>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&Worker) -> T + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel::<Result<T, PoolError>>();
+    let job: Job = Box::new(move |outcome| match outcome {
+        Outcome::Run(worker) => {
+            // Nobody would read the result of a job whose requester has gone away.
+            if tx.is_closed() {
+                return None;
+            }
+            let result =
+                catch_unwind(AssertUnwindSafe(|| f(worker))).map_err(|_| PoolError::Panicked);
+            Some(Box::new(move || {
+                let _ = tx.send(result);
+            }))
+        }
+        Outcome::Refuse(e) => {
+            let _ = tx.send(Err(e));
+            None
+        }
+    });
+    (job, rx)
+}
+
 /// One render thread: take the next job its role may run, run it, account for it.
 fn work(shared: &Shared, role: Role, worker: Worker) {
     if role == Role::General {
@@ -409,6 +424,13 @@ fn work(shared: &Shared, role: Role, worker: Worker) {
                 }
                 let reserved_idle = state.reserved_idle > 0;
                 if let Some(d) = state.fair.next(role, reserved_idle, Instant::now()) {
+                    // Pass the baton: work left may be for a thread that looked while this one
+                    // was counted idle (and left cheap work to it), or that background work waited
+                    // behind the job just taken.
+                    if state.fair.has_queued() {
+                        shared.general_ready.notify_one();
+                        shared.reserved_ready.notify_one();
+                    }
                     break d;
                 }
                 // Counted idle while waiting (and until it has the lock again): a general thread
@@ -601,6 +623,46 @@ mod tests {
         assert_metric(
             &pool,
             "iiifd_admission_wait_seconds_count{lane=\"cheap\",class=\"default\"} 1",
+        );
+        pool.shutdown();
+    }
+
+    #[tokio::test]
+    async fn no_job_is_stranded_while_threads_leave_work_to_each_other() {
+        // A cheap and a background job queued together while both threads sleep; the general
+        // thread looks first and, the reserved one being idle, leaves the cheap job to it and
+        // cannot start the background one while a live job waits. When the reserved thread takes
+        // the cheap job, the general one must hear of the background job left for it.
+        let pool = RenderPool::new(&settings(1, 1, 64, 100));
+        while pool.shared.lock().map_or(0, |s| s.reserved_idle) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (background, background_rx) = job(|_| 1);
+        let (cheap, cheap_rx) = job(|_| 2);
+        if let Some(mut state) = pool.shared.lock() {
+            let now = Instant::now();
+            let t = ticket(1, Lane::Background);
+            assert!(state
+                .fair
+                .submit(t.client, t.lane, 0.001, background, now)
+                .is_ok());
+            let t = ticket(2, Lane::Cheap);
+            assert!(state
+                .fair
+                .submit(t.client, t.lane, 0.001, cheap, now)
+                .is_ok());
+        }
+        pool.shared.general_ready.notify_one();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.shared.reserved_ready.notify_one();
+        let both = tokio::time::timeout(Duration::from_secs(10), async {
+            (cheap_rx.await.ok(), background_rx.await.ok())
+        })
+        .await;
+        assert_eq!(
+            both.ok(),
+            Some((Some(Ok(2)), Some(Ok(1)))),
+            "a job was stranded"
         );
         pool.shutdown();
     }
