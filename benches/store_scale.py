@@ -1,5 +1,8 @@
 """The measurements of benches/store_scale.sh (run that, not this). Prints one table."""
-import argparse, http.client, os, random, re, shutil, signal, socket, statistics, subprocess, sys, time
+import argparse, http.client, json, os, random, re, shutil, signal, socket, statistics, subprocess, sys, time
+
+
+PURGE_SET = 1000
 
 
 def free_port():
@@ -59,11 +62,29 @@ class Server:
         self.proc.wait(timeout=60)
 
 
-def fill(a, store, n, urls):
+def fill(a, store, n, urls, identifier="chart"):
     cfg = Server(a, store, 1 << 50, "fill").cfg
-    out = subprocess.run(["cargo", "bench", "--quiet", "--bench", "store_fill", "--", cfg, "chart", str(n), "2048", urls],
+    out = subprocess.run(["cargo", "bench", "--quiet", "--bench", "store_fill", "--", cfg, identifier, str(n), "2048", urls],
                          cwd=a.root, check=True, capture_output=True, text=True).stdout
     return float(re.search(r"\(([\d.]+) objects/s\)", out).group(1))
+
+
+def admin_post(server, path):
+    c = http.client.HTTPConnection("127.0.0.1", server.admin, timeout=600)
+    c.request("POST", path)
+    r = c.getresponse()
+    body = r.read().decode()
+    if r.status != 200:
+        sys.exit(f"{path}: {r.status} {body}")
+    return body
+
+
+def wait_recount(s):
+    """Seconds until the background recount is done (the totals exact again)."""
+    t0 = time.monotonic()
+    while s.metric("iiifd_store_reconcile_passes_total") < 1 and time.monotonic() - t0 < 3600:
+        time.sleep(0.2)
+    return time.monotonic() - t0
 
 
 def hits(server, urls, n=1000):
@@ -87,6 +108,8 @@ def measure(a, n):
     urls_file = os.path.join(a.work, f"urls-{n}")
     row = {"N": n}
     row["fill/s"] = fill(a, store, n, urls_file) if n else 0
+    # The purge target: one identifier with PURGE_SET objects, beside N of another.
+    fill(a, store, PURGE_SET, urls_file + ".rings", "rings")
     urls = [l for l in open(urls_file).read().split("\n") if l] if n else []
     s = Server(a, store, 1 << 50, f"serve-{n}")
     row["start s"] = s.start()
@@ -98,21 +121,36 @@ def measure(a, n):
     s.stop(signal.SIGKILL)
     row["start after -9 s"] = s.start()
     row["RSS after -9"] = rss_mib(s.proc.pid)
+    if s.metric("iiifd_store_totals_approximate") != 1 and n:
+        sys.exit("after kill -9 the totals should say they are approximate")
+    row["recount s"] = wait_recount(s)
+    s.stop(signal.SIGKILL)
+    shutil.rmtree(os.path.join(store, "index"))
+    row["start no index s"] = s.start()
+    wait_recount(s)
+    if s.metric("iiifd_store_totals_approximate") != 0:
+        sys.exit("the totals are still approximate after the recount")
+    objects, size = s.metric("iiifd_store_objects"), s.metric("iiifd_store_bytes")
+    if objects != n + PURGE_SET:
+        sys.exit(f"recounted {objects} objects, stored {n + PURGE_SET}")
     t0 = time.monotonic()
-    while s.metric("iiifd_store_reconcile_passes_total") < 1 and time.monotonic() - t0 < 3600:
-        time.sleep(0.2)
-    row["reconcile s"] = time.monotonic() - t0
-    idle = rss_mib(s.proc.pid)
+    purged = json.loads(admin_post(s, "/admin/store/purge?id=rings"))["purged"]
+    row["purge 1k ms"] = (time.monotonic() - t0) * 1000
+    if purged != PURGE_SET:
+        sys.exit(f"purged {purged} of {PURGE_SET}")
     objects, size = s.metric("iiifd_store_objects"), s.metric("iiifd_store_bytes")
     s.stop()
     if n:
         # Eviction: a budget 10 % below the store's size; the evictor goes down to 90 % of it.
-        e = Server(a, store, int(size * 0.9), f"evict-{n}")
+        budget = int(size * 0.9)
+        e = Server(a, store, budget, f"evict-{n}")
         t0 = time.monotonic()
         e.start()
         idle = rss_mib(e.proc.pid)
         peak, last, changed = idle, 0.0, t0
-        while time.monotonic() - changed < 1.5 and time.monotonic() - t0 < 3600:
+        # Until the store is back under its budget and no eviction has followed for 1.5 s.
+        while (time.monotonic() - changed < 1.5 or e.metric("iiifd_store_bytes") > budget) \
+                and time.monotonic() - t0 < 3600:
             peak = max(peak, rss_mib(e.proc.pid))
             ev = e.metric("iiifd_store_evictions_total")
             if ev != last:
@@ -138,7 +176,7 @@ def main():
     p.add_argument("sizes", nargs="+", type=int)
     a = p.parse_args()
     keys = ["N", "fill/s", "start s", "RSS start", f"RSS +{a.settle}s", "hit p50 ms", "hit p99 ms",
-            "start after -9 s", "RSS after -9", "reconcile s", "evicted", "evict/s", "evict RSS over idle",
+            "start after -9 s", "RSS after -9", "recount s", "start no index s", "purge 1k ms", "evicted", "evict/s", "evict RSS over idle",
             "verify/s", "index MB"]
     print(" | ".join(f"{k:>12}" for k in keys), flush=True)
     for n in [0] + a.sizes:

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Store at scale (issue 13): how start-up, memory, hits, eviction and verify grow with the number of
-# stored objects. For each N: a synthetic store of N objects of 2 KB is written straight into the
-# store (benches/store_fill.rs: real keys of N distinct region requests, not through HTTP), then:
+# Store at scale (issues 13 and 29): how start-up, memory, hits, eviction, purge and verify grow with
+# the number of stored objects. For each N: a synthetic store of N objects of 2 KB is written
+# straight into the store (benches/store_fill.rs: real keys of N distinct region requests, not
+# through HTTP), plus 1,000 of a second identifier, then:
 #   - time from start to /health, and RSS after start and after SETTLE seconds (an empty store too);
-#   - the same after kill -9 (the reconcile pass then runs in the background);
+#   - the same after kill -9 (the recount then runs in the background; its time), and after the
+#     index is deleted;
+#   - `purge` of the second identifier's 1,000 objects on the admin listener;
 #   - hit latency p50/p99 over 1,000 random stored keys (one keep-alive connection);
 #   - eviction with the budget 10 % below the store's size: objects/s and peak RSS over idle;
 #   - `iiifd store verify` (reads and hashes every object): objects/s.

@@ -332,22 +332,22 @@ impl App {
             ),
             (
                 "iiifd_store_adopted_total",
-                "Stored files without an index entry given one.",
+                "Stored files without a hash attribute given one by a recount (bytes hashed as found).",
                 &c.adopted,
             ),
             (
                 "iiifd_store_reconcile_passes_total",
-                "Reconcile passes completed.",
+                "Recounts of the store's directory summaries completed.",
                 &c.reconcile_passes,
             ),
             (
                 "iiifd_store_reconcile_checked_total",
-                "Index entries and files checked by reconcile passes.",
+                "Object files counted by recounts.",
                 &c.reconcile_checked,
             ),
             (
                 "iiifd_store_reconcile_dropped_total",
-                "Index entries dropped by reconcile passes (file gone or changed).",
+                "Object files removed by recounts (another length than their format 2 record said).",
                 &c.reconcile_dropped,
             ),
             (
@@ -410,8 +410,13 @@ impl App {
             ),
             (
                 "iiifd_store_reconcile_running",
-                "Whether a reconcile pass is running.",
+                "Whether a recount of the store's directory summaries is running.",
                 load(&c.reconcile_running),
+            ),
+            (
+                "iiifd_store_totals_approximate",
+                "1 while iiifd_store_bytes and iiifd_store_objects are approximate (after a crash, a lost index or an upgrade, until the recount is done).",
+                u64::from(stats.approximate),
             ),
         ];
         for (name, help, value) in gauges {
@@ -510,6 +515,7 @@ pub(crate) fn store_settings(config: &Config) -> StoreSettings {
         max_bytes: config.store.max_bytes,
         min_free_bytes: config.store.min_free_bytes,
         verify_reads: config.store.verify_reads,
+        require_hashes: config.store.verify == crate::config::StoreVerify::Required,
         fsync: config.store.fsync,
         index_cache_bytes: config.store.index_cache_bytes,
         reconcile_rate: config.store.reconcile_rate,

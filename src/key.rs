@@ -77,6 +77,7 @@ impl DerivativeKey {
     }
 
     /// From the raw 32 bytes.
+    #[cfg(test)]
     pub(crate) fn from_slice(bytes: &[u8]) -> Option<DerivativeKey> {
         bytes.try_into().ok().map(DerivativeKey)
     }

@@ -1,5 +1,5 @@
 //! The derivative store end to end: hits in any spelling, single flight, budget, crash safety, repair,
-//! X-Accel-Redirect, write failures, index rebuild.
+//! X-Accel-Redirect, write failures, index rebuild, the upgrade of a store of format 2.
 
 use crate::common::{files_under, raw, Server};
 use std::process::Command;
@@ -375,4 +375,76 @@ fn kill_9_during_cold_renders_never_corrupts() {
         let r = s.get(url);
         assert_eq!(&r.body, body, "{url}");
     }
+}
+
+/// `tests/fixtures/store-format2.tar.gz` holds a store written by the release before store format 3
+/// (main at 81a3f1f, release build): the example images (their modification times are part of the
+/// keys, so they were set to a whole second, which tar keeps), the store after 13 renders, each
+/// then hit once, and a clean stop, and `manifest.json`, the SHA-256 of each response.
+#[test]
+fn a_store_written_by_the_last_release_is_upgraded_in_place() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/store-format2.tar.gz");
+    let status = Command::new("tar")
+        .arg("xzf")
+        .arg(&fixture)
+        .arg("-C")
+        .arg(tmp.path())
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    let manifest: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("manifest.json")).expect("manifest"))
+            .expect("manifest JSON");
+    assert_eq!(manifest.len(), 13);
+    let sha256 = |b: &[u8]| -> String {
+        ring::digest::digest(&ring::digest::SHA256, b)
+            .as_ref()
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    };
+    let s = Server::start_prepared(tmp, &[], &[]);
+    // Served at once, before the upgrade's walk has reached them: every object kept.
+    for (url, expected) in &manifest {
+        let r = s.get(url);
+        assert_eq!(r.status, 200, "{url}");
+        assert_eq!(r.header("cache-status"), Some("iiifd; hit"), "{url}");
+        assert_eq!(
+            &sha256(&r.body),
+            expected,
+            "{url}: the bytes stored by the old release"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.metric("iiifd_store_reconcile_passes_total") < 1.0 {
+        assert!(Instant::now() < deadline, "no recount");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.metric("iiifd_store_objects"), 13.0);
+    assert_eq!(s.metric("iiifd_store_totals_approximate"), 0.0);
+    assert_eq!(s.metric("iiifd_renders_total"), 0.0, "none rendered again");
+    assert_eq!(s.metric("iiifd_store_reconcile_dropped_total"), 0.0);
+    assert_eq!(
+        s.metric("iiifd_store_adopted_total"),
+        0.0,
+        "every file had its record"
+    );
+    let store = s.store.clone();
+    // A clean stop (`terminate` leaves the files in place).
+    assert!(s.terminate().success());
+    let (code, verify) = store_cmd(&store, &["verify"]);
+    assert_eq!(code, 0, "{verify}");
+    assert_eq!(verify["verify"]["checked"], 13, "{verify}");
+    assert_eq!(verify["verify"]["bad"], 0, "{verify}");
+    assert_eq!(
+        verify["verify"]["unhashed"], 0,
+        "every object has its hash: {verify}"
+    );
+    assert!(
+        verify["recovery"]["upgrading"] == false && verify["recovery"]["reconcile_needed"] == false,
+        "upgraded once, and closed cleanly: {verify}"
+    );
+    let _ = std::fs::remove_dir_all(store.parent().unwrap_or(&store));
 }

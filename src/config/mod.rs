@@ -529,6 +529,10 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
     /// Check the blake3 of every object read. Env: `IIIFD_STORE__VERIFY_READS`.
     pub verify_reads: bool,
+    /// Where objects keep their blake3: a user extended attribute on each file. `auto` stores
+    /// without hashes, with one warning, on a file system that keeps none (reads then check
+    /// lengths only); `required` refuses to start there. Env: `IIIFD_STORE__VERIFY`.
+    pub verify: StoreVerify,
     /// fsync each derivative (and its directory) before it counts as stored. Off by default: a
     /// derivative is a cache entry that can be rendered again, the rename already makes it atomic
     /// against crashes of the process, and after a power loss a torn file fails the blake3 check on
@@ -538,13 +542,14 @@ pub struct StoreConfig {
     /// When set (e.g. `/_iiifd/`), hits answer with `X-Accel-Redirect: {this}ab/<key>.<ext>` and no
     /// body, for nginx to send the file. Env: `IIIFD_STORE__ACCEL_REDIRECT`.
     pub accel_redirect: String,
-    /// Bound of the index's own page cache (sled's `cache_capacity`), the only store memory that
-    /// grows with use. Env: `IIIFD_STORE__INDEX_CACHE_BYTES`.
+    /// Bound of the index's own page cache (sled's `cache_capacity`). The index holds a summary per
+    /// object directory, probes and crawl jobs, never a record per object. Env:
+    /// `IIIFD_STORE__INDEX_CACHE_BYTES`.
     pub index_cache_bytes: u64,
     /// The cluster's shared tier (`[store.shared]`; off while `bucket` is empty).
     pub shared: SharedStoreConfig,
-    /// Index entries and object files the background reconcile checks per second, after a crash or
-    /// a lost index (nginx's cache loader makes the same bounded walk). 0: no bound. Env:
+    /// Object files the background recount counts per second, after a crash, a lost index or an
+    /// upgrade (nginx's cache loader makes the same bounded walk). 0: no bound. Env:
     /// `IIIFD_STORE__RECONCILE_RATE`.
     pub reconcile_rate: u64,
     /// The memory tier: stored objects read at least twice are kept in memory up to this many
@@ -554,6 +559,17 @@ pub struct StoreConfig {
     /// Larger objects never enter the memory tier (a tile is 5-60 KB; a full-size image is not
     /// worth holding). Env: `IIIFD_STORE__MEMORY_OBJECT_MAX_BYTES`.
     pub memory_object_max_bytes: u64,
+}
+
+/// `store.verify`: whether the store may run without the objects' hashes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreVerify {
+    /// Hashes where the file system keeps user extended attributes, lengths elsewhere.
+    #[default]
+    Auto,
+    /// Refuse to start where objects cannot keep their hash.
+    Required,
 }
 
 /// `[source]`: the backend that holds the source images.
@@ -684,6 +700,7 @@ impl Default for StoreConfig {
             max_bytes: 10 << 30,
             min_free_bytes: 512 << 20,
             verify_reads: true,
+            verify: StoreVerify::Auto,
             fsync: false,
             accel_redirect: String::new(),
             index_cache_bytes: 8 << 20,

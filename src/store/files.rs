@@ -1,31 +1,78 @@
-//! The object files: the truth of the store. `objects/ab/<key hex>.<ext>`, each written atomically
-//! (temp file in `tmp/` on the same file system -> rename; with `store.fsync` also fsync the file
-//! before and the directory after), so a file under `objects/` is always complete after a crash of
-//! the process: a crash leaves at most a temp file, removed at the next start. Without fsync, a power
-//! loss can leave a renamed file with torn content; the blake3 check on read catches it.
+//! The object files: the truth of the store, and since store format 3 its only per-object record.
+//! `objects/ab/<key hex>.<ext>`: the path names the key, the file's length is the object's length,
+//! its modification time is its last access (advanced at most once a minute by a hit), and the user
+//! extended attribute `user.iiifd.b3` holds its blake3 and length (40 bytes: the hash, then the
+//! length, little-endian), set on the temp file before the rename that publishes it. Nothing about
+//! one object is kept anywhere else, so the store's memory and start-up do not grow with it.
+//!
+//! Each file is written atomically (temp file in `tmp/` on the same file system -> rename; with
+//! `store.fsync` also fsync the file before and the directory after), so a file under `objects/` is
+//! always complete after a crash of the process: a crash leaves at most a temp file, removed at the
+//! next start. Without fsync, a power loss can leave a renamed file with torn content; the blake3
+//! check on read catches it. On a file system without user extended attributes (detected when the
+//! store opens) there is no hash to check: reads then trust the atomic rename, and `store.fsync`
+//! is what keeps a power loss from tearing a file.
 //!
 //! One level of 256 directories, all made when the store is created: a write never creates a
 //! directory. (The first layout, `ab/cd/`, had 65,536 of them, so nearly every write to a young store
-//! paid for a `mkdir`, and allocating directory inodes was most of a cold tile's cost on ext4 after
-//! a large deletion. 256 directories keep even a 30-million-object store at about 120,000 entries a
-//! directory, which ext4's and XFS's hashed directories handle without slowing down.) Stores in the
-//! old layout are moved into the new one when opened ([`Files::migrate_legacy`]).
+//! paid for a `mkdir`.) Stores in that layout are moved into this one when opened
+//! ([`Files::migrate_legacy`]).
 //!
 //! Beside the objects, `ids/ab/<identifier hash>.keys` lists, one line each, the objects rendered
-//! from one identifier (`<key hex> <ext>`), appended before the object is written. The index does
-//! not hold identifiers: a lost index then loses nothing that `purge` needs, and the index's entries
-//! stay small. A line whose object was evicted since costs a few bytes until the next purge.
+//! from one identifier (`<key hex> <ext>`), appended before the object is written: a purge reads
+//! that identifier's list and touches only its objects, whatever else is stored. A line whose
+//! object was evicted since costs a few bytes until the next purge.
 //!
-//! Nothing here lists the objects at start-up: [`FileWalk`] visits them one directory entry at a time
-//! for the background reconcile, holding one open directory, never a list.
+//! Nothing here lists the objects at start-up: [`Files::list_dir`] reads one
+//! directory entry at a time, holding one open directory, never a list.
 //!
 //! Blocking I/O only; the store facade runs it off the async threads.
 
-use crate::key::DerivativeKey;
+use crate::key::{content_hash_reader, ContentHash, DerivativeKey};
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The extended attribute that holds an object's blake3 and length.
+const HASH_XATTR: &[u8] = b"user.iiifd.b3\0";
+
+/// What the file system says of one object file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileMeta {
+    /// Its length.
+    pub(crate) len: u64,
+    /// Its last access (the file's modification time), Unix seconds.
+    pub(crate) access: u64,
+    /// Its inode: a file written again under the same name is another inode.
+    pub(crate) ino: u64,
+}
+
+impl FileMeta {
+    /// What an open file's metadata says.
+    pub(crate) fn of_file(f: &File) -> io::Result<FileMeta> {
+        Ok(FileMeta::of(&f.metadata()?))
+    }
+
+    fn of(m: &fs::Metadata) -> FileMeta {
+        FileMeta {
+            len: m.len(),
+            access: u64::try_from(m.mtime()).unwrap_or(0),
+            ino: m.ino(),
+        }
+    }
+}
+
+/// An object written to its temp file, not yet published: its hash and length are known.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    tmp: PathBuf,
+    /// Its length.
+    pub(crate) len: u64,
+}
 
 /// The directories of one store.
 #[derive(Clone, Debug)]
@@ -35,6 +82,8 @@ pub(crate) struct Files {
     ids: PathBuf,
     layout_marker: PathBuf,
     fsync: bool,
+    /// Whether the file system keeps user extended attributes (the objects' hashes).
+    xattrs: bool,
 }
 
 /// Beside `objects/`, present once it holds the current layout only (see [`Files::migrate_legacy`]).
@@ -54,21 +103,35 @@ pub(crate) struct FoundObject {
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Files {
-    /// Create (if needed) `objects/` and `tmp/` under `root`.
+    /// Create (if needed) `objects/` and `tmp/` under `root`, and find out whether the file
+    /// system keeps user extended attributes.
     pub(crate) fn open(root: &Path, fsync: bool) -> io::Result<Files> {
-        let files = Files {
+        let mut files = Files {
             objects: root.join("objects"),
             tmp: root.join("tmp"),
             ids: root.join("ids"),
             layout_marker: root.join(LAYOUT_MARKER),
             fsync,
+            xattrs: false,
         };
         fs::create_dir_all(&files.tmp)?;
         for byte in 0..=255u8 {
             fs::create_dir_all(files.objects.join(format!("{byte:02x}")))?;
             fs::create_dir_all(files.ids.join(format!("{byte:02x}")))?;
         }
+        let probe = files
+            .tmp
+            .join(format!("xattr-probe.{}.tmp", std::process::id()));
+        let f = File::create(&probe)?;
+        files.xattrs = set_hash(&f, &[0; 32], 0).is_ok();
+        drop(f);
+        let _ = fs::remove_file(&probe);
         Ok(files)
+    }
+
+    /// Whether objects carry their hash (the file system keeps user extended attributes).
+    pub(crate) fn xattrs(&self) -> bool {
+        self.xattrs
     }
 
     /// Path of an object, relative to `objects/`: `ab/<hex>.<ext>` (also the X-Accel-Redirect tail).
@@ -82,67 +145,198 @@ impl Files {
         self.objects.join(Files::relative_path(key, ext))
     }
 
-    /// Write `bytes` as the object `key`.`ext`, atomically (and durably with `fsync`).
+    /// Write an object into a temp file (hash and length in its attribute, synced with `fsync`),
+    /// ready for [`Files::publish`]: `fill` writes it (and may seek); `hash` is its blake3 when the
+    /// caller has it, else it is read back and hashed.
+    pub(crate) fn stage(
+        &self,
+        key: &DerivativeKey,
+        hash: Option<ContentHash>,
+        fill: &mut dyn FnMut(&mut File) -> io::Result<()>,
+    ) -> io::Result<Staged> {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .tmp
+            .join(format!("{}.{}.{n}.tmp", key.to_hex(), std::process::id()));
+        let result = (|| {
+            let mut f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            fill(&mut f)?;
+            let len = f.metadata()?.len();
+            let hash = match hash {
+                Some(h) => h,
+                None => {
+                    f.rewind()?;
+                    content_hash_reader(&mut f)?
+                }
+            };
+            if self.xattrs {
+                set_hash(&f, &hash, len)?;
+            }
+            if self.fsync {
+                f.sync_all()?;
+            }
+            Ok(Staged {
+                tmp: tmp.clone(),
+                len,
+            })
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Publish a staged object as `key`.`ext` (the caller holds its directory's lock): what was
+    /// stored under that name before, if anything, is replaced, and returned.
+    pub(crate) fn publish(
+        &self,
+        staged: &Staged,
+        key: &DerivativeKey,
+        ext: &str,
+    ) -> io::Result<Option<FileMeta>> {
+        let target = self.path(key, ext);
+        let previous = self.meta(key, ext)?;
+        if let Err(e) = fs::rename(&staged.tmp, &target) {
+            // Its directory was removed by hand: make it again, once.
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            if let Some(dir) = target.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            fs::rename(&staged.tmp, &target)?;
+        }
+        Ok(previous)
+    }
+
+    /// Make a publish durable (with `fsync`: the rename is durable only once the directory entry
+    /// is). Outside the directory's lock.
+    pub(crate) fn sync_dir(&self, key: &DerivativeKey) -> io::Result<()> {
+        if self.fsync {
+            File::open(self.dir(key))?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Drop a staged object that will not be published.
+    pub(crate) fn discard(&self, staged: Staged) {
+        let _ = fs::remove_file(&staged.tmp);
+    }
+
+    /// The directory of `key`'s objects.
+    fn dir(&self, key: &DerivativeKey) -> PathBuf {
+        self.objects.join(format!("{:02x}", key.as_bytes()[0]))
+    }
+
+    /// Write `bytes` as the object `key`.`ext` and publish it at once (for tests and tools that
+    /// hold no lock to respect).
+    #[cfg(test)]
     pub(crate) fn write(
         &self,
         key: &DerivativeKey,
         ext: &str,
         bytes: &[u8],
     ) -> io::Result<PathBuf> {
-        self.write_with(key, ext, &mut |f| f.write_all(bytes))
+        let staged = self.stage(key, Some(crate::key::content_hash(bytes)), &mut |f| {
+            f.write_all(bytes)
+        })?;
+        self.publish(&staged, key, ext)?;
+        Ok(self.path(key, ext))
     }
 
-    /// Write the object `key`.`ext` by letting `fill` write (and seek in) its temp file: for objects
-    /// too large to build in memory first. Same atomicity as [`Files::write`].
-    pub(crate) fn write_with(
+    /// What the file system says of an object, or `None` when it is not there.
+    pub(crate) fn meta(&self, key: &DerivativeKey, ext: &str) -> io::Result<Option<FileMeta>> {
+        match fs::symlink_metadata(self.path(key, ext)) {
+            Ok(m) if m.is_file() => Ok(Some(FileMeta::of(&m))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Open an object for reading, with what the file system says of it; `None` when absent.
+    pub(crate) fn open_object(
         &self,
         key: &DerivativeKey,
         ext: &str,
-        fill: &mut dyn FnMut(&mut File) -> io::Result<()>,
-    ) -> io::Result<PathBuf> {
-        let target = self.path(key, ext);
-        let dir = target
-            .parent()
-            .ok_or_else(|| io::Error::other("object path has no parent"))?
-            .to_path_buf();
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .tmp
-            .join(format!("{}.{}.{n}.tmp", key.to_hex(), std::process::id()));
-        let result = (|| {
-            let mut f = File::create(&tmp)?;
-            fill(&mut f)?;
-            if self.fsync {
-                f.sync_all()?;
+    ) -> io::Result<Option<(File, FileMeta)>> {
+        match File::open(self.path(key, ext)) {
+            Ok(f) => {
+                let meta = FileMeta::of(&f.metadata()?);
+                Ok(Some((f, meta)))
             }
-            drop(f);
-            if let Err(e) = fs::rename(&tmp, &target) {
-                // Its directory was removed by hand: make it again, once.
-                if e.kind() != io::ErrorKind::NotFound {
-                    return Err(e);
-                }
-                fs::create_dir_all(&dir)?;
-                fs::rename(&tmp, &target)?;
-            }
-            if self.fsync {
-                // The rename is durable only once the directory entry is.
-                File::open(&dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map(|()| target)
-    }
-
-    /// Remove an object file; returns whether it was there (a missing file is not an error).
-    pub(crate) fn remove(&self, key: &DerivativeKey, ext: &str) -> io::Result<bool> {
-        match fs::remove_file(self.path(key, ext)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Record an access now (the file's modification time), if the object is still the file
+    /// `ino`; returns whether it was.
+    pub(crate) fn touch(
+        &self,
+        key: &DerivativeKey,
+        ext: &str,
+        ino: u64,
+        now: u64,
+    ) -> io::Result<bool> {
+        let Some((f, meta)) = self.open_object(key, ext)? else {
+            return Ok(false);
+        };
+        if meta.ino != ino {
+            return Ok(false);
+        }
+        f.set_modified(UNIX_EPOCH + Duration::from_secs(now))?;
+        Ok(true)
+    }
+
+    /// Remove an object file if it is still the file `ino` (any file when `None`); returns what
+    /// was removed.
+    pub(crate) fn remove_if(
+        &self,
+        key: &DerivativeKey,
+        ext: &str,
+        ino: Option<u64>,
+    ) -> io::Result<Option<FileMeta>> {
+        let Some(meta) = self.meta(key, ext)? else {
+            return Ok(None);
+        };
+        if ino.is_some_and(|i| i != meta.ino) {
+            return Ok(None);
+        }
+        match fs::remove_file(self.path(key, ext)) {
+            Ok(()) => Ok(Some(meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Set an object's hash attribute (an object of an older store, checked another way).
+    pub(crate) fn set_hash(&self, file: &File, hash: &ContentHash, len: u64) -> io::Result<()> {
+        if self.xattrs {
+            set_hash(file, hash, len)?;
+        }
+        Ok(())
+    }
+
+    /// The objects of directory `d` (`0..=255`), one directory entry at a time, with what the
+    /// file system says of each.
+    pub(crate) fn list_dir(&self, d: u8) -> impl Iterator<Item = (FoundObject, FileMeta)> {
+        fs::read_dir(self.objects.join(format!("{d:02x}")))
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let m = entry.metadata().ok()?;
+                if !m.is_file() {
+                    return None;
+                }
+                let found = object_name(&entry.file_name(), entry.path())?;
+                Some((found, FileMeta::of(&m)))
+            })
     }
 
     fn identifier_path(&self, identifier: &str, suffix: &str) -> PathBuf {
@@ -245,15 +439,6 @@ impl Files {
         Ok(false)
     }
 
-    /// Walk every object file on disk, one directory entry at a time.
-    pub(crate) fn walk(&self) -> FileWalk {
-        FileWalk {
-            objects: self.objects.clone(),
-            next_dir: 0,
-            current: None,
-        }
-    }
-
     /// Move objects of the first layout (`objects/ab/cd/<hex>.<ext>`) to `objects/ab/` and remove
     /// the emptied directories; returns how many objects moved. Renames within one file system:
     /// a crash midway leaves every object in one place or the other, and the next open finishes.
@@ -304,43 +489,6 @@ impl Files {
     }
 }
 
-/// Every object file, one at a time (see [`Files::walk`]). Unreadable directories are skipped: the
-/// walk is a repair tool and must get past what it cannot repair.
-pub(crate) struct FileWalk {
-    objects: PathBuf,
-    next_dir: u16,
-    current: Option<fs::ReadDir>,
-}
-
-impl Iterator for FileWalk {
-    type Item = FoundObject;
-
-    fn next(&mut self) -> Option<FoundObject> {
-        loop {
-            if let Some(dir) = &mut self.current {
-                match dir.next() {
-                    Some(Ok(f)) => {
-                        if f.file_type().is_ok_and(|t| t.is_file()) {
-                            if let Some(found) = object_name(&f.file_name(), f.path()) {
-                                return Some(found);
-                            }
-                        }
-                        continue;
-                    }
-                    Some(Err(_)) => continue,
-                    None => self.current = None,
-                }
-            }
-            if self.next_dir > 255 {
-                return None;
-            }
-            let dir = self.objects.join(format!("{:02x}", self.next_dir));
-            self.next_dir += 1;
-            self.current = fs::read_dir(dir).ok();
-        }
-    }
-}
-
 /// The object named by a file name `<64 hex>.<ext>`.
 fn object_name(name: &std::ffi::OsStr, path: PathBuf) -> Option<FoundObject> {
     let (hex, ext) = name.to_str()?.split_once('.')?;
@@ -351,12 +499,70 @@ fn object_name(name: &std::ffi::OsStr, path: PathBuf) -> Option<FoundObject> {
     })
 }
 
+/// The blake3 and length an object's attribute holds, or `None` when it has none (or it cannot
+/// be read: then the object is as unverifiable as on a file system without attributes).
+pub(crate) fn stored_hash(file: &File) -> Option<(ContentHash, u64)> {
+    let mut buf = [0u8; 40];
+    // SAFETY: the name is NUL-terminated, `buf` is writable for its whole length, and the fd is
+    // open for as long as `file` lives.
+    let n = unsafe {
+        libc::fgetxattr(
+            file.as_raw_fd(),
+            HASH_XATTR.as_ptr().cast(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n != 40 {
+        return None;
+    }
+    let hash: ContentHash = buf[..32].try_into().ok()?;
+    let len = u64::from_le_bytes(buf[32..].try_into().ok()?);
+    Some((hash, len))
+}
+
+/// Write the hash attribute of an open file.
+fn set_hash(file: &File, hash: &ContentHash, len: u64) -> io::Result<()> {
+    let mut value = [0u8; 40];
+    value[..32].copy_from_slice(hash);
+    value[32..].copy_from_slice(&len.to_le_bytes());
+    // SAFETY: the name is NUL-terminated, `value` is readable for its whole length, and the fd is
+    // open for as long as `file` lives.
+    let rc = unsafe {
+        libc::fsetxattr(
+            file.as_raw_fd(),
+            HASH_XATTR.as_ptr().cast(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Unix seconds now.
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Read a whole open object.
+pub(crate) fn read_all(mut file: &File, len: u64) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.read_to_end(&mut out)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn write_scan_remove() -> io::Result<()> {
+    fn write_scan_touch_remove() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let files = Files::open(dir.path(), true)?;
         let key =
@@ -366,14 +572,36 @@ mod tests {
             "objects/ab/abababababababababababababababababababababababababababababababab.jpg"
         ));
         assert_eq!(fs::read(&path)?, b"hello");
+        // The hash travels with the file (on file systems that keep attributes: tmpfs and ext4 do).
+        let (f, meta) = files
+            .open_object(&key, "jpg")?
+            .ok_or_else(|| io::Error::other("gone"))?;
+        assert_eq!(meta.len, 5);
+        if files.xattrs() {
+            assert_eq!(
+                stored_hash(&f),
+                Some((crate::key::content_hash(b"hello"), 5))
+            );
+        }
+        // An access is the modification time, for this file only.
+        assert!(files.touch(&key, "jpg", meta.ino, 1_000_000)?);
+        assert_eq!(files.meta(&key, "jpg")?.map(|m| m.access), Some(1_000_000));
+        assert!(!files.touch(&key, "jpg", meta.ino + 1, 2_000_000)?);
         fs::write(dir.path().join("tmp/leftover.tmp"), b"x")?;
         assert_eq!(files.remove_temps()?, 1);
-        let found: Vec<_> = files.walk().collect();
-        assert_eq!(found.len(), 1);
-        assert_eq!((found[0].key, found[0].ext.as_str()), (key, "jpg"));
-        assert!(files.remove(&key, "jpg")?);
-        assert!(!files.remove(&key, "jpg")?);
-        assert_eq!(files.walk().count(), 0);
+        let listed: Vec<_> = files.list_dir(0xab).collect();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].0.key, listed[0].1.len), (key, 5));
+        assert_eq!(listed[0].0.ext, "jpg");
+        assert!(files.any_object()?);
+        // Removed only while it is the file that was looked at.
+        assert_eq!(files.remove_if(&key, "jpg", Some(meta.ino + 1))?, None);
+        assert_eq!(
+            files.remove_if(&key, "jpg", Some(meta.ino))?.map(|m| m.len),
+            Some(5)
+        );
+        assert_eq!(files.remove_if(&key, "jpg", None)?, None);
+        assert!(!files.any_object()?);
         assert!(files.available_bytes()? > 0);
         Ok(())
     }
@@ -391,7 +619,7 @@ mod tests {
         assert_eq!(files.migrate_legacy()?, 1);
         assert_eq!(fs::read(files.path(&key, "png"))?, b"old");
         assert!(old.join("notes.txt").exists(), "stray files are left alone");
-        assert_eq!(files.walk().count(), 1);
+        assert_eq!(files.list_dir(0xcd).count(), 1);
         assert_eq!(files.migrate_legacy()?, 0);
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The store's memory tier: hot stored objects kept in memory, so that a hit on them is answered
-//! on the async thread that parsed the request, with no trip to a blocking thread, no index read
-//! and no file read. A profile of the disk hit path put about half of its CPU time in handing the
-//! request to a blocking thread and back; a lookup here is one map probe under a mutex.
+//! on the async thread that parsed the request, with no trip to a blocking thread and no file read.
+//! A profile of the disk hit path put about half of its CPU time in handing the request to a
+//! blocking thread and back; a lookup here is one map probe under a mutex.
 //!
 //! What enters: only objects read back from disk and found whole (length and blake3 checked here
 //! even when `verify_reads` is off), so a memory hit is never less checked than a disk hit. A
@@ -31,10 +31,11 @@ pub(crate) struct HotObject {
     pub(crate) bytes: Option<Bytes>,
     /// Path below `objects/`.
     pub(crate) relative_path: String,
-    /// The index entry's length and hash, to record hits against the entry they were found under.
+    /// The file's length and inode, to record hits against the file they were found as (a file
+    /// written again under the same name is another inode).
     pub(crate) len: u64,
-    pub(crate) hash: crate::key::ContentHash,
-    /// The entry's last recorded access (Unix seconds), advanced when a hit here is recorded.
+    pub(crate) ino: u64,
+    /// The file's last recorded access (Unix seconds), advanced when a hit here is recorded.
     pub(crate) last_access: AtomicU64,
 }
 
@@ -175,7 +176,7 @@ mod tests {
             bytes: Some(Bytes::from(vec![tag; len])),
             relative_path: "ab/cd.jpg".into(),
             len: len as u64,
-            hash: crate::key::content_hash(&vec![tag; len]),
+            ino: u64::from(tag),
             last_access: AtomicU64::new(0),
         }
     }

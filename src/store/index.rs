@@ -1,23 +1,25 @@
-//! The sled index: the only module that touches sled. Everything in it but the crawl jobs can be
-//! rebuilt from the object files and the sources, so a lost or corrupt index costs time, never data.
-//! Every call blocks; callers run them off the async threads.
+//! The sled index: the only module that touches sled. It holds what is small and aggregate, never
+//! a record per stored object (those are the object files themselves, see `files`): at most a few
+//! hundred records whatever the number of objects, so opening it costs the same for a store of ten
+//! objects or a hundred million. Everything in it but the crawl jobs can be rebuilt from the object
+//! files and the sources, so a lost or corrupt index costs time, never data. Every call blocks;
+//! callers run them off the async threads.
 //!
-//! Trees, chosen so that no operation has to read the whole index:
+//! Trees:
 //!
-//! - `entries`: derivative key (32 raw bytes) -> [`Entry`] (a fixed binary layout of about 60 bytes;
-//!   the JSON entries of the first format took about 377 bytes with sled's overhead);
-//! - `by_access`: last access (8 bytes, big-endian seconds) ++ key -> extension: the store's objects
-//!   in least-recently-used order, read from the oldest end by eviction, so evicting n objects reads
-//!   n records. Kept beside `entries` without a transaction (sled's cross-tree transactions cost
-//!   more than the check they save): a record whose entry has moved on or gone is *stale* and is
-//!   dropped when met; an entry without its record is given one by the reconcile pass;
+//! - `summaries`: object directory (one byte) -> [`DirSummary`] (count, bytes, bytes by last
+//!   access), saved every few seconds and at close;
 //! - `probes`: source fingerprint -> size and tiles;
 //! - `jobs`: crawl job states, opaque here;
-//! - `meta`: the running totals and whether the last process closed the store cleanly.
+//! - `meta`: the schema version, and whether the last process closed the store cleanly (if not,
+//!   the summaries may have drifted and are recounted in the background).
 //!
-//! The first format's `objects` tree (hex key -> JSON entry) is read once by the migration
-//! ([`Index::legacy_batch`]) and dropped.
+//! Store format 2 kept one record per object (`entries`: key -> length, times, hash, extension;
+//! `by_access`: the least-recently-used order). An index of that format is upgraded in place: its
+//! entries are read once by the background recount ([`Index::legacy_entry`]), which gives each
+//! file its hash attribute and its last access, and then dropped.
 
+use super::summary::DirSummary;
 use crate::key::{ContentHash, DerivativeKey};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -62,71 +64,49 @@ impl From<sled::Error> for IndexError {
 /// Result of index operations.
 pub(crate) type IndexResult<T> = Result<T, IndexError>;
 
-/// What the index knows about one stored object.
+/// What an index of store format 2 knew about one stored object: read once, by the upgrade.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Entry {
+pub(crate) struct LegacyEntry {
     /// File length in bytes.
     pub len: u64,
-    /// Unix seconds when stored.
-    pub created: u64,
-    /// Unix seconds of the last hit (updated at a coarse granularity, see the store).
+    /// Unix seconds of the last hit.
     pub last_access: u64,
     /// blake3 of the file's bytes.
     pub hash: ContentHash,
-    /// File extension (the format).
-    pub ext: String,
 }
 
-/// The binary layout's version byte. Anything else reads as absent (and is repaired by a write).
+/// Format 2's binary layout: version, length, created, last access, hash, extension.
 const ENTRY_V1: u8 = 1;
 const ENTRY_FIXED: usize = 1 + 8 + 8 + 8 + 32;
 
-impl Entry {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(ENTRY_FIXED + self.ext.len());
-        out.push(ENTRY_V1);
-        out.extend_from_slice(&self.len.to_le_bytes());
-        out.extend_from_slice(&self.created.to_le_bytes());
-        out.extend_from_slice(&self.last_access.to_le_bytes());
-        out.extend_from_slice(&self.hash);
-        out.extend_from_slice(self.ext.as_bytes());
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Entry> {
+impl LegacyEntry {
+    fn decode(bytes: &[u8]) -> Option<LegacyEntry> {
         if bytes.len() < ENTRY_FIXED || bytes[0] != ENTRY_V1 {
             return None;
         }
         let u64_at = |at: usize| -> Option<u64> {
             Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
         };
-        Some(Entry {
+        Some(LegacyEntry {
             len: u64_at(1)?,
-            created: u64_at(9)?,
             last_access: u64_at(17)?,
             hash: bytes.get(25..57)?.try_into().ok()?,
-            ext: std::str::from_utf8(bytes.get(ENTRY_FIXED..)?)
-                .ok()?
-                .to_owned(),
         })
     }
-}
 
-/// The `by_access` record of an entry.
-fn access_key(last_access: u64, key: &DerivativeKey) -> [u8; 40] {
-    let mut out = [0u8; 40];
-    out[..8].copy_from_slice(&last_access.to_be_bytes());
-    out[8..].copy_from_slice(key.as_bytes());
-    out
-}
-
-/// One `by_access` record: an object as of its last access.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct AccessRecord {
-    /// When it was last accessed (as the record says).
-    pub last_access: u64,
-    /// The object.
-    pub key: DerivativeKey,
+    /// Format 2's encoding of this entry (for the upgrade's tests).
+    #[cfg(test)]
+    fn encode(&self, ext: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ENTRY_FIXED + ext.len());
+        out.push(ENTRY_V1);
+        out.extend_from_slice(&self.len.to_le_bytes());
+        // Created: unused since format 3.
+        out.extend_from_slice(&self.last_access.to_le_bytes());
+        out.extend_from_slice(&self.last_access.to_le_bytes());
+        out.extend_from_slice(&self.hash);
+        out.extend_from_slice(ext.as_bytes());
+        out
+    }
 }
 
 /// A cached source probe, by the source's fingerprint.
@@ -146,33 +126,23 @@ pub(crate) struct ProbeRecord {
     pub probe: u32,
 }
 
-/// The store's running totals as last saved, and whether the process that saved them closed the
-/// store (if it did not, they may have drifted and a reconcile pass recounts them).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Totals {
-    /// Objects indexed.
-    pub objects: u64,
-    /// Their bytes.
-    pub bytes: u64,
-    /// Saved by a clean close, with nothing left to reconcile.
+/// The store's format, and whether the process that last opened it closed it (if not, the
+/// summaries may have drifted and are recounted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    /// The store format ([`FORMAT`]).
+    pub format: u32,
+    /// Saved by a clean close, with no recount owed.
     pub clean: bool,
 }
 
-/// What the migration keeps of an entry of the first format: the identifier, for `purge`. (Its
-/// object is indexed again from its file, by the reconcile pass or the first lookup.)
-#[derive(Clone, Debug, Deserialize)]
-pub(crate) struct LegacyEntry {
-    /// Extension.
-    pub ext: String,
-    /// The identifier it was rendered from.
-    pub identifier: String,
-}
+/// The store format this code writes: 3, the object files are the per-object records.
+pub(crate) const FORMAT: u32 = 3;
 
 /// The sled database and its trees.
 pub(crate) struct Index {
     db: sled::Db,
-    entries: sled::Tree,
-    by_access: sled::Tree,
+    summaries: sled::Tree,
     probes: sled::Tree,
     jobs: sled::Tree,
     meta: sled::Tree,
@@ -186,8 +156,11 @@ fn encode_json<T: Serialize>(value: &T) -> IndexResult<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| IndexError::Encode(e.to_string()))
 }
 
-const TOTALS: &str = "totals";
-const LEGACY_TREE: &str = "objects";
+/// `meta` key of [`Meta`] (format 2 kept its totals under "totals", read as no meta: a recount).
+const STATE: &str = "state";
+/// Format 2's trees: per-object records, and their least-recently-used order.
+const LEGACY_ENTRIES: &str = "entries";
+const LEGACY_BY_ACCESS: &str = "by_access";
 
 impl Index {
     /// Open (or create) the index at `path`, with sled's page cache bounded to `cache_bytes`. Fails
@@ -212,11 +185,14 @@ impl Index {
                 Err(e) => return Err(e),
             }
         };
-        // The first probe cache was keyed by local path (with an inode): nothing reads it now.
+        // The first format's trees (per-object JSON records, and a probe cache keyed by local
+        // path): its objects are adopted from their files by the recount.
+        let _ = db.drop_tree("objects");
         let _ = db.drop_tree("info");
+        // Format 2's order of access is not needed by the upgrade (its records say the same).
+        let _ = db.drop_tree(LEGACY_BY_ACCESS);
         Ok(Index {
-            entries: db.open_tree("entries")?,
-            by_access: db.open_tree("by_access")?,
+            summaries: db.open_tree("summaries")?,
             probes: db.open_tree("probes")?,
             jobs: db.open_tree("jobs")?,
             meta: db.open_tree("meta")?,
@@ -224,178 +200,84 @@ impl Index {
         })
     }
 
-    /// The entry for `key`. An undecodable entry reads as absent (and is repaired by the next write).
-    pub(crate) fn get(&self, key: &DerivativeKey) -> IndexResult<Option<Entry>> {
+    /// The format and state last saved (`None` for a new index, or one of an older format).
+    pub(crate) fn meta(&self) -> IndexResult<Option<Meta>> {
         Ok(self
-            .entries
-            .get(key.as_bytes())?
-            .and_then(|v| Entry::decode(&v)))
+            .meta
+            .get(STATE)?
+            .and_then(|v| decode_json::<Meta>(&v))
+            .filter(|m| m.format == FORMAT))
     }
 
-    /// Whether `key` has an entry.
-    pub(crate) fn contains(&self, key: &DerivativeKey) -> IndexResult<bool> {
-        Ok(self.entries.contains_key(key.as_bytes())?)
-    }
-
-    /// Insert or replace an entry (and its access record), returning the previous entry.
-    pub(crate) fn insert(&self, key: &DerivativeKey, entry: &Entry) -> IndexResult<Option<Entry>> {
-        let previous = self
-            .entries
-            .insert(key.as_bytes(), entry.encode())?
-            .and_then(|v| Entry::decode(&v));
-        if let Some(prev) = &previous {
-            if prev.last_access != entry.last_access {
-                self.by_access.remove(access_key(prev.last_access, key))?;
-            }
-        }
-        self.by_access
-            .insert(access_key(entry.last_access, key), entry.ext.as_bytes())?;
-        Ok(previous)
-    }
-
-    /// Record a hit: the entry's `last_access` becomes `now`, and its access record moves.
-    pub(crate) fn touch(&self, key: &DerivativeKey, entry: &Entry, now: u64) -> IndexResult<()> {
-        self.insert(
-            key,
-            &Entry {
-                last_access: now,
-                ..entry.clone()
-            },
-        )?;
+    /// Save the format and state.
+    pub(crate) fn save_meta(&self, meta: &Meta) -> IndexResult<()> {
+        self.meta.insert(STATE, encode_json(meta)?)?;
         Ok(())
     }
 
-    /// Remove an entry and its access record; returns the entry if it was there.
-    pub(crate) fn remove(&self, key: &DerivativeKey) -> IndexResult<Option<Entry>> {
-        let removed = self
-            .entries
-            .remove(key.as_bytes())?
-            .and_then(|v| Entry::decode(&v));
-        if let Some(e) = &removed {
-            self.by_access.remove(access_key(e.last_access, key))?;
-        }
-        Ok(removed)
-    }
-
-    /// Up to `n` entries with keys after `after` (from the first with `None`), in key order: one
-    /// step of a walk over the index that holds nothing between steps but its cursor.
-    pub(crate) fn entries_after(
-        &self,
-        after: Option<&DerivativeKey>,
-        n: usize,
-    ) -> IndexResult<Vec<(DerivativeKey, Option<Entry>)>> {
-        let range = match after {
-            Some(k) => self.entries.range::<&[u8], _>((
-                std::ops::Bound::Excluded(&k.as_bytes()[..]),
-                std::ops::Bound::Unbounded,
-            )),
-            None => self.entries.iter(),
-        };
-        let mut out = Vec::with_capacity(n.min(4096));
-        for item in range.take(n) {
+    /// Every saved directory summary (undecodable ones are left out: the recount replaces them).
+    pub(crate) fn summaries(&self) -> IndexResult<Vec<(u8, DirSummary)>> {
+        let mut out = Vec::new();
+        for item in self.summaries.iter() {
             let (k, v) = item?;
-            // A key of another length is not ours: skip it (the walk must still move on).
-            if let Some(key) = DerivativeKey::from_slice(&k) {
-                out.push((key, Entry::decode(&v)));
+            if let (&[d], Some(s)) = (&k[..], DirSummary::decode(&v)) {
+                out.push((d, s));
             }
         }
         Ok(out)
     }
 
-    /// Whether the access record of `key` as of `last_access` is there.
-    pub(crate) fn has_access_record(
-        &self,
-        key: &DerivativeKey,
-        last_access: u64,
-    ) -> IndexResult<bool> {
-        Ok(self.by_access.contains_key(access_key(last_access, key))?)
-    }
-
-    /// Give an entry its access record (the reconcile pass, after a crash between the two writes).
-    pub(crate) fn put_access_record(&self, key: &DerivativeKey, entry: &Entry) -> IndexResult<()> {
-        self.by_access
-            .insert(access_key(entry.last_access, key), entry.ext.as_bytes())?;
+    /// Save directory `d`'s summary.
+    pub(crate) fn save_summary(&self, d: u8, summary: &DirSummary) -> IndexResult<()> {
+        self.summaries.insert([d], summary.encode())?;
         Ok(())
     }
 
-    /// The `n` oldest access records.
-    pub(crate) fn oldest(&self, n: usize) -> IndexResult<Vec<AccessRecord>> {
-        let mut out = Vec::with_capacity(n);
-        for item in self.by_access.iter().take(n) {
-            let (k, _) = item?;
-            let parsed = k
-                .get(..8)
-                .and_then(|t| t.try_into().ok())
-                .map(u64::from_be_bytes)
-                .zip(k.get(8..).and_then(DerivativeKey::from_slice));
-            match parsed {
-                Some((last_access, key)) => out.push(AccessRecord { last_access, key }),
-                // Not ours: drop it, or eviction would meet it first forever.
-                None => {
-                    self.by_access.remove(k)?;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Drop a stale access record.
-    pub(crate) fn remove_access_record(&self, record: &AccessRecord) -> IndexResult<()> {
-        self.by_access
-            .remove(access_key(record.last_access, &record.key))?;
-        Ok(())
-    }
-
-    /// Drop every object entry, access record and cached probe (before a rebuild from the files).
+    /// Drop every summary and cached probe (before a recount from the files).
     pub(crate) fn clear(&self) -> IndexResult<()> {
-        self.entries.clear()?;
-        self.by_access.clear()?;
+        self.summaries.clear()?;
         self.probes.clear()?;
+        self.meta.remove(STATE)?;
         Ok(())
     }
 
-    /// The totals as last saved (`None` for a new index, or one of the first format).
-    pub(crate) fn totals(&self) -> IndexResult<Option<Totals>> {
-        Ok(self.meta.get(TOTALS)?.and_then(|v| decode_json(&v)))
-    }
-
-    /// Save the totals.
-    pub(crate) fn save_totals(&self, totals: &Totals) -> IndexResult<()> {
-        self.meta.insert(TOTALS, encode_json(totals)?)?;
-        Ok(())
-    }
-
-    /// Whether entries of the first format wait for the migration.
+    /// Whether format 2's per-object records are still there (an upgrade is owed).
     pub(crate) fn has_legacy(&self) -> bool {
         self.db
             .tree_names()
             .iter()
-            .any(|t| &t[..] == LEGACY_TREE.as_bytes())
+            .any(|t| &t[..] == LEGACY_ENTRIES.as_bytes())
     }
 
-    /// Up to `n` entries of the first format's tree, removed from it as they are returned (so a
-    /// migration interrupted by a crash resumes); the tree is dropped once empty.
-    pub(crate) fn legacy_batch(&self, n: usize) -> IndexResult<Vec<(DerivativeKey, LegacyEntry)>> {
+    /// Format 2's record of `key`, while the upgrade needs it.
+    pub(crate) fn legacy_entry(&self, key: &DerivativeKey) -> IndexResult<Option<LegacyEntry>> {
         if !self.has_legacy() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        let legacy = self.db.open_tree(LEGACY_TREE)?;
-        let mut out = Vec::new();
-        for item in legacy.iter().take(n) {
-            let (k, v) = item?;
-            legacy.remove(&k)?;
-            let key = std::str::from_utf8(&k)
-                .ok()
-                .and_then(DerivativeKey::from_hex);
-            if let (Some(key), Some(entry)) = (key, decode_json::<LegacyEntry>(&v)) {
-                out.push((key, entry));
-            }
-        }
-        if legacy.is_empty() {
-            drop(legacy);
-            self.db.drop_tree(LEGACY_TREE)?;
-        }
-        Ok(out)
+        let entries = self.db.open_tree(LEGACY_ENTRIES)?;
+        Ok(entries
+            .get(key.as_bytes())?
+            .and_then(|v| LegacyEntry::decode(&v)))
+    }
+
+    /// Write a format 2 record (to test the upgrade).
+    #[cfg(test)]
+    pub(crate) fn put_legacy(
+        &self,
+        key: &DerivativeKey,
+        entry: &LegacyEntry,
+        ext: &str,
+    ) -> IndexResult<()> {
+        self.db
+            .open_tree(LEGACY_ENTRIES)?
+            .insert(key.as_bytes(), entry.encode(ext))?;
+        Ok(())
+    }
+
+    /// Drop format 2's records, once every file has what it needed from them.
+    pub(crate) fn drop_legacy(&self) -> IndexResult<()> {
+        self.db.drop_tree(LEGACY_ENTRIES)?;
+        Ok(())
     }
 
     /// The cached probe of the source version named `fingerprint`.
@@ -441,53 +323,46 @@ mod tests {
         DerivativeKey::from_slice(&[n; 32]).unwrap_or_else(|| unreachable!())
     }
 
-    fn entry(last_access: u64) -> Entry {
-        Entry {
-            len: 10,
-            created: 1,
-            last_access,
-            hash: [7; 32],
-            ext: "jpg".into(),
-        }
-    }
-
     proptest! {
         #[test]
-        fn entries_round_trip(len: u64, created: u64, last: u64, hash: [u8; 32], ext in "[a-z0-9]{0,8}") {
-            let e = Entry { len, created, last_access: last, hash, ext };
-            prop_assert_eq!(Entry::decode(&e.encode()), Some(e));
+        fn legacy_entries_round_trip(len: u64, last: u64, hash: [u8; 32], ext in "[a-z0-9]{0,8}") {
+            let e = LegacyEntry { len, last_access: last, hash };
+            prop_assert_eq!(LegacyEntry::decode(&e.encode(&ext)), Some(e));
         }
 
         #[test]
         fn garbage_never_panics(bytes: Vec<u8>) {
-            let _ = Entry::decode(&bytes);
+            let _ = LegacyEntry::decode(&bytes);
         }
     }
 
     #[test]
-    fn access_order_follows_touches_and_removals() -> Result<(), Box<dyn std::error::Error>> {
+    fn summaries_meta_and_the_legacy_records() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let index = Index::open(dir.path(), 1 << 20)?;
-        for (n, t) in [(1, 300), (2, 100), (3, 200)] {
-            index.insert(&key(n), &entry(t))?;
-        }
-        let order = |n| -> IndexResult<Vec<u8>> {
-            Ok(index
-                .oldest(n)?
-                .iter()
-                .map(|r| r.key.as_bytes()[0])
-                .collect())
+        assert_eq!(index.meta()?, None);
+        index.save_meta(&Meta {
+            format: FORMAT,
+            clean: true,
+        })?;
+        assert_eq!(index.meta()?.map(|m| m.clean), Some(true));
+        let mut s = DirSummary::default();
+        s.add(10, 1000);
+        index.save_summary(7, &s)?;
+        assert_eq!(index.summaries()?, vec![(7, s)]);
+        assert!(!index.has_legacy());
+        let old = LegacyEntry {
+            len: 5,
+            last_access: 99,
+            hash: [3; 32],
         };
-        assert_eq!(order(10)?, vec![2, 3, 1]);
-        index.touch(&key(2), &entry(100), 400)?;
-        assert_eq!(order(10)?, vec![3, 1, 2], "a touch moves the record");
-        assert_eq!(index.remove(&key(3))?.map(|e| e.last_access), Some(200));
-        assert_eq!(order(2)?, vec![1, 2]);
-        // The walk visits every entry once, in key order, by cursor.
-        let first = index.entries_after(None, 1)?;
-        let rest = index.entries_after(Some(&first[0].0), 10)?;
-        assert_eq!((first.len(), rest.len()), (1, 1));
-        assert!(first[0].0.as_bytes() < rest[0].0.as_bytes());
+        index.put_legacy(&key(1), &old, "jpg")?;
+        assert!(index.has_legacy());
+        assert_eq!(index.legacy_entry(&key(1))?, Some(old));
+        assert_eq!(index.legacy_entry(&key(2))?, None);
+        index.drop_legacy()?;
+        assert!(!index.has_legacy());
+        assert_eq!(index.legacy_entry(&key(1))?, None);
         Ok(())
     }
 }

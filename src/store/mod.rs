@@ -1,50 +1,59 @@
-//! The derivative store: rendered images persisted as files ([`files`], the truth) and indexed in sled
-//! ([`index`], a rebuildable cache). No cost here grows with the number of stored objects except the
-//! background walks, which run at a bounded rate:
+//! The derivative store: rendered images persisted as files. Since store format 3 each object file
+//! is its own and only record ([`files`]: its path names the key, its length is the object's, its
+//! modification time its last access, its blake3 in an extended attribute), and the sled index
+//! ([`index`]) keeps only what is small and aggregate: a summary per object directory ([`summary`],
+//! [`dirs`]), the totals, probes, crawl jobs. So neither memory nor start-up grows with the number
+//! of stored objects. The jobs, one file each:
 //!
-//! - Open: trust the index. Temp files are removed (they are few), the running totals are read from
-//!   the index, and the store serves at once. If the last process did not close the store (a crash),
-//!   or the index was lost or is of the first format, a background reconcile pass ([`Store::reconcile`],
-//!   `store.reconcile_rate` checks a second) drops entries without a file, gives files without an
-//!   entry one, and recounts the totals.
-//! - Read: index entry -> file; the length is always checked, the blake3 of the bytes when
-//!   `verify_reads` is on. A missing, short or mismatching file is a miss (and counted as a repair),
-//!   never a corrupt response. A file without an entry (a lost index, a crash between the two
-//!   writes) is adopted on the spot: files are the truth.
-//! - Write: the identifier's list line, then the file (atomic, durable with `fsync`), then the index
-//!   entry. Writes are skipped, not failed, when the disk is nearly full (`min_free_bytes`), because
-//!   sled has corrupted itself on full disks.
-//! - Budget: `max_bytes`, enforced in the background by evicting from the oldest end of the index's
-//!   access order: evicting n objects reads n records, never the whole index.
-//! - Counters: running totals, O(1) to read, saved in the index every few seconds and at close (not
-//!   with every change: sled replays every write since its last open when it opens, so each write
-//!   saved is start-up time). After a crash they are off by the last seconds' writes until the
-//!   reconcile pass recounts them.
-//!
-//! - Memory: hot objects are also kept in memory ([`hot`]) and [`Store::lookup_hot`] answers them
+//! - open (here): take the saved summaries and serve at once. If the last process did not close the
+//!   store (a crash), the index was lost, or it is of format 2, a background recount
+//!   ([`Store::reconcile`], in `recount`) walks the directories at `store.reconcile_rate` files a
+//!   second and replaces each summary; until it is done the totals are approximate
+//!   (`iiifd_store_totals_approximate`). A format 2 store is upgraded by the same walk: each file
+//!   takes its hash and last access from the old per-object record, which is then dropped.
+//! - read (here): open the file by its path; its length is checked against its attribute, and the
+//!   blake3 of the bytes when `verify_reads` is on. A missing file is a miss; a short or
+//!   mismatching one is removed and counted as a repair, never a corrupt response.
+//! - write (here): the identifier's list line, the file staged with its attribute, then published
+//!   by a rename under its directory's lock, which also moves the directory's summary. Writes are
+//!   skipped, not failed, when the disk is nearly full (`min_free_bytes`).
+//! - budget (`evict`): in the background, from the directories' summaries a cut-off time is chosen
+//!   that frees enough, and each directory with older bytes is walked once, removing its files last
+//!   accessed before it: the cost of an evicted object does not depend on the store's size.
+//! - verify (`verify`): every file read and hashed against its attribute.
+//! - memory ([`hot`]): hot objects are also kept in memory and [`Store::lookup_hot`] answers them
 //!   without blocking, so that a hit on them never leaves the async thread.
+//! - access: a hit writes nothing; when its file's recorded access is a minute old, the new one is
+//!   queued for the background thread, which sets the file's time (and moves its directory's
+//!   summary) within seconds.
 //!
 //! Every other method blocks; the pipeline calls them off the async threads.
 
+pub(crate) mod dirs;
+mod evict;
 pub(crate) mod files;
 pub(crate) mod hot;
 pub(crate) mod index;
+mod recount;
 pub(crate) mod shared;
+pub(crate) mod summary;
+mod verify;
 
 use crate::key::{content_hash, DerivativeKey};
 use bytes::Bytes;
-use files::{Files, FoundObject};
+use dirs::Dirs;
+use files::{now_secs, read_all, stored_hash, FileMeta, Files, Staged};
 use hot::{HotObject, HotTier};
 pub use index::IndexError;
 pub(crate) use index::ProbeRecord;
-use index::{Entry, Index, Totals};
+use index::{Index, Meta, FORMAT};
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Write as _};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +80,13 @@ pub(crate) struct StoreSettings {
     pub min_free_bytes: u64,
     /// Check the blake3 of every file read.
     pub verify_reads: bool,
+    /// Refuse to open on a file system without user extended attributes (no hashes to check).
+    pub require_hashes: bool,
     /// fsync objects before they count as stored.
     pub fsync: bool,
     /// Bound of sled's page cache.
     pub index_cache_bytes: u64,
-    /// Checks a second of the background reconcile (0: unbounded).
+    /// Files a second of the background recount (0: unbounded).
     pub reconcile_rate: u64,
     /// Budget of the memory tier (0: off).
     pub memory_bytes: u64,
@@ -90,21 +101,22 @@ pub(crate) struct StoreCounters {
     pub hits: AtomicU64,
     /// Lookups that found nothing usable.
     pub misses: AtomicU64,
-    /// Entries whose file was missing, short or corrupt.
+    /// Objects found short or corrupt (removed, to be rendered again).
     pub repairs: AtomicU64,
     /// Objects evicted for the budget.
     pub evictions: AtomicU64,
     /// Writes that failed or were skipped for lack of space.
     pub write_errors: AtomicU64,
-    /// Files without an entry given one (by a lookup or a reconcile pass).
+    /// Files without a hash attribute given one (copied in by hand, or left by a crash of format 2
+    /// between a file and its record).
     pub adopted: AtomicU64,
-    /// Whether a reconcile pass is running (0 or 1).
+    /// Whether a recount is running (0 or 1).
     pub reconcile_running: AtomicU64,
-    /// Reconcile passes completed.
+    /// Recounts completed.
     pub reconcile_passes: AtomicU64,
-    /// Index entries and files checked by reconcile passes.
+    /// Files counted by recounts.
     pub reconcile_checked: AtomicU64,
-    /// Entries dropped by reconcile passes because their file was gone or of another length.
+    /// Files removed by recounts: of another length than their format 2 record said.
     pub reconcile_dropped: AtomicU64,
 }
 
@@ -122,67 +134,30 @@ pub(crate) struct Hit {
 pub(crate) struct Recovery {
     /// Temp files removed.
     pub temps_removed: usize,
-    /// Whether the index was unreadable and set aside (the files are indexed again in the
+    /// Whether the index was unreadable and set aside (its summaries are recounted in the
     /// background).
     pub rebuilt: bool,
     /// Objects moved from the first layout (`objects/ab/cd/`) to the current one.
     pub migrated: usize,
-    /// Whether the index and the files need a reconcile pass (a crash, a lost index, the first
-    /// index format).
+    /// Whether the store is of format 2, upgraded in place by the background recount.
+    pub upgrading: bool,
+    /// Whether the summaries need a recount (a crash, a lost index, an upgrade).
     pub reconcile_needed: bool,
-}
-
-/// What one reconcile pass did.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub(crate) struct ReconcileReport {
-    /// Index entries checked against their files.
-    pub entries_checked: u64,
-    /// Entries dropped because their file was gone or of another length.
-    pub dangling_dropped: u64,
-    /// Object files checked for an entry.
-    pub files_checked: u64,
-    /// Files without an entry given one.
-    pub orphans_indexed: u64,
-    /// Entries of the first index format carried over.
-    pub legacy_migrated: u64,
-    /// Whether the pass walked everything (not stopped by shutdown).
-    pub complete: bool,
-    /// Seconds it took.
-    pub seconds: f64,
-}
-
-/// Result of [`Store::verify`].
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub(crate) struct VerifyReport {
-    /// Entries checked.
-    pub checked: usize,
-    /// Entries whose file is missing, short or does not match its hash.
-    pub bad: usize,
-    /// Keys of the bad entries (at most 20).
-    pub bad_keys: Vec<String>,
-    /// Files on disk with no entry.
-    pub unindexed: usize,
+    /// Whether objects carry their blake3 (the file system keeps user extended attributes).
+    pub hashes: bool,
 }
 
 /// Size figures.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct Stats {
-    /// Objects indexed.
+    /// Objects stored.
     pub objects: u64,
     /// Their total size.
     pub bytes: u64,
     /// The budget.
     pub max_bytes: u64,
-}
-
-/// Where a reconcile pass's walk over the entries stands, so that writes meanwhile are counted
-/// exactly once: the pass sums the entries it reads, and a change to an entry it has already read
-/// (key at or before `behind`) is added to `bytes`/`objects` here; a change ahead of it is seen by
-/// the walk itself.
-struct PassCursor {
-    behind: Option<DerivativeKey>,
-    bytes: i64,
-    objects: i64,
+    /// Whether the figures are only approximate (a recount is due or running).
+    pub approximate: bool,
 }
 
 /// The store.
@@ -190,36 +165,38 @@ pub(crate) struct Store {
     settings: StoreSettings,
     files: Files,
     index: Index,
-    bytes: AtomicU64,
-    objects: AtomicU64,
+    dirs: Dirs,
     /// Counters for metrics.
     pub counters: StoreCounters,
     kick: Mutex<Option<SyncSender<()>>>,
-    /// Held for every change to an entry, and by the walks while they read a batch: eviction never
-    /// races a write of the same key, and totals change in one order.
-    write_lock: Mutex<()>,
-    /// One reconcile pass at a time.
+    /// One recount at a time.
     pass_lock: Mutex<()>,
-    pass: Mutex<Option<PassCursor>>,
-    /// Set at open when the index cannot be trusted; cleared by a complete pass.
+    /// Set at open when the summaries cannot be trusted; cleared by a complete recount.
     needs_pass: AtomicBool,
-    /// Background work stops at its next step.
+    /// Background work stops at its next step, and no file changes once set.
     stopping: AtomicBool,
+    /// Held while an identifier's list is written or taken, so a purge never misses a line.
+    ids_lock: Mutex<()>,
     /// The cluster's shared tier, when `store.shared.bucket` is set.
     shared: Option<shared::SharedTier>,
     /// Hot objects in memory.
     hot: HotTier,
-    /// Hits from memory whose access time is due to be recorded in the index (by the background
-    /// thread: a memory hit never writes).
-    touches: Mutex<HashMap<DerivativeKey, std::sync::Arc<HotObject>>>,
+    /// Hits whose access is due to be recorded on their file, by the background thread: a hit
+    /// never writes (a file's time written on the request's path cost the p99 of hits a journal
+    /// wait). At most [`MAX_DUE_TOUCHES`]; past that a hit is recorded by a later one.
+    touches: Mutex<HashMap<DerivativeKey, DueTouch>>,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// An access to record on an object's file.
+enum DueTouch {
+    /// A hit from memory: the object's own last access moves with its file's.
+    Hot(Arc<HotObject>),
+    /// A hit from disk, on the file as it was read.
+    Disk { ext: String, meta: FileMeta },
 }
+
+/// Bound of the accesses waiting for the background thread (about 100 bytes each).
+const MAX_DUE_TOUCHES: usize = 65_536;
 
 fn io_err(e: IndexError) -> io::Error {
     io::Error::other(e.to_string())
@@ -230,21 +207,42 @@ fn lock<T>(m: &Mutex<T>) -> io::Result<MutexGuard<'_, T>> {
         .map_err(|_| io::Error::other("store lock poisoned"))
 }
 
-/// Only touch `last_access` when it is older than this, so hits do not turn into index writes. It
-/// is also eviction's resolution: objects hit within one minute of each other are equally old.
+/// The directory of an object (the first byte of its key).
+fn dir_of(key: &DerivativeKey) -> u8 {
+    key.as_bytes()[0]
+}
+
+/// Only record an access when the last is older than this, so hits do not turn into writes. It is
+/// also eviction's finest resolution: objects hit within one minute of each other are equally old.
 const ACCESS_GRANULARITY_SECS: u64 = 60;
-/// Entries or files a walk reads per step (and holds, at most). Small in tests, so that they cross
-/// many steps.
-const WALK_BATCH: usize = if cfg!(test) { 8 } else { 512 };
-/// How often the evictor thread wakes when no write has woken it (and saves the totals).
+/// How often the background thread wakes when no write has woken it (and saves the summaries).
 const BACKGROUND_TICK: Duration = Duration::from_secs(5);
 
 impl Store {
-    /// Open the store at `settings.path`. Costs the same for any number of stored objects.
+    /// Open the store at `settings.path`. Costs the same for any number of stored objects: no
+    /// object is read.
     pub(crate) fn open(settings: StoreSettings) -> io::Result<(Store, Recovery)> {
         std::fs::create_dir_all(&settings.path)?;
         let files = Files::open(&settings.path, settings.fsync)?;
-        let mut recovery = Recovery::default();
+        let mut recovery = Recovery {
+            hashes: files.xattrs(),
+            ..Recovery::default()
+        };
+        if !files.xattrs() {
+            if settings.require_hashes {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the file system does not keep user extended attributes, where stored \
+                     objects keep their blake3 (store.verify = \"required\"): use ext4, XFS, \
+                     btrfs or ZFS, or mount with user_xattr",
+                ));
+            }
+            tracing::warn!(
+                "the store's file system does not keep user extended attributes: objects are \
+                 stored without their blake3, and reads check only what the file system \
+                 guarantees (set store.fsync = true so a power loss cannot tear a file)"
+            );
+        }
         let index_path = settings.path.join("index");
         let index = match Index::open(&index_path, settings.index_cache_bytes) {
             Ok(i) => i,
@@ -258,10 +256,10 @@ impl Store {
                 ));
             }
             Err(e) => {
-                // Unreadable index: keep it aside for inspection and rebuild from the files.
+                // Unreadable index: keep it aside for inspection; the files are the truth.
                 let aside = settings.path.join(format!("index.broken-{}", now_secs()));
                 tracing::warn!(
-                    "store index unreadable ({e}); moving it to {} and rebuilding",
+                    "store index unreadable ({e}); moving it to {} and recounting",
                     aside.display()
                 );
                 std::fs::rename(&index_path, &aside)?;
@@ -272,37 +270,36 @@ impl Store {
         // Only now, holding the index lock (so no server is writing), are temp files leftovers.
         recovery.temps_removed = files.remove_temps()?;
         recovery.migrated = files.migrate_legacy()?;
-        let saved = index.totals().map_err(io_err)?;
-        // No saved totals: a new store (nothing to reconcile) or files without an index of this
-        // format (a lost index, the first format, a store copied without its index).
+        recovery.upgrading = index.has_legacy();
+        let meta = index.meta().map_err(io_err)?;
         recovery.reconcile_needed = recovery.rebuilt
-            || match saved {
-                Some(t) => !t.clean,
-                None => files.any_object()? || index.has_legacy(),
+            || recovery.upgrading
+            || match meta {
+                Some(m) => !m.clean,
+                // A new store (nothing to count), or files without an index of this format.
+                None => files.any_object()?,
             };
-        let saved = saved.unwrap_or_default();
+        let summaries = index.summaries().map_err(io_err)?;
         // From now on a crash must be noticed by the next open.
         index
-            .save_totals(&Totals {
+            .save_meta(&Meta {
+                format: FORMAT,
                 clean: false,
-                ..saved
             })
             .map_err(io_err)?;
         index.flush().map_err(io_err)?;
         let hot = HotTier::new(settings.memory_bytes, settings.memory_object_max_bytes);
         let store = Store {
+            dirs: Dirs::new(summaries, recovery.reconcile_needed),
             settings,
             files,
             index,
-            bytes: AtomicU64::new(saved.bytes),
-            objects: AtomicU64::new(saved.objects),
             counters: StoreCounters::default(),
             kick: Mutex::new(None),
-            write_lock: Mutex::new(()),
             pass_lock: Mutex::new(()),
-            pass: Mutex::new(None),
             needs_pass: AtomicBool::new(recovery.reconcile_needed),
             stopping: AtomicBool::new(false),
+            ids_lock: Mutex::new(()),
             shared: None,
             hot,
             touches: Mutex::new(HashMap::new()),
@@ -310,67 +307,82 @@ impl Store {
         Ok((store, recovery))
     }
 
-    /// Whether [`Store::close`] has begun. Removals check it under the write lock: one that ran
-    /// after the close's final flush would delete a file while its entry, never flushed, outlived
-    /// the process.
+    /// Whether [`Store::close`] has begun. File changes check it under their directory's lock:
+    /// one that ran after the close's final save would leave a summary that no longer agrees.
     fn closed(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Whether the index still waits for a reconcile pass.
+    /// Whether the summaries still wait for a recount.
     pub(crate) fn needs_reconcile(&self) -> bool {
         self.needs_pass.load(Ordering::Relaxed)
     }
 
     /// Look up `key` (stored as `ext`). With `read_body`, the file is read (and hash-checked when
-    /// `verify_reads`); without, only its length is checked (the proxy will send it). Problems are
-    /// misses.
+    /// `verify_reads`); without, only its length is checked against its attribute (the proxy will
+    /// send it). Problems are misses.
     pub(crate) fn lookup(&self, key: &DerivativeKey, ext: &str, read_body: bool) -> Option<Hit> {
-        let entry = match self.index.get(key) {
-            Ok(Some(e)) => e,
-            Ok(None) => return self.adopt_on_lookup(key, ext, read_body),
+        let (file, meta) = match self.files.open_object(key, ext) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
             Err(e) => {
-                tracing::warn!("store lookup failed: {e}");
+                tracing::warn!(key = %key.to_hex(), "store lookup failed: {e}");
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
         };
-        let path = self.files.path(key, &entry.ext);
+        let expected = match stored_hash(&file) {
+            Some(h) => Some(h),
+            None => self.upgrade_on_lookup(key, &file, &meta),
+        };
+        if expected.is_some_and(|(_, len)| len != meta.len) {
+            return self.repair(key, ext, &meta);
+        }
         // Whether the bytes read were hashed: the memory tier takes only objects that were.
         let mut hashed = false;
         let bytes = if read_body {
-            match std::fs::read(&path) {
-                Ok(b)
-                    if b.len() as u64 == entry.len
-                        && (!self.settings.verify_reads || content_hash(&b) == entry.hash) =>
-                {
-                    hashed = self.settings.verify_reads;
+            match read_all(&file, meta.len) {
+                Ok(b) if b.len() as u64 == meta.len => {
+                    if let (true, Some((hash, _))) = (self.settings.verify_reads, expected) {
+                        if content_hash(&b) != hash {
+                            return self.repair(key, ext, &meta);
+                        }
+                        hashed = true;
+                    }
                     Some(Bytes::from(b))
                 }
-                _ => return self.repair(key, &entry),
+                _ => return self.repair(key, ext, &meta),
             }
         } else {
-            match std::fs::metadata(&path) {
-                Ok(m) if m.len() == entry.len => None,
-                _ => return self.repair(key, &entry),
-            }
+            None
         };
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
         let now = now_secs();
-        if now.saturating_sub(entry.last_access) >= ACCESS_GRANULARITY_SECS {
-            if let Err(e) = self.touch(key, &entry, now) {
-                tracing::warn!(key = %key.to_hex(), "cannot record a hit: {e}");
-            }
+        let due = now.saturating_sub(meta.access) >= ACCESS_GRANULARITY_SECS;
+        if due {
+            self.note_access(
+                key,
+                DueTouch::Disk {
+                    ext: ext.to_owned(),
+                    meta,
+                },
+            );
         }
-        let relative_path = Files::relative_path(key, &entry.ext);
-        if self.hot.admits(entry.len) {
-            // Checked once more when unchecked: what memory serves was hashed on its way in.
-            let whole = match &bytes {
-                Some(b) => hashed || content_hash(b) == entry.hash,
-                None => true,
+        let relative_path = Files::relative_path(key, ext);
+        if self.hot.admits(meta.len) {
+            // Checked once more when unchecked: what memory serves was hashed on its way in (when
+            // there is a hash to check against).
+            let whole = match (&bytes, expected) {
+                (Some(b), Some((hash, _))) => hashed || content_hash(b) == hash,
+                _ => true,
             };
             if whole {
-                self.keep_hot(key, &entry, bytes.clone(), &relative_path);
+                // Its access is recorded (or due to be): memory starts from that.
+                let access = if due { now } else { meta.access };
+                self.keep_hot(key, ext, &meta, access, bytes.clone(), &relative_path);
             }
         }
         Some(Hit {
@@ -379,18 +391,52 @@ impl Store {
         })
     }
 
-    /// Take an object just read into the memory tier, under the write lock and only if its file is
-    /// still the one it was read as: a removal (eviction, repair, purge) or a new write that ran
-    /// since the read has already cleared the tier, and must not be undone by this insert.
-    fn keep_hot(&self, key: &DerivativeKey, entry: &Entry, bytes: Option<Bytes>, path: &str) {
-        let Ok(_guard) = lock(&self.write_lock) else {
+    /// A file without a hash attribute, found by a lookup: while a format 2 store is upgraded, its
+    /// old record says what the file must be (and the file takes the attribute now). Otherwise
+    /// there is nothing to check it against.
+    fn upgrade_on_lookup(
+        &self,
+        key: &DerivativeKey,
+        file: &std::fs::File,
+        meta: &FileMeta,
+    ) -> Option<(crate::key::ContentHash, u64)> {
+        let old = self.index.legacy_entry(key).ok()??;
+        if old.len == meta.len {
+            if let Err(e) = self.files.set_hash(file, &old.hash, old.len) {
+                tracing::warn!(key = %key.to_hex(), "cannot upgrade a stored object: {e}");
+            }
+        }
+        Some((old.hash, old.len))
+    }
+
+    /// Queue an access for the background thread to record on the object's file.
+    fn note_access(&self, key: &DerivativeKey, touch: DueTouch) {
+        if let Ok(mut due) = self.touches.lock() {
+            if due.len() < MAX_DUE_TOUCHES {
+                due.entry(*key).or_insert(touch);
+            }
+        }
+    }
+
+    /// Take an object just read into the memory tier, under its directory's lock and only if its
+    /// file is still the one it was read as: a removal (eviction, repair, purge) or a new write
+    /// that ran since the read has already cleared the tier, and must not be undone by this insert.
+    fn keep_hot(
+        &self,
+        key: &DerivativeKey,
+        ext: &str,
+        meta: &FileMeta,
+        access: u64,
+        bytes: Option<Bytes>,
+        path: &str,
+    ) {
+        let Some(_dir) = self.dirs.try_lock(dir_of(key)) else {
             return;
         };
-        // The same file (the hit itself may just have advanced its access time).
-        let current = match self.index.get(key) {
-            Ok(Some(e)) if e.len == entry.len && e.hash == entry.hash && e.ext == entry.ext => e,
+        match self.files.meta(key, ext) {
+            Ok(Some(now)) if now.ino == meta.ino && now.len == meta.len => {}
             _ => return,
-        };
+        }
         if self.closed() {
             return;
         }
@@ -399,17 +445,17 @@ impl Store {
             HotObject {
                 bytes,
                 relative_path: path.to_owned(),
-                len: current.len,
-                hash: current.hash,
-                last_access: AtomicU64::new(current.last_access),
+                len: meta.len,
+                ino: meta.ino,
+                last_access: AtomicU64::new(access),
             },
         );
     }
 
-    /// Look `key` up in the memory tier only: no index read, no file read, no waiting on a lock
-    /// held across I/O, so it may be called on the async threads. When the proxy sends the files
-    /// (no bytes kept), the file's length is checked with one `stat` (as nginx itself does before
-    /// sending it), so a file truncated or removed behind the store's back is still a miss.
+    /// Look `key` up in the memory tier only: no file read, no waiting on a lock held across I/O,
+    /// so it may be called on the async threads. When the proxy sends the files (no bytes kept),
+    /// the file's length is checked with one `stat` (as nginx itself does before sending it), so
+    /// a file truncated or removed behind the store's back is still a miss.
     pub(crate) fn lookup_hot(&self, key: &DerivativeKey) -> Option<Hit> {
         let object = self.hot.get(key)?;
         if object.bytes.is_none() {
@@ -428,10 +474,7 @@ impl Store {
         let now = now_secs();
         if now.saturating_sub(object.last_access.load(Ordering::Relaxed)) >= ACCESS_GRANULARITY_SECS
         {
-            if let Ok(mut due) = self.touches.lock() {
-                due.entry(*key)
-                    .or_insert_with(|| std::sync::Arc::clone(&object));
-            }
+            self.note_access(key, DueTouch::Hot(Arc::clone(&object)));
         }
         Some(Hit {
             bytes: object.bytes.clone(),
@@ -444,177 +487,94 @@ impl Store {
         (&self.hot.counters, self.hot.usage())
     }
 
-    /// Record in the index the memory tier's hits that are due (so eviction sees them used).
-    fn record_hot_touches(&self) {
+    /// Record on their files the hits that are due (so eviction sees them used).
+    fn record_touches(&self) {
         let due = match self.touches.lock() {
             Ok(mut due) => std::mem::take(&mut *due),
             Err(_) => return,
         };
         let now = now_secs();
-        for (key, object) in due {
-            let seen = match self.index.get(&key) {
-                Ok(Some(e)) if e.len == object.len && e.hash == object.hash => e,
-                _ => continue,
+        for (key, touch) in due {
+            let (ext, ino, len, before) = match &touch {
+                DueTouch::Hot(o) => (
+                    o.relative_path.rsplit('.').next().unwrap_or(""),
+                    o.ino,
+                    o.len,
+                    o.last_access.load(Ordering::Relaxed),
+                ),
+                DueTouch::Disk { ext, meta } => (ext.as_str(), meta.ino, meta.len, meta.access),
             };
-            match self.touch(&key, &seen, now) {
-                Ok(()) => object.last_access.store(now, Ordering::Relaxed),
+            let Ok(mut dir) = self.dirs.lock(dir_of(&key)) else {
+                return;
+            };
+            if self.closed() {
+                return;
+            }
+            match self.files.touch(&key, ext, ino, now) {
+                Ok(true) => {
+                    if let DueTouch::Hot(o) = &touch {
+                        o.last_access.store(now, Ordering::Relaxed);
+                    }
+                    dir.touched(len, before, now);
+                }
+                Ok(false) => {}
                 Err(e) => tracing::warn!(key = %key.to_hex(), "cannot record a hit: {e}"),
             }
         }
     }
 
-    fn touch(&self, key: &DerivativeKey, seen: &Entry, now: u64) -> io::Result<()> {
-        let _guard = lock(&self.write_lock)?;
-        // Only the entry we read: a write that replaced it meanwhile has its own length and hash.
-        if self.index.get(key).map_err(io_err)?.as_ref() == Some(seen) {
-            self.index.touch(key, seen, now).map_err(io_err)?;
-        }
-        Ok(())
-    }
-
     /// [`Store::lookup`] again for a key already looked up and missed (the render worker's check
-    /// that no render landed meanwhile): an absent key is not counted a second time, so
+    /// that no render landed meanwhile): an absent object is not counted a second time, so
     /// `iiifd_store_misses_total` counts each cold render once.
     pub(crate) fn recheck(&self, key: &DerivativeKey, ext: &str) -> Option<Hit> {
-        match self.index.contains(key) {
-            Ok(false) => None,
-            Ok(true) | Err(_) => self.lookup(key, ext, true),
+        match self.files.meta(key, ext) {
+            Ok(None) => None,
+            Ok(Some(_)) | Err(_) => self.lookup(key, ext, true),
         }
     }
 
-    /// A lookup found no entry: if the object's file is there anyway, it is indexed now and served
-    /// (the index was lost, or a crash came between the file and its entry).
-    fn adopt_on_lookup(&self, key: &DerivativeKey, ext: &str, read_body: bool) -> Option<Hit> {
-        let path = self.files.path(key, ext);
-        if !path.exists() {
-            self.counters.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        let found = FoundObject {
-            key: *key,
-            ext: ext.to_owned(),
-            path,
-        };
-        match self.adopt(&found) {
-            Ok(Some(bytes)) => {
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                Some(Hit {
-                    bytes: read_body.then(|| Bytes::from(bytes)),
-                    relative_path: Files::relative_path(key, ext),
-                })
-            }
-            // An entry appeared meanwhile (a render finished): a miss now, a hit next time.
-            Ok(None) => {
-                self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Err(e) => {
-                tracing::warn!(key = %key.to_hex(), "cannot index a stored file: {e}");
-                self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
-    }
-
-    /// Index a file that has no entry; returns its bytes, or `None` when an entry appeared meanwhile.
-    fn adopt(&self, found: &FoundObject) -> io::Result<Option<Vec<u8>>> {
-        let data = std::fs::read(&found.path)?;
-        let created = std::fs::metadata(&found.path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(now_secs(), |d| d.as_secs());
-        let _guard = lock(&self.write_lock)?;
-        if self.index.contains(&found.key).map_err(io_err)? {
-            return Ok(None);
-        }
-        let entry = Entry {
-            len: data.len() as u64,
-            created,
-            last_access: created,
-            hash: content_hash(&data),
-            ext: found.ext.clone(),
-        };
-        self.index_entry(&found.key, &entry)?;
-        self.counters.adopted.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(data))
-    }
-
-    /// A stored object opened for reading (a tiled copy, read tile by tile), if it is indexed and
-    /// its file is there with the indexed length. Only the length is checked: such objects are
-    /// large, and a damaged tile is an error the caller survives by rendering from the source.
+    /// A stored object opened for reading (a tiled copy, read tile by tile), if its file is there
+    /// with the length its attribute says. Only the length is checked: such objects are large, and
+    /// a damaged tile is an error the caller survives by rendering from the source.
     pub(crate) fn open_object(
         &self,
         key: &DerivativeKey,
         ext: &str,
-    ) -> Option<std::sync::Arc<dyn crate::source::ObjectReader>> {
-        let entry = self.index.get(key).ok()??;
-        if entry.ext != ext {
+    ) -> Option<Arc<dyn crate::source::ObjectReader>> {
+        let (file, meta) = self.files.open_object(key, ext).ok()??;
+        if stored_hash(&file).is_some_and(|(_, len)| len != meta.len) {
             return None;
         }
-        let file = std::fs::File::open(self.files.path(key, ext)).ok()?;
         let reader = crate::source::file_reader(file).ok()?;
-        (reader.size() == entry.len).then_some(reader)
+        (reader.size() == meta.len).then_some(reader)
     }
 
     /// A bad object: drop it so the caller re-renders and stores a good one.
-    fn repair(&self, key: &DerivativeKey, entry: &Entry) -> Option<Hit> {
-        tracing::warn!(key = %key.to_hex(), "stored object missing, short or corrupt; re-rendering");
+    fn repair(&self, key: &DerivativeKey, ext: &str, meta: &FileMeta) -> Option<Hit> {
+        tracing::warn!(key = %key.to_hex(), "stored object short or corrupt; re-rendering");
         self.counters.repairs.fetch_add(1, Ordering::Relaxed);
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.remove_if_unchanged(key, entry) {
+        if let Err(e) = self.remove(key, ext, Some(meta.ino)) {
             tracing::warn!(key = %key.to_hex(), "could not remove a bad object: {e}");
         }
         None
     }
 
-    /// Remove one object (file first, then its entry: an entry without a file is a harmless miss,
-    /// never a wrong answer) if its entry is still `seen`. Returns whether it was removed.
-    fn remove_if_unchanged(&self, key: &DerivativeKey, seen: &Entry) -> io::Result<bool> {
-        let _guard = lock(&self.write_lock)?;
-        if self.closed() || self.index.get(key).map_err(io_err)?.as_ref() != Some(seen) {
-            return Ok(false);
-        }
-        self.hot.remove(key);
-        self.files.remove(key, &seen.ext)?;
-        if let Some(removed) = self.index.remove(key).map_err(io_err)? {
-            self.account(key, -(removed.len as i64), -1);
-        }
-        Ok(true)
-    }
-
-    /// Remove one object whatever its entry says; returns whether there was a file or an entry.
-    fn remove_object(&self, key: &DerivativeKey, ext: &str) -> io::Result<bool> {
-        let _guard = lock(&self.write_lock)?;
+    /// Remove one object, if it is still the file `ino` (any file when `None`), under its
+    /// directory's lock; returns whether a file was removed.
+    fn remove(&self, key: &DerivativeKey, ext: &str, ino: Option<u64>) -> io::Result<bool> {
+        let mut dir = self.dirs.lock(dir_of(key))?;
         if self.closed() {
             return Ok(false);
         }
         self.hot.remove(key);
-        let had_file = self.files.remove(key, ext)?;
-        let removed = self.index.remove(key).map_err(io_err)?;
-        if let Some(removed) = &removed {
-            self.account(key, -(removed.len as i64), -1);
-        }
-        Ok(had_file || removed.is_some())
-    }
-
-    /// Change the running totals (the caller holds the write lock).
-    fn account(&self, key: &DerivativeKey, bytes: i64, objects: i64) {
-        let apply = |a: &AtomicU64, d: i64| {
-            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_add_signed(d))
-            });
-        };
-        apply(&self.bytes, bytes);
-        apply(&self.objects, objects);
-        if let Ok(mut pass) = self.pass.lock() {
-            if let Some(p) = pass.as_mut() {
-                if p.behind.is_some_and(|b| key.as_bytes() <= b.as_bytes()) {
-                    p.bytes += bytes;
-                    p.objects += objects;
-                }
+        Ok(match self.files.remove_if(key, ext, ino)? {
+            Some(m) => {
+                dir.removed(m.len, m.access);
+                true
             }
-        }
+            None => false,
+        })
     }
 
     /// Persist `bytes` as `key`, rendered from `identifier`. Errors are returned for logging and
@@ -677,7 +637,7 @@ impl Store {
     }
 
     /// Persist an object too large to hold in memory: `fill` writes it into its temp file (it may
-    /// seek). Hashed by reading it back, then indexed like [`Store::put`].
+    /// seek). Hashed by reading it back, then published like [`Store::put`].
     pub(crate) fn put_with(
         &self,
         key: &DerivativeKey,
@@ -687,15 +647,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let result = (|| {
             self.check_free(0)?;
-            self.files.record_identifier(identifier, key, ext)?;
-            // Filling can take a while (a tiled copy encodes thousands of tiles): not under the write
-            // lock, which only guards the index update. The file is complete once renamed in place.
-            let path = self.files.write_with(key, ext, fill)?;
-            let mut f = std::fs::File::open(&path)?;
-            let len = f.metadata()?.len();
-            let hash = crate::key::content_hash_reader(&mut f)?;
-            let _guard = lock(&self.write_lock)?;
-            self.index_new(key, ext, len, hash)
+            self.record_identifier(identifier, key, ext)?;
+            // Filling can take a while (a tiled copy encodes thousands of tiles): not under the
+            // directory's lock, which only guards the publish.
+            let staged = self.files.stage(key, None, fill)?;
+            self.publish(key, ext, staged)
         })();
         Ok(self.count_failure(result)?)
     }
@@ -714,6 +670,18 @@ impl Store {
         Ok(())
     }
 
+    /// Note the object under its identifier (the line first: a crash after it leaves a line
+    /// without an object, harmless, never an object that `purge` cannot find).
+    fn record_identifier(
+        &self,
+        identifier: &str,
+        key: &DerivativeKey,
+        ext: &str,
+    ) -> io::Result<()> {
+        let _ids = lock(&self.ids_lock)?;
+        self.files.record_identifier(identifier, key, ext)
+    }
+
     fn put_inner(
         &self,
         key: &DerivativeKey,
@@ -722,43 +690,36 @@ impl Store {
         identifier: &str,
     ) -> io::Result<()> {
         self.check_free(bytes.len() as u64)?;
-        // The line first: a crash after it leaves a line without an object (harmless), never an
-        // object that `purge` cannot find.
-        self.files.record_identifier(identifier, key, ext)?;
-        let _guard = lock(&self.write_lock)?;
-        self.files.write(key, ext, bytes)?;
-        self.index_new(key, ext, bytes.len() as u64, content_hash(bytes))
+        self.record_identifier(identifier, key, ext)?;
+        let staged = self
+            .files
+            .stage(key, Some(content_hash(bytes)), &mut |f| f.write_all(bytes))?;
+        self.publish(key, ext, staged)
     }
 
-    /// Index an object just written (the caller holds the write lock).
-    fn index_new(
-        &self,
-        key: &DerivativeKey,
-        ext: &str,
-        len: u64,
-        hash: crate::key::ContentHash,
-    ) -> io::Result<()> {
-        let now = now_secs();
-        let entry = Entry {
-            len,
-            created: now,
-            last_access: now,
-            hash,
-            ext: ext.to_owned(),
-        };
-        self.index_entry(key, &entry)
-    }
-
-    /// Insert `entry` and count it (the caller holds the write lock).
-    fn index_entry(&self, key: &DerivativeKey, entry: &Entry) -> io::Result<()> {
-        // A new file under the key: whatever memory held of the old one is not it.
-        self.hot.remove(key);
-        let previous = self.index.insert(key, entry).map_err(io_err)?;
-        if let Some(prev) = previous {
-            self.account(key, -(prev.len as i64), -1);
+    /// Publish a staged object under its directory's lock, moving the directory's summary.
+    fn publish(&self, key: &DerivativeKey, ext: &str, staged: Staged) -> io::Result<()> {
+        let published = (|| {
+            let mut dir = self.dirs.lock(dir_of(key))?;
+            if self.closed() {
+                return Err(io::Error::other("the store is closing"));
+            }
+            // A new file under the key: whatever memory held of the old one is not it.
+            self.hot.remove(key);
+            if let Some(previous) = self.files.publish(&staged, key, ext)? {
+                dir.removed(previous.len, previous.access);
+            }
+            dir.added(staged.len, now_secs());
+            Ok(())
+        })();
+        match published {
+            Ok(()) => self.files.sync_dir(key)?,
+            Err(e) => {
+                self.files.discard(staged);
+                return Err(e);
+            }
         }
-        self.account(key, entry.len as i64, 1);
-        if self.bytes.load(Ordering::Relaxed) > self.settings.max_bytes {
+        if self.dirs.totals().1 > self.settings.max_bytes {
             self.kick_evictor();
         }
         Ok(())
@@ -772,80 +733,9 @@ impl Store {
         }
     }
 
-    /// Evict least-recently-used objects until the store is at most 90 % of its budget (the margin
-    /// keeps a store at its limit from evicting on every write). Reads the index's access order from
-    /// its oldest end, so the cost is proportional to what is evicted. Returns the number evicted.
-    pub(crate) fn evict_to_budget(&self) -> usize {
-        let max = self.settings.max_bytes;
-        if self.bytes.load(Ordering::Relaxed) <= max {
-            return 0;
-        }
-        let target = max / 10 * 9;
-        let mut evicted = 0;
-        let mut batches = 0u32;
-        'outer: while self.bytes.load(Ordering::Relaxed) > target {
-            batches += 1;
-            // A long pass frees as much as it allocates (index nodes read, removed, rewritten):
-            // hand it back as it goes, so the pass's resident set stays flat.
-            if batches % 64 == 0 {
-                crate::memory::release_free_heap();
-            }
-            if self.stopping.load(Ordering::Relaxed) {
-                break;
-            }
-            let batch = match self.index.oldest(WALK_BATCH) {
-                Ok(b) if !b.is_empty() => b,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!("eviction cannot read the access order: {e}");
-                    break;
-                }
-            };
-            for record in batch {
-                if self.bytes.load(Ordering::Relaxed) <= target {
-                    break 'outer;
-                }
-                match self.evict_one(&record) {
-                    Ok(true) => {
-                        evicted += 1;
-                        // Counted as it goes: a long pass shows its progress in /metrics.
-                        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!("eviction failed: {e}");
-                        break 'outer;
-                    }
-                }
-            }
-        }
-        evicted
-    }
-
-    /// Evict the object of an access record if the record is current; drop it if stale.
-    fn evict_one(&self, record: &index::AccessRecord) -> io::Result<bool> {
-        let _guard = lock(&self.write_lock)?;
-        if self.closed() {
-            return Ok(false);
-        }
-        match self.index.get(&record.key).map_err(io_err)? {
-            Some(entry) if entry.last_access == record.last_access => {
-                self.hot.remove(&record.key);
-                self.files.remove(&record.key, &entry.ext)?;
-                self.index.remove(&record.key).map_err(io_err)?;
-                self.account(&record.key, -(entry.len as i64), -1);
-                Ok(true)
-            }
-            _ => {
-                self.index.remove_access_record(record).map_err(io_err)?;
-                Ok(false)
-            }
-        }
-    }
-
     /// Start the background work: the evictor (when a write pushes the store past its budget, and
-    /// every few seconds regardless, also saving the totals) and, if the index needs it, one
-    /// reconcile pass at `store.reconcile_rate`. Both stop at [`Store::close`] or when the store is
+    /// every few seconds regardless, also saving the summaries) and, if the summaries need it, one
+    /// recount at `store.reconcile_rate`. Both stop at [`Store::close`] or when the store is
     /// dropped.
     pub(crate) fn start_background(self: &Arc<Self>) -> io::Result<()> {
         let (tx, rx) = sync_channel::<()>(1);
@@ -855,249 +745,36 @@ impl Store {
         let weak = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("iiifd-evictor".into())
-            .spawn(move || evictor(&weak, &rx))?;
+            .spawn(move || background(&weak, &rx))?;
         // Opened over its budget (a smaller budget configured): start now, not at the first tick.
-        if self.bytes.load(Ordering::Relaxed) > self.settings.max_bytes {
+        if self.dirs.totals().1 > self.settings.max_bytes {
             self.kick_evictor();
         }
         if self.needs_reconcile() {
             let store = Arc::clone(self);
             std::thread::Builder::new()
-                .name("iiifd-reconcile".into())
+                .name("iiifd-recount".into())
                 .spawn(move || {
                     let rate = store.settings.reconcile_rate;
                     match store.reconcile(rate) {
-                        Ok(r) => tracing::info!(report = ?r, "store reconciled"),
-                        Err(e) => tracing::warn!("store reconcile failed: {e}"),
+                        Ok(r) => tracing::info!(report = ?r, "store recounted"),
+                        Err(e) => tracing::warn!("store recount failed: {e}"),
                     }
                 })?;
         }
         Ok(())
     }
 
-    /// One reconcile pass, at most `rate` checks a second (0: unbounded): carry over entries of the
-    /// first index format, drop entries whose file is gone or of another length, give entries their
-    /// missing access records, recount the totals, then give files without an entry one. Holds at
-    /// most one batch in memory. Writes and hits go on meanwhile.
-    pub(crate) fn reconcile(&self, rate: u64) -> io::Result<ReconcileReport> {
-        let _one = lock(&self.pass_lock)?;
-        self.counters.reconcile_running.store(1, Ordering::Relaxed);
-        let result = self.reconcile_inner(rate);
-        self.counters.reconcile_running.store(0, Ordering::Relaxed);
-        if let Ok(mut pass) = self.pass.lock() {
-            pass.take();
-        }
-        let report = result?;
-        if report.complete {
-            self.needs_pass.store(false, Ordering::Relaxed);
-            self.counters
-                .reconcile_passes
-                .fetch_add(1, Ordering::Relaxed);
-            self.save_totals(false);
-        }
-        Ok(report)
-    }
-
-    fn reconcile_inner(&self, rate: u64) -> io::Result<ReconcileReport> {
-        let started = Instant::now();
-        let mut report = ReconcileReport::default();
-        let mut pace = Pace::new(rate);
-        let stop = || self.stopping.load(Ordering::Relaxed);
-        // 1. The first index format: its identifiers go to the lists, its entries are written anew.
-        loop {
-            if stop() {
-                return Ok(report);
-            }
-            let batch = self.index.legacy_batch(WALK_BATCH).map_err(io_err)?;
-            if batch.is_empty() {
-                break;
-            }
-            for (key, old) in batch {
-                if !old.identifier.is_empty() {
-                    self.files
-                        .record_identifier(&old.identifier, &key, &old.ext)?;
-                }
-                report.legacy_migrated += 1;
-            }
-            pace.wait(WALK_BATCH as u64);
-        }
-        // 2. Every entry against its file, summing as we go.
-        {
-            let _guard = lock(&self.write_lock)?;
-            *lock(&self.pass)? = Some(PassCursor {
-                behind: None,
-                bytes: 0,
-                objects: 0,
-            });
-        }
-        let (mut bytes, mut objects) = (0u64, 0u64);
-        let mut cursor: Option<DerivativeKey> = None;
-        loop {
-            if stop() {
-                return Ok(report);
-            }
-            let batch = {
-                let _guard = lock(&self.write_lock)?;
-                let batch = self
-                    .index
-                    .entries_after(cursor.as_ref(), WALK_BATCH)
-                    .map_err(io_err)?;
-                if let Some((last, _)) = batch.last() {
-                    cursor = Some(*last);
-                    if let Some(p) = lock(&self.pass)?.as_mut() {
-                        p.behind = cursor;
-                    }
-                }
-                for (_, entry) in &batch {
-                    if let Some(e) = entry {
-                        bytes += e.len;
-                        objects += 1;
-                    }
-                }
-                batch
-            };
-            if batch.is_empty() {
-                break;
-            }
-            let n = batch.len() as u64;
-            for (key, entry) in batch {
-                report.entries_checked += 1;
-                let Some(entry) = entry else {
-                    // Undecodable (not counted above): an object the lookup will re-render.
-                    let _guard = lock(&self.write_lock)?;
-                    self.index.remove(&key).map_err(io_err)?;
-                    continue;
-                };
-                let on_disk = std::fs::metadata(self.files.path(&key, &entry.ext)).map(|m| m.len());
-                if on_disk.ok() != Some(entry.len) {
-                    if self.remove_if_unchanged(&key, &entry)? {
-                        report.dangling_dropped += 1;
-                    }
-                } else if !self
-                    .index
-                    .has_access_record(&key, entry.last_access)
-                    .map_err(io_err)?
-                {
-                    let _guard = lock(&self.write_lock)?;
-                    if self.index.get(&key).map_err(io_err)?.as_ref() == Some(&entry) {
-                        self.index.put_access_record(&key, &entry).map_err(io_err)?;
-                    }
-                }
-            }
-            self.counters
-                .reconcile_checked
-                .fetch_add(n, Ordering::Relaxed);
-            pace.wait(n);
-        }
-        {
-            let _guard = lock(&self.write_lock)?;
-            let pass = lock(&self.pass)?.take();
-            let (db, dn) = pass.map_or((0, 0), |p| (p.bytes, p.objects));
-            self.bytes
-                .store(bytes.saturating_add_signed(db), Ordering::Relaxed);
-            self.objects
-                .store(objects.saturating_add_signed(dn), Ordering::Relaxed);
-            self.save_totals_locked(false);
-        }
-        self.counters
-            .reconcile_dropped
-            .fetch_add(report.dangling_dropped, Ordering::Relaxed);
-        // 3. Every file for an entry.
-        for found in self.files.walk() {
-            if report.files_checked % WALK_BATCH as u64 == 0 {
-                if stop() {
-                    return Ok(report);
-                }
-                self.counters
-                    .reconcile_checked
-                    .fetch_add(WALK_BATCH as u64, Ordering::Relaxed);
-                pace.wait(WALK_BATCH as u64);
-            }
-            report.files_checked += 1;
-            if self.index.contains(&found.key).map_err(io_err)? {
-                continue;
-            }
-            match self.adopt(&found) {
-                Ok(Some(_)) => report.orphans_indexed += 1,
-                Ok(None) => {}
-                // Removed meanwhile (evicted, purged): nothing to index.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if self.bytes.load(Ordering::Relaxed) > self.settings.max_bytes {
-            self.kick_evictor();
-        }
-        report.complete = true;
-        report.seconds = started.elapsed().as_secs_f64();
-        Ok(report)
-    }
-
-    /// Check every entry against its file (reading and hashing it), and count files without an
-    /// entry. Holds one batch at a time.
-    pub(crate) fn verify(&self) -> io::Result<VerifyReport> {
-        let mut report = VerifyReport::default();
-        let mut cursor: Option<DerivativeKey> = None;
-        loop {
-            let batch = self
-                .index
-                .entries_after(cursor.as_ref(), WALK_BATCH)
-                .map_err(io_err)?;
-            let Some((last, _)) = batch.last() else { break };
-            cursor = Some(*last);
-            for (key, entry) in &batch {
-                report.checked += 1;
-                let ok = entry.as_ref().is_some_and(|e| {
-                    std::fs::read(self.files.path(key, &e.ext))
-                        .map(|b| b.len() as u64 == e.len && content_hash(&b) == e.hash)
-                        .unwrap_or(false)
-                });
-                if !ok {
-                    report.bad += 1;
-                    if report.bad_keys.len() < 20 {
-                        report.bad_keys.push(key.to_hex());
-                    }
-                }
-            }
-        }
-        for found in self.files.walk() {
-            if !self.index.contains(&found.key).map_err(io_err)? {
-                report.unindexed += 1;
-            }
-        }
-        Ok(report)
-    }
-
-    /// Garbage-collect now, at full speed: temp files, a reconcile pass, then the budget.
-    pub(crate) fn gc(&self) -> io::Result<ReconcileReport> {
-        self.files.remove_temps()?;
-        let report = self.reconcile(0)?;
-        self.evict_to_budget();
-        Ok(report)
-    }
-
-    /// Rebuild the index from the files, now.
-    pub(crate) fn reindex(&self) -> io::Result<ReconcileReport> {
-        {
-            let _guard = lock(&self.write_lock)?;
-            self.index.clear().map_err(io_err)?;
-            self.bytes.store(0, Ordering::Relaxed);
-            self.objects.store(0, Ordering::Relaxed);
-            self.needs_pass.store(true, Ordering::Relaxed);
-        }
-        self.reconcile(0)
-    }
-
-    /// Remove every object rendered from `identifier` (by its list beside the objects, so this
-    /// works on a rebuilt index too); returns how many.
+    /// Remove every object rendered from `identifier` (by its list beside the objects: the cost
+    /// is that identifier's objects, whatever else is stored); returns how many.
     pub(crate) fn purge(&self, identifier: &str) -> io::Result<usize> {
         let listed = {
-            let _guard = lock(&self.write_lock)?;
+            let _ids = lock(&self.ids_lock)?;
             self.files.take_identifier(identifier)?
         };
         let mut n = 0;
         for (key, ext) in listed {
-            if self.remove_object(&key, &ext)? {
+            if self.remove(&key, &ext, None)? {
                 n += 1;
             }
         }
@@ -1118,10 +795,12 @@ impl Store {
 
     /// Current size figures (running totals: O(1)).
     pub(crate) fn stats(&self) -> Stats {
+        let (objects, bytes) = self.dirs.totals();
         Stats {
-            objects: self.objects.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
+            objects,
+            bytes,
             max_bytes: self.settings.max_bytes,
+            approximate: self.dirs.approximate(),
         }
     }
 
@@ -1142,26 +821,25 @@ impl Store {
         Jobs { index: &self.index }
     }
 
-    fn save_totals(&self, clean: bool) {
-        if let Ok(_guard) = self.write_lock.lock() {
-            self.save_totals_locked(clean);
-        }
-    }
-
-    /// [`Store::save_totals`] for a caller that holds the write lock.
-    fn save_totals_locked(&self, clean: bool) {
+    /// Save the summaries that changed (every one with `all`), and whether this is a clean close.
+    fn save_summaries(&self, all: bool, clean: bool) {
         // Once closing, only the close's own save counts: a background save finishing later must
         // not mark a cleanly closed store as crashed.
-        if !clean && self.stopping.load(Ordering::SeqCst) {
+        if !clean && self.closed() {
             return;
         }
-        let totals = Totals {
-            objects: self.objects.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
+        for (d, summary) in self.dirs.take_changed(all) {
+            if let Err(e) = self.index.save_summary(d, &summary) {
+                tracing::warn!("cannot save the store's summaries: {e}");
+                return;
+            }
+        }
+        let meta = Meta {
+            format: FORMAT,
             clean,
         };
-        if let Err(e) = self.index.save_totals(&totals) {
-            tracing::warn!("cannot save the store's totals: {e}");
+        if let Err(e) = self.index.save_meta(&meta) {
+            tracing::warn!("cannot save the store's state: {e}");
         }
     }
 
@@ -1170,16 +848,20 @@ impl Store {
         Ok(self.index.flush()?)
     }
 
-    /// Stop the background work and save the totals as those of a clean close (unless a reconcile
-    /// pass is still owed), so the next open trusts them.
+    /// Stop the background work and save the summaries as those of a clean close (unless a
+    /// recount is still owed), so the next open trusts them.
     pub(crate) fn close(&self) -> Result<(), StoreError> {
+        // Every directory taken once after this: no file change is half-way.
         self.stopping.store(true, Ordering::SeqCst);
+        for d in 0..=255u8 {
+            drop(self.dirs.lock(d)?);
+        }
         if let Ok(mut guard) = self.kick.lock() {
             guard.take();
         }
-        // A running pass stops at its next step; wait for it, so its totals are not half-made.
+        // A running recount stops at its next step; wait for it, so its summaries are whole.
         let _pass = self.pass_lock.lock();
-        self.save_totals(!self.needs_reconcile());
+        self.save_summaries(true, !self.needs_reconcile());
         self.flush()
     }
 }
@@ -1187,7 +869,7 @@ impl Store {
 /// Paces a walk at `rate` steps a second (0: unbounded), sleeping between batches.
 struct Pace {
     rate: u64,
-    started: Instant,
+    started: std::time::Instant,
     done: u64,
 }
 
@@ -1195,7 +877,7 @@ impl Pace {
     fn new(rate: u64) -> Pace {
         Pace {
             rate,
-            started: Instant::now(),
+            started: std::time::Instant::now(),
             done: 0,
         }
     }
@@ -1236,17 +918,18 @@ impl Jobs<'_> {
     }
 }
 
-fn evictor(store: &std::sync::Weak<Store>, rx: &Receiver<()>) {
+/// The background thread: hits from memory recorded, the budget kept, the summaries saved.
+fn background(store: &std::sync::Weak<Store>, rx: &Receiver<()>) {
     loop {
         match rx.recv_timeout(BACKGROUND_TICK) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let Some(store) = store.upgrade() else { return };
-        if store.stopping.load(Ordering::Relaxed) {
+        if store.closed() {
             return;
         }
-        store.record_hot_touches();
+        store.record_touches();
         let n = store.evict_to_budget();
         if n > 0 {
             tracing::info!(
@@ -1256,328 +939,9 @@ fn evictor(store: &std::sync::Weak<Store>, rx: &Receiver<()>) {
             );
             crate::memory::release_free_heap();
         }
-        store.save_totals(false);
+        store.save_summaries(false, false);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    fn key(n: u8) -> DerivativeKey {
-        DerivativeKey::from_slice(&[n; 32]).unwrap_or_else(|| unreachable!())
-    }
-
-    fn settings(dir: &Path, max_bytes: u64) -> StoreSettings {
-        StoreSettings {
-            path: dir.to_path_buf(),
-            max_bytes,
-            min_free_bytes: 0,
-            verify_reads: true,
-            fsync: true,
-            index_cache_bytes: 1 << 20,
-            reconcile_rate: 0,
-            memory_bytes: 1 << 20,
-            memory_object_max_bytes: 64 << 10,
-        }
-    }
-
-    /// The totals recounted from the index the slow way.
-    fn counted(store: &Store) -> io::Result<(u64, u64)> {
-        let (mut objects, mut bytes, mut cursor) = (0, 0, None);
-        loop {
-            let batch = store
-                .index
-                .entries_after(cursor.as_ref(), 100)
-                .map_err(io_err)?;
-            let Some((last, _)) = batch.last() else {
-                return Ok((objects, bytes));
-            };
-            cursor = Some(*last);
-            for e in batch.iter().filter_map(|(_, e)| e.as_ref()) {
-                objects += 1;
-                bytes += e.len;
-            }
-        }
-    }
-
-    #[test]
-    fn put_lookup_corrupt_repair() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let (store, _) = Store::open(settings(dir.path(), 1 << 20))?;
-        store.put(&key(1), "jpg", b"0123456789", "a")?;
-        assert_eq!(
-            store.lookup(&key(1), "jpg", true).and_then(|h| h.bytes),
-            Some(Bytes::from_static(b"0123456789"))
-        );
-        // Same length, different bytes: only the hash can tell.
-        std::fs::write(store.files.path(&key(1), "jpg"), b"9876543210")?;
-        assert!(store.lookup(&key(1), "jpg", true).is_none());
-        assert_eq!(store.counters.repairs.load(Ordering::Relaxed), 1);
-        assert_eq!(store.stats().objects, 0);
-        Ok(())
-    }
-
-    #[test]
-    fn the_memory_tier_holds_only_what_the_disk_holds() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let mut set = settings(dir.path(), 1 << 20);
-        set.verify_reads = false;
-        let (store, _) = Store::open(set)?;
-        store.put(&key(1), "jpg", b"0123456789", "a")?;
-        assert!(
-            store.lookup_hot(&key(1)).is_none(),
-            "a render's bytes wait for a read"
-        );
-        store.lookup(&key(1), "jpg", true).ok_or("hit")?;
-        let hot = store.lookup_hot(&key(1)).ok_or("read once: in memory")?;
-        assert_eq!(hot.bytes.as_deref(), Some(&b"0123456789"[..]));
-        // Changed on disk behind the store: memory still serves the bytes that were verified.
-        std::fs::write(store.files.path(&key(1), "jpg"), b"9876543210")?;
-        assert_eq!(
-            store.lookup_hot(&key(1)).and_then(|h| h.bytes).as_deref(),
-            Some(&b"0123456789"[..])
-        );
-        // A corrupt file is never taken in, even with verify_reads off.
-        store.hot.remove(&key(1));
-        store
-            .lookup(&key(1), "jpg", true)
-            .ok_or("unverified disk hit")?;
-        assert!(store.lookup_hot(&key(1)).is_none(), "hashed on its way in");
-        // Every way an object leaves the disk empties memory too.
-        store.put(&key(2), "jpg", b"abc", "b")?;
-        store.put(&key(3), "jpg", b"def", "b")?;
-        store.put(&key(4), "png", b"ghi", "c")?;
-        for n in [2, 3, 4] {
-            let ext = if n == 4 { "png" } else { "jpg" };
-            store.lookup(&key(n), ext, true).ok_or("hit")?;
-            assert!(store.lookup_hot(&key(n)).is_some());
-        }
-        assert_eq!(store.purge("b")?, 2);
-        assert!(store.lookup_hot(&key(2)).is_none() && store.lookup_hot(&key(3)).is_none());
-        store.put(&key(4), "png", b"new", "c")?;
-        assert!(store.lookup_hot(&key(4)).is_none(), "rewritten");
-        // Without bodies (the proxy sends the file), a hit checks the file's length.
-        store.lookup(&key(4), "png", false).ok_or("hit")?;
-        assert!(store.lookup_hot(&key(4)).is_some_and(|h| h.bytes.is_none()));
-        std::fs::write(store.files.path(&key(4), "png"), b"shorter!!")?;
-        assert!(
-            store.lookup_hot(&key(4)).is_none(),
-            "truncated or grown: a miss"
-        );
-        assert_eq!(store.hot.counters.hits.load(Ordering::Relaxed), 6);
-        Ok(())
-    }
-
-    #[test]
-    fn memory_hits_are_recorded_for_eviction() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let (store, _) = Store::open(settings(dir.path(), 1 << 20))?;
-        store.put(&key(1), "jpg", b"0123456789", "a")?;
-        store.lookup(&key(1), "jpg", true).ok_or("hit")?;
-        // Pretend the last recorded access was long ago.
-        let old = Entry {
-            last_access: 1,
-            ..store.index.get(&key(1))?.ok_or("entry")?
-        };
-        store.index.insert(&key(1), &old)?;
-        store.hot.remove(&key(1));
-        store.lookup(&key(1), "jpg", true).ok_or("hit")?;
-        let entry = store.index.get(&key(1))?.ok_or("entry")?;
-        assert!(entry.last_access > 1, "a disk hit records itself");
-        store.index.insert(&key(1), &old)?;
-        if let Some(o) = store.hot.get(&key(1)) {
-            o.last_access.store(1, Ordering::Relaxed);
-        }
-        store.lookup_hot(&key(1)).ok_or("memory hit")?;
-        assert_eq!(
-            store.index.get(&key(1))?.ok_or("entry")?.last_access,
-            1,
-            "no write on the hit"
-        );
-        store.record_hot_touches();
-        assert!(
-            store.index.get(&key(1))?.ok_or("entry")?.last_access > 1,
-            "recorded in the background"
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn a_clean_close_is_trusted_and_a_crash_is_reconciled() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        {
-            let (store, rec) = Store::open(settings(dir.path(), 1 << 20))?;
-            assert!(!rec.reconcile_needed, "a new store owes nothing");
-            for n in 0..10 {
-                store.put(&key(n), "png", &[n; 100], "img")?;
-            }
-            std::fs::remove_file(store.files.path(&key(3), "png"))?;
-            store.close()?;
-        }
-        // A file without an entry (as after a crash between rename and index write) and a temp file.
-        let orphan = Files::open(dir.path(), true)?;
-        orphan.write(&key(42), "jpg", b"orphan")?;
-        std::fs::write(dir.path().join("tmp/x.tmp"), b"partial")?;
-        let (store, rec) = Store::open(settings(dir.path(), 1 << 20))?;
-        assert_eq!((rec.temps_removed, rec.reconcile_needed), (1, false));
-        assert_eq!(store.stats().objects, 10, "the saved totals, trusted");
-        let report = store.gc()?;
-        assert_eq!((report.dangling_dropped, report.orphans_indexed), (1, 1));
-        assert_eq!(store.stats().objects, 10);
-        assert_eq!(counted(&store)?, (10, 9 * 100 + 6));
-        assert_eq!(store.stats().bytes, 906);
-        assert_eq!(store.verify()?.bad, 0);
-        drop(store); // no close: a crash
-        let (store, rec) = Store::open(settings(dir.path(), 1 << 20))?;
-        assert!(rec.reconcile_needed);
-        assert!(store.reconcile(0)?.complete);
-        assert!(!store.needs_reconcile());
-        assert_eq!(store.stats().objects, 10);
-        Ok(())
-    }
-
-    #[test]
-    fn eviction_takes_the_least_recently_used_and_purge_survives_a_lost_index() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        {
-            let (store, _) = Store::open(settings(dir.path(), 1 << 20))?;
-            for n in 0..10 {
-                store.put(&key(n), "png", &[n; 100], "img")?;
-            }
-            store.put(&key(77), "gif", b"kept", "other")?;
-            // Objects 0-4 were hit later than 5-9.
-            for n in 0..5 {
-                let e = store.index.get(&key(n))?.ok_or("entry")?;
-                store.index.touch(&key(n), &e, e.last_access + 3600)?;
-            }
-            store.close()?;
-        }
-        // Budget 600: 1004 bytes are stored, eviction goes down to 540: the five never hit.
-        let (store, _) = Store::open(settings(dir.path(), 600))?;
-        assert_eq!(store.evict_to_budget(), 5);
-        assert_eq!(store.stats().bytes, 504);
-        for n in 0..10 {
-            let kept = store.lookup(&key(n), "png", false).is_some();
-            assert_eq!(kept, n < 5, "object {n}: only those hit later are kept");
-        }
-        assert_eq!(
-            counted(&store)?,
-            (store.stats().objects, store.stats().bytes)
-        );
-        store.close()?;
-        drop(store);
-        // A destroyed index: the files are indexed again, and purge still finds what it needs.
-        std::fs::remove_dir_all(dir.path().join("index"))?;
-        std::fs::create_dir_all(dir.path().join("index"))?;
-        std::fs::write(dir.path().join("index/db"), b"garbage garbage garbage")?;
-        let (store, rec) = Store::open(settings(dir.path(), 1 << 20))?;
-        assert!(rec.reconcile_needed);
-        store.reconcile(0)?;
-        assert_eq!(store.verify()?.bad, 0);
-        let on_disk = store.files.walk().count() as u64;
-        assert_eq!(store.stats().objects, on_disk);
-        assert_eq!(store.purge("img")?, 5);
-        assert_eq!(store.purge("img")?, 0);
-        assert_eq!(store.stats().objects, on_disk - 5);
-        assert_eq!(store.files.walk().count() as u64, on_disk - 5);
-        Ok(())
-    }
-
-    #[test]
-    fn a_background_save_after_close_does_not_mark_a_crash() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        {
-            let (store, _) = Store::open(settings(dir.path(), 1 << 20))?;
-            store.put(&key(1), "jpg", b"x", "a")?;
-            store.close()?;
-            // The evictor's tick, and an eviction, finishing just after the close.
-            store.save_totals(false);
-            assert!(!store.remove_object(&key(1), "jpg")?);
-            store.flush()?;
-        }
-        let (store, rec) = Store::open(settings(dir.path(), 1 << 20))?;
-        assert!(!rec.reconcile_needed);
-        assert_eq!(store.stats().objects, 1);
-        assert_eq!(
-            store.verify()?.bad,
-            0,
-            "the object outlived the close with its entry"
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn a_lookup_adopts_a_file_without_an_entry() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let (store, _) = Store::open(settings(dir.path(), 1 << 20))?;
-        store.files.write(&key(9), "webp", b"pixels")?;
-        assert!(
-            store.lookup(&key(9), "jpg", true).is_none(),
-            "another format"
-        );
-        let hit = store.lookup(&key(9), "webp", true).ok_or("adopted")?;
-        assert_eq!(hit.bytes.as_deref(), Some(&b"pixels"[..]));
-        assert_eq!(store.counters.adopted.load(Ordering::Relaxed), 1);
-        assert_eq!(store.stats().objects, 1);
-        assert!(store.lookup(&key(9), "webp", true).is_some());
-        assert_eq!(store.counters.adopted.load(Ordering::Relaxed), 1);
-        Ok(())
-    }
-
-    #[test]
-    fn totals_stay_exact_while_a_pass_runs_beside_writes() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let mut set = settings(dir.path(), 1 << 30);
-        set.fsync = false;
-        let (store, _) = Store::open(set)?;
-        let store = Arc::new(store);
-        for n in 0..200u8 {
-            store.put(&key(n), "jpg", &vec![n; usize::from(n) + 1], "x")?;
-        }
-        // Drift the totals as a crash would; recount slowly while a writer changes entries on both
-        // sides of the walk's cursor, and check the totals the pass leaves, with no pass after it.
-        store.bytes.store(1, Ordering::Relaxed);
-        store.objects.store(1, Ordering::Relaxed);
-        let done = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let (store, done) = (Arc::clone(&store), Arc::clone(&done));
-            std::thread::spawn(move || -> Result<u64, StoreError> {
-                while store.counters.reconcile_running.load(Ordering::Relaxed) == 0 {
-                    std::thread::yield_now();
-                }
-                let mut ops = 0;
-                for round in 0u64.. {
-                    for n in (0..=255u8).rev().step_by(7) {
-                        if done.load(Ordering::Relaxed) {
-                            return Ok(ops);
-                        }
-                        if (u64::from(n) + round) % 2 == 0 {
-                            let len = 10 + usize::from(n) + (round % 5) as usize;
-                            store.put(&key(n), "jpg", &vec![n; len], "x")?;
-                        } else {
-                            store.remove_object(&key(n), "jpg")?;
-                        }
-                        ops += 1;
-                    }
-                }
-                Ok(ops)
-            })
-        };
-        let report = store.reconcile(300)?;
-        done.store(true, Ordering::Relaxed);
-        let ops = writer.join().map_err(|_| "writer panicked")??;
-        assert!(
-            report.complete && ops > 50,
-            "{ops} writes beside {report:?}"
-        );
-        assert_eq!(
-            counted(&store)?,
-            (store.stats().objects, store.stats().bytes)
-        );
-        Ok(())
-    }
-}
+mod tests;

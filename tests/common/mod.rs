@@ -133,6 +133,12 @@ impl Server {
         Server::launch(tmp, images.to_path_buf(), args, env)
     }
 
+    /// Serve `tmp/images` with the store `tmp/store`, both prepared by the test.
+    pub fn start_prepared(tmp: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let images = tmp.path().join("images");
+        Server::launch(tmp, images, args, env)
+    }
+
     /// Start on `images` with the store in `tmp`, which the server keeps until dropped.
     fn launch(
         tmp: tempfile::TempDir,
