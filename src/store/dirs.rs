@@ -71,6 +71,11 @@ impl DirGuard<'_> {
         sub(&self.dirs.bytes, old.bytes);
     }
 
+    /// Its objects and bytes, as summarised.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (self.state.summary.count, self.state.summary.bytes)
+    }
+
     /// Replace the spread of its bytes over time (what an eviction walk saw), keeping its counts:
     /// those follow every change exactly, the spread only steers eviction.
     pub(crate) fn respread(&mut self, seen: &DirSummary) {

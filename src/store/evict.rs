@@ -38,6 +38,11 @@ impl Store {
             if bytes <= target || self.closed() {
                 break;
             }
+            if round == ROUNDS && self.dirs.approximate() {
+                // Totals that may be too high must not make the last round take anything it
+                // meets: wait for the recount, which kicks eviction again when it is done.
+                break;
+            }
             let summaries = self.dirs.snapshot();
             // The last round, or no summary that can say: anything goes.
             let before = match round {
@@ -87,10 +92,11 @@ impl Store {
         let mut evicted = 0;
         let mut seen = DirSummary::default();
         let mut whole = true;
-        for (found, meta) in self.files.list_dir(d) {
+        for item in self.files.list_dir(d)? {
             if self.closed() {
                 return Ok(evicted);
             }
+            let (found, meta) = item?;
             if self.dirs.totals().1 <= target {
                 // Stopped early: what follows was not seen, so the spread is not the directory's.
                 whole = false;
@@ -125,7 +131,15 @@ impl Store {
             }
         }
         if whole {
-            if let Ok(mut dir) = self.dirs.lock(d) {
+            let mut dir = self.dirs.lock(d)?;
+            let (count, _) = dir.counts();
+            // The summary counts far more than the walk found (files removed behind the store's
+            // back, or a crash that lost the last seconds' changes): its counts are wrong, not
+            // just its spread, and eviction would chase bytes that are not there.
+            if count > seen.count + seen.count / 100 + 16 {
+                drop(dir);
+                self.count_dir(d)?;
+            } else {
                 dir.respread(&seen);
             }
         }

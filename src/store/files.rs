@@ -275,22 +275,22 @@ impl Files {
     }
 
     /// Record an access now (the file's modification time), if the object is still the file
-    /// `ino`; returns whether it was.
+    /// `ino`; returns what the file said before, when it was.
     pub(crate) fn touch(
         &self,
         key: &DerivativeKey,
         ext: &str,
         ino: u64,
         now: u64,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Option<FileMeta>> {
         let Some((f, meta)) = self.open_object(key, ext)? else {
-            return Ok(false);
+            return Ok(None);
         };
         if meta.ino != ino {
-            return Ok(false);
+            return Ok(None);
         }
-        f.set_modified(UNIX_EPOCH + Duration::from_secs(now))?;
-        Ok(true)
+        set_access(&f, now)?;
+        Ok(Some(meta))
     }
 
     /// Remove an object file if it is still the file `ino` (any file when `None`); returns what
@@ -323,20 +323,16 @@ impl Files {
     }
 
     /// The objects of directory `d` (`0..=255`), one directory entry at a time, with what the
-    /// file system says of each.
-    pub(crate) fn list_dir(&self, d: u8) -> impl Iterator<Item = (FoundObject, FileMeta)> {
-        fs::read_dir(self.objects.join(format!("{d:02x}")))
-            .into_iter()
-            .flatten()
-            .filter_map(|entry| {
-                let entry = entry.ok()?;
-                let m = entry.metadata().ok()?;
-                if !m.is_file() {
-                    return None;
-                }
-                let found = object_name(&entry.file_name(), entry.path())?;
-                Some((found, FileMeta::of(&m)))
-            })
+    /// file system says of each. A missing directory is empty; a file removed while listed is
+    /// left out; any other failure is an error, so that a count never takes a failed listing for
+    /// an empty directory. Files not named as an object of this directory are left out.
+    pub(crate) fn list_dir(&self, d: u8) -> io::Result<DirListing> {
+        let entries = match fs::read_dir(self.objects.join(format!("{d:02x}"))) {
+            Ok(rd) => Some(rd),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(DirListing { d, entries })
     }
 
     fn identifier_path(&self, identifier: &str, suffix: &str) -> PathBuf {
@@ -451,6 +447,13 @@ impl Files {
         let mut moved = 0;
         for a in fs::read_dir(&self.objects)? {
             let a = a?;
+            let name = a.file_name();
+            let dir_byte = name.to_str().and_then(|n| {
+                u8::from_str_radix(n, 16)
+                    .ok()
+                    .filter(|d| format!("{d:02x}") == n)
+            });
+            let Some(d) = dir_byte else { continue };
             if !a.file_type()?.is_dir() {
                 continue;
             }
@@ -461,7 +464,7 @@ impl Files {
                 }
                 for f in fs::read_dir(b.path())? {
                     let f = f?;
-                    if object_name(&f.file_name(), f.path()).is_some() {
+                    if object_name(&f.file_name(), f.path(), d).is_some() {
                         fs::rename(f.path(), a.path().join(f.file_name()))?;
                         moved += 1;
                     }
@@ -489,11 +492,47 @@ impl Files {
     }
 }
 
-/// The object named by a file name `<64 hex>.<ext>`.
-fn object_name(name: &std::ffi::OsStr, path: PathBuf) -> Option<FoundObject> {
+/// The objects of one directory (see [`Files::list_dir`]).
+pub(crate) struct DirListing {
+    d: u8,
+    entries: Option<fs::ReadDir>,
+}
+
+impl Iterator for DirListing {
+    type Item = io::Result<(FoundObject, FileMeta)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let entries = self.entries.as_mut()?;
+        loop {
+            let entry = match entries.next()? {
+                Ok(e) => e,
+                Err(e) => return Some(Err(e)),
+            };
+            let m = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Some(Err(e)),
+            };
+            if !m.is_file() {
+                continue;
+            }
+            if let Some(found) = object_name(&entry.file_name(), entry.path(), self.d) {
+                return Some(Ok((found, FileMeta::of(&m))));
+            }
+        }
+    }
+}
+
+/// The object named by a file name `<64 lower-case hex>.<ext>` in directory `d`: exactly the name
+/// the store gives it, so that every object counted can also be found, evicted and purged by name.
+fn object_name(name: &std::ffi::OsStr, path: PathBuf, d: u8) -> Option<FoundObject> {
     let (hex, ext) = name.to_str()?.split_once('.')?;
+    let key = DerivativeKey::from_hex(hex)?;
+    if key.to_hex() != hex || key.as_bytes()[0] != d || ext.is_empty() || ext.contains('.') {
+        return None;
+    }
     Some(FoundObject {
-        key: DerivativeKey::from_hex(hex)?,
+        key,
         ext: ext.to_owned(),
         path,
     })
@@ -543,6 +582,14 @@ fn set_hash(file: &File, hash: &ContentHash, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Set an open object's last access (its modification time) to `at`, Unix seconds.
+pub(crate) fn set_access(file: &File, at: u64) -> io::Result<()> {
+    let time = UNIX_EPOCH
+        .checked_add(Duration::from_secs(at))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "access time out of range"))?;
+    file.set_modified(time)
+}
+
 /// Unix seconds now.
 pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
@@ -584,12 +631,12 @@ mod tests {
             );
         }
         // An access is the modification time, for this file only.
-        assert!(files.touch(&key, "jpg", meta.ino, 1_000_000)?);
+        assert_eq!(files.touch(&key, "jpg", meta.ino, 1_000_000)?, Some(meta));
         assert_eq!(files.meta(&key, "jpg")?.map(|m| m.access), Some(1_000_000));
-        assert!(!files.touch(&key, "jpg", meta.ino + 1, 2_000_000)?);
+        assert_eq!(files.touch(&key, "jpg", meta.ino + 1, 2_000_000)?, None);
         fs::write(dir.path().join("tmp/leftover.tmp"), b"x")?;
         assert_eq!(files.remove_temps()?, 1);
-        let listed: Vec<_> = files.list_dir(0xab).collect();
+        let listed = files.list_dir(0xab)?.collect::<io::Result<Vec<_>>>()?;
         assert_eq!(listed.len(), 1);
         assert_eq!((listed[0].0.key, listed[0].1.len), (key, 5));
         assert_eq!(listed[0].0.ext, "jpg");
@@ -619,7 +666,7 @@ mod tests {
         assert_eq!(files.migrate_legacy()?, 1);
         assert_eq!(fs::read(files.path(&key, "png"))?, b"old");
         assert!(old.join("notes.txt").exists(), "stray files are left alone");
-        assert_eq!(files.list_dir(0xcd).count(), 1);
+        assert_eq!(files.list_dir(0xcd)?.count(), 1);
         assert_eq!(files.migrate_legacy()?, 0);
         Ok(())
     }

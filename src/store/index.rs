@@ -146,6 +146,9 @@ pub(crate) struct Index {
     probes: sled::Tree,
     jobs: sled::Tree,
     meta: sled::Tree,
+    /// Format 2's per-object records while an upgrade needs them. Opened once: opening a tree by
+    /// name creates it, so a lookup racing the drop must never open it again.
+    legacy: std::sync::RwLock<Option<sled::Tree>>,
 }
 
 fn decode_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
@@ -191,7 +194,16 @@ impl Index {
         let _ = db.drop_tree("info");
         // Format 2's order of access is not needed by the upgrade (its records say the same).
         let _ = db.drop_tree(LEGACY_BY_ACCESS);
+        let has_legacy = db
+            .tree_names()
+            .iter()
+            .any(|t| &t[..] == LEGACY_ENTRIES.as_bytes());
+        let legacy = match has_legacy {
+            true => Some(db.open_tree(LEGACY_ENTRIES)?),
+            false => None,
+        };
         Ok(Index {
+            legacy: std::sync::RwLock::new(legacy),
             summaries: db.open_tree("summaries")?,
             probes: db.open_tree("probes")?,
             jobs: db.open_tree("jobs")?,
@@ -243,18 +255,17 @@ impl Index {
 
     /// Whether format 2's per-object records are still there (an upgrade is owed).
     pub(crate) fn has_legacy(&self) -> bool {
-        self.db
-            .tree_names()
-            .iter()
-            .any(|t| &t[..] == LEGACY_ENTRIES.as_bytes())
+        self.legacy.read().is_ok_and(|t| t.is_some())
     }
 
     /// Format 2's record of `key`, while the upgrade needs it.
     pub(crate) fn legacy_entry(&self, key: &DerivativeKey) -> IndexResult<Option<LegacyEntry>> {
-        if !self.has_legacy() {
+        let Ok(legacy) = self.legacy.read() else {
             return Ok(None);
-        }
-        let entries = self.db.open_tree(LEGACY_ENTRIES)?;
+        };
+        let Some(entries) = legacy.as_ref() else {
+            return Ok(None);
+        };
         Ok(entries
             .get(key.as_bytes())?
             .and_then(|v| LegacyEntry::decode(&v)))
@@ -268,15 +279,23 @@ impl Index {
         entry: &LegacyEntry,
         ext: &str,
     ) -> IndexResult<()> {
-        self.db
-            .open_tree(LEGACY_ENTRIES)?
-            .insert(key.as_bytes(), entry.encode(ext))?;
+        let tree = self.db.open_tree(LEGACY_ENTRIES)?;
+        tree.insert(key.as_bytes(), entry.encode(ext))?;
+        if let Ok(mut legacy) = self.legacy.write() {
+            *legacy = Some(tree);
+        }
         Ok(())
     }
 
     /// Drop format 2's records, once every file has what it needed from them.
     pub(crate) fn drop_legacy(&self) -> IndexResult<()> {
-        self.db.drop_tree(LEGACY_ENTRIES)?;
+        let mut legacy = self
+            .legacy
+            .write()
+            .map_err(|_| IndexError::Other("index lock poisoned".into()))?;
+        if legacy.take().is_some() {
+            self.db.drop_tree(LEGACY_ENTRIES)?;
+        }
         Ok(())
     }
 

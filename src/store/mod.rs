@@ -175,8 +175,11 @@ pub(crate) struct Store {
     needs_pass: AtomicBool,
     /// Background work stops at its next step, and no file changes once set.
     stopping: AtomicBool,
-    /// Held while an identifier's list is written or taken, so a purge never misses a line.
-    ids_lock: Mutex<()>,
+    /// Shared while an object is noted under its identifier and published, exclusive while a
+    /// purge takes an identifier's list, so a purge never misses an object being published.
+    ids_lock: std::sync::RwLock<()>,
+    /// Held by every save of the summaries: a background save runs before a close's, or not.
+    save_lock: Mutex<()>,
     /// The cluster's shared tier, when `store.shared.bucket` is set.
     shared: Option<shared::SharedTier>,
     /// Hot objects in memory.
@@ -299,7 +302,8 @@ impl Store {
             pass_lock: Mutex::new(()),
             needs_pass: AtomicBool::new(recovery.reconcile_needed),
             stopping: AtomicBool::new(false),
-            ids_lock: Mutex::new(()),
+            ids_lock: std::sync::RwLock::new(()),
+            save_lock: Mutex::new(()),
             shared: None,
             hot,
             touches: Mutex::new(HashMap::new()),
@@ -359,6 +363,16 @@ impl Store {
         } else {
             None
         };
+        let hot = self.hot.admits(meta.len);
+        if hot && !hashed {
+            // Checked once more when unchecked (`verify_reads` off), as memory takes only what
+            // was hashed on its way in; found corrupt here, it is not served either.
+            if let (Some(b), Some((hash, _))) = (&bytes, expected) {
+                if content_hash(b) != hash {
+                    return self.repair(key, ext, &meta);
+                }
+            }
+        }
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
         let now = now_secs();
         let due = now.saturating_sub(meta.access) >= ACCESS_GRANULARITY_SECS;
@@ -372,18 +386,10 @@ impl Store {
             );
         }
         let relative_path = Files::relative_path(key, ext);
-        if self.hot.admits(meta.len) {
-            // Checked once more when unchecked: what memory serves was hashed on its way in (when
-            // there is a hash to check against).
-            let whole = match (&bytes, expected) {
-                (Some(b), Some((hash, _))) => hashed || content_hash(b) == hash,
-                _ => true,
-            };
-            if whole {
-                // Its access is recorded (or due to be): memory starts from that.
-                let access = if due { now } else { meta.access };
-                self.keep_hot(key, ext, &meta, access, bytes.clone(), &relative_path);
-            }
+        if hot {
+            // Its access is recorded (or due to be): memory starts from that.
+            let access = if due { now } else { meta.access };
+            self.keep_hot(key, ext, &meta, access, bytes.clone(), &relative_path);
         }
         Some(Hit {
             bytes,
@@ -402,7 +408,14 @@ impl Store {
     ) -> Option<(crate::key::ContentHash, u64)> {
         let old = self.index.legacy_entry(key).ok()??;
         if old.len == meta.len {
-            if let Err(e) = self.files.set_hash(file, &old.hash, old.len) {
+            let upgraded = self
+                .files
+                .set_hash(file, &old.hash, old.len)
+                .and_then(|()| match old.last_access > meta.access {
+                    true => files::set_access(file, old.last_access),
+                    false => Ok(()),
+                });
+            if let Err(e) = upgraded {
                 tracing::warn!(key = %key.to_hex(), "cannot upgrade a stored object: {e}");
             }
         }
@@ -495,14 +508,9 @@ impl Store {
         };
         let now = now_secs();
         for (key, touch) in due {
-            let (ext, ino, len, before) = match &touch {
-                DueTouch::Hot(o) => (
-                    o.relative_path.rsplit('.').next().unwrap_or(""),
-                    o.ino,
-                    o.len,
-                    o.last_access.load(Ordering::Relaxed),
-                ),
-                DueTouch::Disk { ext, meta } => (ext.as_str(), meta.ino, meta.len, meta.access),
+            let (ext, ino) = match &touch {
+                DueTouch::Hot(o) => (o.relative_path.rsplit('.').next().unwrap_or(""), o.ino),
+                DueTouch::Disk { ext, meta } => (ext.as_str(), meta.ino),
             };
             let Ok(mut dir) = self.dirs.lock(dir_of(&key)) else {
                 return;
@@ -511,13 +519,14 @@ impl Store {
                 return;
             }
             match self.files.touch(&key, ext, ino, now) {
-                Ok(true) => {
+                // The summary moves the file's bytes from the access the file had.
+                Ok(Some(before)) => {
                     if let DueTouch::Hot(o) = &touch {
                         o.last_access.store(now, Ordering::Relaxed);
                     }
-                    dir.touched(len, before, now);
+                    dir.touched(before.len, before.access, now);
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(e) => tracing::warn!(key = %key.to_hex(), "cannot record a hit: {e}"),
             }
         }
@@ -647,11 +656,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let result = (|| {
             self.check_free(0)?;
-            self.record_identifier(identifier, key, ext)?;
-            // Filling can take a while (a tiled copy encodes thousands of tiles): not under the
-            // directory's lock, which only guards the publish.
+            // Filling can take a while (a tiled copy encodes thousands of tiles): under no lock.
             let staged = self.files.stage(key, None, fill)?;
-            self.publish(key, ext, staged)
+            self.publish(identifier, key, ext, staged)
         })();
         Ok(self.count_failure(result)?)
     }
@@ -670,18 +677,6 @@ impl Store {
         Ok(())
     }
 
-    /// Note the object under its identifier (the line first: a crash after it leaves a line
-    /// without an object, harmless, never an object that `purge` cannot find).
-    fn record_identifier(
-        &self,
-        identifier: &str,
-        key: &DerivativeKey,
-        ext: &str,
-    ) -> io::Result<()> {
-        let _ids = lock(&self.ids_lock)?;
-        self.files.record_identifier(identifier, key, ext)
-    }
-
     fn put_inner(
         &self,
         key: &DerivativeKey,
@@ -690,16 +685,29 @@ impl Store {
         identifier: &str,
     ) -> io::Result<()> {
         self.check_free(bytes.len() as u64)?;
-        self.record_identifier(identifier, key, ext)?;
         let staged = self
             .files
             .stage(key, Some(content_hash(bytes)), &mut |f| f.write_all(bytes))?;
-        self.publish(key, ext, staged)
+        self.publish(identifier, key, ext, staged)
     }
 
-    /// Publish a staged object under its directory's lock, moving the directory's summary.
-    fn publish(&self, key: &DerivativeKey, ext: &str, staged: Staged) -> io::Result<()> {
+    /// Publish a staged object under its directory's lock, moving the directory's summary, after
+    /// noting it under its identifier. The line comes first (a crash between them leaves a line
+    /// without an object, harmless, never an object that `purge` cannot find), and both happen
+    /// under the shared side of the purge lock: a purge sees the line and its object, or neither.
+    fn publish(
+        &self,
+        identifier: &str,
+        key: &DerivativeKey,
+        ext: &str,
+        staged: Staged,
+    ) -> io::Result<()> {
         let published = (|| {
+            let _ids = self
+                .ids_lock
+                .read()
+                .map_err(|_| io::Error::other("store lock poisoned"))?;
+            self.files.record_identifier(identifier, key, ext)?;
             let mut dir = self.dirs.lock(dir_of(key))?;
             if self.closed() {
                 return Err(io::Error::other("the store is closing"));
@@ -769,7 +777,10 @@ impl Store {
     /// is that identifier's objects, whatever else is stored); returns how many.
     pub(crate) fn purge(&self, identifier: &str) -> io::Result<usize> {
         let listed = {
-            let _ids = lock(&self.ids_lock)?;
+            let _ids = self
+                .ids_lock
+                .write()
+                .map_err(|_| io::Error::other("store lock poisoned"))?;
             self.files.take_identifier(identifier)?
         };
         let mut n = 0;
@@ -823,8 +834,11 @@ impl Store {
 
     /// Save the summaries that changed (every one with `all`), and whether this is a clean close.
     fn save_summaries(&self, all: bool, clean: bool) {
-        // Once closing, only the close's own save counts: a background save finishing later must
-        // not mark a cleanly closed store as crashed.
+        let Ok(_one) = self.save_lock.lock() else {
+            return;
+        };
+        // Once closing, only the close's own save counts: a background save after it must not
+        // write older summaries over it, or mark a cleanly closed store as crashed.
         if !clean && self.closed() {
             return;
         }

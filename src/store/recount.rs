@@ -10,13 +10,13 @@
 //! removed, to be rendered again), else by hashing it as it is. Once every directory is counted,
 //! format 2's records are dropped. Paced at `store.reconcile_rate` files a second.
 
-use super::files::{stored_hash, FileMeta, FoundObject};
+use super::files::{set_access, stored_hash, FileMeta, FoundObject};
 use super::summary::DirSummary;
 use super::{io_err, lock, Pace, Store};
 use crate::key::content_hash_reader;
 use std::io;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::Instant;
 
 /// What one recount did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -35,6 +35,8 @@ pub(crate) struct ReconcileReport {
     pub adopted: u64,
     /// Files removed: of another length than their format 2 record said.
     pub dropped: u64,
+    /// Files that could not be given their attribute (counted as they are; see the log).
+    pub unsettled: u64,
     /// Whether it counted everything (not stopped by shutdown).
     pub complete: bool,
     /// Seconds it took.
@@ -81,6 +83,20 @@ impl Store {
         Ok(report)
     }
 
+    /// Count directory `d` again under its lock and make that its summary; returns its files.
+    pub(super) fn count_dir(&self, d: u8) -> io::Result<u64> {
+        let mut dir = self.dirs.lock(d)?;
+        let mut counted = DirSummary::default();
+        let mut n = 0u64;
+        for item in self.files.list_dir(d)? {
+            let (_, meta) = item?;
+            n += 1;
+            counted.add(meta.len, meta.access);
+        }
+        dir.replace(counted);
+        Ok(n)
+    }
+
     fn recount(&self, rate: u64, upgrading: bool) -> io::Result<ReconcileReport> {
         let started = Instant::now();
         let mut report = ReconcileReport::default();
@@ -92,21 +108,19 @@ impl Store {
             // First each file is settled (given its attribute: hashing may take a while), with
             // the directory free for writes and hits; then it is counted under its lock, which
             // costs a directory listing.
-            for (found, meta) in self.files.list_dir(d) {
+            for item in self.files.list_dir(d)? {
                 if self.closed() {
                     return Ok(report);
                 }
-                self.settle(&found, meta, upgrading, &mut report)?;
+                let (found, meta) = item?;
+                // One file that cannot be settled (read-only, unreadable) is skipped, not the
+                // recount: it is counted as it is and served by its length.
+                if let Err(e) = self.settle(&found, meta, upgrading, &mut report) {
+                    report.unsettled += 1;
+                    tracing::warn!(path = %found.path.display(), "recount: {e}");
+                }
             }
-            let mut dir = self.dirs.lock(d)?;
-            let mut counted = DirSummary::default();
-            let mut n = 0u64;
-            for (_, meta) in self.files.list_dir(d) {
-                n += 1;
-                counted.add(meta.len, meta.access);
-            }
-            dir.replace(counted);
-            drop(dir);
+            let n = self.count_dir(d)?;
             report.dirs += 1;
             report.files_checked += n;
             self.counters
@@ -138,16 +152,13 @@ impl Store {
         upgrading: bool,
         report: &mut ReconcileReport,
     ) -> io::Result<()> {
-        if !self.files.xattrs() {
-            return Ok(());
-        }
         let file = match std::fs::File::open(&found.path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
         let opened = FileMeta::of_file(&file)?;
-        if stored_hash(&file).is_some() || opened.ino != meta.ino {
+        if opened.ino != meta.ino || (self.files.xattrs() && stored_hash(&file).is_some()) {
             return Ok(());
         }
         if upgrading {
@@ -159,10 +170,16 @@ impl Store {
                     return Ok(());
                 }
                 self.files.set_hash(&file, &old.hash, old.len)?;
-                file.set_modified(UNIX_EPOCH + Duration::from_secs(old.last_access))?;
+                // Its last use as format 2 recorded it (unless hit since).
+                if old.last_access > opened.access {
+                    set_access(&file, old.last_access)?;
+                }
                 report.upgraded += 1;
                 return Ok(());
             }
+        }
+        if !self.files.xattrs() {
+            return Ok(());
         }
         // No record: hashed as it is (a file copied in by hand, or one that format 2 wrote just
         // before a crash, ahead of its record).

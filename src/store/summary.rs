@@ -152,7 +152,7 @@ impl DirSummary {
             });
             at += 24;
         }
-        let whole = buckets.iter().all(|b| b.lo <= b.hi);
+        let whole = buckets.iter().all(|b| b.lo <= b.hi && b.hi < u64::MAX);
         let ordered = buckets
             .windows(2)
             .all(|w| w[0].last_slot() < w[1].first_slot());
@@ -169,40 +169,51 @@ impl DirSummary {
 
 const SUMMARY_V1: u8 = 1;
 
-/// The last-access time before which about `excess` bytes were last accessed, over `summaries`:
-/// the oldest buckets are taken whole, and the last one they need in proportion (as if its bytes
-/// were spread evenly over its accesses' span). `None` when they hold less than `excess` (then
-/// everything goes: the caller evicts without a cut-off). A guess: the caller walks the files and,
-/// when it freed too little, moves the cut-off on.
+/// The last-access time before which about `excess` bytes were last accessed, over `summaries`,
+/// taking each bucket's bytes as spread evenly over its accesses' span (`[lo, hi + 1)`): the
+/// earliest time by which that many bytes are, by that measure, older. `None` when they hold less
+/// than `excess` (then everything goes: the caller evicts without a cut-off). A guess: the caller
+/// walks the files and, when it freed too little, moves the cut-off on.
 pub(crate) fn cutoff<'a>(
     summaries: impl Iterator<Item = &'a DirSummary>,
     excess: u64,
 ) -> Option<u64> {
-    // Every directory's buckets as one histogram, oldest first: buckets of one slot merged.
-    let mut spans: Vec<Bucket> = summaries.flat_map(|s| s.buckets.iter().copied()).collect();
-    spans.sort_unstable_by_key(|b| (b.first_slot(), b.lo));
-    spans.dedup_by(|later, earlier| {
-        let same = later.first_slot() == earlier.first_slot();
-        if same {
-            earlier.lo = earlier.lo.min(later.lo);
-            earlier.hi = earlier.hi.max(later.hi);
-            earlier.bytes = earlier.bytes.saturating_add(later.bytes);
-        }
-        same
-    });
-    let mut freed = 0u64;
-    for b in &spans {
-        if freed.saturating_add(b.bytes) >= excess {
-            // Files accessed before the result go: `hi + 1` takes the whole bucket.
-            let span = b.hi - b.lo + 1;
-            let need = u128::from(excess - freed);
-            // Rounded up: a cut-off a second late frees a little more, never less.
-            let into = (u128::from(span) * need).div_ceil(u128::from(b.bytes.max(1)));
-            return Some(b.lo + (into as u64).min(span));
-        }
-        freed = freed.saturating_add(b.bytes);
+    let buckets: Vec<Bucket> = summaries.flat_map(|s| s.buckets.iter().copied()).collect();
+    let total: u128 = buckets.iter().map(|b| u128::from(b.bytes)).sum();
+    let excess = u128::from(excess);
+    if total < excess {
+        return None;
     }
-    None
+    // Bytes older than `t`, by the even-spread measure.
+    let older = |t: u64| -> u128 {
+        buckets
+            .iter()
+            .map(|b| {
+                let end = b.hi.saturating_add(1);
+                if t <= b.lo {
+                    0
+                } else if t >= end {
+                    u128::from(b.bytes)
+                } else {
+                    u128::from(b.bytes) * u128::from(t - b.lo) / u128::from(end - b.lo)
+                }
+            })
+            .sum()
+    };
+    // The smallest t with enough older bytes (`older` grows with t; at the newest end it is all).
+    let (mut low, mut high) = (
+        buckets.iter().map(|b| b.lo).min()?,
+        buckets.iter().map(|b| b.hi.saturating_add(1)).max()?,
+    );
+    while low < high {
+        let mid = low + (high - low) / 2;
+        if older(mid) >= excess {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    Some(low)
 }
 
 #[cfg(test)]
@@ -279,6 +290,24 @@ mod tests {
         assert_eq!(cutoff(all.iter(), 3_000), Some(12_001));
         assert_eq!(cutoff(all.iter(), 3_001), None);
         assert_eq!(cutoff([].iter(), 1), None);
+    }
+
+    #[test]
+    fn the_cutoff_reads_old_merged_buckets_by_their_span() {
+        // One directory with a merged old bucket spanning days, another with only recent bytes:
+        // a cut-off for a part of the old bytes falls inside the old span, not after it.
+        let mut old = DirSummary::default();
+        for day in 0..200u64 {
+            old.add(100, day * 86_400);
+        }
+        assert_eq!(old.buckets().len(), MAX_BUCKETS);
+        let mut recent = DirSummary::default();
+        recent.add(10_000, 200 * 86_400);
+        let t = cutoff([old.clone(), recent].iter(), 5_000).unwrap_or(0);
+        assert!(t > 0 && t < 137 * 86_400, "{t}");
+        // The summary as recorded frees at least what was asked before it.
+        let freed: u64 = (0..200u64).filter(|d| d * 86_400 < t).count() as u64 * 100;
+        assert!((4_000..=6_000).contains(&freed), "{freed}");
     }
 
     proptest! {

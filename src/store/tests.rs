@@ -27,7 +27,7 @@ fn settings(dir: &Path, max_bytes: u64) -> StoreSettings {
 /// The objects and bytes on disk, counted the slow way.
 fn counted(store: &Store) -> (u64, u64) {
     (0..=255u8)
-        .flat_map(|d| store.files.list_dir(d))
+        .flat_map(|d| store.files.list_dir(d).into_iter().flatten().flatten())
         .fold((0, 0), |(n, b), (_, m)| (n + 1, b + m.len))
 }
 
@@ -48,11 +48,12 @@ fn set_access(store: &Store, n: u8, ext: &str, at: u64) -> io::Result<()> {
 }
 
 /// Write an object file as a tool, or format 2, would: no hash attribute.
-fn write_bare(dir: &Path, n: u8, ext: &str, bytes: &[u8]) -> io::Result<()> {
+fn write_bare(dir: &Path, n: u8, ext: &str, bytes: &[u8]) -> io::Result<std::path::PathBuf> {
     let hex = key(n).to_hex();
     let path = dir.join(format!("objects/{}/{hex}.{ext}", &hex[..2]));
     std::fs::create_dir_all(path.parent().ok_or_else(|| io::Error::other("parent"))?)?;
-    std::fs::write(path, bytes)
+    std::fs::write(&path, bytes)?;
+    Ok(path)
 }
 
 #[test]
@@ -115,12 +116,12 @@ fn the_memory_tier_holds_only_what_the_disk_holds() -> TestResult {
         store.lookup_hot(&key(1)).and_then(|h| h.bytes).as_deref(),
         Some(&b"0123456789"[..])
     );
-    // A corrupt file is never taken in, even with verify_reads off.
+    // A corrupt file is never taken in, even with verify_reads off: hashed on its way to memory,
+    // it is found out, and not served either.
     store.hot.remove(&key(1));
-    store
-        .lookup(&key(1), "jpg", true)
-        .ok_or("unverified disk hit")?;
+    assert!(store.lookup(&key(1), "jpg", true).is_none());
     assert!(store.lookup_hot(&key(1)).is_none(), "hashed on its way in");
+    assert_eq!(store.counters.repairs.load(Ordering::Relaxed), 1);
     // Every way an object leaves the disk empties memory too.
     store.put(&key(2), "jpg", b"abc", "b")?;
     store.put(&key(3), "jpg", b"def", "b")?;
@@ -210,6 +211,15 @@ fn a_clean_close_is_trusted_and_a_crash_is_recounted() -> TestResult {
         (verified.checked, verified.bad, verified.unhashed),
         (11, 0, 0)
     );
+    // Files not named as the store names them are neither counted nor touched.
+    let stray = store
+        .files
+        .path(&key(5), "png")
+        .with_file_name(key(5).to_hex().to_uppercase() + ".png");
+    std::fs::write(&stray, b"stray")?;
+    std::fs::write(dir.path().join("objects/00/notes.txt"), b"not an object")?;
+    assert_eq!(store.gc()?.objects, 11);
+    assert!(stray.exists());
     drop(store); // no close: a crash
     let (store, rec) = Store::open(settings(dir.path(), 1 << 20))?;
     assert!(rec.reconcile_needed);
@@ -350,7 +360,12 @@ fn a_format_2_store_is_upgraded_in_place() -> TestResult {
         let index = Index::open(&dir.path().join("index"), 1 << 20)?;
         for n in 0..20u8 {
             let bytes = vec![n; 50 + usize::from(n)];
-            write_bare(dir.path(), n, "jpg", &bytes)?;
+            // Format 2 never touched a file after writing it: its mtime is when it was written.
+            let path = write_bare(dir.path(), n, "jpg", &bytes)?;
+            std::fs::File::options()
+                .write(true)
+                .open(path)?
+                .set_modified(UNIX_EPOCH + Duration::from_secs(old_access - 1000))?;
             let entry = LegacyEntry {
                 len: bytes.len() as u64,
                 last_access: old_access + u64::from(n),
@@ -383,7 +398,13 @@ fn a_format_2_store_is_upgraded_in_place() -> TestResult {
     assert!(!store.index.has_legacy());
     // The old last access carried over, so eviction order survives the upgrade.
     assert_eq!(access(&store, 12, "jpg")?, old_access + 12);
-    assert!(access(&store, 3, "jpg")? > old_access, "hit since");
+    assert_eq!(
+        access(&store, 3, "jpg")?,
+        old_access + 3,
+        "upgraded by its lookup"
+    );
+    store.record_touches();
+    assert!(access(&store, 3, "jpg")? > old_access + 3, "hit since");
     let verified = store.verify()?;
     assert_eq!(
         (verified.checked, verified.bad, verified.unhashed),
@@ -475,5 +496,36 @@ fn totals_stay_exact_while_a_recount_runs_beside_writes() -> TestResult {
         counted(&store),
         (store.stats().objects, store.stats().bytes)
     );
+    Ok(())
+}
+
+#[test]
+fn an_eviction_walk_corrects_a_summary_that_counts_missing_files() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let in_dir_7 = |n: u8| {
+        let mut raw = [n; 32];
+        raw[0] = 7;
+        DerivativeKey::from_slice(&raw).unwrap_or_else(|| unreachable!())
+    };
+    {
+        let (store, _) = Store::open(settings(dir.path(), 1 << 20))?;
+        for n in 0..40 {
+            store.put(&in_dir_7(n), "jpg", &[n; 100], "x")?;
+        }
+        store.close()?;
+    }
+    // 38 files deleted behind the store's back; the saved summary still counts 4,000 bytes.
+    for n in 2..40 {
+        let hex = in_dir_7(n).to_hex();
+        std::fs::remove_file(dir.path().join(format!("objects/07/{hex}.jpg")))?;
+    }
+    let (store, rec) = Store::open(settings(dir.path(), 3_000))?;
+    assert!(!rec.reconcile_needed);
+    assert_eq!(store.stats().bytes, 4_000);
+    store.evict_to_budget();
+    // The walk found 2 files where 40 were counted: the directory is counted again, and eviction
+    // stops chasing bytes that are not there.
+    assert_eq!(counted(&store), (store.stats().objects, store.stats().bytes));
+    assert!(store.stats().bytes <= 200);
     Ok(())
 }

@@ -27,7 +27,8 @@ impl Store {
     pub(crate) fn verify(&self) -> io::Result<VerifyReport> {
         let mut report = VerifyReport::default();
         for d in 0..=255u8 {
-            for (found, _) in self.files.list_dir(d) {
+            for item in self.files.list_dir(d)? {
+                let (found, _) = item?;
                 let file = match std::fs::File::open(&found.path) {
                     Ok(f) => f,
                     // Evicted or replaced since the directory was listed.
