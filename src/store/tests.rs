@@ -525,7 +525,10 @@ fn an_eviction_walk_corrects_a_summary_that_counts_missing_files() -> TestResult
     store.evict_to_budget();
     // The walk found 2 files where 40 were counted: the directory is counted again, and eviction
     // stops chasing bytes that are not there.
-    assert_eq!(counted(&store), (store.stats().objects, store.stats().bytes));
+    assert_eq!(
+        counted(&store),
+        (store.stats().objects, store.stats().bytes)
+    );
     assert!(store.stats().bytes <= 200);
     Ok(())
 }
