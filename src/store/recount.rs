@@ -12,10 +12,11 @@
 
 use super::files::{set_access, stored_hash, FileMeta, FoundObject};
 use super::summary::DirSummary;
-use super::{io_err, lock, Pace, Store};
+use super::{io_err, lock, Store};
 use crate::key::content_hash_reader;
 use std::io;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use std::time::Instant;
 
 /// What one recount did.
@@ -188,5 +189,33 @@ impl Store {
         report.adopted += 1;
         self.counters.adopted.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Paces a walk at `rate` steps a second (0: unbounded), sleeping between batches.
+struct Pace {
+    rate: u64,
+    started: std::time::Instant,
+    done: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Pace {
+        Pace {
+            rate,
+            started: std::time::Instant::now(),
+            done: 0,
+        }
+    }
+
+    fn wait(&mut self, steps: u64) {
+        self.done += steps;
+        if self.rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.done as f64 / self.rate as f64);
+        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(ahead.min(Duration::from_secs(1)));
+        }
     }
 }

@@ -1,7 +1,10 @@
 use super::index::LegacyEntry;
 use super::*;
+use crate::key::content_hash;
+use std::io::Write as _;
 use std::path::Path;
-use std::time::UNIX_EPOCH;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, UNIX_EPOCH};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
