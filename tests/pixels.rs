@@ -443,6 +443,72 @@ fn jpeg2000_sources_match_the_reference() {
     );
 }
 
+/// A JPEG 2000 larger than one block: tiles come from cached 1024 px blocks of a resolution,
+/// regions across blocks from their own decode, and both are the picture exactly (lossless file,
+/// png output at the region's size), whatever order they are asked in.
+#[test]
+fn jpeg2000_blocks_and_regions_across_them_are_exact() {
+    let server = Server::start();
+    let (w, h) = (2600, 1800);
+    let pic = picture(w, h);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let png = tmp.path().join("big.png");
+    DynamicImage::ImageRgb8(pic.clone())
+        .save(&png)
+        .expect("png");
+    let out = server.images.join("big.jp2");
+    let status = std::process::Command::new("opj_compress")
+        .arg("-i")
+        .arg(&png)
+        .arg("-o")
+        .arg(&out)
+        .args([
+            "-n",
+            "6",
+            "-p",
+            "RPCL",
+            "-c",
+            "[256,256]",
+            "-b",
+            "64,64",
+            "-PLT",
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("opj_compress (apt-get install libopenjp2-tools) must be installed");
+    assert!(status.success());
+    let exact = |x: u32, y: u32, rw: u32, rh: u32| {
+        let url = format!("/iiif/3/big.jp2/{x},{y},{rw},{rh}/max/0/default.png");
+        let r = server.get(&url);
+        assert_eq!(r.status, 200, "{url}: {}", r.text());
+        let got = r.image().to_rgb8();
+        assert_eq!((got.width(), got.height()), (rw, rh), "{url}");
+        let want = image::imageops::crop_imm(&pic, x, y, rw, rh).to_image();
+        assert!(got == want, "{url}: pixels differ from the picture");
+    };
+    // Tiles inside blocks (1024 px at full size), twice: the second time from the cached block.
+    for _ in 0..2 {
+        exact(1024, 0, 256, 256);
+        exact(2048 + 256, 1024 + 512, 296, 264);
+        exact(0, 0, 1024, 1024);
+    }
+    // Across a block edge, and the image's last pixels.
+    exact(1000, 1000, 100, 60);
+    exact(w - 7, h - 5, 7, 5);
+    // A reduced resolution (1300x900: decoded whole) against the reference decoder's pixels.
+    let r = server.get("/iiif/3/big.jp2/full/1300,/0/default.png");
+    assert_eq!(r.status, 200);
+    let got = r.image();
+    assert_eq!((got.width(), got.height()), (1300, 900));
+    let tile = server.get("/iiif/3/big.jp2/1024,1024,1024,776/512,/0/default.png");
+    assert_eq!(tile.status, 200);
+    let part = image::imageops::crop_imm(&got.to_rgb8(), 512, 512, 512, 388).to_image();
+    assert!(
+        tile.image().to_rgb8() == part,
+        "a reduced tile is the same pixels as the reduced whole"
+    );
+}
+
 /// `render.tile_passthrough`: a request that is exactly one stored JPEG tile is answered with the
 /// tile's bytes when they are no heavier than a re-encode would be (`auto`), always, or never.
 #[test]

@@ -28,9 +28,19 @@ struct Entry {
     bytes: u64,
 }
 
+/// What part of a source version an entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Part {
+    /// Halving level k (1/2^k of the full size): the whole image at that scale.
+    Level(usize),
+    /// One block of a JPEG 2000 resolution (see `decode::jp2`): the decoder's cost is mostly fixed
+    /// per call (packet headers of the whole codestream), so neighbouring tiles share one decode.
+    Block { reduce: u32, col: u32, row: u32 },
+}
+
 #[derive(Default)]
 struct Inner {
-    map: HashMap<(Fingerprint, usize), Entry>,
+    map: HashMap<(Fingerprint, Part), Entry>,
     bytes: u64,
     tick: u64,
 }
@@ -150,8 +160,13 @@ impl DecodedCache {
 
     /// Level `k` of the source version `key` if it is already built.
     pub(crate) fn peek(&self, key: &Fingerprint, k: usize) -> Option<Arc<DynamicImage>> {
+        self.peek_part(key, Part::Level(k))
+    }
+
+    /// `part` of the source version `key` if it is already built.
+    pub(crate) fn peek_part(&self, key: &Fingerprint, part: Part) -> Option<Arc<DynamicImage>> {
         let inner = self.inner.lock().ok()?;
-        let e = inner.map.get(&(key.clone(), k))?;
+        let e = inner.map.get(&(key.clone(), part))?;
         e.slot.get()?.as_ref().ok().cloned()
     }
 
@@ -162,10 +177,21 @@ impl DecodedCache {
         k: usize,
         build: impl FnOnce() -> Result<DynamicImage>,
     ) -> Result<Arc<DynamicImage>> {
+        self.get_or_build_part(key, Part::Level(k), build)
+    }
+
+    /// `part` of the source version `key`, building it with `build` if needed; concurrent callers
+    /// wait for one build.
+    pub(crate) fn get_or_build_part(
+        &self,
+        key: &Fingerprint,
+        part: Part,
+        build: impl FnOnce() -> Result<DynamicImage>,
+    ) -> Result<Arc<DynamicImage>> {
         if self.budget == 0 {
             return build().map(Arc::new);
         }
-        let id = (key.clone(), k);
+        let id = (key.clone(), part);
         let slot: Slot = {
             let mut inner = self
                 .inner

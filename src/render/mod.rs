@@ -132,7 +132,7 @@ pub(crate) fn render(
                 None => whole_region(src, cache, req, max_decode_bytes)?,
             }
         }
-        SourceKind::Jp2 => decode::jp2::region(src.reader, req, max_decode_bytes)?,
+        SourceKind::Jp2 => decode::jp2::region(src, cache, req, max_decode_bytes)?,
         SourceKind::Png | SourceKind::Gif | SourceKind::Webp | SourceKind::Other => {
             whole_region(src, cache, req, max_decode_bytes)?
         }

@@ -32,8 +32,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Extensions tried, in order, after the identifier itself.
-pub(crate) const EXTENSIONS: [&str; 9] = [
-    "jpg", "jpeg", "png", "tif", "tiff", "webp", "gif", "jp2", "j2k",
+pub(crate) const EXTENSIONS: [&str; 11] = [
+    "jpg", "jpeg", "png", "tif", "tiff", "webp", "gif", "jp2", "j2k", "jph", "j2c",
 ];
 
 /// Why a source could not be found, read or understood.

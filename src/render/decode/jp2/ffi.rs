@@ -1,57 +1,14 @@
-//! JPEG 2000 (`.jp2` files and raw `.j2k` codestreams) through openjpeg, read through the source
-//! backend with a stream of our own (openjpeg asks for bytes at offsets; a file path would tie it to
-//! the local disk): decoded at the largest resolution reduction that still covers the output, and
-//! only over the region (openjpeg's decode area), so a tile of a 30,000 px scan reads and decodes
-//! only the code blocks under it.
-//!
-//! Components are brought to 8 bits, subsampled components (4:2:2, 4:2:0 chroma) are upsampled by
-//! replication, and sYCC is converted to RGB.
+//! openjpeg through its C API: a stream of our own over the source backend (openjpeg asks for
+//! bytes at offsets; a file path would tie it to the local disk), one decode of an area at a
+//! resolution reduction per call.
 
-use crate::iiif::canonical::{CanonicalRequest, Rect};
-use crate::render::{plan, RenderError, Result};
-use crate::source::{jp2, ObjectReader, SourceError};
+use super::blocks::Area;
+use super::pixels::pixels;
+use crate::render::{RenderError, Result};
+use crate::source::ObjectReader;
 use image::DynamicImage;
 use openjpeg_sys as opj;
 use std::ffi::{c_char, c_void, CStr};
-use std::sync::Arc;
-
-/// The region of a JPEG 2000 source, in its own pixels at the chosen reduction.
-pub(crate) fn region(
-    reader: &dyn ObjectReader,
-    req: &CanonicalRequest,
-    max: u64,
-) -> Result<(Arc<DynamicImage>, Rect)> {
-    let head = reader.read_range(0, 1 << 20).map_err(SourceError::from)?;
-    let header = jp2::read_header(&head)
-        .ok_or_else(|| RenderError::Undecodable("unreadable JPEG 2000 header".into()))?;
-    let reduce = plan::jp2_reduce(req, header.levels);
-    let r = req.region();
-    // openjpeg holds every sample as an i32 while decoding, up to four components.
-    let (rw, rh) = (
-        u64::from(super::jpeg::scaled(r.w, reduce)),
-        u64::from(super::jpeg::scaled(r.h, reduce)),
-    );
-    if rw * rh * 4 * 4 > max {
-        return Err(RenderError::TooLarge(format!(
-            "decoding {rw}x{rh} pixels would exceed render.max_decode_bytes ({max})"
-        )));
-    }
-    let area = (
-        header.x0 + r.x,
-        header.y0 + r.y,
-        header.x0 + r.x + r.w,
-        header.y0 + r.y + r.h,
-    );
-    let codestream = head.starts_with(&[0xFF, 0x4F]);
-    let img = decode(reader, codestream, reduce, area)?;
-    let whole = Rect {
-        x: 0,
-        y: 0,
-        w: img.width(),
-        h: img.height(),
-    };
-    Ok((Arc::new(img), whole))
-}
 
 /// Where openjpeg's stream callbacks read: the object and the position in it.
 struct Cursor {
@@ -141,12 +98,14 @@ impl Drop for Session {
     }
 }
 
-/// Decode `area` (reference-grid coordinates) at `reduce` through a stream over `reader`.
-fn decode(
+/// Decode `area` (reference-grid coordinates) at `reduce` through a stream over `reader`, on
+/// `threads` threads of openjpeg's own (1: on the caller's).
+pub(super) fn decode(
     reader: &dyn ObjectReader,
     codestream: bool,
     reduce: u32,
-    area: (u32, u32, u32, u32),
+    area: Area,
+    threads: u32,
 ) -> Result<DynamicImage> {
     let mut errors = String::new();
     let failed = |what: &str, errors: &str| {
@@ -202,10 +161,15 @@ fn decode(
         if opj::opj_setup_decoder(s.codec, &mut params) == 0 {
             return Err(failed("setup", &errors));
         }
+        // Before the header: openjpeg sizes its thread pool at setup. A failure (a build without
+        // threads) leaves the decode on this thread.
+        if threads > 1 {
+            let _ = opj::opj_codec_set_threads(s.codec, threads as i32);
+        }
         if opj::opj_read_header(s.stream, s.codec, &mut s.image) == 0 || s.image.is_null() {
             return Err(failed("header", &errors));
         }
-        let (x0, y0, x1, y1) = area;
+        let Area { x0, y0, x1, y1 } = area;
         if opj::opj_set_decode_area(s.codec, s.image, x0 as i32, y0 as i32, x1 as i32, y1 as i32)
             == 0
         {
@@ -217,110 +181,4 @@ fn decode(
         let _ = opj::opj_end_decompress(s.codec, s.stream);
         pixels(&*s.image)
     }
-}
-
-/// One decoded component, borrowed from openjpeg's image.
-struct Plane<'a> {
-    w: usize,
-    h: usize,
-    dx: u32,
-    dy: u32,
-    prec: u32,
-    signed: bool,
-    data: &'a [i32],
-}
-
-impl Plane<'_> {
-    /// The sample under output pixel (x, y) of the reference plane (`ref_dx`, `ref_dy`), at 8 bits.
-    fn at(&self, x: usize, y: usize, ref_dx: u32, ref_dy: u32) -> i32 {
-        let sx = (x * ref_dx as usize / self.dx.max(1) as usize).min(self.w - 1);
-        let sy = (y * ref_dy as usize / self.dy.max(1) as usize).min(self.h - 1);
-        let mut v = self.data[sy * self.w + sx];
-        if self.signed {
-            v += 1 << (self.prec - 1);
-        }
-        match self.prec.cmp(&8) {
-            std::cmp::Ordering::Greater => v >> (self.prec - 8),
-            std::cmp::Ordering::Less => v * 255 / ((1 << self.prec) - 1),
-            std::cmp::Ordering::Equal => v,
-        }
-    }
-}
-
-/// openjpeg's components as 8-bit gray or colour, with or without alpha.
-fn pixels(img: &opj::opj_image_t) -> Result<DynamicImage> {
-    if img.comps.is_null() || img.numcomps == 0 {
-        return Err(RenderError::Undecodable(
-            "JPEG 2000 without components".into(),
-        ));
-    }
-    // SAFETY: openjpeg's image holds `numcomps` components, each with w*h decoded samples.
-    let comps = unsafe { std::slice::from_raw_parts(img.comps, img.numcomps as usize) };
-    let mut planes = Vec::new();
-    for c in comps.iter().take(4) {
-        let (w, h) = (c.w as usize, c.h as usize);
-        if w == 0 || h == 0 || c.data.is_null() || !(1..=16).contains(&c.prec) {
-            return Err(RenderError::Unsupported(
-                "JPEG 2000 with empty or deeper than 16-bit components".into(),
-            ));
-        }
-        planes.push(Plane {
-            w,
-            h,
-            dx: c.dx,
-            dy: c.dy,
-            prec: c.prec,
-            signed: c.sgnd != 0,
-            // SAFETY: as above.
-            data: unsafe { std::slice::from_raw_parts(c.data, w * h) },
-        });
-    }
-    // The output grid is the finest component's.
-    let Some(reference) = planes.iter().min_by_key(|p| (p.dx, p.dy)) else {
-        return Err(RenderError::Undecodable(
-            "JPEG 2000 without components".into(),
-        ));
-    };
-    let (w, h, rdx, rdy) = (reference.w, reference.h, reference.dx, reference.dy);
-    let sycc = matches!(
-        img.color_space,
-        opj::COLOR_SPACE::OPJ_CLRSPC_SYCC | opj::COLOR_SPACE::OPJ_CLRSPC_EYCC
-    ) && planes.len() >= 3;
-    if !matches!(
-        img.color_space,
-        opj::COLOR_SPACE::OPJ_CLRSPC_SRGB
-            | opj::COLOR_SPACE::OPJ_CLRSPC_GRAY
-            | opj::COLOR_SPACE::OPJ_CLRSPC_UNKNOWN
-            | opj::COLOR_SPACE::OPJ_CLRSPC_UNSPECIFIED
-    ) && !sycc
-    {
-        return Err(RenderError::Unsupported(format!(
-            "JPEG 2000 colour space {:?}",
-            img.color_space
-        )));
-    }
-    let n = planes.len();
-    let mut out = Vec::with_capacity(w * h * n);
-    for y in 0..h {
-        for x in 0..w {
-            let mut px = [0i32; 4];
-            for (i, p) in planes.iter().enumerate() {
-                px[i] = p.at(x, y, rdx, rdy);
-            }
-            if sycc {
-                // sYCC (IEC 61966-2-1 Annex F), as openjpeg's own conversion does it.
-                let (yy, cb, cr) = (
-                    f64::from(px[0]),
-                    f64::from(px[1] - 128),
-                    f64::from(px[2] - 128),
-                );
-                px[0] = (yy + 1.402 * cr).round() as i32;
-                px[1] = (yy - 0.344 * cb - 0.714 * cr).round() as i32;
-                px[2] = (yy + 1.772 * cb).round() as i32;
-            }
-            out.extend(px[..n].iter().map(|&v| v.clamp(0, 255) as u8));
-        }
-    }
-    super::from_samples(w as u32, h as u32, n, out)
-        .ok_or_else(|| RenderError::Internal("JPEG 2000 buffer size mismatch".into()))
 }
