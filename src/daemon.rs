@@ -11,6 +11,7 @@ use std::sync::Arc;
 /// Run the server until SIGINT or SIGTERM: open everything, bind both listeners, print their
 /// addresses (for scripts and tests that ask for port 0), tell systemd, serve, shut down in order.
 pub(crate) fn run(cfg: Config) -> io::Result<()> {
+    crate::memory::keep_render_heap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("iiifd-async")

@@ -443,25 +443,67 @@ fn jpeg2000_sources_match_the_reference() {
     );
 }
 
-/// A JPEG 2000 larger than one block: tiles come from cached 1024 px blocks of a resolution,
-/// regions across blocks from their own decode, and both are the picture exactly (lossless file,
-/// png output at the region's size), whatever order they are asked in.
+/// HTJ2K (Part 15 code-blocks) in a raw codestream, a `.jph` file and a `.j2c` from another encoder:
+/// served, and the pixels are opj_decompress's (see tests/fixtures/htj2k/README.md).
 #[test]
-fn jpeg2000_blocks_and_regions_across_them_are_exact() {
+fn htj2k_sources_match_the_reference_decoder() {
     let server = Server::start();
-    let (w, h) = (2600, 1800);
-    let pic = picture(w, h);
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/htj2k");
+    for (name, reference) in [
+        ("ht-grk.j2k", "ht-grk.opj.png"),
+        ("ht-grk.jph", "ht-grk.opj.png"),
+        ("ht-ojph.j2c", "ht-ojph.opj.png"),
+    ] {
+        std::fs::copy(fixtures.join(name), server.images.join(name)).expect("copy fixture");
+        let want = image::open(fixtures.join(reference))
+            .expect("reference")
+            .to_rgb8();
+        let info = server.get(&format!("/iiif/3/{name}/info.json"));
+        assert_eq!(info.status, 200, "{name}: {}", info.text());
+        assert_eq!(
+            (
+                info.json()["width"].as_u64(),
+                info.json()["height"].as_u64()
+            ),
+            (Some(320), Some(240)),
+            "{name}"
+        );
+        let full = server.get(&format!("/iiif/3/{name}/full/max/0/default.png"));
+        assert_eq!(full.status, 200, "{name}: {}", full.text());
+        assert!(
+            full.image().to_rgb8() == want,
+            "{name}: pixels differ from opj_decompress"
+        );
+        let part = server.get(&format!("/iiif/3/{name}/100,60,150,90/max/0/default.png"));
+        assert_eq!(part.status, 200, "{name}");
+        let crop = image::imageops::crop_imm(&want, 100, 60, 150, 90).to_image();
+        assert!(part.image().to_rgb8() == crop, "{name}: region differs");
+        // A reduced resolution: the decoder's own half-size level, resized to the request.
+        let small = server.get(&format!("/iiif/3/{name}/full/100,/0/default.png"));
+        assert_eq!(small.status, 200, "{name}");
+        assert_eq!(small.image().width(), 100);
+    }
+    // Found without their extensions, as every other source kind is.
+    std::fs::copy(fixtures.join("ht-grk.jph"), server.images.join("alone.jph")).expect("copy");
+    for bare in ["alone", "ht-ojph"] {
+        let r = server.get(&format!("/iiif/3/{bare}/info.json"));
+        assert_eq!(r.status, 200, "{bare}: {}", r.text());
+    }
+}
+
+/// `pic` as an archive writes JPEG 2000 (opj_compress: RPCL, 256 px precincts, 64 px code blocks,
+/// PLT markers, untiled), losslessly.
+fn write_archive_jp2(pic: &RgbImage, out: &std::path::Path) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let png = tmp.path().join("big.png");
+    let png = tmp.path().join("for-jp2.png");
     DynamicImage::ImageRgb8(pic.clone())
         .save(&png)
         .expect("png");
-    let out = server.images.join("big.jp2");
     let status = std::process::Command::new("opj_compress")
         .arg("-i")
         .arg(&png)
         .arg("-o")
-        .arg(&out)
+        .arg(out)
         .args([
             "-n",
             "6",
@@ -477,6 +519,71 @@ fn jpeg2000_blocks_and_regions_across_them_are_exact() {
         .status()
         .expect("opj_compress (apt-get install libopenjp2-tools) must be installed");
     assert!(status.success());
+}
+
+/// A JPEG 2000 gets a tiled copy too, made from its own resolutions strip by strip: later lossy
+/// renders of its parts read the copy (close to the picture), lossless ones the master (exact).
+#[test]
+fn a_jpeg2000_gets_a_tiled_copy_made_from_its_own_resolutions() {
+    let env = [
+        ("IIIFD_RENDER__TILED_COPY_MIN_PIXELS", "1000000"),
+        ("IIIFD_RENDER__DECODED_CACHE_BYTES", "0"),
+    ];
+    let server = Server::start_with(&[], &env);
+    let (w, h) = (2600, 1800);
+    let pic = picture(w, h);
+    write_archive_jp2(&pic, &server.images.join("arch.jp2"));
+    let r = server.get("/iiif/3/arch.jp2/1024,512,512,512/256,256/0/default.jpg");
+    assert_eq!(r.status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while server.metric("iiifd_tiled_copies_total") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no tiled copy written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let full = DynamicImage::ImageRgb8(pic.clone());
+    for (x, y, rw, rh, ow) in [
+        (0, 0, 1024, 1024, 256),
+        (2048, 1024, 552, 776, 276),
+        (1000, 900, 700, 500, 700),
+        (0, 0, w, h, 650),
+        (2560, 1792, 40, 8, 40),
+    ] {
+        let url = format!("/iiif/3/arch.jp2/{x},{y},{rw},{rh}/{ow},/0/default.jpg");
+        let r = server.get(&url);
+        assert_eq!(r.status, 200, "{url}");
+        let got = r.image();
+        let want = full.crop_imm(x, y, rw, rh).resize_exact(
+            got.width(),
+            got.height(),
+            FilterType::Triangle,
+        );
+        let (mean, _) = difference(&got, &want);
+        assert!(mean < 4.0, "{url}: mean difference {mean}");
+    }
+    let renders = server.metric("iiifd_tiled_copy_renders_total");
+    assert!(renders >= 4.0, "renders of parts read the copy: {renders}");
+    let png = server.get("/iiif/3/arch.jp2/1500,700,300,200/max/0/default.png");
+    assert_eq!(png.status, 200);
+    let crop = image::imageops::crop_imm(&pic, 1500, 700, 300, 200).to_image();
+    assert!(
+        png.image().to_rgb8() == crop,
+        "lossless output from the master"
+    );
+    assert_eq!(server.metric("iiifd_tiled_copy_renders_total"), renders);
+}
+
+/// A JPEG 2000 larger than one block: tiles come from cached 1024 px blocks of a resolution,
+/// regions across blocks from their own decode, and both are the picture exactly (lossless file,
+/// png output at the region's size), whatever order they are asked in.
+#[test]
+fn jpeg2000_blocks_and_regions_across_them_are_exact() {
+    let server = Server::start();
+    let (w, h) = (2600, 1800);
+    let pic = picture(w, h);
+    write_archive_jp2(&pic, &server.images.join("big.jp2"));
     let exact = |x: u32, y: u32, rw: u32, rh: u32| {
         let url = format!("/iiif/3/big.jp2/{x},{y},{rw},{rh}/max/0/default.png");
         let r = server.get(&url);

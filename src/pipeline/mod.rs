@@ -731,7 +731,7 @@ impl Pipeline {
                     reader: &*reader,
                     fingerprint: &prepared.source.object.fingerprint,
                 };
-                let Some(levels) = tiled_copy::levels(src, &cache, max)? else {
+                let Some(plan) = tiled_copy::plan(src, &cache, max)? else {
                     return Ok(false);
                 };
                 let icc = render::source_profile(&*reader);
@@ -739,7 +739,7 @@ impl Pipeline {
                     &key,
                     tiled_copy::EXTENSION,
                     &prepared.identifier,
-                    &mut |f| tiled_copy::write(&levels, icc.as_deref(), f),
+                    &mut |f| plan.write(src, &cache, icc.as_deref(), f),
                 )?;
                 Ok(true)
             };
@@ -831,7 +831,7 @@ impl RenderJob {
                     fingerprint,
                 };
                 let bytes = render::render(src, &cache, canonical, &settings.encode, budget)?;
-                let wants = copy_key.is_some() && copy.is_none() && render::flat_source(&*reader);
+                let wants = copy_key.is_some() && copy.is_none() && render::copy_helps(&*reader);
                 (bytes, false, wants)
             }
         };

@@ -38,9 +38,23 @@ pub(crate) enum Part {
     Block { reduce: u32, col: u32, row: u32 },
 }
 
+/// Decoder state kept between renders of one source version (an opened JPEG 2000 codestream):
+/// taken by one render at a time and given back after it.
+pub(crate) type Parked = Box<dyn std::any::Any + Send>;
+
+struct ParkedEntry {
+    state: Parked,
+    bytes: u64,
+    last_used: u64,
+}
+
 #[derive(Default)]
 struct Inner {
     map: HashMap<(Fingerprint, Part), Entry>,
+    /// Parked decoders by source version and slot (a JPEG 2000's resolution reduction); one per
+    /// render that used one at the same time.
+    parked: HashMap<(Fingerprint, u32), Vec<ParkedEntry>>,
+    /// Bytes of pixels and parked decoders.
     bytes: u64,
     tick: u64,
 }
@@ -253,19 +267,92 @@ impl DecodedCache {
         result.map_err(RenderError::Shared)
     }
 
+    /// A decoder parked for `key`'s `slot`, taken out for one render; `None` when there is none.
+    pub(crate) fn unpark(&self, key: &Fingerprint, slot: u32) -> Option<Parked> {
+        let mut inner = self.inner.lock().ok()?;
+        let id = (key.clone(), slot);
+        let list = inner.parked.get_mut(&id)?;
+        let entry = list.pop()?;
+        if list.is_empty() {
+            inner.parked.remove(&id);
+        }
+        inner.bytes = inner.bytes.saturating_sub(entry.bytes);
+        Some(entry.state)
+    }
+
+    /// Keep `state` (weighing about `bytes`) for the next render of `key`'s `slot`, within the
+    /// budget shared with the pixels (least recently used first). A state heavier than half the
+    /// budget is dropped instead: it would push out more than it saves.
+    pub(crate) fn park(&self, key: &Fingerprint, slot: u32, state: Parked, bytes: u64) {
+        if bytes > self.budget / 2 {
+            return;
+        }
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        inner.tick += 1;
+        let last_used = inner.tick;
+        inner.bytes += bytes;
+        inner
+            .parked
+            .entry((key.clone(), slot))
+            .or_default()
+            .push(ParkedEntry {
+                state,
+                bytes,
+                last_used,
+            });
+        self.evict(&mut inner);
+    }
+
+    /// Bytes of parked decoders (for tests).
+    #[cfg(test)]
+    pub(crate) fn parked_bytes(&self) -> u64 {
+        self.inner.lock().map_or(0, |i| {
+            i.parked.values().flatten().map(|e| e.bytes).sum::<u64>()
+        })
+    }
+
     fn evict(&self, inner: &mut Inner) {
         while inner.bytes > self.budget {
-            let Some(oldest) = inner
+            let pixels = inner
                 .map
                 .iter()
                 .filter(|(_, e)| e.bytes > 0)
                 .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            if let Some(e) = inner.map.remove(&oldest) {
-                inner.bytes = inner.bytes.saturating_sub(e.bytes);
+                .map(|(k, e)| (k.clone(), e.last_used));
+            let parked = inner
+                .parked
+                .iter()
+                .filter_map(|(k, list)| {
+                    list.iter()
+                        .enumerate()
+                        .min_by_key(|(_, e)| e.last_used)
+                        .map(|(i, e)| (k.clone(), i, e.last_used))
+                })
+                .min_by_key(|(_, _, used)| *used);
+            match (pixels, parked) {
+                (Some((k, used)), Some((_, _, p_used))) if used <= p_used => {
+                    if let Some(e) = inner.map.remove(&k) {
+                        inner.bytes = inner.bytes.saturating_sub(e.bytes);
+                    }
+                }
+                (Some((k, _)), None) => {
+                    if let Some(e) = inner.map.remove(&k) {
+                        inner.bytes = inner.bytes.saturating_sub(e.bytes);
+                    }
+                }
+                (_, Some((k, i, _))) => {
+                    let mut freed = 0;
+                    if let Some(list) = inner.parked.get_mut(&k) {
+                        freed = list.swap_remove(i).bytes;
+                        if list.is_empty() {
+                            inner.parked.remove(&k);
+                        }
+                    }
+                    inner.bytes = inner.bytes.saturating_sub(freed);
+                }
+                (None, None) => break,
             }
         }
     }
@@ -337,5 +424,32 @@ mod tests {
             cache.get_or_build(&fp("bad"), 0, || Ok(img(2, 2))).is_ok(),
             "failures are retried"
         );
+    }
+
+    #[test]
+    fn parked_decoders_share_the_budget_and_go_least_recently_used_first() {
+        let cache = DecodedCache::new(100 * 100 * 3 * 4);
+        cache.park(&fp("a"), 3, Box::new(7u32), 20_000);
+        cache.park(&fp("a"), 3, Box::new(8u32), 20_000);
+        assert!(cache.unpark(&fp("a"), 2).is_none(), "slots are apart");
+        let got = cache
+            .unpark(&fp("a"), 3)
+            .and_then(|p| p.downcast::<u32>().ok());
+        assert!(matches!(got.as_deref(), Some(7 | 8)));
+        assert_eq!(cache.parked_bytes(), 20_000, "one left after one taken");
+        // Too heavy to keep: more than half the budget.
+        cache.park(&fp("b"), 0, Box::new(1u32), 20_000);
+        cache.park(&fp("huge"), 0, Box::new(1u32), 60_001);
+        assert!(cache.unpark(&fp("huge"), 0).is_none());
+        // Pixels arriving push out the oldest parked decoder before newer pixels.
+        let _ = cache.get_or_build(&fp("c"), 0, || Ok(img(100, 100)));
+        let _ = cache.get_or_build(&fp("d"), 0, || Ok(img(100, 100)));
+        let _ = cache.get_or_build(&fp("e"), 0, || Ok(img(100, 100)));
+        assert!(cache.bytes() <= 100 * 100 * 3 * 4);
+        assert!(
+            cache.unpark(&fp("a"), 3).is_none(),
+            "the least recently used parked decoder went first"
+        );
+        assert!(cache.peek(&fp("e"), 0).is_some());
     }
 }

@@ -218,12 +218,14 @@ pub(crate) fn level_in_memory(
     cache.peek(fingerprint, plan::pick_level(req).0).is_some()
 }
 
-/// True for sources without resolution levels or tiles of their own (everything but pyramidal
-/// TIFF and JPEG 2000): the ones a [`tiled_copy`] helps.
-pub(crate) fn flat_source(reader: &dyn ObjectReader) -> bool {
+/// True for the sources a [`tiled_copy`] helps: those without resolution levels or tiles of their
+/// own (everything but pyramidal TIFF and JPEG 2000), and JPEG 2000, whose decoder's cost per call
+/// a pyramid of JPEG tiles does not have.
+pub(crate) fn copy_helps(reader: &dyn ObjectReader) -> bool {
     match SourceKind::of(reader) {
         Ok(SourceKind::Tiff) => matches!(tiff::read_pyramid(reader), Ok(None)),
-        Ok(SourceKind::Jp2) | Err(_) => false,
+        Ok(SourceKind::Jp2) => true,
+        Err(_) => false,
         Ok(_) => true,
     }
 }

@@ -1,21 +1,24 @@
-//! Tiled copies of large flat sources. A 30-megapixel JPEG or PNG has no resolution levels and no
-//! tiles, so every cold tile of it costs a decode of (much of) the file; the decoded cache helps only
-//! while the pixels stay in memory. The first time a viewer zooms into such a source, iiifd writes a
-//! pyramidal BigTIFF of it (every level down to one tile, 512 px JPEG tiles at quality 92 with full
-//! chroma) into the store as an ordinary object, and later renders read tiles from it, after
-//! evictions and restarts too. Other IIIF servers leave this conversion to their users (vips).
+//! Tiled copies of large flat sources and JPEG 2000s. A 30-megapixel JPEG or PNG has no resolution
+//! levels and no tiles, so every cold tile of it costs a decode of (much of) the file; a JPEG 2000
+//! has levels, but its decoder pays tens of milliseconds per call however small the area. The
+//! decoded cache helps only while the pixels stay in memory. The first time a viewer zooms into such
+//! a source, iiifd writes a pyramidal BigTIFF of it (every level down to one tile, 512 px JPEG tiles
+//! at quality 92 with full chroma) into the store as an ordinary object, and later renders read
+//! tiles from it, after evictions and restarts too. Other IIIF servers leave this conversion to their
+//! users (vips). A JPEG 2000's copy is made from its own resolutions, a strip of tiles at a time.
 //!
 //! The copy is keyed by the source's fingerprint (a replaced file gets a new copy), counted in the
 //! store's budget, evicted, verified and purged like any derivative, and rebuilt when missing.
 
 use super::cache::DecodedCache;
+use super::decode::jp2::CopySource;
 use super::decode::whole::full_image;
 use super::encode::jpeg;
 use super::ops::halve;
 use super::{RenderError, Result, SourceRef};
 use crate::iiif::canonical::{CanonicalRequest, ImageSize, Rect};
 use crate::key::DerivativeKey;
-use crate::source::Fingerprint;
+use crate::source::{Fingerprint, SourceKind};
 use image::{DynamicImage, GenericImageView};
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
@@ -49,6 +52,44 @@ pub(crate) fn wanted(size: ImageSize, min_pixels: u64, req: &CanonicalRequest) -
 /// The store key of the copy of the source version `fingerprint`.
 pub(crate) fn key(fingerprint: &Fingerprint) -> DerivativeKey {
     DerivativeKey::tiled_copy(fingerprint, DESCRIPTION)
+}
+
+/// How a copy's pixels are had: levels held whole (a flat source, decoded whole anyway), or decoded
+/// strip by strip from a JPEG 2000's own resolutions.
+pub(crate) enum CopyPlan {
+    Levels(Vec<Arc<DynamicImage>>),
+    Jp2(CopySource),
+}
+
+/// The plan for `source`'s copy, or `None` when it cannot have one.
+pub(crate) fn plan(
+    source: SourceRef<'_>,
+    cache: &DecodedCache,
+    max: u64,
+) -> Result<Option<CopyPlan>> {
+    if matches!(SourceKind::of(source.reader), Ok(SourceKind::Jp2)) {
+        return Ok(CopySource::open(source, TILE, max)?.map(CopyPlan::Jp2));
+    }
+    Ok(levels(source, cache, max)?.map(CopyPlan::Levels))
+}
+
+impl CopyPlan {
+    /// Write the copy into `file` (see [`write_strips`]).
+    pub(crate) fn write(
+        &self,
+        source: SourceRef<'_>,
+        cache: &DecodedCache,
+        icc: Option<&[u8]>,
+        file: &mut File,
+    ) -> io::Result<()> {
+        match self {
+            CopyPlan::Levels(levels) => write(levels, icc, file),
+            CopyPlan::Jp2(jp2) => write_strips(&jp2.sizes, jp2.gray, icc, file, &mut |k, row| {
+                jp2.strip(source, cache, k, row, TILE)
+                    .map_err(|e| io::Error::other(e.to_string()))
+            }),
+        }
+    }
 }
 
 /// The levels of `source`'s copy, full size first, down to one tile; `None` when it cannot have a
@@ -89,18 +130,46 @@ pub(crate) fn write(
     icc: Option<&[u8]>,
     file: &mut File,
 ) -> io::Result<()> {
+    let sizes: Vec<(u32, u32)> = levels.iter().map(|l| (l.width(), l.height())).collect();
+    let gray = levels
+        .first()
+        .is_some_and(|l| matches!(**l, DynamicImage::ImageLuma8(_)));
+    write_strips(&sizes, gray, icc, file, &mut |k, row| {
+        let img = &levels[k];
+        let y = row * TILE;
+        Ok(img.crop_imm(0, y, img.width(), TILE.min(img.height() - y)))
+    })
+}
+
+/// Write a copy whose level `k` is `sizes[k]` pixels, gray or colour, taking its pixels one strip
+/// of tiles at a time from `strip(k, row)`: rows `row * TILE` up to `TILE` more, the level's whole
+/// width. A source decoded strip by strip (JPEG 2000) never holds a whole level in memory.
+pub(crate) fn write_strips(
+    sizes: &[(u32, u32)],
+    gray: bool,
+    icc: Option<&[u8]>,
+    file: &mut File,
+    strip: &mut dyn FnMut(usize, u32) -> io::Result<DynamicImage>,
+) -> io::Result<()> {
     let mut out = BufWriter::new(&mut *file);
     out.write_all(b"II\x2b\0\x08\0\0\0")?;
     out.write_all(&0u64.to_le_bytes())?; // first IFD: patched at the end
     let mut at = 16u64;
-    let mut tables = Vec::with_capacity(levels.len());
-    for img in levels {
-        let (w, h) = (img.width(), img.height());
+    let mut tables = Vec::with_capacity(sizes.len());
+    for (k, &(w, h)) in sizes.iter().enumerate() {
         let mut offsets = Vec::new();
         let mut counts = Vec::new();
         for row in 0..h.div_ceil(TILE) {
+            let band = strip(k, row)?;
+            if band.width() != w || band.height() != TILE.min(h - row * TILE) {
+                return Err(io::Error::other(format!(
+                    "level {k} row {row}: a {}x{} strip for a {w}x{h} level",
+                    band.width(),
+                    band.height()
+                )));
+            }
             for col in 0..w.div_ceil(TILE) {
-                let tile = edge_padded_tile(img, col * TILE, row * TILE);
+                let tile = edge_padded_tile(&band, col * TILE, 0);
                 let bytes = jpeg::encode_full_chroma(&tile, QUALITY)
                     .map_err(|e| io::Error::other(e.to_string()))?;
                 out.write_all(&bytes)?;
@@ -115,15 +184,14 @@ pub(crate) fn write(
     let mut dir: Vec<u8> = Vec::new();
     let mut first_ifd = 0u64;
     let mut next_ptr_at: Option<usize> = None;
-    for (n, (img, (offsets, counts))) in levels.iter().zip(&tables).enumerate() {
-        let gray = matches!(**img, DynamicImage::ImageLuma8(_));
+    for (n, (&(width, height), (offsets, counts))) in sizes.iter().zip(&tables).enumerate() {
         let samples: u16 = if gray { 1 } else { 3 };
         let mut entries: Vec<(u16, u16, u64, Vec<u8>)> = Vec::new();
         if n > 0 {
             entries.push((254, 4, 1, 1u32.to_le_bytes().to_vec())); // reduced-resolution level
         }
-        entries.push((256, 4, 1, img.width().to_le_bytes().to_vec()));
-        entries.push((257, 4, 1, img.height().to_le_bytes().to_vec()));
+        entries.push((256, 4, 1, width.to_le_bytes().to_vec()));
+        entries.push((257, 4, 1, height.to_le_bytes().to_vec()));
         let bits = (0..samples).flat_map(|_| 8u16.to_le_bytes()).collect();
         entries.push((258, 3, u64::from(samples), bits));
         entries.push((259, 3, 1, 7u16.to_le_bytes().to_vec())); // JPEG

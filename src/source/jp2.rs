@@ -17,6 +17,9 @@ pub(crate) struct Jp2Header {
     pub x0: u32,
     /// See `x0`.
     pub y0: u32,
+    /// One tile covers the image (an untiled codestream): openjpeg can decode several areas
+    /// through one opened codec.
+    pub single_tile: bool,
 }
 
 /// True for the JP2 signature box or a raw codestream's SOC + SIZ.
@@ -42,6 +45,11 @@ pub(crate) fn read_header(head: &[u8]) -> Option<Jp2Header> {
     let u16_at = |at: usize| cs.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
     let (xsiz, ysiz, xo, yo) = (u32_at(8)?, u32_at(12)?, u32_at(16)?, u32_at(20)?);
     let (width, height) = (xsiz.checked_sub(xo)?, ysiz.checked_sub(yo)?);
+    let (xt, yt, xto, yto) = (u32_at(24)?, u32_at(28)?, u32_at(32)?, u32_at(36)?);
+    let single_tile = u64::from(xto) + u64::from(xt) >= u64::from(xsiz)
+        && u64::from(yto) + u64::from(yt) >= u64::from(ysiz)
+        && xto <= xo
+        && yto <= yo;
     // Walk the main header's marker segments to COD; its SPcod starts with the level count.
     let mut at = 4 + usize::from(u16_at(4)?);
     let mut levels = 0;
@@ -62,6 +70,7 @@ pub(crate) fn read_header(head: &[u8]) -> Option<Jp2Header> {
         levels: levels.min(32),
         x0: xo,
         y0: yo,
+        single_tile,
     })
 }
 
@@ -154,8 +163,12 @@ mod tests {
     }
 
     fn j2k(w: u32, h: u32, levels: u8) -> Vec<u8> {
+        j2k_tiles(w, h, levels, 256)
+    }
+
+    fn j2k_tiles(w: u32, h: u32, levels: u8, tile: u32) -> Vec<u8> {
         let mut v = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 47, 0, 0];
-        for n in [w, h, 0, 0, 256, 256, 0, 0] {
+        for n in [w, h, 0, 0, tile, tile, 0, 0] {
             v.extend_from_slice(&n.to_be_bytes());
         }
         v.extend_from_slice(&[0, 3, 7, 1, 1, 7, 1, 1, 7, 1, 1]);
@@ -173,6 +186,7 @@ mod tests {
             levels: 5,
             x0: 0,
             y0: 0,
+            single_tile: false,
         });
         assert!(is_jpeg2000(&cs));
         assert_eq!(read_header(&cs), want);
@@ -184,6 +198,10 @@ mod tests {
         jp2.extend_from_slice(&cs);
         assert!(is_jpeg2000(&jp2));
         assert_eq!(read_header(&jp2), want);
+        let tiled = read_header(&j2k_tiles(6000, 4000, 5, 4000)).map(|h| h.single_tile);
+        assert_eq!(tiled, Some(false), "4000 px tiles: two columns");
+        let untiled = read_header(&j2k_tiles(6000, 4000, 5, 6000)).map(|h| h.single_tile);
+        assert_eq!(untiled, Some(true));
     }
 
     proptest::proptest! {

@@ -127,6 +127,43 @@ pub(crate) fn route(
     }
 }
 
+/// The reference-grid area of rows `[row0, row0 + rows)` of resolution `r` (rows counted from the
+/// resolution's top), across its whole width: one strip of a tiled copy.
+pub(crate) fn strip_area(grid: Grid, r: u32, row0: u32, rows: u32) -> Area {
+    let r = r.min(31);
+    let (gx0, gy0) = (u64::from(grid.x0), u64::from(grid.y0));
+    let (gx1, gy1) = (gx0 + u64::from(grid.width), gy0 + u64::from(grid.height));
+    let (ly0, _) = span(gy0, gy1, r);
+    let (a, b) = (
+        ly0 + u64::from(row0),
+        ly0 + u64::from(row0) + u64::from(rows),
+    );
+    Area {
+        x0: gx0 as u32,
+        // The first strip from the image's edge (the rows above its first sample hold none).
+        y0: if row0 == 0 {
+            gy0
+        } else {
+            (a << r).clamp(gy0, gy1)
+        } as u32,
+        x1: gx1 as u32,
+        y1: (b << r).clamp(gy0, gy1) as u32,
+    }
+}
+
+/// The size of resolution `r`.
+pub(crate) fn resolution_size(grid: Grid, r: u32) -> (u64, u64) {
+    decoded_size(
+        Area {
+            x0: grid.x0,
+            y0: grid.y0,
+            x1: (u64::from(grid.x0) + u64::from(grid.width)).min(u64::from(u32::MAX)) as u32,
+            y1: (u64::from(grid.y0) + u64::from(grid.height)).min(u64::from(u32::MAX)) as u32,
+        },
+        r,
+    )
+}
+
 /// The size openjpeg gives `area` at reduction `r`.
 pub(crate) fn decoded_size(area: Area, r: u32) -> (u64, u64) {
     let (x0, x1) = span(u64::from(area.x0), u64::from(area.x1), r);
@@ -254,6 +291,31 @@ mod tests {
     }
 
     proptest! {
+        /// Strips of a resolution tile it: consecutive, each as many rows as asked (the last one
+        /// short), as wide as the resolution.
+        #[test]
+        fn strips_tile_a_resolution(
+            x0 in 0u32..3000, y0 in 0u32..3000,
+            width in 1u32..20_000, height in 1u32..20_000,
+            reduce in 0u32..8, rows in 1u32..1024,
+        ) {
+            let grid = Grid { x0, y0, width, height };
+            let (w, h) = resolution_size(grid, reduce);
+            let mut row = 0u32;
+            let mut last_y1 = y0;
+            while u64::from(row) < h {
+                let n = rows.min((h - u64::from(row)) as u32);
+                let area = strip_area(grid, reduce, row, n);
+                prop_assert_eq!(area.y0, last_y1, "strips follow each other");
+                prop_assert_eq!(decoded_size(area, reduce), (w, u64::from(n)));
+                last_y1 = area.y1;
+                row += n;
+            }
+            if h > 0 {
+                prop_assert_eq!(last_y1, y0 + height);
+            }
+        }
+
         /// Every route's pixels cover the request, inside the image and the decoded block.
         #[test]
         fn routes_cover_the_request(

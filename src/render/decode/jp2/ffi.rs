@@ -12,20 +12,25 @@ use std::ffi::{c_char, c_void, CStr};
 
 /// Where openjpeg's stream callbacks read: the object and the position in it.
 struct Cursor {
-    reader: *const (dyn ObjectReader + 'static),
+    /// Set only while a call into openjpeg runs (see `Decoder::with_reader`).
+    reader: Option<*const (dyn ObjectReader + 'static)>,
     at: u64,
     len: u64,
 }
 
 unsafe extern "C" fn read_fn(buf: *mut c_void, n: usize, data: *mut c_void) -> usize {
-    // SAFETY: `data` is the Cursor installed by `decode`, alive until the stream is destroyed,
-    // and its reader outlives the stream; `buf` has room for `n` bytes (openjpeg's contract).
+    // SAFETY: `data` is the Cursor installed by `Decoder::open`, alive until the stream is
+    // destroyed; its reader, when set, is borrowed for the running call (`Decoder::with_reader`);
+    // `buf` has room for `n` bytes (openjpeg's contract).
     let c = unsafe { &mut *data.cast::<Cursor>() };
     if c.at >= c.len {
         return usize::MAX; // openjpeg's end of stream: (OPJ_SIZE_T)-1
     }
+    let Some(reader) = c.reader else {
+        return usize::MAX;
+    };
     let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), n) };
-    match unsafe { &*c.reader }.read_at(out, c.at) {
+    match unsafe { &*reader }.read_at(out, c.at) {
         Ok(0) | Err(_) => usize::MAX,
         Ok(got) => {
             c.at += got as u64;
@@ -54,7 +59,8 @@ unsafe extern "C" fn seek_fn(to: i64, data: *mut c_void) -> opj::OPJ_BOOL {
 }
 
 unsafe extern "C" fn free_fn(data: *mut c_void) {
-    // SAFETY: `data` is the Box<Cursor> leaked by `decode`; openjpeg calls this once, at destroy.
+    // SAFETY: `data` is the Box<Cursor> leaked by `Decoder::open`; openjpeg calls this once, at
+    // destroy.
     drop(unsafe { Box::from_raw(data.cast::<Cursor>()) });
 }
 
@@ -98,87 +104,147 @@ impl Drop for Session {
     }
 }
 
-/// Decode `area` (reference-grid coordinates) at `reduce` through a stream over `reader`, on
-/// `threads` threads of openjpeg's own (1: on the caller's).
-pub(super) fn decode(
-    reader: &dyn ObjectReader,
-    codestream: bool,
+/// An opened codestream: header read, resolution reduction set, and for an untiled codestream the
+/// tile's data and packet index kept by openjpeg after the first decode, so later areas skip the
+/// read and most of the setup ("in the particular case of an image made of a single tile, several
+/// sequences of calls to opj_set_decode_area() and opj_decode() are allowed", openjpeg.h). On the
+/// shared benchmark's archive that halves a tile's decode (about 40 of 80 ms for a 1024 px block).
+///
+/// Used by one render at a time; between renders it holds no reader (the cursor's is set for each
+/// decode and cleared after it).
+pub(super) struct Decoder {
+    session: Session,
+    /// Owned by the stream (freed by `free_fn` when it is destroyed); ours to point at a reader.
+    cursor: *mut Cursor,
+    /// Where the error handler writes. openjpeg holds a pointer to the String itself, so it is
+    /// boxed: its address must survive moves of the Decoder (parking moves it).
+    #[allow(clippy::box_collection)]
+    errors: Box<String>,
     reduce: u32,
-    area: Area,
-    threads: u32,
-) -> Result<DynamicImage> {
-    let mut errors = String::new();
-    let failed = |what: &str, errors: &str| {
-        RenderError::Undecodable(format!(
-            "JPEG 2000: {what}: {}",
-            errors.trim_end_matches("; ")
-        ))
-    };
-    // SAFETY: openjpeg's C API used as documented: the stream's user data is a Box<Cursor> that
-    // openjpeg frees through free_fn; the reader it points to outlives the Session (dropped at the
-    // end of this function); the error string outlives the codec for the same reason.
-    unsafe {
-        let mut s = Session {
-            stream: opj::opj_stream_create(1 << 16, 1),
-            codec: std::ptr::null_mut(),
-            image: std::ptr::null_mut(),
-        };
-        if s.stream.is_null() {
-            return Err(RenderError::Internal("openjpeg: no stream".into()));
+}
+
+// SAFETY: openjpeg's codec, stream and image are plain heap state with no thread affinity (its
+// thread pool, unused here, is its own); a Decoder is used by one thread at a time (`&mut self`).
+unsafe impl Send for Decoder {}
+
+impl Decoder {
+    /// Open the codestream in `reader` for decodes at `reduce`.
+    pub(super) fn open(
+        reader: &dyn ObjectReader,
+        codestream: bool,
+        reduce: u32,
+    ) -> Result<Decoder> {
+        // SAFETY: openjpeg's C API used as documented: the stream's user data is a Box<Cursor>
+        // that openjpeg frees through free_fn; the cursor's reader is set only for the calls below
+        // and cleared before returning; the error string is boxed and lives as long as the codec
+        // (both are in the Decoder, and Session drops the codec first).
+        unsafe {
+            let stream = opj::opj_stream_create(1 << 16, 1);
+            if stream.is_null() {
+                return Err(RenderError::Internal("openjpeg: no stream".into()));
+            }
+            let mut d = Decoder {
+                session: Session {
+                    stream,
+                    codec: std::ptr::null_mut(),
+                    image: std::ptr::null_mut(),
+                },
+                cursor: std::ptr::null_mut(),
+                errors: Box::default(),
+                reduce,
+            };
+            let cursor = Box::into_raw(Box::new(Cursor {
+                reader: None,
+                at: 0,
+                len: reader.size(),
+            }));
+            d.cursor = cursor;
+            opj::opj_stream_set_read_function(stream, Some(read_fn));
+            opj::opj_stream_set_skip_function(stream, Some(skip_fn));
+            opj::opj_stream_set_seek_function(stream, Some(seek_fn));
+            opj::opj_stream_set_user_data(stream, cursor.cast(), Some(free_fn));
+            opj::opj_stream_set_user_data_length(stream, reader.size());
+            let format = if codestream {
+                opj::CODEC_FORMAT::OPJ_CODEC_J2K
+            } else {
+                opj::CODEC_FORMAT::OPJ_CODEC_JP2
+            };
+            d.session.codec = opj::opj_create_decompress(format);
+            if d.session.codec.is_null() {
+                return Err(RenderError::Internal("openjpeg: no codec".into()));
+            }
+            let errors_ptr: *mut String = &mut *d.errors;
+            opj::opj_set_error_handler(d.session.codec, Some(error_fn), errors_ptr.cast());
+            opj::opj_set_warning_handler(d.session.codec, Some(quiet_fn), std::ptr::null_mut());
+            opj::opj_set_info_handler(d.session.codec, Some(quiet_fn), std::ptr::null_mut());
+            let mut params: opj::opj_dparameters_t = std::mem::zeroed();
+            opj::opj_set_default_decoder_parameters(&mut params);
+            params.cp_reduce = reduce;
+            if opj::opj_setup_decoder(d.session.codec, &mut params) == 0 {
+                return Err(d.failed("setup"));
+            }
+            let read = d.with_reader(reader, |d| {
+                opj::opj_read_header(d.session.stream, d.session.codec, &mut d.session.image)
+            });
+            if read == 0 || d.session.image.is_null() {
+                return Err(d.failed("header"));
+            }
+            Ok(d)
         }
-        // The cursor's reader pointer is only used while `reader` is borrowed (the Session ends
-        // before this function returns); 'static is the type's bound, not the value's life.
-        let reader_ptr: *const (dyn ObjectReader + '_) = reader;
-        let cursor = Box::new(Cursor {
-            reader: std::mem::transmute::<
+    }
+
+    /// The resolution reduction this decoder was opened for.
+    pub(super) fn reduce(&self) -> u32 {
+        self.reduce
+    }
+
+    /// Decode `area` (reference-grid coordinates) through a stream over `reader`, which holds
+    /// the same bytes as the one it was opened on. A failed decode leaves the decoder unusable:
+    /// the caller drops it.
+    pub(super) fn decode(&mut self, reader: &dyn ObjectReader, area: Area) -> Result<DynamicImage> {
+        let Area { x0, y0, x1, y1 } = area;
+        // SAFETY: as in `open`; the image is the one opj_read_header gave this codec.
+        unsafe {
+            let s = &self.session;
+            if opj::opj_set_decode_area(
+                s.codec, s.image, x0 as i32, y0 as i32, x1 as i32, y1 as i32,
+            ) == 0
+            {
+                return Err(self.failed("decode area"));
+            }
+            let ok = self.with_reader(reader, |d| {
+                opj::opj_decode(d.session.codec, d.session.stream, d.session.image)
+            });
+            if ok == 0 {
+                return Err(self.failed("decode"));
+            }
+            pixels(&*self.session.image)
+        }
+    }
+
+    /// Run `f` with the cursor reading from `reader`, and no reader after it.
+    fn with_reader<T>(&mut self, reader: &dyn ObjectReader, f: impl FnOnce(&mut Self) -> T) -> T {
+        // The pointer is used only by openjpeg's callbacks during `f`, while `reader` is borrowed;
+        // 'static is the pointer type's bound, not the value's life.
+        let ptr: *const (dyn ObjectReader + '_) = reader;
+        // SAFETY: `cursor` is the live Box<Cursor> owned by our stream (destroyed only when the
+        // Session drops); the transmute only widens the trait object's lifetime bound.
+        unsafe {
+            (*self.cursor).reader = Some(std::mem::transmute::<
                 *const (dyn ObjectReader + '_),
                 *const (dyn ObjectReader + 'static),
-            >(reader_ptr),
-            at: 0,
-            len: reader.size(),
-        });
-        opj::opj_stream_set_read_function(s.stream, Some(read_fn));
-        opj::opj_stream_set_skip_function(s.stream, Some(skip_fn));
-        opj::opj_stream_set_seek_function(s.stream, Some(seek_fn));
-        opj::opj_stream_set_user_data(s.stream, Box::into_raw(cursor).cast(), Some(free_fn));
-        opj::opj_stream_set_user_data_length(s.stream, reader.size());
-        let format = if codestream {
-            opj::CODEC_FORMAT::OPJ_CODEC_J2K
-        } else {
-            opj::CODEC_FORMAT::OPJ_CODEC_JP2
-        };
-        s.codec = opj::opj_create_decompress(format);
-        if s.codec.is_null() {
-            return Err(RenderError::Internal("openjpeg: no codec".into()));
+            >(ptr));
         }
-        let errors_ptr: *mut String = &mut errors;
-        opj::opj_set_error_handler(s.codec, Some(error_fn), errors_ptr.cast());
-        opj::opj_set_warning_handler(s.codec, Some(quiet_fn), std::ptr::null_mut());
-        opj::opj_set_info_handler(s.codec, Some(quiet_fn), std::ptr::null_mut());
-        let mut params: opj::opj_dparameters_t = std::mem::zeroed();
-        opj::opj_set_default_decoder_parameters(&mut params);
-        params.cp_reduce = reduce;
-        if opj::opj_setup_decoder(s.codec, &mut params) == 0 {
-            return Err(failed("setup", &errors));
-        }
-        // Before the header: openjpeg sizes its thread pool at setup. A failure (a build without
-        // threads) leaves the decode on this thread.
-        if threads > 1 {
-            let _ = opj::opj_codec_set_threads(s.codec, threads as i32);
-        }
-        if opj::opj_read_header(s.stream, s.codec, &mut s.image) == 0 || s.image.is_null() {
-            return Err(failed("header", &errors));
-        }
-        let Area { x0, y0, x1, y1 } = area;
-        if opj::opj_set_decode_area(s.codec, s.image, x0 as i32, y0 as i32, x1 as i32, y1 as i32)
-            == 0
-        {
-            return Err(failed("decode area", &errors));
-        }
-        if opj::opj_decode(s.codec, s.stream, s.image) == 0 {
-            return Err(failed("decode", &errors));
-        }
-        let _ = opj::opj_end_decompress(s.codec, s.stream);
-        pixels(&*s.image)
+        let out = f(self);
+        // SAFETY: as above.
+        unsafe { (*self.cursor).reader = None };
+        out
+    }
+
+    fn failed(&self, what: &str) -> RenderError {
+        RenderError::Undecodable(format!(
+            "JPEG 2000: {what}: {}",
+            self.errors.trim_end_matches("; ")
+        ))
     }
 }

@@ -22,7 +22,11 @@ impl Plane<'_> {
     fn at(&self, x: usize, y: usize, ref_dx: u32, ref_dy: u32) -> i32 {
         let sx = (x * ref_dx as usize / self.dx.max(1) as usize).min(self.w - 1);
         let sy = (y * ref_dy as usize / self.dy.max(1) as usize).min(self.h - 1);
-        let mut v = self.data[sy * self.w + sx];
+        self.to_8_bits(self.data[sy * self.w + sx])
+    }
+
+    /// A sample brought to 8 bits, unsigned (not yet clamped).
+    fn to_8_bits(&self, mut v: i32) -> i32 {
         if self.signed {
             v += 1 << (self.prec - 1);
         }
@@ -87,6 +91,17 @@ pub(super) fn pixels(img: &opj::opj_image_t) -> Result<DynamicImage> {
         )));
     }
     let n = planes.len();
+    if !sycc && planes.iter().all(|p| (p.w, p.h) == (w, h)) {
+        // Every component at full size, the common case: one pass per component, no lookups.
+        let mut out = vec![0u8; w * h * n];
+        for (i, p) in planes.iter().enumerate() {
+            for (px, &v) in out.chunks_exact_mut(n).zip(p.data) {
+                px[i] = p.to_8_bits(v).clamp(0, 255) as u8;
+            }
+        }
+        return crate::render::decode::from_samples(w as u32, h as u32, n, out)
+            .ok_or_else(|| RenderError::Internal("JPEG 2000 buffer size mismatch".into()));
+    }
     let mut out = Vec::with_capacity(w * h * n);
     for y in 0..h {
         for x in 0..w {
