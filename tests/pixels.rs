@@ -614,6 +614,16 @@ fn jpeg2000_blocks_and_regions_across_them_are_exact() {
         tile.image().to_rgb8() == part,
         "a reduced tile is the same pixels as the reduced whole"
     );
+    // On a budget too small to decode the whole image at once (48 MiB: 2600x1800 takes 75 MB in
+    // openjpeg), a full-size request is put together from its blocks, each within the budget.
+    let small = Server::start_with(&[], &[("IIIFD_RENDER__MAX_DECODE_BYTES", "50331648")]);
+    std::fs::copy(server.images.join("big.jp2"), small.images.join("big.jp2")).expect("copy");
+    let r = small.get("/iiif/3/big.jp2/full/max/0/default.png");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.image().to_rgb8() == pic,
+        "composed from blocks, exactly the picture"
+    );
 }
 
 /// `render.tile_passthrough`: a request that is exactly one stored JPEG tile is answered with the

@@ -92,4 +92,21 @@ if [[ ! -f "$CACHE/corpus/images/.complete-$PILLOW" ]]; then
   rm -rf "$CACHE/corpus/pillow-$PILLOW" "$CACHE/corpus/pillow-$PILLOW.tar.gz"
   touch "$CACHE/corpus/images/.complete-$PILLOW"
 fi
+# JPEG 2000 files of the conformance suite (ISO/IEC 15444-4 profile 0 and 1 codestreams) and
+# OpenJPEG's regression files, as glymur's source distribution ships them (pinned, checked by hash),
+# beside the Pillow corpus, prefixed glymur_.
+GLYMUR=0.14.8
+GLYMUR_SDIST_SHA256=29ec048e319e8aadede1e30aa9c26dd5dda48769a26a48848fa844bb0b670d42
+if [[ ! -f "$CACHE/corpus/images/.complete-glymur-$GLYMUR" ]]; then
+  echo "setup: fetching glymur $GLYMUR's JPEG 2000 test files into $CACHE/corpus"
+  "$CACHE/corpus/venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    -d "$CACHE/corpus" "glymur==$GLYMUR"
+  echo "$GLYMUR_SDIST_SHA256  $CACHE/corpus/glymur-$GLYMUR.tar.gz" | sha256sum -c --quiet -
+  tar -xzf "$CACHE/corpus/glymur-$GLYMUR.tar.gz" -C "$CACHE/corpus"
+  find "$CACHE/corpus/glymur-$GLYMUR/tests/data" "$CACHE/corpus/glymur-$GLYMUR/glymur/data" -type f \
+    \( -iname '*.jp2' -o -iname '*.j2k' -o -iname '*.jph' -o -iname '*.j2c' \) -print0 |
+    while IFS= read -r -d '' f; do cp "$f" "$CACHE/corpus/images/glymur_$(basename "$f")"; done
+  rm -rf "$CACHE/corpus/glymur-$GLYMUR" "$CACHE/corpus/glymur-$GLYMUR.tar.gz"
+  touch "$CACHE/corpus/images/.complete-glymur-$GLYMUR"
+fi
 echo "setup: ok"

@@ -305,6 +305,25 @@ impl DecodedCache {
         self.evict(&mut inner);
     }
 
+    /// Drop every decoder parked for `key` (its tiled copy now serves what they would).
+    pub(crate) fn drop_parked(&self, key: &Fingerprint) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let gone: Vec<(Fingerprint, u32)> = inner
+            .parked
+            .keys()
+            .filter(|(k, _)| k == key)
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(list) = inner.parked.remove(&id) {
+                let freed: u64 = list.iter().map(|e| e.bytes).sum();
+                inner.bytes = inner.bytes.saturating_sub(freed);
+            }
+        }
+    }
+
     /// Bytes of parked decoders (for tests).
     #[cfg(test)]
     pub(crate) fn parked_bytes(&self) -> u64 {
@@ -451,5 +470,8 @@ mod tests {
             "the least recently used parked decoder went first"
         );
         assert!(cache.peek(&fp("e"), 0).is_some());
+        cache.drop_parked(&fp("b"));
+        assert_eq!(cache.parked_bytes(), 0);
+        assert!(cache.bytes() <= 100 * 100 * 3 * 3);
     }
 }

@@ -84,10 +84,15 @@ impl CopyPlan {
     ) -> io::Result<()> {
         match self {
             CopyPlan::Levels(levels) => write(levels, icc, file),
-            CopyPlan::Jp2(jp2) => write_strips(&jp2.sizes, jp2.gray, icc, file, &mut |k, row| {
-                jp2.strip(source, cache, k, row, TILE)
-                    .map_err(|e| io::Error::other(e.to_string()))
-            }),
+            CopyPlan::Jp2(jp2) => {
+                let written = write_strips(&jp2.sizes, jp2.gray, icc, file, &mut |k, row| {
+                    jp2.strip(source, cache, k, row, TILE)
+                        .map_err(|e| io::Error::other(e.to_string()))
+                });
+                // The copy now serves what the open decoders would.
+                cache.drop_parked(source.fingerprint);
+                written
+            }
         }
     }
 }

@@ -39,8 +39,20 @@ pub(crate) struct Area {
     pub(crate) y1: u32,
 }
 
+/// A request across several blocks of a resolution decoded in blocks: the blocks' columns and rows,
+/// and the request in the resolution's absolute pixel coordinates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cover {
+    pub(crate) cols: std::ops::Range<u32>,
+    pub(crate) rows: std::ops::Range<u32>,
+    pub(crate) x: u32,
+    pub(crate) y: u32,
+    pub(crate) w: u32,
+    pub(crate) h: u32,
+}
+
 /// How to get a request's pixels at reduction `reduce`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
     /// Decode (or find in the cache) block `(col, row)` of the resolution, which covers `area`;
     /// the request is `rect` of the block's pixels. The whole resolution is block (0, 0).
@@ -51,7 +63,42 @@ pub(crate) enum Route {
         rect: Rect,
     },
     /// Decode only the request's `area` (it straddles blocks); the decoded image is the request.
-    Direct { area: Area },
+    /// Where that decode would not fit the budget, the request can be put together from the
+    /// blocks of `cover` instead (none for a resolution decoded whole).
+    Direct { area: Area, cover: Option<Cover> },
+}
+
+/// The reference-grid area of resolution `r`'s pixels `[bx0, bx1) x [by0, by1)` (absolute): their
+/// cells, clipped to the image.
+fn block_area(grid: Grid, r: u32, bx0: u64, by0: u64, bx1: u64, by1: u64) -> Area {
+    let (gx0, gy0) = (u64::from(grid.x0), u64::from(grid.y0));
+    let (gx1, gy1) = (gx0 + u64::from(grid.width), gy0 + u64::from(grid.height));
+    Area {
+        x0: (bx0 << r).clamp(gx0, gx1) as u32,
+        y0: (by0 << r).clamp(gy0, gy1) as u32,
+        x1: (bx1 << r).clamp(gx0, gx1) as u32,
+        y1: (by1 << r).clamp(gy0, gy1) as u32,
+    }
+}
+
+/// Block `(col, row)` of resolution `r` decoded in blocks: its reference-grid area, and its first
+/// pixel in the resolution's absolute coordinates.
+pub(crate) fn block(grid: Grid, r: u32, col: u32, row: u32) -> (Area, u32, u32) {
+    let r = r.min(31);
+    let (gx0, gy0) = (u64::from(grid.x0), u64::from(grid.y0));
+    let (lx0, lx1) = span(gx0, gx0 + u64::from(grid.width), r);
+    let (ly0, ly1) = span(gy0, gy0 + u64::from(grid.height), r);
+    let b = u64::from(BLOCK);
+    let (bx0, by0) = ((u64::from(col) * b).max(lx0), (u64::from(row) * b).max(ly0));
+    let (bx1, by1) = (
+        (u64::from(col + 1) * b).min(lx1),
+        (u64::from(row + 1) * b).min(ly1),
+    );
+    (
+        block_area(grid, r, bx0, by0, bx1, by1),
+        bx0 as u32,
+        by0 as u32,
+    )
 }
 
 fn ceil_shift(v: u64, r: u32) -> u64 {
@@ -79,26 +126,39 @@ pub(crate) fn route(
     let ay0 = (gy0 + u64::from(region.y)).min(gy1);
     let ax1 = (ax0 + u64::from(region.w)).min(gx1);
     let ay1 = (ay0 + u64::from(region.h)).min(gy1);
-    let direct = Route::Direct {
-        area: Area {
-            x0: ax0 as u32,
-            y0: ay0 as u32,
-            x1: ax1 as u32,
-            y1: ay1 as u32,
-        },
+    let area = Area {
+        x0: ax0 as u32,
+        y0: ay0 as u32,
+        x1: ax1 as u32,
+        y1: ay1 as u32,
     };
     let (lx0, lx1) = span(gx0, gx1, r);
     let (ly0, ly1) = span(gy0, gy1, r);
+    if lx1 <= lx0 || ly1 <= ly0 {
+        // No pixel at this resolution (a one-pixel edge at an odd origin): nothing to share.
+        return Route::Direct { area, cover: None };
+    }
     // The request at the resolution, widened to whole pixels and kept inside it.
     let rx0 = (ax0 >> r).clamp(lx0, lx1.saturating_sub(1));
     let ry0 = (ay0 >> r).clamp(ly0, ly1.saturating_sub(1));
     let rx1 = ceil_shift(ax1, r).clamp(rx0 + 1, lx1.max(rx0 + 1));
     let ry1 = ceil_shift(ay1, r).clamp(ry0 + 1, ly1.max(ry0 + 1));
-    let whole = (lx1 - lx0).saturating_mul(ly1 - ly0) <= WHOLE;
+    let whole = is_whole(grid, r);
+    let b = u64::from(BLOCK);
+    let direct = Route::Direct {
+        area,
+        cover: (!whole).then(|| Cover {
+            cols: (rx0 / b) as u32..(rx1.div_ceil(b)) as u32,
+            rows: (ry0 / b) as u32..(ry1.div_ceil(b)) as u32,
+            x: rx0 as u32,
+            y: ry0 as u32,
+            w: (rx1 - rx0) as u32,
+            h: (ry1 - ry0) as u32,
+        }),
+    };
     let (col, row, bx0, by0, bx1, by1) = if whole {
         (0, 0, lx0, ly0, lx1, ly1)
     } else {
-        let b = u64::from(BLOCK);
         let (col, row) = (rx0 / b, ry0 / b);
         let (bx0, by0) = ((col * b).max(lx0), (row * b).max(ly0));
         let (bx1, by1) = (((col + 1) * b).min(lx1), ((row + 1) * b).min(ly1));
@@ -107,17 +167,10 @@ pub(crate) fn route(
     if rx1 > bx1 || ry1 > by1 || !fits(bx1 - bx0, by1 - by0) {
         return direct;
     }
-    // The block on the reference grid: its pixels' cells, clipped to the image.
-    let area = Area {
-        x0: (bx0 << r).max(gx0) as u32,
-        y0: (by0 << r).max(gy0) as u32,
-        x1: (bx1 << r).min(gx1) as u32,
-        y1: (by1 << r).min(gy1) as u32,
-    };
     Route::Block {
         col: col as u32,
         row: row as u32,
-        area,
+        area: block_area(grid, r, bx0, by0, bx1, by1),
         rect: Rect {
             x: (rx0 - bx0) as u32,
             y: (ry0 - by0) as u32,
@@ -162,6 +215,12 @@ pub(crate) fn resolution_size(grid: Grid, r: u32) -> (u64, u64) {
         },
         r,
     )
+}
+
+/// Whether resolution `r` is decoded whole (one block).
+pub(crate) fn is_whole(grid: Grid, r: u32) -> bool {
+    let (w, h) = resolution_size(grid, r.min(31));
+    w.saturating_mul(h) <= WHOLE
 }
 
 /// The size openjpeg gives `area` at reduction `r`.
@@ -247,9 +306,26 @@ mod tests {
                     y0: 0,
                     x1: 1100,
                     y1: 100
-                }
+                },
+                cover: Some(Cover {
+                    cols: 0..2,
+                    rows: 0..1,
+                    x: 1000,
+                    y: 0,
+                    w: 100,
+                    h: 100
+                }),
             }
         );
+        // Block (1, 0) as the cover finds it: the same cells as the route's.
+        let (area, bx, by) = block(BENCH, 0, 1, 0);
+        let want = Area {
+            x0: 1024,
+            y0: 0,
+            x1: 2048,
+            y1: 1024,
+        };
+        assert_eq!((area, bx, by), (want, 1024, 0));
         assert!(matches!(
             route(BENCH, 0, rect(0, 0, 256, 256), |_, _| false),
             Route::Direct { .. }
@@ -351,8 +427,20 @@ mod tests {
                     prop_assert!(left + u64::from(r.w) * s >= u64::from(x0 + x + w));
                     prop_assert!(top + u64::from(r.h) * s >= u64::from(y0 + y + h));
                 }
-                Route::Direct { area } => {
+                Route::Direct { area, cover } => {
                     prop_assert_eq!(area, Area { x0: x0 + x, y0: y0 + y, x1: x0 + x + w, y1: y0 + y + h });
+                    if let Some(c) = cover {
+                        // The cover's blocks hold every pixel of the request.
+                        let (first, fx, fy) = block(grid, reduce, c.cols.start, c.rows.start);
+                        let (last, _, _) = block(grid, reduce, c.cols.end - 1, c.rows.end - 1);
+                        prop_assert!(fx <= c.x && fy <= c.y);
+                        let (lw, lh) = decoded_size(
+                            Area { x0: first.x0, y0: first.y0, x1: last.x1, y1: last.y1 },
+                            reduce,
+                        );
+                        prop_assert!(u64::from(c.x - fx + c.w) <= lw);
+                        prop_assert!(u64::from(c.y - fy + c.h) <= lh);
+                    }
                 }
             }
         }

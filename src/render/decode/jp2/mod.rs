@@ -31,7 +31,9 @@ const DECODE_BYTES_PER_PIXEL: u64 = 4 * 4;
 const OPEN_BYTES_PER_FILE_BYTE: u64 = 9;
 
 /// Decode `area` at `reduce`: through the decoder parked for this source and reduction when there
-/// is one (and parked again after), else through a new one.
+/// is one, else through a new one; parked (again) after when `again` says another area of this
+/// resolution is likely (not for a resolution decoded whole: a thumbnail's decoder would only hold
+/// memory, 17 MB for each of the benchmark's 4000x3000 thumbnails).
 fn decode_area(
     src: SourceRef<'_>,
     cache: &DecodedCache,
@@ -39,24 +41,107 @@ fn decode_area(
     codestream: bool,
     reduce: u32,
     area: Area,
+    again: bool,
 ) -> Result<DynamicImage> {
-    if !header.single_tile {
-        // openjpeg keeps nothing worth reusing between areas of a tiled codestream.
-        return Decoder::open(src.reader, codestream, reduce)?.decode(src.reader, area);
-    }
-    let parked = cache
-        .unpark(src.fingerprint, reduce)
-        .and_then(|p| p.downcast::<Decoder>().ok())
-        .filter(|d| d.reduce() == reduce);
+    // openjpeg keeps nothing worth reusing between areas of a tiled codestream.
+    let parked = if header.single_tile {
+        cache
+            .unpark(src.fingerprint, reduce)
+            .and_then(|p| p.downcast::<Decoder>().ok())
+            .filter(|d| d.reduce() == reduce)
+    } else {
+        None
+    };
+    let keep = header.single_tile && (again || parked.is_some());
     let mut decoder = match parked {
         Some(d) => *d,
         None => Decoder::open(src.reader, codestream, reduce)?,
     };
     // A failed decode drops the decoder (openjpeg's state after an error is not reusable).
     let img = decoder.decode(src.reader, area)?;
-    let weight = src.reader.size().saturating_mul(OPEN_BYTES_PER_FILE_BYTE) + (1 << 20);
-    cache.park(src.fingerprint, reduce, Box::new(decoder), weight);
+    if keep {
+        let weight = src.reader.size().saturating_mul(OPEN_BYTES_PER_FILE_BYTE) + (1 << 20);
+        cache.park(src.fingerprint, reduce, Box::new(decoder), weight);
+    }
     Ok(img)
+}
+
+/// Block `at` (column, row) of resolution `reduce`, which covers `area`, from the decoded cache or
+/// decoded (once for every render waiting on it).
+fn cached_block(
+    src: SourceRef<'_>,
+    cache: &DecodedCache,
+    header: &jp2::Jp2Header,
+    codestream: bool,
+    reduce: u32,
+    at: (u32, u32),
+    area: Area,
+) -> Result<Arc<DynamicImage>> {
+    let part = Part::Block {
+        reduce,
+        col: at.0,
+        row: at.1,
+    };
+    let again = !blocks::is_whole(grid_of(header), reduce);
+    cache.get_or_build_part(src.fingerprint, part, || {
+        decode_area(src, cache, header, codestream, reduce, area, again)
+    })
+}
+
+fn short(block: &DynamicImage) -> RenderError {
+    RenderError::Undecodable(format!(
+        "JPEG 2000 block decoded as {}x{}, short of the region",
+        block.width(),
+        block.height()
+    ))
+}
+
+/// A request across blocks, put together from them.
+fn compose(
+    src: SourceRef<'_>,
+    cache: &DecodedCache,
+    header: &jp2::Jp2Header,
+    codestream: bool,
+    reduce: u32,
+    cover: &blocks::Cover,
+) -> Result<(Arc<DynamicImage>, Rect)> {
+    let grid = grid_of(header);
+    let mut out: Option<DynamicImage> = None;
+    for row in cover.rows.clone() {
+        for col in cover.cols.clone() {
+            let (area, bx, by) = blocks::block(grid, reduce, col, row);
+            let block = cached_block(src, cache, header, codestream, reduce, (col, row), area)?;
+            // The part of the request in this block, in the block's pixels and in the output's.
+            let (x0, y0) = (cover.x.max(bx), cover.y.max(by));
+            let x1 = (cover.x + cover.w).min(bx + block.width());
+            let y1 = (cover.y + cover.h).min(by + block.height());
+            if x1 <= x0 || y1 <= y0 {
+                return Err(short(&block));
+            }
+            let part = block.crop_imm(x0 - bx, y0 - by, x1 - x0, y1 - y0);
+            let target =
+                out.get_or_insert_with(|| DynamicImage::new(cover.w, cover.h, block.color()));
+            if target.color() != block.color() {
+                return Err(RenderError::Undecodable(
+                    "JPEG 2000 blocks decoded with different channels".into(),
+                ));
+            }
+            image::imageops::replace(
+                target,
+                &part,
+                i64::from(x0 - cover.x),
+                i64::from(y0 - cover.y),
+            );
+        }
+    }
+    let img = out.ok_or_else(|| RenderError::Undecodable("JPEG 2000: no blocks".into()))?;
+    let whole = Rect {
+        x: 0,
+        y: 0,
+        w: img.width(),
+        h: img.height(),
+    };
+    Ok((Arc::new(img), whole))
 }
 
 /// A JPEG 2000 source read for its tiled copy: the file's own resolutions, strip by strip, then
@@ -153,7 +238,15 @@ impl CopySource {
             return Ok(img.crop_imm(0, y, w, rows));
         }
         let area = blocks::strip_area(grid_of(&self.header), k as u32, y, rows);
-        decode_area(src, cache, &self.header, self.codestream, k as u32, area)
+        decode_area(
+            src,
+            cache,
+            &self.header,
+            self.codestream,
+            k as u32,
+            area,
+            true,
+        )
     }
 }
 
@@ -183,6 +276,8 @@ pub(crate) fn region(
     let reduce = plan::jp2_reduce(req, header.levels);
     let codestream = head.starts_with(&[0xFF, 0x4F]);
     let grid = grid_of(&header);
+    // A resolution decoded whole is decoded once; one in blocks is decoded again and again.
+    let again = !blocks::is_whole(grid, reduce);
     let fits = |w: u64, h: u64| w.saturating_mul(h).saturating_mul(DECODE_BYTES_PER_PIXEL) <= max;
     match blocks::route(grid, reduce, req.region(), fits) {
         Route::Block {
@@ -191,28 +286,30 @@ pub(crate) fn region(
             area,
             rect,
         } => {
-            let part = Part::Block { reduce, col, row };
-            let block = cache.get_or_build_part(src.fingerprint, part, || {
-                decode_area(src, cache, &header, codestream, reduce, area)
-            })?;
+            let block = cached_block(src, cache, &header, codestream, reduce, (col, row), area)?;
             // A damaged codestream can decode short: never cut outside what came back.
             if rect.x + rect.w > block.width() || rect.y + rect.h > block.height() {
-                return Err(RenderError::Undecodable(format!(
-                    "JPEG 2000 block decoded as {}x{}, short of the region",
-                    block.width(),
-                    block.height()
-                )));
+                return Err(short(&block));
             }
             Ok((block, rect))
         }
-        Route::Direct { area } => {
+        Route::Direct { area, cover } => {
             let (w, h) = blocks::decoded_size(area, reduce);
             if !fits(w, h) {
-                return Err(RenderError::TooLarge(format!(
-                    "decoding {w}x{h} pixels would exceed render.max_decode_bytes ({max})"
-                )));
+                // Too large to decode at once (a full-size request of a large image on a small
+                // budget): put together from its blocks, each decoded within the budget.
+                let one_block = u64::from(blocks::BLOCK).pow(2) * DECODE_BYTES_PER_PIXEL;
+                let output = w.saturating_mul(h).saturating_mul(4);
+                return match cover {
+                    Some(c) if one_block.saturating_add(output) <= max => {
+                        compose(src, cache, &header, codestream, reduce, &c)
+                    }
+                    _ => Err(RenderError::TooLarge(format!(
+                        "decoding {w}x{h} pixels would exceed render.max_decode_bytes ({max})"
+                    ))),
+                };
             }
-            let img = decode_area(src, cache, &header, codestream, reduce, area)?;
+            let img = decode_area(src, cache, &header, codestream, reduce, area, again)?;
             let whole = Rect {
                 x: 0,
                 y: 0,

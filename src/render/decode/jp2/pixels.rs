@@ -25,14 +25,16 @@ impl Plane<'_> {
         self.to_8_bits(self.data[sy * self.w + sx])
     }
 
-    /// A sample brought to 8 bits, unsigned (not yet clamped).
+    /// A sample brought to 8 bits, unsigned (not yet clamped), as Pillow brings it: signed samples
+    /// moved up by half their range, deeper ones shifted down with rounding, shallower ones
+    /// shifted up (a 1-bit 1 is 128, a 4-bit 15 is 240), so the corpus compares like with like.
     fn to_8_bits(&self, mut v: i32) -> i32 {
         if self.signed {
             v += 1 << (self.prec - 1);
         }
         match self.prec.cmp(&8) {
-            std::cmp::Ordering::Greater => v >> (self.prec - 8),
-            std::cmp::Ordering::Less => v * 255 / ((1 << self.prec) - 1),
+            std::cmp::Ordering::Greater => (v + (1 << (self.prec - 9))) >> (self.prec - 8),
+            std::cmp::Ordering::Less => v << (8 - self.prec),
             std::cmp::Ordering::Equal => v,
         }
     }
@@ -73,10 +75,20 @@ pub(super) fn pixels(img: &opj::opj_image_t) -> Result<DynamicImage> {
         ));
     };
     let (w, h, rdx, rdy) = (reference.w, reference.h, reference.dx, reference.dy);
-    let sycc = matches!(
+    // A raw codestream says nothing of its colours; three components whose second is subsampled
+    // are luma and chroma (what opj_decompress and Pillow assume too).
+    let unsaid = matches!(
+        img.color_space,
+        opj::COLOR_SPACE::OPJ_CLRSPC_UNKNOWN | opj::COLOR_SPACE::OPJ_CLRSPC_UNSPECIFIED
+    );
+    let chroma_subsampled = planes.len() == 3
+        && (planes[0].dx, planes[0].dy) == (rdx, rdy)
+        && (planes[1].dx > rdx || planes[1].dy > rdy);
+    let sycc = (matches!(
         img.color_space,
         opj::COLOR_SPACE::OPJ_CLRSPC_SYCC | opj::COLOR_SPACE::OPJ_CLRSPC_EYCC
-    ) && planes.len() >= 3;
+    ) || (unsaid && chroma_subsampled))
+        && planes.len() >= 3;
     if !matches!(
         img.color_space,
         opj::COLOR_SPACE::OPJ_CLRSPC_SRGB
