@@ -491,6 +491,76 @@ fn htj2k_sources_match_the_reference_decoder() {
     }
 }
 
+/// Codestreams whose every component is subsampled (conformance file p0_02's shape, which Pillow
+/// refuses): the image is as big as its components and every pixel is opj_decompress's, also from an
+/// odd origin, in a region and at a reduced size.
+#[test]
+fn jpeg2000_with_every_component_subsampled_matches_opj_decompress() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gray = image::GrayImage::from_fn(127, 126, |x, y| {
+        image::Luma([((x * 7 + y * 3) % 256) as u8])
+    });
+    let color = RgbImage::from_fn(127, 126, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 2) as u8, ((x * y) % 256) as u8])
+    });
+    DynamicImage::ImageLuma8(gray)
+        .save(tmp.path().join("g.png"))
+        .expect("gray png");
+    DynamicImage::ImageRgb8(color)
+        .save(tmp.path().join("c.png"))
+        .expect("colour png");
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(tmp.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("{}: {e} (tests/setup.sh installs it)", args[0]));
+        assert!(status.success(), "{args:?}");
+    };
+    for (name, input, extra) in [
+        ("sub21.j2k", "g.png", ["-s", "2,1", "-d", "3,0"]),
+        ("sub22.j2k", "c.png", ["-s", "2,2", "-d", "0,5"]),
+    ] {
+        let mut args = vec!["opj_compress", "-i", input, "-o", name, "-n", "3"];
+        args.extend(extra);
+        run(&args);
+        run(&["opj_decompress", "-i", name, "-o", &format!("{name}.png")]);
+        let want = image::open(tmp.path().join(format!("{name}.png")))
+            .expect("reference")
+            .to_rgb8();
+        std::fs::copy(tmp.path().join(name), server.images.join(name)).expect("copy");
+        let info = server.get(&format!("/iiif/3/{name}/info.json"));
+        assert_eq!(info.status, 200, "{name}: {}", info.text());
+        let size = (
+            info.json()["width"].as_u64(),
+            info.json()["height"].as_u64(),
+        );
+        assert_eq!(
+            size,
+            (
+                Some(u64::from(want.width())),
+                Some(u64::from(want.height()))
+            ),
+            "{name}"
+        );
+        let full = server.get(&format!("/iiif/3/{name}/full/max/0/default.png"));
+        assert_eq!(full.status, 200, "{name}: {}", full.text());
+        assert!(
+            full.image().to_rgb8() == want,
+            "{name}: pixels differ from opj_decompress"
+        );
+        let part = server.get(&format!("/iiif/3/{name}/9,17,31,40/max/0/default.png"));
+        assert_eq!(part.status, 200, "{name}");
+        let crop = image::imageops::crop_imm(&want, 9, 17, 31, 40).to_image();
+        assert!(part.image().to_rgb8() == crop, "{name}: region differs");
+        let small = server.get(&format!("/iiif/3/{name}/full/20,/0/default.png"));
+        assert_eq!((small.status, small.image().width()), (200, 20), "{name}");
+    }
+}
+
 /// `pic` as an archive writes JPEG 2000 (opj_compress: RPCL, 256 px precincts, 64 px code blocks,
 /// PLT markers, untiled), losslessly.
 fn write_archive_jp2(pic: &RgbImage, out: &std::path::Path) {
@@ -936,7 +1006,7 @@ fn jpeg_quirks_are_shown_as_browsers_show_them() {
     let ppm = tmp.path().join("in.ppm");
     let mut pnm = format!("P6\n{} {}\n255\n", pic.width(), pic.height()).into_bytes();
     pnm.extend_from_slice(pic.as_raw());
-    std::fs::write(&ppm, pnm).expect("ppm");
+    std::fs::write(&ppm, pnm).expect("colour png");
     let arith = std::process::Command::new("cjpeg")
         .args(["-arithmetic", "-quality", "92"])
         .arg(&ppm)

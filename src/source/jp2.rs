@@ -7,16 +7,27 @@
 /// What the codestream header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Jp2Header {
-    /// Image width on the reference grid.
+    /// Image width: the reference grid's, or when every component is subsampled (all XRsiz >= 2,
+    /// as in conformance file p0_02) the finest component's grid, which is what decodes.
     pub width: u32,
     /// Image height.
     pub height: u32,
     /// Wavelet decomposition levels: the decoder can reduce by up to 2^levels.
     pub levels: u8,
-    /// Image origin on the reference grid (XOsiz, YOsiz): decode areas are given on that grid.
+    /// Image origin (XOsiz, YOsiz, divided by `dx`/`dy` rounding up): decode areas are given on
+    /// this grid and scaled to the reference grid only at openjpeg's call.
     pub x0: u32,
     /// See `x0`.
     pub y0: u32,
+    /// The subsampling every component shares at least (1 but for files with no full-size
+    /// component): one pixel of `width` spans `dx` columns of the reference grid.
+    pub dx: u32,
+    /// See `dx`.
+    pub dy: u32,
+    /// The reference grid's end (Xsiz, Ysiz): scaled decode areas are clamped to it.
+    pub ref_x1: u32,
+    /// See `ref_x1`.
+    pub ref_y1: u32,
     /// One tile covers the image (an untiled codestream): openjpeg can decode several areas
     /// through one opened codec.
     pub single_tile: bool,
@@ -44,7 +55,20 @@ pub(crate) fn read_header(head: &[u8]) -> Option<Jp2Header> {
     };
     let u16_at = |at: usize| cs.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
     let (xsiz, ysiz, xo, yo) = (u32_at(8)?, u32_at(12)?, u32_at(16)?, u32_at(20)?);
-    let (width, height) = (xsiz.checked_sub(xo)?, ysiz.checked_sub(yo)?);
+    xsiz.checked_sub(xo)?;
+    ysiz.checked_sub(yo)?;
+    // Csiz, then XRsiz/YRsiz per component: openjpeg decodes to the finest component's grid.
+    let comps = usize::from(u16_at(40)?);
+    let (mut dx, mut dy) = (u32::MAX, u32::MAX);
+    for c in 0..comps.min(16_384) {
+        dx = dx.min(u32::from(*cs.get(43 + 3 * c)?));
+        dy = dy.min(u32::from(*cs.get(44 + 3 * c)?));
+    }
+    if comps == 0 || dx == 0 || dy == 0 {
+        return None;
+    }
+    let (x0, y0) = (xo.div_ceil(dx), yo.div_ceil(dy));
+    let (width, height) = (xsiz.div_ceil(dx) - x0, ysiz.div_ceil(dy) - y0);
     let (xt, yt, xto, yto) = (u32_at(24)?, u32_at(28)?, u32_at(32)?, u32_at(36)?);
     let single_tile = u64::from(xto) + u64::from(xt) >= u64::from(xsiz)
         && u64::from(yto) + u64::from(yt) >= u64::from(ysiz)
@@ -68,8 +92,12 @@ pub(crate) fn read_header(head: &[u8]) -> Option<Jp2Header> {
         width,
         height,
         levels: levels.min(32),
-        x0: xo,
-        y0: yo,
+        x0,
+        y0,
+        dx,
+        dy,
+        ref_x1: xsiz,
+        ref_y1: ysiz,
         single_tile,
     })
 }
@@ -186,6 +214,10 @@ mod tests {
             levels: 5,
             x0: 0,
             y0: 0,
+            dx: 1,
+            dy: 1,
+            ref_x1: 6000,
+            ref_y1: 4000,
             single_tile: false,
         });
         assert!(is_jpeg2000(&cs));
@@ -202,6 +234,25 @@ mod tests {
         assert_eq!(tiled, Some(false), "4000 px tiles: two columns");
         let untiled = read_header(&j2k_tiles(6000, 4000, 5, 6000)).map(|h| h.single_tile);
         assert_eq!(untiled, Some(true));
+    }
+
+    #[test]
+    fn a_codestream_with_every_component_subsampled_is_as_big_as_its_finest_component() {
+        // p0_02's shape: one component, XRsiz 2, on a 127x126 grid from an odd origin.
+        let mut cs = j2k(127, 126, 3);
+        cs[16..20].copy_from_slice(&3u32.to_be_bytes());
+        cs[40..42].copy_from_slice(&1u16.to_be_bytes());
+        cs[43] = 2;
+        let h = read_header(&cs).expect("header");
+        assert_eq!((h.x0, h.width, h.height, h.dx, h.dy), (2, 62, 126, 2, 1));
+        assert_eq!((h.ref_x1, h.ref_y1), (127, 126));
+        // Mixed subsampling: the full-size component decides (p0_06).
+        let mut mixed = j2k(100, 80, 3);
+        mixed[46..48].copy_from_slice(&[2, 2]);
+        let mixed = read_header(&mixed).map(|h| (h.dx, h.width));
+        assert_eq!(mixed, Some((1, 100)));
+        cs[43] = 0;
+        assert_eq!(read_header(&cs), None, "XRsiz 0 is no codestream");
     }
 
     proptest::proptest! {

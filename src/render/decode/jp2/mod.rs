@@ -58,7 +58,7 @@ fn decode_area(
         None => Decoder::open(src.reader, codestream, reduce)?,
     };
     // A failed decode drops the decoder (openjpeg's state after an error is not reusable).
-    let img = decoder.decode(src.reader, area)?;
+    let img = decoder.decode(src.reader, reference_area(header, area))?;
     if keep {
         let weight = src.reader.size().saturating_mul(OPEN_BYTES_PER_FILE_BYTE) + (1 << 20);
         cache.park(src.fingerprint, reduce, Box::new(decoder), weight);
@@ -194,8 +194,8 @@ impl CopySource {
             return Ok(None);
         }
         let area = blocks::strip_area(grid, native as u32, 0, nh);
-        let smallest =
-            Decoder::open(src.reader, codestream, native as u32)?.decode(src.reader, area)?;
+        let smallest = Decoder::open(src.reader, codestream, native as u32)?
+            .decode(src.reader, reference_area(&header, area))?;
         let gray = match smallest {
             DynamicImage::ImageLuma8(_) => true,
             DynamicImage::ImageRgb8(_) => false,
@@ -247,6 +247,20 @@ impl CopySource {
             area,
             true,
         )
+    }
+}
+
+/// `area` on the image's grid scaled to openjpeg's reference grid (the same but for files whose
+/// every component is subsampled): component pixel `c` spans reference columns `[c*dx, (c+1)*dx)`,
+/// and openjpeg decodes the components' samples `ceil(x0/dx)..ceil(x1/dx)` of an area, so scaling
+/// the ends gives back exactly the pixels asked for.
+fn reference_area(header: &jp2::Jp2Header, area: Area) -> Area {
+    let scale = |v: u32, by: u32, end: u32| v.saturating_mul(by).min(end);
+    Area {
+        x0: scale(area.x0, header.dx, header.ref_x1),
+        y0: scale(area.y0, header.dy, header.ref_y1),
+        x1: scale(area.x1, header.dx, header.ref_x1),
+        y1: scale(area.y1, header.dy, header.ref_y1),
     }
 }
 
