@@ -38,6 +38,8 @@ pub(crate) struct ReconcileReport {
     pub dropped: u64,
     /// Files that could not be given their attribute (counted as they are; see the log).
     pub unsettled: u64,
+    /// Temp files of earlier processes removed (writes a crash interrupted).
+    pub temps_removed: u64,
     /// Whether it counted everything (not stopped by shutdown).
     pub complete: bool,
     /// Seconds it took.
@@ -106,6 +108,7 @@ impl Store {
             if self.closed() {
                 return Ok(report);
             }
+            report.temps_removed += self.files.sweep_temps(d)? as u64;
             // First each file is settled (given its attribute: hashing may take a while), with
             // the directory free for writes and hits; then it is counted under its lock, which
             // costs a directory listing.

@@ -204,9 +204,17 @@ fn a_clean_close_is_trusted_and_a_crash_is_recounted() -> TestResult {
     assert_eq!((rec.temps_removed, rec.reconcile_needed), (1, false));
     assert_eq!(store.stats().objects, 10, "the saved summaries, trusted");
     assert!(!store.stats().approximate);
+    // A write an earlier process did not finish, beside its object.
+    let leftover = store
+        .files
+        .path(&key(44), "jpg")
+        .with_file_name(format!(".{}.00000000deadbeef.7.tmp", key(44).to_hex()));
+    std::fs::write(&leftover, b"half")?;
     let report = store.gc()?;
     assert!(report.complete);
     assert_eq!((report.objects, report.adopted), (11, 1));
+    assert_eq!(report.temps_removed, 1);
+    assert!(!leftover.exists(), "a crash's temp file is swept");
     assert_eq!(counted(&store), (11, 9 * 100 + 6 + 7));
     assert_eq!(store.stats().bytes, 913);
     let verified = store.verify()?;
