@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// Run the server until SIGINT or SIGTERM: open everything, bind both listeners, print their
 /// addresses (for scripts and tests that ask for port 0), tell systemd, serve, shut down in order.
 pub(crate) fn run(cfg: Config) -> io::Result<()> {
-    crate::memory::keep_render_heap();
+    crate::sys::keep_render_heap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("iiifd-async")
@@ -23,7 +23,7 @@ pub(crate) fn run(cfg: Config) -> io::Result<()> {
             .map_err(io::Error::other)??;
         tracing::info!(recovery = ?app.recovery(), "store opened");
         // Opening the index replays its log: transient memory, not ours to keep.
-        crate::memory::release_free_heap();
+        crate::sys::release_free_heap();
         let app = Arc::new(app);
         app.start()?;
         let listener = bind(cfg.listen)?;

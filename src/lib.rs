@@ -31,6 +31,7 @@
 //! `memo`} -> `pipeline` -> {`render`, `store`, `key`} -> {`source`, `admission`} -> `iiif`, which
 //! depends on nothing of ours (nor does `bounded`, the small caches' map).
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 #![deny(unreachable_pub)]
 
 mod access;
@@ -48,12 +49,12 @@ pub mod iiif;
 pub mod internals;
 mod key;
 mod memo;
-mod memory;
 mod metrics;
 mod pipeline;
 mod render;
 pub mod source;
 mod store;
+mod sys;
 mod warm;
 
 pub use app::App;

@@ -120,6 +120,46 @@ fn no_import_cycle_and_every_engine_in_its_room() {
         graph.entry(module).or_default().extend(deps);
     }
     assert!(graph.len() > 10, "the walk found the modules: {graph:?}");
+    // Pairs that must never meet, whatever else changes: the pure syntax knows nothing of ours;
+    // the engines below the pipeline know nothing of HTTP, of the pipeline, or of each other's
+    // insides (the store keeps bytes, the renderer makes them; neither reads the other).
+    for (module, never) in [
+        (
+            "iiif",
+            &[
+                "http", "pipeline", "render", "store", "source", "app", "config",
+            ][..],
+        ),
+        (
+            "render",
+            &["http", "pipeline", "store", "app", "memo", "crawl"],
+        ),
+        (
+            // (The store reads through `source`'s object readers and its S3 client: that way only.)
+            "store",
+            &["http", "pipeline", "render", "app", "memo", "crawl"],
+        ),
+        (
+            "source",
+            &["http", "pipeline", "render", "store", "app", "memo"],
+        ),
+        ("pipeline", &["http", "app", "memo", "crawl"]),
+        ("admission", &["http", "pipeline", "render", "store", "app"]),
+        ("key", &["http", "pipeline", "render", "store", "app"]),
+        (
+            "sys",
+            &["http", "pipeline", "render", "store", "source", "app"],
+        ),
+    ] {
+        let deps = graph.get(module).cloned().unwrap_or_default();
+        assert!(graph.contains_key(module), "module {module} was not found");
+        for n in never {
+            assert!(
+                !deps.contains(*n),
+                "{module} imports {n}: they must never meet"
+            );
+        }
+    }
     // Depth-first search for a cycle, reporting its path.
     fn visit(
         m: &str,
@@ -154,4 +194,59 @@ fn the_reference_parser_sees_lists_and_paths() {
         refs.into_iter().collect::<Vec<_>>(),
         vec!["app".to_owned(), "key".to_owned(), "store".to_owned()]
     );
+}
+
+/// `unsafe` is denied at the crate root and allowed only in the FFI and SIMD modules, and every
+/// block there says why it holds (a `SAFETY` comment within the lines above it).
+#[test]
+fn unsafe_only_where_allowed_and_every_block_explained() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("lib.rs");
+    assert!(
+        lib.contains("#![deny(unsafe_code)]"),
+        "the crate root denies unsafe code"
+    );
+    let allowed = [
+        "sys.rs",
+        "render/decode/jpeg.rs",
+        "render/decode/jpeg_simd.rs",
+        "render/decode/jp2/ffi.rs",
+    ];
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut blocks = 0;
+    for f in &files {
+        let rel = f
+            .strip_prefix(&src)
+            .expect("under src")
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(f).expect("read");
+        let allows = text.contains("#![allow(unsafe_code)]");
+        assert!(
+            !allows || allowed.contains(&rel.as_str()),
+            "{rel} allows unsafe code"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let opens_block = code.contains("unsafe {") || code.trim_end().ends_with("= unsafe");
+            if !opens_block {
+                continue;
+            }
+            assert!(
+                allows,
+                "{rel}:{}: unsafe outside the allowed modules",
+                i + 1
+            );
+            blocks += 1;
+            let above = &lines[i.saturating_sub(18)..=i];
+            assert!(
+                above.iter().any(|l| l.contains("SAFETY")),
+                "{rel}:{}: an unsafe block without a SAFETY comment",
+                i + 1
+            );
+        }
+    }
+    assert!(blocks > 10, "the walk found the unsafe blocks ({blocks})");
 }

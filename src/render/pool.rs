@@ -472,21 +472,8 @@ fn work(shared: &Shared, role: Role, worker: Worker) {
 /// Run this thread below the process's CPU priority (see [`GENERAL_NICE`]). Best effort: where
 /// the kernel refuses, the lanes still keep their threads apart, only without the kernel's help.
 fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid has no preconditions; setpriority reads only its integer arguments, and
-        // with this thread's own id it changes only this thread's nice value (Linux threads have
-        // their own).
-        let rc = unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, GENERAL_NICE)
-        };
-        if rc != 0 {
-            tracing::warn!(
-                "cannot lower the priority of a render thread: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+    if let Err(e) = crate::sys::set_thread_nice(GENERAL_NICE) {
+        tracing::warn!("cannot lower the priority of a render thread: {e}");
     }
 }
 

@@ -114,7 +114,7 @@ fn background(store: &std::sync::Weak<Store>, rx: &Receiver<()>) {
                 bytes = store.stats().bytes,
                 "store back under its budget"
             );
-            crate::memory::release_free_heap();
+            crate::sys::release_free_heap();
         }
         store.save_summaries(false, false);
     }

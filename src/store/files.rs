@@ -36,13 +36,12 @@ use crate::key::{content_hash_reader, ContentHash, DerivativeKey};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The extended attribute that holds an object's blake3 and length.
-const HASH_XATTR: &[u8] = b"user.iiifd.b3\0";
+const HASH_XATTR: &std::ffi::CStr = c"user.iiifd.b3";
 
 /// What the file system says of one object file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -515,16 +514,7 @@ impl Files {
 
     /// Bytes available to unprivileged writers on the store's file system.
     pub(crate) fn available_bytes(&self) -> io::Result<u64> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(self.objects.as_os_str().as_bytes())
-            .map_err(io::Error::other)?;
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized, writable statvfs.
-        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+        crate::sys::available_bytes(&self.objects)
     }
 }
 
@@ -574,36 +564,25 @@ fn object_name(name: &std::ffi::OsStr, path: PathBuf, d: u8) -> Option<FoundObje
     })
 }
 
-/// A number this process's temp names carry (see `Files::session`): the clock's nanoseconds and
-/// the process id, through blake3 so that neither repeats as a pattern.
+/// A number this process's temp names carry (see `Files::session`): the clock and the process id
+/// through std's randomly keyed hasher (its keys come from the operating system's randomness).
 fn session_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let mut h = blake3::Hasher::new();
-    h.update(&nanos.to_le_bytes());
-    h.update(&std::process::id().to_le_bytes());
-    let b = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&b.as_bytes()[..8]);
-    u64::from_le_bytes(first)
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// The blake3 and length an object's attribute holds, or `None` when it has none (or it cannot
 /// be read: then the object is as unverifiable as on a file system without attributes).
 pub(crate) fn stored_hash(file: &File) -> Option<(ContentHash, u64)> {
     let mut buf = [0u8; 40];
-    // SAFETY: the name is NUL-terminated, `buf` is writable for its whole length, and the fd is
-    // open for as long as `file` lives.
-    let n = unsafe {
-        libc::fgetxattr(
-            file.as_raw_fd(),
-            HASH_XATTR.as_ptr().cast(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let n = crate::sys::get_xattr(file, HASH_XATTR, &mut buf).ok()?;
     if n != 40 {
         return None;
     }
@@ -617,21 +596,7 @@ fn set_hash(file: &File, hash: &ContentHash, len: u64) -> io::Result<()> {
     let mut value = [0u8; 40];
     value[..32].copy_from_slice(hash);
     value[32..].copy_from_slice(&len.to_le_bytes());
-    // SAFETY: the name is NUL-terminated, `value` is readable for its whole length, and the fd is
-    // open for as long as `file` lives.
-    let rc = unsafe {
-        libc::fsetxattr(
-            file.as_raw_fd(),
-            HASH_XATTR.as_ptr().cast(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys::set_xattr(file, HASH_XATTR, &value)
 }
 
 /// Set an open object's last access (its modification time) to `at`, Unix seconds.

@@ -29,6 +29,8 @@
 //! Scales are powers of two: `scale_log2` 0..=3 means 1, 1/2, 1/4, 1/8. A scaled dimension is
 //! `ceil(d / 2^k)`, the same rounding as the renderer's pyramid, so a DCT-scaled decode and a halving
 //! of the full image have the same size.
+// FFI/SIMD: one of the few modules allowed `unsafe` (libjpeg's C API); every block says why it holds.
+#![allow(unsafe_code)]
 
 use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::render::cache::DecodedCache;

@@ -4,6 +4,8 @@
 //! are line-by-line ports of `jidctint.c` and `jdcolor.c` that the tests hold them to.
 //!
 //! Used only when the CPU has AVX2 ([`kernels`]); otherwise libjpeg keeps its own C.
+// FFI/SIMD: one of the few modules allowed `unsafe` (AVX2 intrinsics and libjpeg's hooks); every block says why it holds.
+#![allow(unsafe_code)]
 
 use std::ffi::{c_short, c_uchar, c_uint, c_void};
 
@@ -381,6 +383,8 @@ mod avx2 {
             *slot = _mm256_mullo_epi32(_mm256_cvtepi16_epi32(c), q);
         }
         let round1 = _mm256_set1_epi32(1 << (CONST_BITS - PASS1_BITS - 1));
+        // SAFETY (this and the three below): AVX2 is present, as this function's own
+        // target_feature requires of its caller; the helpers only compute on registers.
         let w = unsafe { butterfly_v(v) }
             .map(|x| _mm256_srai_epi32::<{ CONST_BITS - PASS1_BITS }>(_mm256_add_epi32(x, round1)));
         // Pass 2, along the rows: transpose so lanes are rows and vector c is workspace column c.
@@ -394,6 +398,7 @@ mod avx2 {
             )
         });
         // Back to rows, then saturate to 0..=255 (packs/packus) and store eight bytes a row.
+        // SAFETY: as above.
         let r = unsafe { transpose(o) };
         let perm = |a, b| _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
         let p01 = perm(r[0], r[1]);

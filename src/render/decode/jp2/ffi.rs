@@ -1,9 +1,11 @@
 //! openjpeg through its C API: a stream of our own over the source backend (openjpeg asks for
 //! bytes at offsets; a file path would tie it to the local disk), one decode of an area at a
 //! resolution reduction per call.
+// FFI/SIMD: one of the few modules allowed `unsafe` (openjpeg's C API); every block says why it holds.
+#![allow(unsafe_code)]
 
 use super::blocks::Area;
-use super::pixels::pixels;
+use super::pixels::{pixels, Colour, Plane};
 use crate::render::{RenderError, Result};
 use crate::source::ObjectReader;
 use image::DynamicImage;
@@ -29,7 +31,9 @@ unsafe extern "C" fn read_fn(buf: *mut c_void, n: usize, data: *mut c_void) -> u
     let Some(reader) = c.reader else {
         return usize::MAX;
     };
+    // SAFETY: openjpeg hands `buf` with room for `n` bytes, ours for the call.
     let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), n) };
+    // SAFETY: the reader is borrowed by `with_reader` for the whole call that runs this callback.
     match unsafe { &*reader }.read_at(out, c.at) {
         Ok(0) | Err(_) => usize::MAX,
         Ok(got) => {
@@ -218,7 +222,43 @@ impl Decoder {
             if ok == 0 {
                 return Err(self.failed("decode"));
             }
-            pixels(&*self.session.image)
+            let img = &*self.session.image;
+            if img.comps.is_null() || img.numcomps == 0 {
+                return Err(RenderError::Undecodable(
+                    "JPEG 2000 without components".into(),
+                ));
+            }
+            // SAFETY: after a successful decode openjpeg's image holds `numcomps` components,
+            // each with w*h decoded samples (or a null `data`, refused here); they live as long
+            // as the image, which this borrow of `self` keeps.
+            let comps = std::slice::from_raw_parts(img.comps, img.numcomps as usize);
+            let mut planes = Vec::with_capacity(comps.len());
+            for c in comps.iter().take(4) {
+                let (w, h) = (c.w as usize, c.h as usize);
+                if c.data.is_null() {
+                    return Err(RenderError::Undecodable(
+                        "JPEG 2000 component without data".into(),
+                    ));
+                }
+                planes.push(Plane {
+                    w,
+                    h,
+                    dx: c.dx,
+                    dy: c.dy,
+                    prec: c.prec,
+                    signed: c.sgnd != 0,
+                    data: std::slice::from_raw_parts(c.data, w * h),
+                });
+            }
+            use opj::COLOR_SPACE as C;
+            let colour = match img.color_space {
+                C::OPJ_CLRSPC_SRGB => Colour::Srgb,
+                C::OPJ_CLRSPC_GRAY => Colour::Gray,
+                C::OPJ_CLRSPC_SYCC | C::OPJ_CLRSPC_EYCC => Colour::Ycc,
+                C::OPJ_CLRSPC_UNKNOWN | C::OPJ_CLRSPC_UNSPECIFIED => Colour::Unsaid,
+                _ => Colour::Other,
+            };
+            pixels(&planes, colour)
         }
     }
 

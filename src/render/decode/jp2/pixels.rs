@@ -1,20 +1,36 @@
 //! openjpeg's decoded components as 8-bit gray or colour, with or without alpha: components brought
 //! to 8 bits, subsampled components (4:2:2, 4:2:0 chroma) upsampled by replication, sYCC converted
 //! to RGB.
+//!
+//! Pure: works on the planes `ffi` borrows from openjpeg's image.
 
 use crate::render::{RenderError, Result};
 use image::DynamicImage;
-use openjpeg_sys as opj;
 
 /// One decoded component, borrowed from openjpeg's image.
-struct Plane<'a> {
-    w: usize,
-    h: usize,
-    dx: u32,
-    dy: u32,
-    prec: u32,
-    signed: bool,
-    data: &'a [i32],
+pub(super) struct Plane<'a> {
+    pub(super) w: usize,
+    pub(super) h: usize,
+    pub(super) dx: u32,
+    pub(super) dy: u32,
+    /// Bits per sample, 1 to 16.
+    pub(super) prec: u32,
+    pub(super) signed: bool,
+    /// `w * h` samples, row by row.
+    pub(super) data: &'a [i32],
+}
+
+/// What the file says of its colours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Colour {
+    Srgb,
+    Gray,
+    /// sYCC or e-sYCC.
+    Ycc,
+    /// Nothing (a raw codestream) or unspecified.
+    Unsaid,
+    /// Anything else (CMYK, e-sRGB, ...).
+    Other,
 }
 
 impl Plane<'_> {
@@ -40,33 +56,16 @@ impl Plane<'_> {
     }
 }
 
-/// openjpeg's components as 8-bit gray or colour, with or without alpha.
-pub(super) fn pixels(img: &opj::opj_image_t) -> Result<DynamicImage> {
-    if img.comps.is_null() || img.numcomps == 0 {
-        return Err(RenderError::Undecodable(
-            "JPEG 2000 without components".into(),
+/// openjpeg's components as 8-bit gray or colour, with or without alpha (the first four).
+pub(super) fn pixels(planes: &[Plane<'_>], colour: Colour) -> Result<DynamicImage> {
+    let planes = &planes[..planes.len().min(4)];
+    if planes
+        .iter()
+        .any(|p| p.w == 0 || p.h == 0 || !(1..=16).contains(&p.prec) || p.data.len() != p.w * p.h)
+    {
+        return Err(RenderError::Unsupported(
+            "JPEG 2000 with empty or deeper than 16-bit components".into(),
         ));
-    }
-    // SAFETY: openjpeg's image holds `numcomps` components, each with w*h decoded samples.
-    let comps = unsafe { std::slice::from_raw_parts(img.comps, img.numcomps as usize) };
-    let mut planes = Vec::new();
-    for c in comps.iter().take(4) {
-        let (w, h) = (c.w as usize, c.h as usize);
-        if w == 0 || h == 0 || c.data.is_null() || !(1..=16).contains(&c.prec) {
-            return Err(RenderError::Unsupported(
-                "JPEG 2000 with empty or deeper than 16-bit components".into(),
-            ));
-        }
-        planes.push(Plane {
-            w,
-            h,
-            dx: c.dx,
-            dy: c.dy,
-            prec: c.prec,
-            signed: c.sgnd != 0,
-            // SAFETY: as above.
-            data: unsafe { std::slice::from_raw_parts(c.data, w * h) },
-        });
     }
     // The output grid is the finest component's.
     let Some(reference) = planes.iter().min_by_key(|p| (p.dx, p.dy)) else {
@@ -77,30 +76,15 @@ pub(super) fn pixels(img: &opj::opj_image_t) -> Result<DynamicImage> {
     let (w, h, rdx, rdy) = (reference.w, reference.h, reference.dx, reference.dy);
     // A raw codestream says nothing of its colours; three components whose second is subsampled
     // are luma and chroma (what opj_decompress and Pillow assume too).
-    let unsaid = matches!(
-        img.color_space,
-        opj::COLOR_SPACE::OPJ_CLRSPC_UNKNOWN | opj::COLOR_SPACE::OPJ_CLRSPC_UNSPECIFIED
-    );
+    let unsaid = colour == Colour::Unsaid;
     let chroma_subsampled = planes.len() == 3
         && (planes[0].dx, planes[0].dy) == (rdx, rdy)
         && (planes[1].dx > rdx || planes[1].dy > rdy);
-    let sycc = (matches!(
-        img.color_space,
-        opj::COLOR_SPACE::OPJ_CLRSPC_SYCC | opj::COLOR_SPACE::OPJ_CLRSPC_EYCC
-    ) || (unsaid && chroma_subsampled))
-        && planes.len() >= 3;
-    if !matches!(
-        img.color_space,
-        opj::COLOR_SPACE::OPJ_CLRSPC_SRGB
-            | opj::COLOR_SPACE::OPJ_CLRSPC_GRAY
-            | opj::COLOR_SPACE::OPJ_CLRSPC_UNKNOWN
-            | opj::COLOR_SPACE::OPJ_CLRSPC_UNSPECIFIED
-    ) && !sycc
-    {
-        return Err(RenderError::Unsupported(format!(
-            "JPEG 2000 colour space {:?}",
-            img.color_space
-        )));
+    let sycc = (colour == Colour::Ycc || (unsaid && chroma_subsampled)) && planes.len() >= 3;
+    if colour == Colour::Other || (colour == Colour::Ycc && !sycc) {
+        return Err(RenderError::Unsupported(
+            "JPEG 2000 colour space other than sRGB, gray or sYCC".into(),
+        ));
     }
     let n = planes.len();
     if !sycc && planes.iter().all(|p| (p.w, p.h) == (w, h)) {
