@@ -21,6 +21,8 @@ pub(crate) struct Metrics {
     pub collapsed: AtomicU64,
     /// Tiled copies of large flat sources written to the store.
     pub tiled_copies: AtomicU64,
+    /// Tiled copies asked for by a render (each then waits for the pool to be idle).
+    pub tiled_copies_wanted: AtomicU64,
     /// Renders that read their pixels from a tiled copy.
     pub tiled_copy_renders: AtomicU64,
     render_duration: Histogram,
@@ -35,6 +37,7 @@ impl Default for Metrics {
             renders: AtomicU64::new(0),
             collapsed: AtomicU64::new(0),
             tiled_copies: AtomicU64::new(0),
+            tiled_copies_wanted: AtomicU64::new(0),
             tiled_copy_renders: AtomicU64::new(0),
             render_duration: Histogram::default(),
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
@@ -79,6 +82,12 @@ impl Metrics {
             "iiifd_tiled_copies_total",
             "Tiled copies of large flat sources written to the store.",
             self.tiled_copies.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "iiifd_tiled_copies_wanted_total",
+            "Tiled copies asked for by a render: each is written once the render pool is idle.",
+            self.tiled_copies_wanted.load(Ordering::Relaxed),
         );
         counter(
             out,

@@ -244,35 +244,54 @@ fn cache_is_whole(store: &Path, expected_len: usize) {
 fn a_kill_during_a_source_download_leaves_no_torn_copy() {
     let weed = Weed::start();
     weed.create_bucket("masters");
-    // A large JPEG, so that its download takes a while.
     let big = crate::common::images::flat_huge_jpeg(6000, 4000);
     weed.put("masters", "collection/big.jpg", &big);
-    let env = s3_env(&weed);
+    // The download goes through a relay that holds it half-way, so the kill lands mid-download
+    // every time (on loopback a whole download takes a few milliseconds).
+    let s3_addr = weed
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("weed's S3 address");
+    let relay = crate::common::relay::Relay::start(s3_addr, big.len() as u64 / 2);
+    let mut env = s3_env(&weed);
+    for (k, v) in env.iter_mut() {
+        if *k == "IIIFD_SOURCE__S3__ENDPOINT" {
+            *v = format!("http://{}", relay.addr);
+        }
+    }
     let mut s3 = start(&env);
     let tmp = s3.store.join("sources/.tmp");
     let fire = crate::common::fire(s3.addr, "/iiif/3/big.jpg/info.json".into());
-    // Kill it while the download's temp file exists, if we catch it.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut caught = false;
-    while Instant::now() < deadline {
-        let partial = std::fs::read_dir(&tmp)
+    let partial = loop {
+        let partial: Vec<u64> = std::fs::read_dir(&tmp)
             .map(|d| {
                 d.flatten()
-                    .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .collect()
             })
-            .unwrap_or(false);
-        if partial {
-            caught = true;
-            break;
+            .unwrap_or_default();
+        if partial.iter().any(|&n| n > 0) {
+            break partial;
         }
-        if fire.is_finished() {
-            break;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
+        assert!(
+            Instant::now() < deadline && !fire.is_finished(),
+            "the download never showed a partial temp file in {}",
+            tmp.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(
+        partial.iter().all(|&n| n < big.len() as u64),
+        "held half-way: {partial:?} of {}",
+        big.len()
+    );
     s3.kill9();
     let _ = fire.join();
     cache_is_whole(&s3.store, big.len());
+    relay.release();
     s3.restart();
     assert_eq!(
         std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0),
@@ -283,7 +302,6 @@ fn a_kill_during_a_source_download_leaves_no_torn_copy() {
     assert_eq!(info.status, 200, "{}", info.text());
     assert_eq!(info.json()["width"], 6000);
     cache_is_whole(&s3.store, big.len());
-    eprintln!("download interrupted mid-way: {caught}");
 }
 
 /// A small HTTP file server: HEAD, GET with one Range, ETag and If-Match, and `/away/...`

@@ -699,19 +699,14 @@ impl Pipeline {
         if !first {
             return;
         }
+        self.metrics
+            .tiled_copies_wanted
+            .fetch_add(1, Ordering::Relaxed);
         let p = Arc::clone(self);
         tokio::spawn(async move {
             // Wait for the viewer's burst to pass: half a second with no render queued or running.
             // The copy serves later sessions; the one that triggered it has the decoded cache.
-            let mut idle_since: Option<Instant> = None;
-            loop {
-                if p.pool.pending() > 0 {
-                    idle_since = None;
-                } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= COPY_AFTER_IDLE {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            p.pool.idle_for(COPY_AFTER_IDLE).await;
             let (source, store, cache) = (
                 Arc::clone(&p.source),
                 Arc::clone(&p.store),

@@ -113,11 +113,19 @@ struct Shared {
     /// `[class][lane]`; background work under class 0.
     stats: Vec<[LaneStats; Lane::ALL.len()]>,
     names: Vec<String>,
+    /// Jobs queued or running, sent on every change (under the state's lock): what
+    /// [`RenderPool::idle_for`] waits on.
+    pending: tokio::sync::watch::Sender<usize>,
 }
 
 impl Shared {
     fn lock(&self) -> Option<MutexGuard<'_, State>> {
         self.state.lock().ok()
+    }
+
+    /// Tell the watchers how many jobs are pending now (call with the state's lock held).
+    fn announce(&self, state: &State) {
+        self.pending.send_replace(state.fair.pending());
     }
 
     fn stats(&self, class: usize, lane: Lane) -> Option<&LaneStats> {
@@ -157,6 +165,7 @@ impl RenderPool {
                 })
                 .collect(),
             names: settings.classes.iter().map(|(n, _)| n.clone()).collect(),
+            pending: tokio::sync::watch::Sender::new(0),
         });
         let spawn = |i: usize, role: Role, budget: u64| {
             let shared = Arc::clone(&shared);
@@ -199,6 +208,23 @@ impl RenderPool {
         self.shared.lock().map_or(0, |s| s.fair.pending())
     }
 
+    /// Return once no job has been queued or running for `quiet` on end (woken by the pool's
+    /// changes, not by polling).
+    pub(crate) async fn idle_for(&self, quiet: Duration) {
+        let mut rx = self.shared.pending.subscribe();
+        loop {
+            if rx.wait_for(|&n| n == 0).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(quiet, rx.changed()).await {
+                // Quiet all along, or the pool is gone.
+                Err(_) | Ok(Err(_)) => return,
+                // Something was queued or finished meanwhile: look again.
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
     /// Run `f` on a thread when the scheduler says, and await its result.
     pub(crate) async fn run<T, F>(&self, ticket: Ticket, f: F) -> Result<T, PoolError>
     where
@@ -226,13 +252,15 @@ impl RenderPool {
             if self.shared.closing.load(Ordering::Relaxed) {
                 return Err(PoolError::Closed);
             }
-            state.fair.submit(
+            let submitted = state.fair.submit(
                 ticket.client,
                 ticket.lane,
                 ticket.estimate.as_secs_f64(),
                 job,
                 Instant::now(),
-            )
+            );
+            self.shared.announce(&state);
+            submitted
         };
         let refused = |class: usize, lane: Lane| {
             if let Some(s) = self.shared.stats(class, lane) {
@@ -350,7 +378,11 @@ impl RenderPool {
         let queued = self
             .shared
             .lock()
-            .map(|mut s| s.fair.drain())
+            .map(|mut s| {
+                let drained = s.fair.drain();
+                self.shared.announce(&s);
+                drained
+            })
             .unwrap_or_default();
         for job in queued {
             let _ = job(Outcome::Refuse(PoolError::Closed));
@@ -458,6 +490,7 @@ fn work(shared: &Shared, role: Role, worker: Worker) {
         let took = started.elapsed();
         if let Some(mut state) = shared.lock() {
             state.fair.finish(dispatch.started, took, Instant::now());
+            shared.announce(&state);
             // A background slot may have come free for another general thread.
             if lane == Lane::Background {
                 shared.general_ready.notify_one();
@@ -533,6 +566,28 @@ mod tests {
         while !flag.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn idle_for_waits_out_running_work_then_a_quiet_spell() {
+        let pool = Arc::new(RenderPool::new(&settings(1, 0, 4, 100)));
+        let (job, release, started) = holder();
+        let p = Arc::clone(&pool);
+        let running = tokio::spawn(async move { p.run(ticket(1, Lane::Heavy), job).await });
+        until(&started).await;
+        let p = Arc::clone(&pool);
+        let idle = tokio::spawn(async move { p.idle_for(Duration::from_millis(30)).await });
+        // However long the job runs, the pool is not idle.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!idle.is_finished(), "idle while a job runs");
+        release.send(()).ok();
+        assert_eq!(running.await.ok(), Some(Ok(true)));
+        tokio::time::timeout(Duration::from_secs(10), idle)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .expect("idle once the job finished");
+        pool.shutdown();
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 
 pub mod images;
 pub mod inproc;
+pub mod relay;
 pub mod weed;
 
 use std::io::{BufRead, BufReader, Read, Write};
