@@ -2,10 +2,11 @@
 //! the library from outside: thin, stable wrappers over crate-internal steps. Not an API for
 //! anything else; hidden from the documentation.
 
+use crate::formats::{jp2, orientation, tiff};
 use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::iiif::Format;
 use crate::render::{self, RenderError};
-use crate::source::{jp2, memory::bytes_reader, orientation, tiff};
+use crate::source::memory::bytes_reader;
 use image::DynamicImage;
 
 /// Decode an image held in memory, with a source's limits and normalisation.

@@ -43,6 +43,7 @@ pub mod config;
 mod crawl;
 mod daemon;
 pub mod error;
+mod formats;
 mod http;
 pub mod iiif;
 #[doc(hidden)]

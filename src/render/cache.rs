@@ -14,7 +14,7 @@
 //! [`DIRECTORY_BUDGET`], within the memory bound's fixed part.
 
 use super::{RenderError, Result};
-use crate::source::tiff::Pyramid;
+use crate::formats::tiff::Pyramid;
 use crate::source::Fingerprint;
 use image::DynamicImage;
 use std::collections::HashMap;

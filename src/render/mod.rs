@@ -25,8 +25,9 @@ pub(crate) mod pool;
 pub(crate) mod probe;
 pub(crate) mod tiled_copy;
 
+use crate::formats::tiff;
 use crate::iiif::canonical::CanonicalRequest;
-use crate::source::{tiff, Fingerprint, ObjectReader, SourceError, SourceKind};
+use crate::source::{Fingerprint, ObjectReader, SourceError, SourceKind};
 use cache::DecodedCache;
 use color::ColorPlan;
 pub(crate) use encode::EncodeSettings;

@@ -5,8 +5,9 @@
 use super::decode::{jpeg, tiff_flat, whole};
 use super::plan::Reading;
 use super::{RenderError, Result};
+use crate::formats::{jp2, orientation, tiff};
 use crate::iiif::canonical::ImageSize;
-use crate::source::{jp2, orientation, tiff, ObjectReader, SourceError, SourceKind};
+use crate::source::{ObjectReader, SourceError, SourceKind};
 
 /// Limits checked before any pixel is decoded.
 #[derive(Clone, Copy, Debug)]

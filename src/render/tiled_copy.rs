@@ -283,8 +283,9 @@ fn edge_padded_tile(img: &DynamicImage, x: u32, y: u32) -> DynamicImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::tiff;
     use crate::render::decode;
-    use crate::source::{memory::bytes_reader, tiff};
+    use crate::source::memory::bytes_reader;
     use std::io::Read;
 
     #[test]

@@ -16,13 +16,9 @@
 
 pub(crate) mod fs;
 pub(crate) mod http;
-pub(crate) mod icc;
-pub(crate) mod jp2;
 pub mod memory;
-pub(crate) mod orientation;
 pub(crate) mod remote;
 pub(crate) mod s3;
-pub(crate) mod tiff;
 
 use crate::metrics::Histogram;
 use std::fmt;
@@ -394,7 +390,9 @@ impl SourceKind {
             | [b'M', b'M', 0, 42, ..]
             | [b'I', b'I', 43, 0, ..]
             | [b'M', b'M', 0, 43, ..] => SourceKind::Tiff,
-            _ if jp2::is_jpeg2000(head) => SourceKind::Jp2,
+            // The JP2 signature box, or a raw codestream's SOC + SIZ.
+            [0, 0, 0, 0x0c, b'j', b'P', b' ', b' ', 0x0d, 0x0a, 0x87, 0x0a, ..]
+            | [0xFF, 0x4F, 0xFF, 0x51, ..] => SourceKind::Jp2,
             [0x89, b'P', b'N', b'G', ..] => SourceKind::Png,
             [b'G', b'I', b'F', b'8', b'7' | b'9', b'a', ..] => SourceKind::Gif,
             [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => SourceKind::Webp,

@@ -32,11 +32,11 @@
 // FFI/SIMD: one of the few modules allowed `unsafe` (libjpeg's C API); every block says why it holds.
 #![allow(unsafe_code)]
 
+use crate::formats::orientation::{self, Orientation};
 use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::render::cache::DecodedCache;
 use crate::render::ops::halve;
 use crate::render::{plan, RenderError, Result, SourceRef};
-use crate::source::orientation::{self, Orientation};
 use crate::source::ObjectReader;
 use image::DynamicImage;
 use std::sync::Arc;

@@ -11,7 +11,8 @@ pub(crate) mod tiff;
 pub(crate) mod tiff_flat;
 pub(crate) mod whole;
 
-use crate::source::{icc, jp2 as jp2_dir, tiff as tiff_dir, ObjectReader, SourceKind};
+use crate::formats::{icc, jp2 as jp2_dir, tiff as tiff_dir};
+use crate::source::{ObjectReader, SourceKind};
 use image::{DynamicImage, ImageDecoder};
 
 /// The ICC profile embedded in a source, read from its headers (never its pixels): JPEG's `APP2`

@@ -3,11 +3,11 @@
 //! JPEG tile, unchanged, is answered with the tile's bytes.
 
 use crate::config::TilePassthrough;
+use crate::formats::orientation::Orientation;
+use crate::formats::tiff;
 use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::render::color::ColorPlan;
 use crate::render::{finish, plan, EncodeSettings, RenderError, Result};
-use crate::source::orientation::Orientation;
-use crate::source::tiff;
 use crate::source::ObjectReader;
 use image::DynamicImage;
 use std::sync::Arc;

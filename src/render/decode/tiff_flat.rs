@@ -16,8 +16,8 @@
 //! taken as 0.0 = black, 1.0 = white, clamped.
 
 use super::{from_samples, jpeg};
+use crate::formats::tiff::{self, Flat};
 use crate::render::{color, ops, RenderError, Result};
-use crate::source::tiff::{self, Flat};
 use crate::source::ObjectReader;
 use image::DynamicImage;
 use std::io::Write;
@@ -982,7 +982,7 @@ mod tests {
             t4_options: 0,
             inkset: 1,
             icc: None,
-            orientation: crate::source::orientation::Orientation::NORMAL,
+            orientation: crate::formats::orientation::Orientation::NORMAL,
             little_endian: true,
         }
     }

@@ -4,11 +4,11 @@
 //! level halved from the one above, so a viewer's tiles of one image cost one decode.
 
 use super::jpeg;
+use crate::formats::orientation::{self, Orientation};
 use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::render::cache::DecodedCache;
 use crate::render::ops::halve;
 use crate::render::{color, plan, RenderError, Result, SourceRef};
-use crate::source::orientation::{self, Orientation};
 use crate::source::{ObjectReader, SourceKind};
 use image::{DynamicImage, ImageDecoder};
 use std::sync::Arc;
@@ -98,7 +98,7 @@ fn cmyk_jpeg(reader: &dyn ObjectReader, max: u64) -> Result<DynamicImage> {
     if jpeg::has_adobe_marker(&data) {
         inks.iter_mut().for_each(|v| *v = 255 - *v);
     }
-    let rgb = color::cmyk_to_rgb(&inks, crate::source::icc::jpeg_profile(reader).as_deref());
+    let rgb = color::cmyk_to_rgb(&inks, crate::formats::icc::jpeg_profile(reader).as_deref());
     let img = super::from_samples(w as u32, h as u32, 3, rgb)
         .ok_or_else(|| RenderError::Internal("CMYK JPEG of the wrong length".into()))?;
     Ok(orientation::jpeg_orientation(&data).apply(img))

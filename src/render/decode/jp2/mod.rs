@@ -13,10 +13,11 @@ mod blocks;
 mod ffi;
 mod pixels;
 
+use crate::formats::jp2;
 use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::render::cache::{DecodedCache, Part};
 use crate::render::{plan, RenderError, Result, SourceRef};
-use crate::source::{jp2, SourceError};
+use crate::source::SourceError;
 use blocks::{Area, Grid, Route};
 use ffi::Decoder;
 use image::DynamicImage;

@@ -7,7 +7,7 @@
 //! decoder, which handles every TIFF the `image` crate can read.
 
 use super::orientation::Orientation;
-use super::{ObjectReader, SourceError};
+use crate::source::{ObjectReader, SourceError};
 
 type Result<T> = std::result::Result<T, SourceError>;
 

@@ -3,7 +3,7 @@
 //! backend, segment by segment, up to the start of the scan: the entropy-coded data is never read.
 //! (PNG, WebP and flat TIFF profiles come from their decoders; pyramidal TIFF's from its directory.)
 
-use super::ObjectReader;
+use crate::source::ObjectReader;
 
 /// Segments before the scan are at most this many; a file with more is not worth reading further.
 const MAX_SEGMENTS: usize = 512;

@@ -33,11 +33,6 @@ pub(crate) struct Jp2Header {
     pub single_tile: bool,
 }
 
-/// True for the JP2 signature box or a raw codestream's SOC + SIZ.
-pub(crate) fn is_jpeg2000(head: &[u8]) -> bool {
-    head.starts_with(b"\0\0\0\x0cjP  \r\n\x87\n") || head.starts_with(&[0xFF, 0x4F, 0xFF, 0x51])
-}
-
 /// Parse the header from the start of a `.jp2` or `.j2k` file.
 pub(crate) fn read_header(head: &[u8]) -> Option<Jp2Header> {
     let cs = if head.starts_with(&[0xFF, 0x4F]) {
@@ -157,6 +152,7 @@ fn codestream(file: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::SourceKind;
 
     #[test]
     fn icc_profile_from_the_colr_box() {
@@ -220,7 +216,7 @@ mod tests {
             ref_y1: 4000,
             single_tile: false,
         });
-        assert!(is_jpeg2000(&cs));
+        assert_eq!(SourceKind::sniff(&cs), SourceKind::Jp2);
         assert_eq!(read_header(&cs), want);
         let mut jp2 = b"\0\0\0\x0cjP  \r\n\x87\n".to_vec();
         jp2.extend_from_slice(&[0, 0, 0, 20]);
@@ -228,7 +224,7 @@ mod tests {
         jp2.extend_from_slice(&((cs.len() + 8) as u32).to_be_bytes());
         jp2.extend_from_slice(b"jp2c");
         jp2.extend_from_slice(&cs);
-        assert!(is_jpeg2000(&jp2));
+        assert_eq!(SourceKind::sniff(&jp2), SourceKind::Jp2);
         assert_eq!(read_header(&jp2), want);
         let tiled = read_header(&j2k_tiles(6000, 4000, 5, 4000)).map(|h| h.single_tile);
         assert_eq!(tiled, Some(false), "4000 px tiles: two columns");
