@@ -219,6 +219,49 @@ pub(crate) fn level_in_memory(
     cache.peek(fingerprint, plan::pick_level(req).0).is_some()
 }
 
+/// The way a render went, chosen by [`render_by_route`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Cut from the source's tiled copy.
+    TiledCopy,
+    /// Decoded from the source itself; `wants_copy`: the source has no tiled copy yet and would
+    /// gain from one (the caller has it written in the background).
+    Source { wants_copy: bool },
+}
+
+/// Render `req`, choosing the route: from the tiled `copy` when there is one, the output is lossy
+/// (a lossless output never depends on whether the copy exists yet, since the copy's tiles are
+/// JPEG) and the pixels are not already decoded in memory (then they beat reading tiles from
+/// disk: the copy is for the sessions after the decoded cache has moved on); else from the source,
+/// opened only then. `copyable`: the source is large enough to be worth a copy.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn render_by_route(
+    open_source: &dyn Fn() -> std::result::Result<Arc<dyn ObjectReader>, SourceError>,
+    copy: Option<&dyn ObjectReader>,
+    copyable: bool,
+    fingerprint: &Fingerprint,
+    cache: &DecodedCache,
+    req: &CanonicalRequest,
+    settings: &EncodeSettings,
+    max_decode_bytes: u64,
+) -> Result<(Vec<u8>, Route)> {
+    let from_copy = copy
+        .filter(|_| req.format().is_lossy())
+        .filter(|_| !level_in_memory(cache, fingerprint, req))
+        .and_then(|c| render_tiled_copy(c, req, settings, max_decode_bytes));
+    if let Some(result) = from_copy {
+        return Ok((result?, Route::TiledCopy));
+    }
+    let reader = open_source()?;
+    let src = SourceRef {
+        reader: &*reader,
+        fingerprint,
+    };
+    let bytes = render(src, cache, req, settings, max_decode_bytes)?;
+    let wants_copy = copyable && copy.is_none() && copy_helps(&*reader);
+    Ok((bytes, Route::Source { wants_copy }))
+}
+
 /// True for the sources a [`tiled_copy`] helps: those without resolution levels or tiles of their
 /// own (everything but pyramidal TIFF and JPEG 2000), and JPEG 2000, whose decoder's cost per call
 /// a pyramid of JPEG tiles does not have.
