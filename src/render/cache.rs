@@ -207,10 +207,12 @@ impl DecodedCache {
         }
         let id = (key.clone(), part);
         let slot: Slot = {
+            // A render that panicked holding the lock left the map as it was between two
+            // statements of this function, each of which leaves it whole: go on with it.
             let mut inner = self
                 .inner
                 .lock()
-                .map_err(|_| RenderError::Internal("decoded cache poisoned".into()))?;
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             inner.tick += 1;
             let tick = inner.tick;
             let entry = inner.map.entry(id.clone()).or_insert_with(|| Entry {
@@ -226,7 +228,7 @@ impl DecodedCache {
         let result = slot
             .get_or_init(|| match build.take() {
                 Some(b) => b().map(Arc::new).map_err(Arc::new),
-                None => Err(Arc::new(RenderError::Internal("level built twice".into()))),
+                None => Err(Arc::new(RenderError::bug("level built twice"))),
             })
             .clone();
         // Too large for the render that built it is not too large for every render: budgets differ
@@ -417,9 +419,7 @@ mod tests {
         assert!(cache.peek(&fp("a"), 0).is_some());
         assert!(cache.peek(&fp("a"), 1).is_none());
         let half = cache.get_or_build(&fp("a"), 1, || {
-            let full = cache
-                .peek(&fp("a"), 0)
-                .ok_or(RenderError::Internal("gone".into()))?;
+            let full = cache.peek(&fp("a"), 0).ok_or(RenderError::bug("gone"))?;
             Ok(halve(&full))
         });
         assert_eq!(half.map(|h| (h.width(), h.height())).ok(), Some((50, 50)));

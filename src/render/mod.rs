@@ -70,6 +70,14 @@ pub enum RenderError {
 }
 
 impl RenderError {
+    /// A bug of ours: a state the renderer should never reach. Logged as an error where it is
+    /// found (the request only sees a 500), with what was found.
+    pub(crate) fn bug(what: impl Into<String>) -> RenderError {
+        let what = what.into();
+        tracing::error!(%what, "render reached a state it should never reach");
+        RenderError::Internal(what)
+    }
+
     /// Whether the render needed more memory than its decode budget (also when shared).
     pub(crate) fn is_too_large(&self) -> bool {
         match self {

@@ -305,8 +305,7 @@ mod tests {
         f.seek(SeekFrom::Start(0)).map_err(err)?;
         f.read_to_end(&mut bytes).map_err(err)?;
         let f = bytes_reader(bytes);
-        let p = tiff::read_pyramid(&*f)?
-            .ok_or_else(|| RenderError::Internal("not a pyramid".into()))?;
+        let p = tiff::read_pyramid(&*f)?.ok_or_else(|| RenderError::bug("not a pyramid"))?;
         let dims: Vec<_> = p.levels.iter().map(|l| (l.width, l.height)).collect();
         assert_eq!(dims, vec![(1300, 700), (650, 350), (325, 175)]);
         let tile = p.levels[0].read_tile(&*f, 2, 1, 1 << 20)?;

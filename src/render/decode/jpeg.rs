@@ -133,8 +133,8 @@ pub(crate) fn decode_coded(
 ) -> Result<DynamicImage> {
     let info = libjpeg::header(data)?;
     if info.cmyk {
-        return Err(RenderError::Internal(
-            "CMYK JPEG must be decoded by the fallback".into(),
+        return Err(RenderError::bug(
+            "CMYK JPEG must be decoded by the fallback",
         ));
     }
     let k = scale_log2.min(MAX_SCALE_LOG2);
@@ -931,7 +931,7 @@ mod libjpeg {
                 sys::jpeg_start_decompress(c);
             }
             if (c.output_width, c.output_height) != (sw, sh) {
-                return Err(RenderError::Internal(format!(
+                return Err(RenderError::Undecodable(format!(
                     "libjpeg scaled {}x{} by 1/{} to {}x{}",
                     info.width,
                     info.height,
@@ -952,7 +952,7 @@ mod libjpeg {
             }
             let (xoff, width) = (xoff as u32, width as u32);
             if xoff > want.x || xoff + width < want.x + want.w {
-                return Err(RenderError::Internal(
+                return Err(RenderError::Undecodable(
                     "libjpeg crop misses the region".into(),
                 ));
             }
@@ -978,8 +978,7 @@ mod libjpeg {
             }
             // SAFETY: abort (not finish): the rows below the crop are not needed.
             unsafe { sys::jpeg_abort_decompress(c) };
-            let img = super::super::from_samples(width, want.h, ch, buf)
-                .ok_or_else(|| RenderError::Internal("JPEG buffer size mismatch".into()))?;
+            let img = super::super::decoded_image(width, want.h, ch, buf)?;
             if (xoff, width) == (want.x, want.w) {
                 Ok(img)
             } else {

@@ -50,6 +50,26 @@ fn decoder_profile(reader: &dyn ObjectReader) -> Option<Vec<u8>> {
 /// the buffer does not hold `w` x `h` pixels. The one place that maps the decoders' and resizer's raw
 /// buffers back to the layouts everything downstream works on.
 pub(crate) fn from_samples(w: u32, h: u32, channels: usize, buf: Vec<u8>) -> Option<DynamicImage> {
+    samples_to_image(w, h, channels, buf)
+}
+
+/// [`from_samples`] for a decoder's output, whose length a decoder of ours computed: a mismatch
+/// is a bug of ours, reported as one.
+pub(crate) fn decoded_image(
+    w: u32,
+    h: u32,
+    channels: usize,
+    buf: Vec<u8>,
+) -> crate::render::Result<DynamicImage> {
+    let len = buf.len();
+    samples_to_image(w, h, channels, buf).ok_or_else(|| {
+        crate::render::RenderError::bug(format!(
+            "{len} decoded bytes for {w}x{h} with {channels} channels"
+        ))
+    })
+}
+
+fn samples_to_image(w: u32, h: u32, channels: usize, buf: Vec<u8>) -> Option<DynamicImage> {
     match channels {
         1 => image::GrayImage::from_raw(w, h, buf).map(DynamicImage::ImageLuma8),
         2 => image::GrayAlphaImage::from_raw(w, h, buf).map(DynamicImage::ImageLumaA8),

@@ -40,7 +40,7 @@ pub(crate) fn render(
         _ => plan::pyramid_level(&sizes, req),
     };
     let Some(level) = pyramid.levels.get(index) else {
-        return Err(RenderError::Internal("pyramid level out of range".into()));
+        return Err(RenderError::bug("pyramid level out of range"));
     };
     let (tw, th) = (level.tile_width, level.tile_height);
     let color = ColorPlan::new(pyramid.icc.clone(), settings.color);
@@ -151,6 +151,5 @@ fn read_tiles(
             }
         }
     }
-    super::from_samples(rect.w, rect.h, ch, out)
-        .ok_or_else(|| RenderError::Internal("tile buffer size mismatch".into()))
+    super::decoded_image(rect.w, rect.h, ch, out)
 }

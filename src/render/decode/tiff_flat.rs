@@ -15,7 +15,7 @@
 //! integers are shifted by half their range (the most negative value is black); floating point is
 //! taken as 0.0 = black, 1.0 = white, clamped.
 
-use super::{from_samples, jpeg};
+use super::{decoded_image, jpeg};
 use crate::formats::tiff::{self, Flat};
 use crate::render::{color, ops, RenderError, Result};
 use crate::source::ObjectReader;
@@ -736,9 +736,9 @@ fn pixels_of(f: &Flat, samples: Vec<u8>) -> Result<DynamicImage> {
     // The samples are already the pixels: JPEG's decoded gray or RGB, or stored 8-bit gray
     // (BlackIsZero) or RGB, with or without alpha, with no samples beyond those.
     let img = if jpeg && f.photometric != 5 {
-        from_samples(w, h, spp, samples)
+        decoded_image(w, h, spp, samples)?
     } else if matches!(f.photometric, 1 | 2) && spp == oc {
-        from_samples(w, h, oc, samples)
+        decoded_image(w, h, oc, samples)?
     } else {
         let mut out = Vec::with_capacity(w as usize * h as usize * oc);
         let lut = (f.photometric == 3).then(|| palette(f));
@@ -777,10 +777,8 @@ fn pixels_of(f: &Flat, samples: Vec<u8>) -> Result<DynamicImage> {
                 o[..3].copy_from_slice(c);
             }
         }
-        from_samples(w, h, oc, out)
+        decoded_image(w, h, oc, out)?
     };
-    let img =
-        img.ok_or_else(|| RenderError::Internal("TIFF samples of the wrong length".into()))?;
     Ok(if f.alpha == Some(true) {
         unpremultiply(img)
     } else {

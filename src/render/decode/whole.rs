@@ -99,8 +99,7 @@ fn cmyk_jpeg(reader: &dyn ObjectReader, max: u64) -> Result<DynamicImage> {
         inks.iter_mut().for_each(|v| *v = 255 - *v);
     }
     let rgb = color::cmyk_to_rgb(&inks, crate::formats::icc::jpeg_profile(reader).as_deref());
-    let img = super::from_samples(w as u32, h as u32, 3, rgb)
-        .ok_or_else(|| RenderError::Internal("CMYK JPEG of the wrong length".into()))?;
+    let img = super::decoded_image(w as u32, h as u32, 3, rgb)?;
     Ok(orientation::jpeg_orientation(&data).apply(img))
 }
 

@@ -73,7 +73,7 @@ pub(crate) fn encode(
         Format::Webp => webp::encode(&img, settings.webp_quality, icc),
         Format::Gif => gif::encode(img),
         Format::Tif => tif::encode(img, icc),
-        Format::Jp2 | Format::Pdf => Err(RenderError::Internal(format!(
+        Format::Jp2 | Format::Pdf => Err(RenderError::Unsupported(format!(
             "format {format} cannot be rendered"
         ))),
     }

@@ -145,7 +145,7 @@ impl Decoder {
         unsafe {
             let stream = opj::opj_stream_create(1 << 16, 1);
             if stream.is_null() {
-                return Err(RenderError::Internal("openjpeg: no stream".into()));
+                return Err(RenderError::bug("openjpeg: no stream"));
             }
             let mut d = Decoder {
                 session: Session {
@@ -175,7 +175,7 @@ impl Decoder {
             };
             d.session.codec = opj::opj_create_decompress(format);
             if d.session.codec.is_null() {
-                return Err(RenderError::Internal("openjpeg: no codec".into()));
+                return Err(RenderError::bug("openjpeg: no codec"));
             }
             let errors_ptr: *mut String = &mut *d.errors;
             opj::opj_set_error_handler(d.session.codec, Some(error_fn), errors_ptr.cast());

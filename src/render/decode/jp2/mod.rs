@@ -229,7 +229,7 @@ impl CopySource {
         tile: u32,
     ) -> Result<DynamicImage> {
         let (w, h) = self.sizes.get(k).copied().ok_or_else(|| {
-            RenderError::Internal(format!("tiled copy level {k} of {}", self.sizes.len()))
+            RenderError::bug(format!("tiled copy level {k} of {}", self.sizes.len()))
         })?;
         let y = row * tile;
         let rows = tile.min(h.saturating_sub(y));

@@ -95,8 +95,7 @@ pub(super) fn pixels(planes: &[Plane<'_>], colour: Colour) -> Result<DynamicImag
                 px[i] = p.to_8_bits(v).clamp(0, 255) as u8;
             }
         }
-        return crate::render::decode::from_samples(w as u32, h as u32, n, out)
-            .ok_or_else(|| RenderError::Internal("JPEG 2000 buffer size mismatch".into()));
+        return crate::render::decode::decoded_image(w as u32, h as u32, n, out);
     }
     let mut out = Vec::with_capacity(w * h * n);
     for y in 0..h {
@@ -119,6 +118,5 @@ pub(super) fn pixels(planes: &[Plane<'_>], colour: Colour) -> Result<DynamicImag
             out.extend(px[..n].iter().map(|&v| v.clamp(0, 255) as u8));
         }
     }
-    crate::render::decode::from_samples(w as u32, h as u32, n, out)
-        .ok_or_else(|| RenderError::Internal("JPEG 2000 buffer size mismatch".into()))
+    crate::render::decode::decoded_image(w as u32, h as u32, n, out)
 }
