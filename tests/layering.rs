@@ -217,7 +217,7 @@ fn unsafe_only_where_allowed_and_every_block_explained() {
     );
     let allowed = [
         "sys.rs",
-        "render/decode/jpeg.rs",
+        "render/decode/libjpeg.rs",
         "render/decode/jpeg_simd.rs",
         "render/decode/jp2/ffi.rs",
     ];

@@ -7,6 +7,7 @@
 pub(crate) mod jp2;
 pub(crate) mod jpeg;
 mod jpeg_simd;
+mod libjpeg;
 pub(crate) mod tiff;
 pub(crate) mod tiff_flat;
 pub(crate) mod whole;
