@@ -122,7 +122,7 @@ pub struct RenderConfig {
     /// Most bytes one decode may allocate. Env: `IIIFD_RENDER__MAX_DECODE_BYTES`.
     pub max_decode_bytes: u64,
     /// The peak resident memory to stay under (0: no target). When set, each decode's budget is
-    /// lowered, if need be, so that [`MemoryBound`] fits in it; a target too small for that is a
+    /// lowered, if need be, so that [`super::MemoryBound`] fits in it; a target too small for that is a
     /// configuration error. Env: `IIIFD_RENDER__MAX_MEMORY_BYTES`.
     pub max_memory_bytes: u64,
     /// Decoded source pixels kept in memory between renders (0 disables).

@@ -1,14 +1,14 @@
-//! Sources: where the images live, behind one trait ([`Backend`]), and the read-only parsers of
-//! their headers (`tiff` directories, `jp2` codestream headers, EXIF `orientation`).
+//! Sources: where the images live, behind one trait ([`Backend`]), and the first bytes that tell
+//! their kinds apart ([`SourceKind`]); the format readers are `crate::formats`'.
 //!
 //! A backend finds the object an identifier names ([`Backend::locate`]), names the object's
 //! version with an opaque [`Fingerprint`] (a replaced object gets a new one, and with it new
 //! derivative keys), lists identifiers, and reads bytes at offsets ([`ObjectReader`]). Nothing
-//! else in iiifd touches a source's storage: the renderer, the format readers (`tiff`, `jp2`,
-//! `orientation`) and every cache take a reader and a fingerprint, never a path or a file.
-//! Backends, one file each: [`fs`] (a directory, the default), [`s3`] (an S3-compatible bucket),
-//! [`http`] (a URL template) and [`memory`] (for tests, and to prove nothing reaches for the file
-//! system behind a backend's back). The two remote ones share [`remote`]: version checks at most
+//! else in iiifd touches a source's storage: the renderer, the format readers and every
+//! cache take a reader and a fingerprint, never a path or a file.
+//! Backends, one file each: `fs` (a directory, the default), `s3` (an S3-compatible bucket),
+//! `http` (a URL template) and [`memory`] (for tests, and to prove nothing reaches for the file
+//! system behind a backend's back). The two remote ones share `remote`: version checks at most
 //! every `source.revalidate_secs`, a block cache for ranged reads, and a disk cache for objects that
 //! are read whole.
 //!
@@ -284,7 +284,7 @@ pub trait Backend: Send + Sync {
     fn kind(&self) -> &'static str;
 
     /// The object `identifier` names: the identifier itself, then with each of the known
-    /// extensions appended. The identifier has passed [`check_identifier`].
+    /// extensions appended. The identifier has passed `check_identifier`.
     fn locate(&self, identifier: &str) -> Result<Object, SourceError>;
 
     /// The current version of an object located earlier: its new fingerprint if it changed,
