@@ -1,5 +1,5 @@
 //! Sources: where the images live, behind one trait ([`Backend`]), and the first bytes that tell
-//! their kinds apart ([`SourceKind`]); the format readers are `crate::formats`'.
+//! their kinds apart (`SourceKind`); the format readers are `crate::formats`'.
 //!
 //! A backend finds the object an identifier names ([`Backend::locate`]), names the object's
 //! version with an opaque [`Fingerprint`] (a replaced object gets a new one, and with it new
