@@ -32,6 +32,7 @@ pub(crate) mod dirs;
 mod evict;
 pub(crate) mod files;
 pub(crate) mod hot;
+mod ids;
 pub(crate) mod index;
 mod read;
 mod recount;
