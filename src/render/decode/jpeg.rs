@@ -31,6 +31,7 @@
 //! of the full image have the same size.
 
 use super::libjpeg;
+pub(crate) use super::libjpeg::{scaled, JpegInfo};
 use crate::formats::orientation::{self, Orientation};
 use crate::iiif::canonical::{CanonicalRequest, Rect};
 use crate::render::cache::DecodedCache;
@@ -46,27 +47,6 @@ pub(crate) const MAX_SCALE_LOG2: u32 = 3;
 /// Up to this many decoded bytes, a region at full size is decoded whole and cut out (a 1024 px RGB
 /// tile is 3 MiB): cheaper than libjpeg's cropping path.
 const RAW_CROP_MAX_BYTES: u64 = 4 << 20;
-
-/// What the header says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct JpegInfo {
-    /// Stored width (before EXIF orientation).
-    pub(crate) width: u32,
-    /// Stored height.
-    pub(crate) height: u32,
-    /// Gray (1 channel) or colour (3).
-    pub(crate) channels: u8,
-    /// CMYK and YCCK: the caller decodes them elsewhere.
-    pub(crate) cmyk: bool,
-    /// The file's own markers say its three components are R, G, B (an Adobe marker with no
-    /// transform, or the component ids 'R', 'G', 'B'), so decoders read it as RGB without being told.
-    pub(crate) marked_rgb: bool,
-}
-
-/// `ceil(d / 2^k)`: a dimension after DCT scaling (and after `k` pyramid halvings).
-pub(crate) fn scaled(d: u32, k: u32) -> u32 {
-    d.div_ceil(1 << k).max(1)
-}
 
 /// Read the header only.
 pub(crate) fn read_info(data: &[u8]) -> Result<JpegInfo> {
@@ -243,12 +223,6 @@ pub(crate) fn has_adobe_marker(data: &[u8]) -> bool {
     false
 }
 
-pub(super) fn too_large(w: u32, h: u32, max: u64) -> RenderError {
-    RenderError::TooLarge(format!(
-        "decoding {w}x{h} pixels would exceed render.max_decode_bytes ({max})"
-    ))
-}
-
 /// The region of a JPEG: from a cached level when the level fits the cache (a viewer will ask for
 /// its neighbours next), otherwise decoded alone, cropped and DCT-scaled, so a tile or thumbnail of
 /// a 20000 px scan never holds the full image. `None` for JPEGs the JPEG route does not convert to RGB
@@ -385,35 +359,6 @@ impl<'a> JpegFile<'a> {
     }
 }
 
-/// The frame marker (SOFn, 0xC0..=0xCF) of a JPEG stream, found by walking its segments; `None`
-/// when there is none before the first scan. Pure: used to refuse lossless and hierarchical files
-/// with a clear message before libjpeg sees them.
-pub(super) fn frame_marker(data: &[u8]) -> Option<u8> {
-    if !data.starts_with(&[0xFF, 0xD8]) {
-        return None;
-    }
-    let mut at = 2usize;
-    loop {
-        // Fill bytes: any number of 0xFF before the marker code.
-        while data.get(at) == Some(&0xFF) && data.get(at + 1) == Some(&0xFF) {
-            at += 1;
-        }
-        if *data.get(at)? != 0xFF {
-            return None;
-        }
-        let m = *data.get(at + 1)?;
-        match m {
-            0xC0..=0xCF if !matches!(m, 0xC4 | 0xC8 | 0xCC) => return Some(m),
-            0xD9 | 0xDA => return None,
-            0x01 | 0xD0..=0xD7 => at += 2,
-            _ => {
-                let len = u16::from_be_bytes([*data.get(at + 2)?, *data.get(at + 3)?]);
-                at += 2 + usize::from(len);
-            }
-        }
-    }
-}
-
 /// `r` cut to a `w` x `h` image, at least one pixel.
 fn clamp_rect(r: Rect, w: u32, h: u32) -> Rect {
     let x = r.x.min(w - 1);
@@ -429,6 +374,7 @@ fn clamp_rect(r: Rect, w: u32, h: u32) -> Rect {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::decode::libjpeg::frame_marker;
     use crate::render::encode::jpeg::{encode, encode_full_chroma, encode_with};
 
     fn sample(w: u32, h: u32) -> Vec<u8> {

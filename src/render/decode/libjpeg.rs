@@ -10,7 +10,6 @@
 // FFI: one of the few modules allowed `unsafe` (libjpeg's C API); every block says why it holds.
 #![allow(unsafe_code)]
 
-use super::jpeg::{scaled, too_large, JpegInfo};
 use super::jpeg_simd::Kernels;
 use crate::iiif::canonical::Rect;
 use crate::render::{RenderError, Result};
@@ -199,7 +198,7 @@ fn run<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 pub(super) fn header(data: &[u8]) -> Result<JpegInfo> {
-    let sof = super::jpeg::frame_marker(data);
+    let sof = frame_marker(data);
     if let Some(m @ (0xC3 | 0xC5..=0xC7 | 0xCB | 0xCD..=0xCF)) = sof {
         // Lossless and hierarchical JPEG: valid files that neither libjpeg 2.1 nor browsers
         // decode.
@@ -556,4 +555,60 @@ pub(super) fn decode(
             Ok(img.crop_imm(want.x - xoff, 0, want.w, want.h))
         }
     })
+}
+
+/// What the header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct JpegInfo {
+    /// Stored width (before EXIF orientation).
+    pub(crate) width: u32,
+    /// Stored height.
+    pub(crate) height: u32,
+    /// Gray (1 channel) or colour (3).
+    pub(crate) channels: u8,
+    /// CMYK and YCCK: the caller decodes them elsewhere.
+    pub(crate) cmyk: bool,
+    /// The file's own markers say its three components are R, G, B (an Adobe marker with no
+    /// transform, or the component ids 'R', 'G', 'B'), so decoders read it as RGB without being told.
+    pub(crate) marked_rgb: bool,
+}
+
+/// `ceil(d / 2^k)`: a dimension after DCT scaling (and after `k` pyramid halvings).
+pub(crate) fn scaled(d: u32, k: u32) -> u32 {
+    d.div_ceil(1 << k).max(1)
+}
+
+pub(super) fn too_large(w: u32, h: u32, max: u64) -> RenderError {
+    RenderError::TooLarge(format!(
+        "decoding {w}x{h} pixels would exceed render.max_decode_bytes ({max})"
+    ))
+}
+
+/// The frame marker (SOFn, 0xC0..=0xCF) of a JPEG stream, found by walking its segments; `None`
+/// when there is none before the first scan. Pure: used to refuse lossless and hierarchical files
+/// with a clear message before libjpeg sees them.
+pub(super) fn frame_marker(data: &[u8]) -> Option<u8> {
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut at = 2usize;
+    loop {
+        // Fill bytes: any number of 0xFF before the marker code.
+        while data.get(at) == Some(&0xFF) && data.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        if *data.get(at)? != 0xFF {
+            return None;
+        }
+        let m = *data.get(at + 1)?;
+        match m {
+            0xC0..=0xCF if !matches!(m, 0xC4 | 0xC8 | 0xCC) => return Some(m),
+            0xD9 | 0xDA => return None,
+            0x01 | 0xD0..=0xD7 => at += 2,
+            _ => {
+                let len = u16::from_be_bytes([*data.get(at + 2)?, *data.get(at + 3)?]);
+                at += 2 + usize::from(len);
+            }
+        }
+    }
 }
