@@ -1,6 +1,6 @@
 //! Pre-warming through the admin API and `iiifd warm`.
 
-use crate::common::{files_under, Server};
+use crate::common::{stored_objects, Server};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -120,7 +120,7 @@ fn a_killed_crawl_resumes_without_rendering_twice() {
     }
     s.kill9();
     // The files are the truth (the index may have lost its last half second to the kill).
-    let stored_at_restart = files_under(&s.store.join("objects")).len() as f64;
+    let stored_at_restart = stored_objects(&s.store).len() as f64;
     s.restart();
     let state = wait_done(&s, &id, Duration::from_secs(120));
     // Files whose entries the kill lost are indexed again by the background pass.

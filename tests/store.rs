@@ -1,7 +1,7 @@
 //! The derivative store end to end: hits in any spelling, single flight, budget, crash safety, repair,
 //! X-Accel-Redirect, write failures, index rebuild, the upgrade of a store of format 2.
 
-use crate::common::{files_under, raw, Server};
+use crate::common::{raw, stored_objects, Server};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -224,7 +224,7 @@ fn corrupted_object_is_detected_and_repaired() {
     let s = Server::start();
     let url = "/iiif/3/rings/full/120,/0/default.png";
     let good = s.get(url);
-    let files: Vec<_> = files_under(&s.store.join("objects"));
+    let files: Vec<_> = stored_objects(&s.store);
     assert_eq!(files.len(), 1);
     let mut bytes = std::fs::read(&files[0]).expect("read");
     let mid = bytes.len() / 2;
@@ -331,7 +331,7 @@ fn index_is_rebuilt_and_offline_tools_work() {
     assert_eq!(purge.status, 200);
     assert_eq!(purge.json()["purged"], 2);
     assert_eq!(s.admin_get("/admin/store/stats").json()["objects"], 1);
-    let left: Vec<_> = files_under(&s.store.join("objects"));
+    let left: Vec<_> = stored_objects(&s.store);
     assert_eq!(left.len(), 1, "only chart's object is left: {left:?}");
 }
 

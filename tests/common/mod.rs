@@ -386,6 +386,19 @@ pub fn complete_200(buf: &[u8]) -> Option<&[u8]> {
 }
 
 /// Every file below `dir`, recursively.
+/// The published objects of a store: files under `objects/`, without the hidden `.<key>…tmp` files
+/// a render in flight writes beside them (a kill can leave one; the next recount sweeps it).
+pub fn stored_objects(store: &std::path::Path) -> Vec<std::path::PathBuf> {
+    files_under(&store.join("objects"))
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        })
+        .collect()
+}
+
 pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
