@@ -16,7 +16,7 @@
 //! Conditional requests go the usual way, which answers them from the key. Paths are kept as sent,
 //! so two spellings of one request are two entries of one derivative.
 
-use crate::bounded::BoundedCache;
+use crate::bounded::{BoundedCache, CacheReport, ENTRY_OVERHEAD};
 use crate::key::DerivativeKey;
 use crate::pipeline::Pipeline;
 use crate::source::Object;
@@ -25,12 +25,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Entries kept. An entry is 2-3 KiB for a viewer's request (the path, the source's name and
-/// fingerprint, the request's origin headers, nine response headers) and at most about 8 KiB
-/// (longer requests are not kept: [`MAX_KEPT_BYTES`]), so this is about 12 MiB and at most 32 MiB,
-/// within the fixed memory of [`crate::config::MemoryBound::BASE`]. The memory tier, which every
-/// answer from here needs, holds about as many tiles at its default size (64 MiB of 5-60 KB tiles).
-pub(crate) const ENTRIES: usize = 4_096;
+/// Bytes of answers kept. An entry is 2-3 KiB for a viewer's request (the path, the source's name
+/// and fingerprint, the request's origin headers, nine response headers) and at most about 8 KiB
+/// (longer requests are not kept: [`MAX_KEPT_BYTES`]), so this is about 4,000 answers, within the
+/// fixed memory of [`crate::config::MemoryBound::BASE`]. The memory tier, which every answer from
+/// here needs, holds about as many tiles at its default size (64 MiB of 5-60 KB tiles).
+pub(crate) const BYTES: u64 = 12 << 20;
 
 /// How many [`ORIGIN`] headers there are.
 const ORIGIN_LEN: usize = 6;
@@ -70,10 +70,10 @@ pub(crate) struct Memo {
 }
 
 impl Memo {
-    /// A memo of at most `entries` answers (0: off).
-    pub(crate) fn new(entries: usize) -> Memo {
+    /// A memo of at most `bytes` of answers (0: off).
+    pub(crate) fn new(bytes: u64) -> Memo {
         Memo {
-            answers: (entries > 0).then(|| BoundedCache::new(entries)),
+            answers: (bytes > 0).then(|| BoundedCache::new("memo", bytes)),
             recalled: AtomicU64::new(0),
         }
     }
@@ -130,7 +130,29 @@ impl Memo {
             origin,
             headers: response.clone(),
         };
-        answers.insert(path.to_owned(), Arc::new(answer));
+        let weight = answer.weight(path);
+        answers.insert(path.to_owned(), Arc::new(answer), weight);
+    }
+
+    /// What the memo holds against its budget (`None` when off).
+    pub(crate) fn report(&self) -> Option<CacheReport> {
+        self.answers.as_ref().map(BoundedCache::report)
+    }
+}
+
+impl Answer {
+    /// What it weighs under `path`: the strings and header values it holds (each header counted
+    /// with its map slot, about 64 bytes).
+    fn weight(&self, path: &str) -> u64 {
+        let origin: usize = self.origin.iter().flatten().map(|v| v.len()).sum();
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 64)
+            .sum();
+        let object = self.object.name.len() + self.object.fingerprint.as_str().len();
+        (path.len() + origin + headers + object + std::mem::size_of::<Answer>()) as u64
+            + ENTRY_OVERHEAD
     }
 }
 

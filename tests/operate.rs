@@ -253,3 +253,62 @@ fn metrics_count_requests_by_version_and_status() {
     assert_eq!(s.admin_get("/ready").status, 200);
     assert_eq!(s.admin_get("/nope").status, 404);
 }
+
+#[test]
+fn every_cache_reports_its_bytes_within_the_memory_bound() {
+    let s = Server::start();
+    assert_eq!(s.get("/iiif/3/chart/full/200,/0/default.jpg").status, 200);
+    assert_eq!(s.get("/iiif/3/chart/full/200,/0/default.jpg").status, 200);
+    let text = s.admin_get("/metrics").text();
+    let series = |prefix: &str| -> Vec<(String, f64)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|rest| {
+                let (labels, value) = rest.rsplit_once(' ')?;
+                Some((labels.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    };
+    // The parts add up to the bound.
+    let parts = series("iiifd_memory_bound_part_bytes{");
+    assert_eq!(parts.len(), 7, "{parts:?}");
+    let sum: f64 = parts.iter().map(|(_, v)| v).sum();
+    assert_eq!(sum, s.metric("iiifd_memory_bound_bytes"));
+    let part = |name: &str| {
+        parts
+            .iter()
+            .find(|(l, _)| l.contains(&format!("part=\"{name}\"")))
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no part {name}"))
+    };
+    // Every cache is within its budget, and the budgets fit the part they count in.
+    let held = series("iiifd_cache_bytes{");
+    let budgets = series("iiifd_cache_budget_bytes{");
+    for cache in ["located", "decoded", "tiff_directories", "memo"] {
+        assert!(
+            budgets.iter().any(|(l, _)| l.contains(&format!("cache=\"{cache}\""))),
+            "{cache} not reported: {budgets:?}"
+        );
+    }
+    for ((labels, bytes), (same, budget)) in held.iter().zip(&budgets) {
+        assert_eq!(labels, same);
+        assert!(bytes <= budget, "{labels}: {bytes} > {budget}");
+    }
+    let in_base: f64 = budgets
+        .iter()
+        .filter(|(l, _)| l.contains("part=\"base\""))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(in_base < part("base"), "{in_base} of {}", part("base"));
+    let decoded = budgets
+        .iter()
+        .find(|(l, _)| l.contains("cache=\"decoded\""))
+        .map(|(_, v)| *v);
+    assert_eq!(decoded, Some(part("decoded_cache")));
+    // The render and the repeat left something in the caches they went through.
+    let located = held
+        .iter()
+        .find(|(l, _)| l.contains("cache=\"located\""))
+        .map(|(_, v)| *v);
+    assert!(located.is_some_and(|b| b > 0.0), "{held:?}");
+}

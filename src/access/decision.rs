@@ -11,13 +11,12 @@
 //! 503: access is never granted by default.
 
 use super::{Decision, Degrade};
+use crate::bounded::{BoundedCache, CacheReport, ENTRY_OVERHEAD};
 use serde::Deserialize;
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Answers kept at most; past it the expired ones go, then all (a burst of distinct visitors).
-const CACHED: usize = 50_000;
+/// Bytes of answers kept (about 30,000 visitor-image pairs); past it the least used go.
+const CACHED_BYTES: u64 = 8 << 20;
 
 /// Why no decision could be had.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +38,7 @@ pub(crate) struct DecisionService {
     client: reqwest::Client,
     url: String,
     keep: Duration,
-    cache: Mutex<HashMap<Asked, (Instant, Decision)>>,
+    cache: BoundedCache<Asked, (Instant, Decision)>,
 }
 
 /// What a decision is about: identifier, file name, user.
@@ -68,7 +67,7 @@ impl DecisionService {
             client,
             url: url.to_owned(),
             keep,
-            cache: Mutex::new(HashMap::new()),
+            cache: BoundedCache::new("decisions", CACHED_BYTES),
         })
     }
 
@@ -80,27 +79,23 @@ impl DecisionService {
         user: &str,
     ) -> Result<Decision, Unavailable> {
         let key = (identifier.to_owned(), name.to_owned(), user.to_owned());
-        if let Some(&(at, d)) = self.lock().get(&key) {
+        if let Some((at, d)) = self.cache.get(&key) {
             if at.elapsed() < self.keep {
                 return Ok(d);
             }
         }
         let decision = self.ask(identifier, name, user).await?;
-        let mut cache = self.lock();
-        if cache.len() >= CACHED {
-            let keep = self.keep;
-            cache.retain(|_, (at, _)| at.elapsed() < keep);
-            if cache.len() >= CACHED {
-                cache.clear();
-            }
-        }
-        cache.insert(key, (Instant::now(), decision));
+        // An expired answer stays until it is asked again or pushed out by newer ones.
+        let weight = (identifier.len() + name.len() + user.len()) as u64
+            + std::mem::size_of::<(Asked, Instant, Decision)>() as u64
+            + ENTRY_OVERHEAD;
+        self.cache.insert(key, (Instant::now(), decision), weight);
         Ok(decision)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Asked, (Instant, Decision)>> {
-        // A panic while holding it cannot leave the map inconsistent (single inserts and removals).
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    /// What the cache of answers holds against its budget.
+    pub(crate) fn report(&self) -> CacheReport {
+        self.cache.report()
     }
 
     async fn ask(&self, identifier: &str, name: &str, user: &str) -> Result<Decision, Unavailable> {

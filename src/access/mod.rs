@@ -71,6 +71,11 @@ impl Access {
         &self.config
     }
 
+    /// The decision service's cache of answers, when one is configured.
+    pub(crate) fn cache(&self) -> Option<crate::bounded::CacheReport> {
+        self.decision.as_ref().map(DecisionService::report)
+    }
+
     /// The signer of cookies and tokens.
     pub(crate) fn signer(&self) -> &Signer {
         &self.signer

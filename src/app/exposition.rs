@@ -129,6 +129,7 @@ impl App {
             metrics::gauge(&mut out, name, help, value);
         }
         pool.metrics_into(&mut out);
+        self.memory_into(&mut out);
         if let Some((backend, c)) = &self.source {
             remote_metrics(&mut out, "iiifd_source", backend, c);
         }
@@ -216,6 +217,73 @@ impl App {
 
 /// A remote service's request counters (`iiifd_source_*` for the source, `iiifd_shared_*` for
 /// the shared tier), labelled by backend.
+impl App {
+    /// The memory bound's parts, and each in-memory cache's bytes against its budget, named by
+    /// the part of the bound that budget counts in.
+    fn memory_into(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP iiifd_memory_bound_part_bytes The parts iiifd_memory_bound_bytes adds up.\n# TYPE iiifd_memory_bound_part_bytes gauge"
+        );
+        for (part, bytes) in self.config.memory_bound().parts() {
+            let _ = writeln!(
+                out,
+                "iiifd_memory_bound_part_bytes{{part=\"{part}\"}} {bytes}"
+            );
+        }
+        let mut caches = self.pipeline.caches();
+        caches.extend(self.memo.report());
+        caches.extend(self.access.cache());
+        let _ = writeln!(
+            out,
+            "# HELP iiifd_cache_bytes Bytes held by an in-memory cache (part: the memory bound's part its budget counts in).\n# TYPE iiifd_cache_bytes gauge"
+        );
+        for c in &caches {
+            let _ = writeln!(
+                out,
+                "iiifd_cache_bytes{{cache=\"{}\",part=\"{}\"}} {}",
+                c.name,
+                part_of(c.name),
+                c.bytes
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP iiifd_cache_budget_bytes The most an in-memory cache holds.\n# TYPE iiifd_cache_budget_bytes gauge"
+        );
+        for c in &caches {
+            let _ = writeln!(
+                out,
+                "iiifd_cache_budget_bytes{{cache=\"{}\",part=\"{}\"}} {}",
+                c.name,
+                part_of(c.name),
+                c.budget
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP iiifd_cache_entries Entries held by an in-memory cache.\n# TYPE iiifd_cache_entries gauge"
+        );
+        for c in &caches {
+            let _ = writeln!(
+                out,
+                "iiifd_cache_entries{{cache=\"{}\"}} {}",
+                c.name, c.entries
+            );
+        }
+    }
+}
+
+/// The part of the memory bound a cache's budget counts in (see `MemoryBound::parts`).
+fn part_of(cache: &str) -> &'static str {
+    match cache {
+        "decoded" => "decoded_cache",
+        "source_blocks" => "source_blocks",
+        _ => "base",
+    }
+}
+
 fn remote_metrics(out: &mut String, prefix: &str, backend: &str, c: &SourceCounters) {
     use std::fmt::Write as _;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);

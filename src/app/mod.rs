@@ -195,7 +195,7 @@ impl App {
         ));
         // Every answer from the memo comes from the memory tier: without one, no memo.
         let memo = Memo::new(if config.store.memory_bytes > 0 {
-            crate::memo::ENTRIES
+            crate::memo::BYTES
         } else {
             0
         });

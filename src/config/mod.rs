@@ -338,10 +338,16 @@ impl Config {
         let decoded_cache = self.render.decoded_cache_bytes;
         let index_cache = self.store.index_cache_bytes;
         let memory_tier = self.store.memory_bytes;
+        // Only a remote source reads by blocks.
+        let source_blocks = match self.source.kind.as_str() {
+            "fs" => 0,
+            _ => self.source.block_cache_bytes,
+        };
         let fixed = MemoryBound::BASE
             + decoded_cache
             + index_cache
             + memory_tier
+            + source_blocks
             + MemoryBound::COPIES * reserved * cheap_decode;
         let decode = match self.render.max_memory_bytes {
             0 => self.render.max_decode_bytes,
@@ -354,6 +360,7 @@ impl Config {
             decoded_cache,
             index_cache,
             memory_tier,
+            source_blocks,
             workers,
             decode,
             reserved,
@@ -405,6 +412,8 @@ pub struct MemoryBound {
     pub index_cache: u64,
     /// `store.memory_bytes`.
     pub memory_tier: u64,
+    /// `source.block_cache_bytes` for a remote source, else 0.
+    pub source_blocks: u64,
     /// Render workers.
     pub workers: u64,
     /// The budget of one decode: `render.max_decode_bytes`, lowered to fit `max_memory_bytes`.
@@ -413,16 +422,34 @@ pub struct MemoryBound {
     pub reserved: u64,
     /// The budget of one decode on those threads (`admission.cheap_max_pixels` x 8 bytes).
     pub cheap_decode: u64,
-    /// The bound: base + decoded cache + index cache + memory tier + workers x 2 x decode +
-    /// reserved x 2 x cheap decode.
+    /// The bound: base + decoded cache + index cache + memory tier + source blocks + workers x 2
+    /// x decode + reserved x 2 x cheap decode.
     pub total: u64,
 }
 
 impl MemoryBound {
-    /// The fixed part: code, the async runtime, buffers, the located and probe caches (measured
-    /// idle at 25-30 MiB), the hit memo (about 12 MiB, at most 32), the admission's table of recent
-    /// clients (at most 50,000, a few MiB); the rest is headroom.
+    /// The fixed part: code, the async runtime and buffers (measured idle at 25-30 MiB with the
+    /// caches empty), the small caches' budgets (located sources, corrupt and tiled-copy marks,
+    /// TIFF directories, the hit memo, access decisions: 40 MiB together, each exported as
+    /// `iiifd_cache_budget_bytes{part="base"}`), the admission's table of recent clients (at most
+    /// 50,000, a few MiB).
     pub const BASE: u64 = 64 << 20;
+
+    /// The bound's parts by name, as `/metrics` exports them; they add up to `total`.
+    pub fn parts(&self) -> [(&'static str, u64); 7] {
+        [
+            ("base", Self::BASE),
+            ("decoded_cache", self.decoded_cache),
+            ("index_cache", self.index_cache),
+            ("memory_tier", self.memory_tier),
+            ("source_blocks", self.source_blocks),
+            ("decodes", Self::COPIES * self.workers * self.decode),
+            (
+                "cheap_decodes",
+                Self::COPIES * self.reserved * self.cheap_decode,
+            ),
+        ]
+    }
     /// Decode-sized buffers one render may hold at once.
     pub const COPIES: u64 = 2;
 }
@@ -432,12 +459,13 @@ impl std::fmt::Display for MemoryBound {
         let mib = |b: u64| b >> 20;
         write!(
             f,
-            "peak memory bound {} MiB = {} fixed + {} decoded cache + {} index cache + {} memory tier + {} workers x {} x {} MiB decode budget + {} reserved workers x {} x {} MiB",
+            "peak memory bound {} MiB = {} fixed + {} decoded cache + {} index cache + {} memory tier + {} source blocks + {} workers x {} x {} MiB decode budget + {} reserved workers x {} x {} MiB",
             mib(self.total),
             mib(Self::BASE),
             mib(self.decoded_cache),
             mib(self.index_cache),
             mib(self.memory_tier),
+            mib(self.source_blocks),
             self.workers,
             Self::COPIES,
             mib(self.decode),
@@ -563,6 +591,18 @@ mod tests {
             b.to_string().starts_with("peak memory bound 4616 MiB"),
             "{b}"
         );
+        assert_eq!(b.parts().iter().map(|(_, v)| v).sum::<u64>(), b.total);
+        assert_eq!(b.source_blocks, 0, "a directory source reads no blocks");
+        let s3 = env(&[
+            ("IIIFD_RENDER__WORKERS", "2"),
+            ("IIIFD_ADMISSION__RESERVED_WORKERS", "2"),
+            ("IIIFD_SOURCE__KIND", "s3"),
+            ("IIIFD_SOURCE__S3__BUCKET", "b"),
+            ("IIIFD_SOURCE__S3__ENDPOINT", "http://127.0.0.1:9000"),
+        ]);
+        let remote = Config::load(None, &s3, &Overrides::default())?.memory_bound();
+        assert_eq!(remote.source_blocks, 64 * mib);
+        assert_eq!(remote.total, b.total + 64 * mib);
 
         let tight = env(&[
             ("IIIFD_RENDER__WORKERS", "2"),

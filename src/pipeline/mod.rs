@@ -15,7 +15,7 @@ mod produce;
 
 use crate::access::{stricter, Degrade, Policy};
 use crate::admission::{Admission, ClientKey, Lane};
-use crate::bounded::BoundedCache;
+use crate::bounded::{BoundedCache, CacheReport, ENTRY_OVERHEAD};
 use crate::error::{Error, Result};
 use crate::iiif::canonical::{CanonicalRequest, ImageSize};
 use crate::iiif::info::{extra_properties, tile_within, Extras};
@@ -38,8 +38,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Located sources kept in memory (the sled probe cache behind it keeps everything).
-const LOCATED_ENTRIES: usize = 20_000;
+/// Bytes of located sources kept in memory (about 20,000 of them; the sled probe cache behind it
+/// keeps everything).
+const LOCATED_BYTES: u64 = 8 << 20;
+
+/// Bytes of source versions found corrupt, and of versions known to have a tiled copy, kept.
+const MARKS_BYTES: u64 = 2 << 20;
 
 /// How long the render pool must have been idle before a tiled copy is written.
 const COPY_AFTER_IDLE: Duration = Duration::from_millis(500);
@@ -69,6 +73,15 @@ pub(crate) struct Located {
 }
 
 impl Located {
+    /// What it weighs in the located cache under `identifier`.
+    fn weight(&self, identifier: &str) -> u64 {
+        (identifier.len()
+            + self.object.name.len()
+            + self.object.fingerprint.as_str().len()
+            + std::mem::size_of::<Located>()) as u64
+            + ENTRY_OVERHEAD
+    }
+
     /// Its displayed size.
     pub(crate) fn size(&self) -> ImageSize {
         self.probe.size
@@ -188,15 +201,46 @@ impl Pipeline {
             decoded,
             flights: Flights::default(),
             background_flights: Flights::default(),
-            located: BoundedCache::new(LOCATED_ENTRIES),
-            corrupt: BoundedCache::new(LOCATED_ENTRIES),
+            located: BoundedCache::new("located", LOCATED_BYTES),
+            corrupt: BoundedCache::new("corrupt", MARKS_BYTES),
             metrics,
             encoders: Format::ALL.map(|f| settings.encode.describe(f)),
             settings,
             admission,
             copies_building: Mutex::new(HashSet::new()),
-            copies_known: BoundedCache::new(LOCATED_ENTRIES),
+            copies_known: BoundedCache::new("copies_known", MARKS_BYTES),
         }
+    }
+
+    /// The caches the pipeline reads through: its own, the renderer's and the source backend's.
+    pub(crate) fn caches(&self) -> Vec<CacheReport> {
+        let mut out = vec![
+            self.located.report(),
+            self.corrupt.report(),
+            self.copies_known.report(),
+        ];
+        out.extend(self.decoded.reports());
+        out.extend(self.source.caches());
+        out
+    }
+
+    /// Remember `located` as what `identifier` names.
+    fn remember_located(&self, identifier: &str, located: &Located) {
+        let weight = located.weight(identifier);
+        self.located
+            .insert(identifier.to_owned(), located.clone(), weight);
+    }
+
+    /// Remember that the source version `fp` is corrupt (`why`).
+    fn mark_corrupt(&self, fp: String, why: String) {
+        let weight = (fp.len() + why.len()) as u64 + ENTRY_OVERHEAD;
+        self.corrupt.insert(fp, why, weight);
+    }
+
+    /// Remember that the source version `fp` has a tiled copy.
+    fn mark_copy(&self, fp: String) {
+        let weight = fp.len() as u64 + ENTRY_OVERHEAD;
+        self.copies_known.insert(fp, (), weight);
     }
 
     /// The source backend.

@@ -47,10 +47,7 @@ impl Pipeline {
 
     pub(super) fn locate_blocking(&self, identifier: &str) -> Result<Located> {
         let located = self.locate_object(identifier)?;
-        match self
-            .corrupt
-            .get(&located.object.fingerprint.as_str().to_owned())
-        {
+        match self.corrupt.get(located.object.fingerprint.as_str()) {
             Some(why) => Err(RenderError::Corrupt(why).into()),
             None => Ok(located),
         }
@@ -71,11 +68,13 @@ impl Pipeline {
                         probe: self.probe(&object)?,
                         object,
                     };
-                    self.located.insert(identifier.to_owned(), located.clone());
+                    self.remember_located(identifier, &located);
                     return Ok(located);
                 }
                 // Moved or removed: look for it afresh.
-                Err(SourceError::NotFound(_)) => self.located.remove(&identifier.to_owned()),
+                Err(SourceError::NotFound(_)) => {
+                    self.located.remove(identifier);
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -84,7 +83,7 @@ impl Pipeline {
             probe: self.probe(&object)?,
             object,
         };
-        self.located.insert(identifier.to_owned(), located.clone());
+        self.remember_located(identifier, &located);
         Ok(located)
     }
 

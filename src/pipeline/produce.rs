@@ -142,7 +142,7 @@ impl Pipeline {
         }
         let (produced, used_copy, wants_copy, elapsed) = match outcome.map(|(r, _)| r) {
             Ok(Err(Error::Render(RenderError::Corrupt(why)))) => {
-                self.corrupt.insert(fp, why.clone());
+                self.mark_corrupt(fp, why.clone());
                 return Err(RenderError::Corrupt(why).into());
             }
             Ok(result) => result?,
@@ -154,7 +154,7 @@ impl Pipeline {
             self.metrics.observe_render(elapsed);
         }
         if used_copy {
-            self.copies_known.insert(fp, ());
+            self.mark_copy(fp);
             self.metrics
                 .tiled_copy_renders
                 .fetch_add(1, Ordering::Relaxed);
@@ -252,7 +252,7 @@ impl Pipeline {
             let keep_marked = match p.pool.run(ticket, job).await {
                 Ok(Ok(true)) => {
                     p.metrics.tiled_copies.fetch_add(1, Ordering::Relaxed);
-                    p.copies_known.insert(fp, ());
+                    p.mark_copy(fp);
                     false
                 }
                 Ok(Ok(false)) => true,

@@ -14,19 +14,13 @@
 //! [`DIRECTORY_BUDGET`], within the memory bound's fixed part.
 
 use super::{RenderError, Result};
+use crate::bounded::{BoundedCache, CacheReport};
 use crate::formats::tiff::Pyramid;
 use crate::source::Fingerprint;
 use image::DynamicImage;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 type Slot = Arc<OnceLock<std::result::Result<Arc<DynamicImage>, Arc<RenderError>>>>;
-
-struct Entry {
-    slot: Slot,
-    last_used: u64,
-    bytes: u64,
-}
 
 /// What part of a source version an entry holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,21 +36,39 @@ pub(crate) enum Part {
 /// taken by one render at a time and given back after it.
 pub(crate) type Parked = Box<dyn std::any::Any + Send>;
 
-struct ParkedEntry {
-    state: Parked,
-    bytes: u64,
-    last_used: u64,
+/// Decoders parked for one source version and slot, with what each weighs: one per render that
+/// used one at the same time.
+type ParkedList = Arc<Mutex<Vec<(Parked, u64)>>>;
+
+/// What an entry of the cache is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Held {
+    Pixels(Fingerprint, Part),
+    /// Parked decoders by source version and slot (a JPEG 2000's resolution reduction).
+    Parked(Fingerprint, u32),
 }
 
-#[derive(Default)]
-struct Inner {
-    map: HashMap<(Fingerprint, Part), Entry>,
-    /// Parked decoders by source version and slot (a JPEG 2000's resolution reduction); one per
-    /// render that used one at the same time.
-    parked: HashMap<(Fingerprint, u32), Vec<ParkedEntry>>,
-    /// Bytes of pixels and parked decoders.
-    bytes: u64,
-    tick: u64,
+/// What an entry holds: pixels and parked decoders share one budget, least recently used out.
+#[derive(Clone)]
+enum Value {
+    Pixels(Slot),
+    Parked(ParkedList),
+}
+
+impl Value {
+    fn is_slot(&self, slot: &Slot) -> bool {
+        matches!(self, Value::Pixels(s) if Arc::ptr_eq(s, slot))
+    }
+
+    fn is_list(&self, list: &ParkedList) -> bool {
+        matches!(self, Value::Parked(l) if Arc::ptr_eq(l, list))
+    }
+}
+
+fn lock_list(list: &ParkedList) -> std::sync::MutexGuard<'_, Vec<(Parked, u64)>> {
+    // Pushes and pops only: a panic cannot leave the list half changed.
+    list.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Bytes of TIFF directories kept (offsets and byte counts of every tile, levels, profile).
@@ -93,18 +105,11 @@ impl Directory {
     }
 }
 
-#[derive(Default)]
-struct Directories {
-    map: HashMap<Fingerprint, (Arc<Directory>, u64)>,
-    bytes: u64,
-    tick: u64,
-}
-
 /// The cache of decoded sources.
 pub(crate) struct DecodedCache {
     budget: u64,
-    inner: Mutex<Inner>,
-    directories: Mutex<Directories>,
+    held: BoundedCache<Held, Value>,
+    directories: BoundedCache<Fingerprint, Arc<Directory>>,
 }
 
 impl DecodedCache {
@@ -112,9 +117,14 @@ impl DecodedCache {
     pub(crate) fn new(budget: u64) -> DecodedCache {
         DecodedCache {
             budget,
-            inner: Mutex::new(Inner::default()),
-            directories: Mutex::new(Directories::default()),
+            held: BoundedCache::new("decoded", budget),
+            directories: BoundedCache::new("tiff_directories", DIRECTORY_BUDGET),
         }
+    }
+
+    /// What its two parts hold against their budgets.
+    pub(crate) fn reports(&self) -> [CacheReport; 2] {
+        [self.held.report(), self.directories.report()]
     }
 
     /// The directory of the TIFF version `key`, read with `read` the first time. Two renders that
@@ -124,47 +134,24 @@ impl DecodedCache {
         key: &Fingerprint,
         read: impl FnOnce() -> Result<Option<Pyramid>>,
     ) -> Result<Arc<Directory>> {
-        if let Ok(mut d) = self.directories.lock() {
-            d.tick += 1;
-            let tick = d.tick;
-            if let Some((dir, used)) = d.map.get_mut(key) {
-                *used = tick;
-                return Ok(Arc::clone(dir));
-            }
+        if let Some(dir) = self.directories.get(key) {
+            return Ok(dir);
         }
         let dir = Arc::new(Directory::new(read()?));
         let weight = dir.weight();
+        // A directory over a quarter of the budget would push out several: read it each time.
         if weight > DIRECTORY_BUDGET / 4 {
             return Ok(dir);
         }
-        if let Ok(mut d) = self.directories.lock() {
-            let tick = d.tick;
-            if let Some((kept, _)) = d.map.get(key) {
-                return Ok(Arc::clone(kept));
-            }
-            d.bytes += weight;
-            d.map.insert(key.clone(), (Arc::clone(&dir), tick));
-            while d.bytes > DIRECTORY_BUDGET {
-                let Some(oldest) = d
-                    .map
-                    .iter()
-                    .min_by_key(|(_, (_, used))| *used)
-                    .map(|(k, _)| k.clone())
-                else {
-                    break;
-                };
-                if let Some((gone, _)) = d.map.remove(&oldest) {
-                    d.bytes = d.bytes.saturating_sub(gone.weight());
-                }
-            }
-        }
-        Ok(dir)
+        Ok(self
+            .directories
+            .get_or_insert_with(key, || (Arc::clone(&dir), weight)))
     }
 
-    /// Bytes of pixels held.
+    /// Bytes of pixels and parked decoders held.
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> u64 {
-        self.inner.lock().map(|i| i.bytes).unwrap_or(0)
+        self.held.report().bytes
     }
 
     /// The budget in bytes.
@@ -177,11 +164,12 @@ impl DecodedCache {
         self.peek_part(key, Part::Level(k))
     }
 
-    /// `part` of the source version `key` if it is already built.
+    /// `part` of the source version `key` if it is already built (not counted as a use).
     pub(crate) fn peek_part(&self, key: &Fingerprint, part: Part) -> Option<Arc<DynamicImage>> {
-        let inner = self.inner.lock().ok()?;
-        let e = inner.map.get(&(key.clone(), part))?;
-        e.slot.get()?.as_ref().ok().cloned()
+        match self.held.peek(&Held::Pixels(key.clone(), part))? {
+            Value::Pixels(slot) => slot.get()?.as_ref().ok().cloned(),
+            Value::Parked(_) => None,
+        }
     }
 
     /// Level `k` of the source version `key`, building it with `build` if needed.
@@ -205,23 +193,16 @@ impl DecodedCache {
         if self.budget == 0 {
             return build().map(Arc::new);
         }
-        let id = (key.clone(), part);
-        let slot: Slot = {
-            // A render that panicked holding the lock left the map as it was between two
-            // statements of this function, each of which leaves it whole: go on with it.
-            let mut inner = self
-                .inner
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            inner.tick += 1;
-            let tick = inner.tick;
-            let entry = inner.map.entry(id.clone()).or_insert_with(|| Entry {
-                slot: Arc::new(OnceLock::new()),
-                last_used: tick,
-                bytes: 0,
-            });
-            entry.last_used = tick;
-            Arc::clone(&entry.slot)
+        let id = Held::Pixels(key.clone(), part);
+        // The slot goes in empty (weighing nothing) and is weighed once built.
+        let slot: Slot = match self
+            .held
+            .get_or_insert_with(&id, || (Value::Pixels(Arc::new(OnceLock::new())), 0))
+        {
+            Value::Pixels(slot) => slot,
+            Value::Parked(_) => {
+                return Err(RenderError::bug("decoded cache: pixels keyed as parked"))
+            }
         };
         // One build per level: concurrent callers block here until the first one finishes.
         let mut build = Some(build);
@@ -238,32 +219,16 @@ impl DecodedCache {
                 return b().map(Arc::new);
             }
         }
-        if let Ok(mut inner) = self.inner.lock() {
-            let ours = inner
-                .map
-                .get(&id)
-                .is_some_and(|e| Arc::ptr_eq(&e.slot, &slot));
-            match &result {
-                Ok(img) if ours => {
-                    let bytes = img.as_bytes().len() as u64;
-                    if bytes > self.budget {
-                        // Too large to keep: this render uses it, the next one builds it again.
-                        inner.map.remove(&id);
-                    } else if let Some(e) = inner.map.get_mut(&id) {
-                        if e.bytes == 0 {
-                            e.bytes = bytes;
-                            inner.bytes += bytes;
-                        }
-                    }
-                    self.evict(&mut inner);
-                }
-                Ok(_) => {}
-                // Failures are not cached: the file may be fixed or replaced.
-                Err(_) => {
-                    if ours {
-                        inner.map.remove(&id);
-                    }
-                }
+        match &result {
+            // Over the budget, the entry is dropped: this render uses the level, the next one
+            // builds it again.
+            Ok(img) => {
+                self.held
+                    .reweigh(&id, img.as_bytes().len() as u64, |v| v.is_slot(&slot));
+            }
+            // Failures are not cached: the file may be fixed or replaced.
+            Err(_) => {
+                self.held.remove_if(&id, |v| v.is_slot(&slot));
             }
         }
         result.map_err(RenderError::Shared)
@@ -271,15 +236,21 @@ impl DecodedCache {
 
     /// A decoder parked for `key`'s `slot`, taken out for one render; `None` when there is none.
     pub(crate) fn unpark(&self, key: &Fingerprint, slot: u32) -> Option<Parked> {
-        let mut inner = self.inner.lock().ok()?;
-        let id = (key.clone(), slot);
-        let list = inner.parked.get_mut(&id)?;
-        let entry = list.pop()?;
-        if list.is_empty() {
-            inner.parked.remove(&id);
+        let id = Held::Parked(key.clone(), slot);
+        let Value::Parked(list) = self.held.get(&id)? else {
+            return None;
+        };
+        let (state, left) = {
+            let mut l = lock_list(&list);
+            let (state, _) = l.pop()?;
+            (state, l.iter().map(|(_, b)| b).sum::<u64>())
+        };
+        if left == 0 {
+            self.held.remove_if(&id, |v| v.is_list(&list));
+        } else {
+            self.held.reweigh(&id, left, |v| v.is_list(&list));
         }
-        inner.bytes = inner.bytes.saturating_sub(entry.bytes);
-        Some(entry.state)
+        Some(state)
     }
 
     /// Keep `state` (weighing about `bytes`) for the next render of `key`'s `slot`, within the
@@ -289,93 +260,32 @@ impl DecodedCache {
         if bytes > self.budget / 2 {
             return;
         }
-        let Ok(mut inner) = self.inner.lock() else {
+        let id = Held::Parked(key.clone(), slot);
+        let Value::Parked(list) = self
+            .held
+            .get_or_insert_with(&id, || (Value::Parked(ParkedList::default()), 0))
+        else {
             return;
         };
-        inner.tick += 1;
-        let last_used = inner.tick;
-        inner.bytes += bytes;
-        inner
-            .parked
-            .entry((key.clone(), slot))
-            .or_default()
-            .push(ParkedEntry {
-                state,
-                bytes,
-                last_used,
-            });
-        self.evict(&mut inner);
+        let total = {
+            let mut l = lock_list(&list);
+            l.push((state, bytes));
+            l.iter().map(|(_, b)| b).sum::<u64>()
+        };
+        // If the list was dropped meanwhile (its last decoder taken), this one goes with it.
+        self.held.reweigh(&id, total, |v| v.is_list(&list));
     }
 
     /// Drop every decoder parked for `key` (its tiled copy now serves what they would).
     pub(crate) fn drop_parked(&self, key: &Fingerprint) {
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
-        let gone: Vec<(Fingerprint, u32)> = inner
-            .parked
-            .keys()
-            .filter(|(k, _)| k == key)
-            .cloned()
-            .collect();
-        for id in gone {
-            if let Some(list) = inner.parked.remove(&id) {
-                let freed: u64 = list.iter().map(|e| e.bytes).sum();
-                inner.bytes = inner.bytes.saturating_sub(freed);
-            }
-        }
+        self.held
+            .retain(|id, _| !matches!(id, Held::Parked(k, _) if k == key));
     }
 
     /// Bytes of parked decoders (for tests).
     #[cfg(test)]
     pub(crate) fn parked_bytes(&self) -> u64 {
-        self.inner.lock().map_or(0, |i| {
-            i.parked.values().flatten().map(|e| e.bytes).sum::<u64>()
-        })
-    }
-
-    fn evict(&self, inner: &mut Inner) {
-        while inner.bytes > self.budget {
-            let pixels = inner
-                .map
-                .iter()
-                .filter(|(_, e)| e.bytes > 0)
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(k, e)| (k.clone(), e.last_used));
-            let parked = inner
-                .parked
-                .iter()
-                .filter_map(|(k, list)| {
-                    list.iter()
-                        .enumerate()
-                        .min_by_key(|(_, e)| e.last_used)
-                        .map(|(i, e)| (k.clone(), i, e.last_used))
-                })
-                .min_by_key(|(_, _, used)| *used);
-            match (pixels, parked) {
-                (Some((k, used)), Some((_, _, p_used))) if used <= p_used => {
-                    if let Some(e) = inner.map.remove(&k) {
-                        inner.bytes = inner.bytes.saturating_sub(e.bytes);
-                    }
-                }
-                (Some((k, _)), None) => {
-                    if let Some(e) = inner.map.remove(&k) {
-                        inner.bytes = inner.bytes.saturating_sub(e.bytes);
-                    }
-                }
-                (_, Some((k, i, _))) => {
-                    let mut freed = 0;
-                    if let Some(list) = inner.parked.get_mut(&k) {
-                        freed = list.swap_remove(i).bytes;
-                        if list.is_empty() {
-                            inner.parked.remove(&k);
-                        }
-                    }
-                    inner.bytes = inner.bytes.saturating_sub(freed);
-                }
-                (None, None) => break,
-            }
-        }
+        self.held.weight_of(|id| matches!(id, Held::Parked(..)))
     }
 }
 

@@ -321,6 +321,11 @@ pub trait Backend: Send + Sync {
     fn counters(&self) -> Option<Arc<SourceCounters>> {
         None
     }
+
+    /// The in-memory caches of the backend (a remote one's blocks).
+    fn caches(&self) -> Vec<crate::bounded::CacheReport> {
+        Vec::new()
+    }
 }
 
 /// Check that an identifier can only name an object below the source's root.

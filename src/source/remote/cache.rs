@@ -2,8 +2,8 @@
 //! and objects read whole, on disk ([`DiskCache`]).
 
 use super::{Fingerprint, SourceError};
+use crate::bounded::{BoundedCache, CacheReport};
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,75 +11,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-/// Blocks of remote object versions in memory, least recently used out first.
-pub(crate) struct BlockCache {
-    budget: u64,
-    inner: Mutex<Blocks>,
-}
-
-#[derive(Default)]
-struct Blocks {
-    map: HashMap<(Fingerprint, u64), (Bytes, u64)>,
-    bytes: u64,
-    tick: u64,
-}
+/// Blocks of remote object versions in memory, the least used out first.
+pub(crate) struct BlockCache(BoundedCache<(Fingerprint, u64), Bytes>);
 
 impl BlockCache {
     /// A cache of at most `budget` bytes (0: nothing is kept).
     pub(crate) fn new(budget: u64) -> BlockCache {
-        BlockCache {
-            budget,
-            inner: Mutex::new(Blocks::default()),
-        }
+        BlockCache(BoundedCache::new("source_blocks", budget))
     }
 
     pub(super) fn get(&self, fp: &Fingerprint, block: u64) -> Option<Bytes> {
-        let mut inner = self.inner.lock().ok()?;
-        inner.tick += 1;
-        let tick = inner.tick;
-        let (bytes, used) = inner.map.get_mut(&(fp.clone(), block))?;
-        *used = tick;
-        Some(bytes.clone())
+        self.0.get(&(fp.clone(), block))
     }
 
     pub(super) fn insert(&self, fp: &Fingerprint, block: u64, bytes: Bytes) {
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
-        let len = bytes.len() as u64;
-        if len > self.budget {
-            return;
-        }
-        inner.tick += 1;
-        let tick = inner.tick;
-        if let Some((old, _)) = inner.map.insert((fp.clone(), block), (bytes, tick)) {
-            inner.bytes -= old.len() as u64;
-        }
-        inner.bytes += len;
-        if inner.bytes > self.budget {
-            // Down to 7/8 of the budget in one sort, so eviction is not paid on every insert.
-            let mut ages: Vec<(u64, (Fingerprint, u64))> = inner
-                .map
-                .iter()
-                .map(|(k, (_, t))| (*t, k.clone()))
-                .collect();
-            ages.sort_unstable_by_key(|(t, _)| *t);
-            let target = self.budget / 8 * 7;
-            for (_, key) in ages {
-                if inner.bytes <= target {
-                    break;
-                }
-                if let Some((b, _)) = inner.map.remove(&key) {
-                    inner.bytes -= b.len() as u64;
-                }
-            }
-        }
+        // Blocks are 64 KiB or more: the entry's own overhead is left out, so a budget of exactly
+        // N blocks holds N blocks.
+        let weight = bytes.len() as u64;
+        self.0.insert((fp.clone(), block), bytes, weight);
+    }
+
+    /// What it holds against its budget.
+    pub(crate) fn report(&self) -> CacheReport {
+        self.0.report()
     }
 
     /// Bytes held.
     #[cfg(test)]
     pub(super) fn bytes(&self) -> u64 {
-        self.inner.lock().map(|i| i.bytes).unwrap_or(0)
+        self.0.report().bytes
     }
 }
 

@@ -487,6 +487,10 @@ impl<F: Fetch> Backend for RemoteBackend<F> {
         Some(Arc::clone(self.shared.io.counters()))
     }
 
+    fn caches(&self) -> Vec<crate::bounded::CacheReport> {
+        vec![self.shared.blocks.report()]
+    }
+
     fn forget_copies(&self) -> io::Result<()> {
         self.shared.disk.clear()
     }
