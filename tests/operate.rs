@@ -286,7 +286,9 @@ fn every_cache_reports_its_bytes_within_the_memory_bound() {
     let budgets = series("iiifd_cache_budget_bytes{");
     for cache in ["located", "decoded", "tiff_directories", "memo"] {
         assert!(
-            budgets.iter().any(|(l, _)| l.contains(&format!("cache=\"{cache}\""))),
+            budgets
+                .iter()
+                .any(|(l, _)| l.contains(&format!("cache=\"{cache}\""))),
             "{cache} not reported: {budgets:?}"
         );
     }
