@@ -235,42 +235,35 @@ impl App {
         let mut caches = self.pipeline.caches();
         caches.extend(self.memo.report());
         caches.extend(self.access.cache());
-        let _ = writeln!(
-            out,
-            "# HELP iiifd_cache_bytes Bytes held by an in-memory cache (part: the memory bound's part its budget counts in).\n# TYPE iiifd_cache_bytes gauge"
-        );
-        for c in &caches {
-            let _ = writeln!(
-                out,
-                "iiifd_cache_bytes{{cache=\"{}\",part=\"{}\"}} {}",
-                c.name,
-                part_of(c.name),
-                c.bytes
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP iiifd_cache_budget_bytes The most an in-memory cache holds.\n# TYPE iiifd_cache_budget_bytes gauge"
-        );
-        for c in &caches {
-            let _ = writeln!(
-                out,
-                "iiifd_cache_budget_bytes{{cache=\"{}\",part=\"{}\"}} {}",
-                c.name,
-                part_of(c.name),
-                c.budget
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP iiifd_cache_entries Entries held by an in-memory cache.\n# TYPE iiifd_cache_entries gauge"
-        );
-        for c in &caches {
-            let _ = writeln!(
-                out,
-                "iiifd_cache_entries{{cache=\"{}\"}} {}",
-                c.name, c.entries
-            );
+        type Field = fn(&crate::bounded::CacheReport) -> u64;
+        let series: [(&str, &str, Field); 3] = [
+            (
+                "iiifd_cache_bytes",
+                "Bytes held by an in-memory cache (part: the memory bound's part its budget counts in).",
+                |c| c.bytes,
+            ),
+            (
+                "iiifd_cache_budget_bytes",
+                "The most an in-memory cache holds.",
+                |c| c.budget,
+            ),
+            (
+                "iiifd_cache_entries",
+                "Entries held by an in-memory cache.",
+                |c| c.entries,
+            ),
+        ];
+        for (name, help, field) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for c in &caches {
+                let _ = writeln!(
+                    out,
+                    "{name}{{cache=\"{}\",part=\"{}\"}} {}",
+                    c.name,
+                    part_of(c.name),
+                    field(c)
+                );
+            }
         }
     }
 }
