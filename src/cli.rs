@@ -244,6 +244,7 @@ fn print_json<T: serde::Serialize>(v: &T) {
 }
 
 fn store_command(cfg: &Config, op: &StoreOp) -> ExitCode {
+    use crate::store::maintenance::Maintenance;
     let (store, recovery) = match crate::store::Store::open(crate::app::store_settings(cfg)) {
         Ok(s) => s,
         Err(e) => {
@@ -264,27 +265,32 @@ fn store_command(cfg: &Config, op: &StoreOp) -> ExitCode {
     } else {
         None
     };
-    let result = match op {
-        StoreOp::Stats => Ok(serde_json::json!({ "stats": store.stats(), "recovery": recovery })),
-        StoreOp::Verify => store
-            .verify()
-            .map(|r| serde_json::json!({ "verify": r, "recovery": recovery })),
-        StoreOp::Gc => store
-            .gc()
-            .map(|r| serde_json::json!({ "gc": r, "stats": store.stats() })),
-        StoreOp::Reindex => store
-            .reindex()
-            .map(|r| serde_json::json!({ "reindex": r, "stats": store.stats() })),
-        StoreOp::Purge { id } => store
-            .purge(id)
-            .map(|n| serde_json::json!({ "purged": n, "stats": store.stats() })),
-    }
-    .map(|mut v| {
-        if let Some(r) = reconciled {
-            v["reconciled"] = serde_json::json!(r);
-        }
-        v
-    });
+    let op = match op {
+        StoreOp::Stats => Maintenance::Stats,
+        StoreOp::Verify => Maintenance::Verify,
+        StoreOp::Gc => Maintenance::Gc,
+        StoreOp::Reindex => Maintenance::Reindex,
+        StoreOp::Purge { id } => Maintenance::Purge(id.clone()),
+    };
+    let result = op
+        .run(&store)
+        .map(|(key, report)| {
+            let mut v = serde_json::Map::new();
+            v.insert(key.to_owned(), report);
+            // What reads says how the store was found; what changes it, how it is left.
+            if matches!(op, Maintenance::Stats | Maintenance::Verify) {
+                v.insert("recovery".into(), serde_json::json!(recovery));
+            } else {
+                v.insert("stats".into(), serde_json::json!(store.stats()));
+            }
+            serde_json::Value::Object(v)
+        })
+        .map(|mut v| {
+            if let Some(r) = reconciled {
+                v["reconciled"] = serde_json::json!(r);
+            }
+            v
+        });
     if let Err(e) = store.close() {
         eprintln!("iiifd: store {}: {e}", cfg.store.path.display());
     }

@@ -448,3 +448,39 @@ fn a_store_written_by_the_last_release_is_upgraded_in_place() {
     );
     let _ = std::fs::remove_dir_all(store.parent().unwrap_or(&store));
 }
+
+/// The `iiifd store` command and the admin API run one list of operations: the same names, the
+/// same reports; reindex only offline.
+#[test]
+fn the_command_and_the_admin_api_offer_the_same_maintenance() {
+    let mut s = Server::start();
+    assert_eq!(s.get("/iiif/3/rings/full/120,/0/default.png").status, 200);
+    let online = s.admin_get("/admin/store/stats").json();
+    assert_eq!(online["objects"], 1, "{online}");
+    assert_eq!(s.admin_post("/admin/store/reindex", "").status, 404);
+    assert_eq!(s.admin_get("/admin/store/gc").status, 405);
+    assert_eq!(s.admin_post("/admin/store/purge?id=", "").status, 400);
+    let verify = s.admin_post("/admin/store/verify", "").json();
+    s.kill9();
+    let offline = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_iiifd"))
+            .arg("store")
+            .args(args)
+            .arg("--store")
+            .arg(&s.store)
+            .env("IIIFD_LOG__LEVEL", "error")
+            .output()
+            .expect("iiifd store");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    assert_eq!(offline(&["stats"])["stats"]["objects"], online["objects"]);
+    assert_eq!(offline(&["verify"])["verify"], verify);
+    assert_eq!(offline(&["reindex"])["stats"]["objects"], 1);
+    let purged = offline(&["purge", "--id", "rings"]);
+    assert_eq!(
+        (purged["purged"].clone(), purged["stats"]["objects"].clone()),
+        (1.into(), 0.into()),
+        "{purged}"
+    );
+}

@@ -9,12 +9,17 @@ use crate::crawl::CrawlSpec;
 use crate::error::{Error, Result};
 use crate::iiif::parse::{decode_segment, Part};
 use crate::pipeline::blocking;
+use crate::store::maintenance::Maintenance;
 use bytes::Bytes;
 use http::header;
 use http::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 
 /// Answer one admin request.
+/// What the admin listener answers (for a 404's message).
+const ROUTES: &str =
+    "/health /ready /metrics /admin/store/{stats,verify,gc,purge?id=} /admin/crawl";
+
 pub(crate) async fn handle(app: &Arc<App>, req: Request<Bytes>) -> Response<Bytes> {
     route(app, req)
         .await
@@ -39,7 +44,6 @@ async fn route(app: &Arc<App>, req: Request<Bytes>) -> Result<Response<Bytes>> {
     if let Some(rest) = path.strip_prefix("/admin/crawl") {
         return crawl(app, req, rest).await;
     }
-    let store = Arc::clone(app.store());
     match (req.method(), path.as_str()) {
         (&Method::GET, "/ready") => Ok(response::text(StatusCode::OK, "ready\n")),
         (&Method::GET, "/metrics") => {
@@ -51,47 +55,47 @@ async fn route(app: &Arc<App>, req: Request<Bytes>) -> Result<Response<Bytes>> {
             );
             Ok(r)
         }
-        (&Method::GET, "/admin/store/stats") => Ok(response::json(&app.store().stats())),
-        (&Method::POST, "/admin/store/verify") => {
-            let report = blocking(move || store.verify())
-                .await?
-                .map_err(store_error)?;
-            Ok(response::json(&report))
+        (_, "/ready" | "/metrics") => Err(Error::MethodNotAllowed("GET, POST")),
+        (_, p)
+            if p.strip_prefix("/admin/store/")
+                .is_some_and(|n| Maintenance::method(n).is_some()) =>
+        {
+            maintenance(app, &req, &p["/admin/store/".len()..]).await
         }
-        (&Method::POST, "/admin/store/gc") => {
-            let report = blocking(move || store.gc()).await?.map_err(store_error)?;
-            Ok(response::json(&report))
-        }
-        (&Method::POST, "/admin/store/purge") => {
-            let id = req
-                .uri()
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("id="))
-                .ok_or_else(|| Error::BadRequest("purge needs ?id=IDENTIFIER".into()))?;
-            let id = decode_segment(id, Part::Identifier)?;
-            if id.is_empty() {
-                return Err(Error::BadRequest("purge needs ?id=IDENTIFIER".into()));
-            }
-            let n = blocking(move || store.purge(&id))
-                .await?
-                .map_err(store_error)?;
-            Ok(response::json(&serde_json::json!({ "purged": n })))
-        }
-        (
-            _,
-            "/ready"
-            | "/metrics"
-            | "/admin/store/stats"
-            | "/admin/store/verify"
-            | "/admin/store/gc"
-            | "/admin/store/purge",
-        ) => Err(Error::MethodNotAllowed("GET, POST")),
-        _ => Err(Error::NoRoute(
-            "/health /ready /metrics /admin/store/{stats,verify,gc,purge?id=} /admin/crawl",
-        )),
+        _ => Err(Error::NoRoute(ROUTES)),
     }
+}
+
+/// `/admin/store/{name}`: one of the store's maintenance operations ([`Maintenance::ONLINE`]).
+async fn maintenance(app: &Arc<App>, req: &Request<Bytes>, name: &str) -> Result<Response<Bytes>> {
+    if Maintenance::method(name) != Some(req.method().as_str()) {
+        return Err(Error::MethodNotAllowed("GET, POST"));
+    }
+    let id = match req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("id="))
+    {
+        Some(raw) => Some(decode_segment(raw, Part::Identifier)?),
+        None => None,
+    };
+    let op = match Maintenance::online(name, id) {
+        Some(Ok(op)) => op,
+        Some(Err(why)) => return Err(Error::BadRequest(why.into())),
+        None => return Err(Error::NoRoute(ROUTES)),
+    };
+    let store = Arc::clone(app.store());
+    let (key, report) = blocking(move || op.run(&store))
+        .await?
+        .map_err(store_error)?;
+    // A count is wrapped under its name; a report is the object it is.
+    Ok(response::json(&if report.is_object() {
+        report
+    } else {
+        serde_json::json!({ key: report })
+    }))
 }
 
 fn store_error(e: std::io::Error) -> Error {

@@ -34,6 +34,7 @@ pub(crate) mod files;
 pub(crate) mod hot;
 mod ids;
 pub(crate) mod index;
+pub(crate) mod maintenance;
 mod read;
 mod recount;
 pub(crate) mod shared;
