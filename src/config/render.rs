@@ -47,7 +47,7 @@ impl ColorMode {
 pub enum TilePassthrough {
     /// When the stored tile is not much heavier than iiifd's own encode of it would be (judged
     /// from its quantisation tables and chroma subsampling, once per file); otherwise re-encoded
-    /// once and stored.
+    /// once, in the DCT domain, and stored.
     #[default]
     Auto,
     /// Always (no decode, no encode, no generation loss, whatever the tile weighs).
@@ -112,7 +112,9 @@ pub struct RenderConfig {
     /// the tile's quality is at most `jpeg_quality` + 5 and its chroma is subsampled as iiifd's
     /// encoder does (4:2:0) or it is gray, so that it is not much heavier than a re-encode;
     /// `always`; `never`. vips writes 4:4:4 tiles at Q >= 90, about 2.6x the bytes of a 4:2:0 Q85
-    /// re-encode of the same region: `auto` re-encodes those, once (the result is stored). Env:
+    /// re-encode of the same region: `auto` re-encodes those, once (the result is stored), without
+    /// decoding them to pixels (their coefficients are requantised and their chroma halved);
+    /// `never` re-encodes every tile from its pixels. Env:
     /// `IIIFD_RENDER__TILE_PASSTHROUGH`.
     pub tile_passthrough: TilePassthrough,
     /// Sources with an embedded ICC profile: `srgb` converts their pixels to sRGB (what browsers

@@ -7,7 +7,8 @@
 //! The rule under `auto`: a tile passes when it is no finer than what iiifd would send, that is
 //! its estimated quality is at most `jpeg_quality` + [`QUALITY_SLACK`] and its chroma is
 //! subsampled in both directions (4:2:0, as iiifd's encoder writes) or it has no chroma at all
-//! (gray). Anything else is re-encoded once and stored.
+//! (gray). Anything else is re-encoded once and stored, in the DCT domain
+//! (`render/decode/libjpeg/transcode.rs`: no pixel is formed).
 //!
 //! The quality is estimated as libjpeg's `cjpeg -quality` that best reproduces the tile's
 //! luminance quantisation table (the IJG scaling of the standard table, Annex K of the JPEG

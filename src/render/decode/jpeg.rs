@@ -53,6 +53,18 @@ pub(crate) fn read_info(data: &[u8]) -> Result<JpegInfo> {
     libjpeg::header(data)
 }
 
+/// `data` (a stored tile) re-encoded at `quality` without forming its pixels, cropped to its
+/// top-left `w` x `h`: see [`libjpeg::requantize`]. `Ok(None)` when its layout is not one that
+/// route takes.
+pub(crate) fn requantize(
+    data: &[u8],
+    (w, h): (u32, u32),
+    quality: u8,
+    rgb_coded: bool,
+) -> Result<Option<Vec<u8>>> {
+    libjpeg::requantize(data, w, h, quality, rgb_coded)
+}
+
 /// Whether libjpeg's SIMD code is compiled in and usable on this CPU.
 pub(crate) fn simd() -> bool {
     libjpeg::simd()

@@ -64,7 +64,16 @@ pub(crate) fn render(
                 return Ok(tile);
             }
         }
-        // Re-encoded from the bytes in hand (one tile, or the image's part of an edge tile).
+        // Re-encoded from the bytes in hand (one tile, or the image's part of an edge tile):
+        // under `auto` in the DCT domain (a fraction of a decode and an encode), else from pixels.
+        if settings.tile_passthrough == TilePassthrough::Auto {
+            let quality = settings.jpeg_quality;
+            if let Some(bytes) =
+                super::jpeg::requantize(&tile, (rect.w, rect.h), quality, level.rgb_jpeg)?
+            {
+                return Ok(bytes);
+            }
+        }
         let part = Rect {
             x: 0,
             y: 0,
