@@ -38,10 +38,7 @@ pub fn encode(img: DynamicImage, format: Format) -> Result<Vec<u8>, RenderError>
 pub fn render(source: &[u8], req: &CanonicalRequest) -> Result<Vec<u8>, RenderError> {
     let reader = bytes_reader(source.to_vec());
     let fingerprint = crate::source::Fingerprint::new("bench");
-    let src = render::SourceRef {
-        reader: &*reader,
-        fingerprint: &fingerprint,
-    };
+    let src = render::SourceRef::new(&*reader, &fingerprint)?;
     let cache = render::cache::DecodedCache::new(0);
     render::render(
         src,

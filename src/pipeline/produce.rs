@@ -233,14 +233,11 @@ impl Pipeline {
             let job = move |worker: &Worker| -> Result<bool> {
                 let max = worker.decode_budget;
                 let reader = source.open(&prepared.source.object)?;
-                let src = SourceRef {
-                    reader: &*reader,
-                    fingerprint: &prepared.source.object.fingerprint,
-                };
+                let src = SourceRef::new(&*reader, &prepared.source.object.fingerprint)?;
                 let Some(plan) = tiled_copy::plan(src, &cache, max)? else {
                     return Ok(false);
                 };
-                let icc = render::source_profile(&*reader);
+                let icc = render::source_profile(src);
                 store.put_with(
                     &key,
                     tiled_copy::EXTENSION,

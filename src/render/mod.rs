@@ -97,6 +97,22 @@ pub(crate) type Result<T, E = RenderError> = std::result::Result<T, E>;
 pub(crate) struct SourceRef<'a> {
     pub(crate) reader: &'a dyn ObjectReader,
     pub(crate) fingerprint: &'a Fingerprint,
+    /// What the header says the source is: read once, when the source is opened for a render.
+    pub(crate) kind: SourceKind,
+}
+
+impl<'a> SourceRef<'a> {
+    /// The source behind `reader`, its kind read from its first bytes.
+    pub(crate) fn new(
+        reader: &'a dyn ObjectReader,
+        fingerprint: &'a Fingerprint,
+    ) -> std::result::Result<SourceRef<'a>, SourceError> {
+        Ok(SourceRef {
+            reader,
+            fingerprint,
+            kind: SourceKind::of(reader)?,
+        })
+    }
 }
 
 /// Produce the encoded image that `req` describes. Each source kind takes its cheapest route to the
@@ -108,7 +124,7 @@ pub(crate) fn render(
     settings: &EncodeSettings,
     max_decode_bytes: u64,
 ) -> Result<Vec<u8>> {
-    let kind = SourceKind::of(src.reader).map_err(SourceError::from)?;
+    let kind = src.kind;
     let (img, region) = match kind {
         SourceKind::Jpeg => match decode::jpeg::region(src, cache, req, max_decode_bytes)? {
             Some(found) => found,
@@ -212,10 +228,8 @@ pub(crate) fn render_tiled_copy(
 }
 
 /// The ICC profile embedded in a source, if any (kept in its tiled copy).
-pub(crate) fn source_profile(reader: &dyn ObjectReader) -> Option<Vec<u8>> {
-    SourceKind::of(reader)
-        .ok()
-        .and_then(|kind| decode::profile(reader, kind))
+pub(crate) fn source_profile(src: SourceRef<'_>) -> Option<Vec<u8>> {
+    decode::profile(src.reader, src.kind)
 }
 
 /// Whether the decoded level `req` would be cut from is in the decoded cache already.
@@ -261,24 +275,19 @@ pub(crate) fn render_by_route(
         return Ok((result?, Route::TiledCopy));
     }
     let reader = open_source()?;
-    let src = SourceRef {
-        reader: &*reader,
-        fingerprint,
-    };
+    let src = SourceRef::new(&*reader, fingerprint)?;
     let bytes = render(src, cache, req, settings, max_decode_bytes)?;
-    let wants_copy = copyable && copy.is_none() && copy_helps(&*reader);
+    let wants_copy = copyable && copy.is_none() && copy_helps(src);
     Ok((bytes, Route::Source { wants_copy }))
 }
 
 /// True for the sources a [`tiled_copy`] helps: those without resolution levels or tiles of their
 /// own (everything but pyramidal TIFF and JPEG 2000), and JPEG 2000, whose decoder's cost per call
 /// a pyramid of JPEG tiles does not have.
-pub(crate) fn copy_helps(reader: &dyn ObjectReader) -> bool {
-    match SourceKind::of(reader) {
-        Ok(SourceKind::Tiff) => matches!(tiff::read_pyramid(reader), Ok(None)),
-        Ok(SourceKind::Jp2) => true,
-        Err(_) => false,
-        Ok(_) => true,
+pub(crate) fn copy_helps(src: SourceRef<'_>) -> bool {
+    match src.kind {
+        SourceKind::Tiff => matches!(tiff::read_pyramid(src.reader), Ok(None)),
+        _ => true,
     }
 }
 
@@ -286,11 +295,12 @@ pub(crate) fn copy_helps(reader: &dyn ObjectReader) -> bool {
 /// fuzzers and the hostile-input tests).
 pub(crate) fn decode_bytes(bytes: &[u8], max_decode_bytes: u64) -> Result<image::DynamicImage> {
     let reader = crate::source::memory::bytes_reader(bytes.to_vec());
-    if SourceKind::of(&*reader).map_err(SourceError::from)? == SourceKind::Jpeg {
+    let kind = SourceKind::of(&*reader).map_err(SourceError::from)?;
+    if kind == SourceKind::Jpeg {
         let info = decode::jpeg::read_info(bytes)?;
         if !info.cmyk {
             return decode::jpeg::decode(bytes, 0, None, max_decode_bytes);
         }
     }
-    decode::whole::decode(&*reader, max_decode_bytes)
+    decode::whole::decode(&*reader, kind, max_decode_bytes)
 }

@@ -67,7 +67,7 @@ pub(crate) fn plan(
     cache: &DecodedCache,
     max: u64,
 ) -> Result<Option<CopyPlan>> {
-    if matches!(SourceKind::of(source.reader), Ok(SourceKind::Jp2)) {
+    if source.kind == SourceKind::Jp2 {
         return Ok(CopySource::open(source, TILE, max)?.map(CopyPlan::Jp2));
     }
     Ok(levels(source, cache, max)?.map(CopyPlan::Levels))

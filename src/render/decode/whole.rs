@@ -20,12 +20,12 @@ pub(crate) fn full_image(
     cache: &DecodedCache,
     max: u64,
 ) -> Result<Arc<DynamicImage>> {
-    if matches!(SourceKind::of(src.reader), Ok(SourceKind::Jpeg)) {
+    if src.kind == SourceKind::Jpeg {
         if let Some(level) = jpeg::full_level(src, cache, max)? {
             return Ok(level);
         }
     }
-    cache.get_or_build(src.fingerprint, 0, || decode(src.reader, max))
+    cache.get_or_build(src.fingerprint, 0, || decode(src.reader, src.kind, max))
 }
 
 /// The region from a pyramid level of a source decoded whole: level 0 by the `image` crate, every
@@ -44,7 +44,7 @@ pub(crate) fn cached_region(
     ) -> Result<Arc<DynamicImage>> {
         cache.get_or_build(src.fingerprint, k, || {
             if k == 0 {
-                decode(src.reader, max)
+                decode(src.reader, src.kind, max)
             } else {
                 Ok(halve(&*level(src, cache, k - 1, max)?))
             }
@@ -57,10 +57,14 @@ pub(crate) fn cached_region(
 /// Decode the whole source into 8-bit gray or colour, with or without alpha, turned as its
 /// orientation says (EXIF in JPEG, PNG `eXIf` and WebP `EXIF`; the TIFF Orientation tag): the
 /// displayed image, whose size the probe reports.
-pub(crate) fn decode(reader: &dyn ObjectReader, max_decode_bytes: u64) -> Result<DynamicImage> {
-    match SourceKind::of(reader) {
-        Ok(SourceKind::Tiff) => return super::tiff_flat::decode(reader, max_decode_bytes),
-        Ok(SourceKind::Jpeg) => return cmyk_jpeg(reader, max_decode_bytes),
+pub(crate) fn decode(
+    reader: &dyn ObjectReader,
+    kind: SourceKind,
+    max_decode_bytes: u64,
+) -> Result<DynamicImage> {
+    match kind {
+        SourceKind::Tiff => return super::tiff_flat::decode(reader, max_decode_bytes),
+        SourceKind::Jpeg => return cmyk_jpeg(reader, max_decode_bytes),
         _ => {}
     }
     let image_reader = image::ImageReader::new(reader.stream())
@@ -68,15 +72,11 @@ pub(crate) fn decode(reader: &dyn ObjectReader, max_decode_bytes: u64) -> Result
         .map_err(|e| RenderError::Source(e.into()))?;
     match decode_reader(image_reader, max_decode_bytes) {
         // A PNG whose checksums are wrong: browsers and Pillow show it, so do we.
-        Err(RenderError::Undecodable(first))
-            if matches!(SourceKind::of(reader), Ok(SourceKind::Png)) =>
-        {
+        Err(RenderError::Undecodable(first)) if kind == SourceKind::Png => {
             png_ignoring_crc(reader, max_decode_bytes).map_err(|_| RenderError::Undecodable(first))
         }
         // A GIF with no colour table at all: shown with a gray ramp, as Pillow shows it.
-        Err(RenderError::Undecodable(first))
-            if matches!(SourceKind::of(reader), Ok(SourceKind::Gif)) =>
-        {
+        Err(RenderError::Undecodable(first)) if kind == SourceKind::Gif => {
             let patched = gif_with_gray_table(reader, max_decode_bytes)
                 .ok_or(RenderError::Undecodable(first))?;
             let patched = crate::source::memory::bytes_reader(patched);
