@@ -25,6 +25,8 @@ pub(crate) struct Metrics {
     pub tiled_copies_wanted: AtomicU64,
     /// Renders that read their pixels from a tiled copy.
     pub tiled_copy_renders: AtomicU64,
+    /// Lookups of an identifier answered 404 by the negative cache, without the source.
+    pub negative_hits: AtomicU64,
     render_duration: Histogram,
     /// Requests by version slot (3, 2, 1, other) and status (100..=599): plain atomics, because this is
     /// touched by every request and a shared lock here showed up as contention under load.
@@ -39,6 +41,7 @@ impl Default for Metrics {
             tiled_copies: AtomicU64::new(0),
             tiled_copies_wanted: AtomicU64::new(0),
             tiled_copy_renders: AtomicU64::new(0),
+            negative_hits: AtomicU64::new(0),
             render_duration: Histogram::default(),
             requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
         }
@@ -94,6 +97,12 @@ impl Metrics {
             "iiifd_tiled_copy_renders_total",
             "Renders that read their pixels from a tiled copy.",
             self.tiled_copy_renders.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "iiifd_source_negative_hits_total",
+            "Lookups answered 404 from memory: the identifier named nothing within source.negative_secs.",
+            self.negative_hits.load(Ordering::Relaxed),
         );
         self.render_duration.render_into(
             out,

@@ -815,3 +815,32 @@ fn sigterm_exits_cleanly() {
     let status = s.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+/// The negative cache with the directory backend: a 404 is remembered for `source.negative_secs`
+/// (a file dropped in meanwhile waits for the window), 0 turns it off.
+#[test]
+fn a_missing_identifier_is_remembered_for_the_negative_window() {
+    let pic = crate::pixels::picture(64, 48);
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(pic)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .expect("png");
+    let png = png.into_inner();
+
+    let server = Server::start_with(&[], &[("IIIFD_SOURCE__NEGATIVE_SECS", "2")]);
+    assert_eq!(server.get("/iiif/3/later.png/info.json").status, 404);
+    std::fs::write(server.images.join("later.png"), &png).expect("write");
+    let r = server.get("/iiif/3/later.png/info.json");
+    assert_eq!(r.status, 404, "answered from the negative cache");
+    assert!(server.metric("iiifd_source_negative_hits_total") >= 1.0);
+    std::thread::sleep(std::time::Duration::from_millis(2_200));
+    let r = server.get("/iiif/3/later.png/info.json");
+    assert_eq!(r.status, 200, "after the window: {}", r.text());
+    assert_eq!(r.json()["width"], 64);
+
+    let off = Server::start_with(&[], &[("IIIFD_SOURCE__NEGATIVE_SECS", "0")]);
+    assert_eq!(off.get("/iiif/3/later.png/info.json").status, 404);
+    std::fs::write(off.images.join("later.png"), &png).expect("write");
+    assert_eq!(off.get("/iiif/3/later.png/info.json").status, 200);
+    assert_eq!(off.metric("iiifd_source_negative_hits_total"), 0.0);
+}

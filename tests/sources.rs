@@ -469,3 +469,79 @@ fn the_http_source_serves_what_the_directory_serves_and_only_from_allowed_hosts(
     assert!(away.text().contains("redirect"), "{}", away.text());
     assert!(metric(&remote, "iiifd_source_errors_total{backend=\"http\"}") >= 1.0);
 }
+
+/// All requests the S3 source has made (HEAD, ranged and whole GETs, LIST).
+fn source_requests(server: &Server) -> f64 {
+    ["head", "get", "list"]
+        .iter()
+        .map(|op| {
+            metric(
+                server,
+                &format!("iiifd_source_requests_total{{backend=\"s3\",op=\"{op}\"}}"),
+            )
+        })
+        .sum()
+}
+
+/// `source.negative_secs`: a flood of requests for an identifier that names nothing costs the
+/// bucket one lookup per window, not one per request; an image uploaded after a 404 is served
+/// at once when a crawl asks for it, otherwise once the window has passed.
+#[test]
+fn a_flood_of_missing_identifiers_costs_the_bucket_one_lookup() {
+    let weed = Weed::start();
+    weed.create_bucket("masters");
+    let files = sources();
+    let (_, jpg) = files
+        .iter()
+        .find(|(n, _)| *n == "p.jpg")
+        .expect("a jpg in the corpus");
+    let mut env = s3_env(&weed);
+    env.push(("IIIFD_SOURCE__NEGATIVE_SECS", "3".into()));
+    let s3 = start(&env);
+
+    let before = source_requests(&s3);
+    for i in 0..1000 {
+        let url = if i % 2 == 0 {
+            "/iiif/3/guess/info.json"
+        } else {
+            "/iiif/3/guess/full/max/0/default.jpg"
+        };
+        let r = s3.get(url);
+        assert_eq!(r.status, 404, "{url}: {}", r.text());
+    }
+    let used = source_requests(&s3) - before;
+    // One lookup: a HEAD for the name and for each of the 11 extensions a source may have (the
+    // issue's "at most 10" counted nine), and not one more for the other 999 requests.
+    assert!(
+        (1.0..=12.0).contains(&used),
+        "1,000 requests for a missing identifier cost {used} source requests"
+    );
+    assert_eq!(metric(&s3, "iiifd_source_negative_hits_total"), 999.0);
+
+    // Uploaded after a 404: still 404 from memory within the window...
+    for name in ["late", "crawled"] {
+        assert_eq!(s3.get(&format!("/iiif/3/{name}/info.json")).status, 404);
+    }
+    weed.put("masters", "collection/late.jpg", jpg);
+    weed.put("masters", "collection/crawled.jpg", jpg);
+    assert_eq!(s3.get("/iiif/3/late/info.json").status, 404);
+    assert_eq!(s3.get("/iiif/3/crawled/info.json").status, 404);
+    // ...but a crawl that names it asks the bucket, and from then on it is served.
+    let r = admin_post(
+        &s3,
+        "/admin/crawl",
+        r#"{"identifiers": ["crawled"], "levels": [8]}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(s3.get("/iiif/3/crawled/info.json").status, 200);
+    assert_eq!(
+        s3.get("/iiif/3/late/info.json").status,
+        404,
+        "within the window"
+    );
+    // After the window the bucket is asked again.
+    std::thread::sleep(Duration::from_millis(3_200));
+    let r = s3.get("/iiif/3/late/info.json");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["width"], W);
+}

@@ -172,6 +172,7 @@ impl App {
             // Validated when the configuration was loaded.
             info_extras: config.info.extras().unwrap_or_default(),
             sidecars: config.info.sidecars,
+            negative: Duration::from_secs(config.source.negative_secs),
         };
         let source_counters = source.counters().map(|c| (source.kind(), c));
         let pipeline = Arc::new(Pipeline::new(

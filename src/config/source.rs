@@ -14,6 +14,12 @@ pub struct SourceConfig {
     /// request costs no backend call for it, and a replaced object is seen after at most this long.
     /// Env: `IIIFD_SOURCE__REVALIDATE_SECS`.
     pub revalidate_secs: u64,
+    /// Seconds an identifier that named no image is answered 404 from memory, without asking the
+    /// backend again (a missing identifier costs an S3 backend a HEAD per known extension; a
+    /// harvester guessing identifiers would make every guess that many billable requests). An
+    /// image that appears meanwhile is served at once when `crawl.watch` or a crawl sees it,
+    /// otherwise after at most this long. 0 turns it off. Env: `IIIFD_SOURCE__NEGATIVE_SECS`.
+    pub negative_secs: u64,
     /// Deadline of one remote read (HEAD, ranged GET, whole download), retries included; past it
     /// the request gets 504. Env: `IIIFD_SOURCE__TIMEOUT_SECS`.
     pub timeout_secs: u64,
@@ -88,6 +94,7 @@ impl Default for SourceConfig {
         SourceConfig {
             kind: "fs".into(),
             revalidate_secs: 30,
+            negative_secs: 30,
             timeout_secs: 20,
             block_cache_bytes: 64 << 20,
             block_bytes: 1 << 20,

@@ -281,6 +281,8 @@ impl Crawler {
         // All identifiers unknown is a client error; some unknown are reported by the job.
         let mut known = 0;
         for id in &spec.identifiers {
+            // A crawl asks the source itself: an image added since a 404 is found at once.
+            self.pipeline.forget_missing(id);
             if self.pipeline.locate(id).await.is_ok() {
                 known += 1;
             }

@@ -105,6 +105,8 @@ pub(crate) fn start(
         // `touch` with the same time, a second event for one copy) is not an arrival.
         let mut warmed: HashMap<String, Fingerprint> = HashMap::new();
         while let Some((identifier, since)) = rx.recv().await {
+            // Seen arriving: not missing any more, whatever a lookup a moment ago found.
+            pipeline.forget_missing(&identifier);
             let located = pipeline.locate(&identifier).await;
             let version = located.as_ref().ok().map(|l| l.object.fingerprint.clone());
             if version.is_some() && warmed.get(&identifier) == version.as_ref() {

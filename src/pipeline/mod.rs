@@ -45,6 +45,10 @@ const LOCATED_BYTES: u64 = 8 << 20;
 /// Bytes of source versions found corrupt, and of versions known to have a tiled copy, kept.
 const MARKS_BYTES: u64 = 2 << 20;
 
+/// Bytes of identifiers known to name nothing (about 8,000 of them): a flood of guesses beyond
+/// that evicts the oldest, which then cost one more lookup each.
+const MISSING_BYTES: u64 = 1 << 20;
+
 /// How long the render pool must have been idle before a tiled copy is written.
 const COPY_AFTER_IDLE: Duration = Duration::from_millis(500);
 
@@ -63,6 +67,9 @@ pub(crate) struct Settings {
     pub(crate) info_extras: Extras,
     /// Merge each image's sidecar over them (`info.sidecars`).
     pub(crate) sidecars: bool,
+    /// How long an identifier that named nothing is answered 404 without asking the source
+    /// (`source.negative_secs`).
+    pub(crate) negative: Duration,
 }
 
 /// A located, probed source.
@@ -167,6 +174,8 @@ pub(crate) struct Pipeline {
     /// when no live render waits (a crawl's render that finds the visitor's stored is cheap).
     background_flights: Flights<Result<Produced, Arc<Error>>>,
     located: BoundedCache<String, Located>,
+    /// Identifiers that named nothing, and when the source said so (the negative cache).
+    missing: BoundedCache<String, Instant>,
     /// Source versions found corrupt by a whole decode (fingerprint -> why): their info.json then
     /// answers the error their images do, instead of promising an image that never comes.
     corrupt: BoundedCache<String, String>,
@@ -202,6 +211,7 @@ impl Pipeline {
             flights: Flights::default(),
             background_flights: Flights::default(),
             located: BoundedCache::new("located", LOCATED_BYTES),
+            missing: BoundedCache::new("missing", MISSING_BYTES),
             corrupt: BoundedCache::new("corrupt", MARKS_BYTES),
             metrics,
             encoders: Format::ALL.map(|f| settings.encode.describe(f)),
@@ -216,6 +226,7 @@ impl Pipeline {
     pub(crate) fn caches(&self) -> Vec<CacheReport> {
         let mut out = vec![
             self.located.report(),
+            self.missing.report(),
             self.corrupt.report(),
             self.copies_known.report(),
         ];

@@ -78,13 +78,41 @@ impl Pipeline {
                 Err(e) => return Err(e.into()),
             }
         }
-        let object = self.source.locate(identifier)?;
+        let object = match self.missing.get(identifier) {
+            Some(at) if at.elapsed() < self.settings.negative => {
+                self.metrics.negative_hits.fetch_add(1, Ordering::Relaxed);
+                return Err(SourceError::NotFound(identifier.to_owned()).into());
+            }
+            Some(_) => {
+                self.missing.remove(identifier);
+                self.locate_in_source(identifier)?
+            }
+            None => self.locate_in_source(identifier)?,
+        };
         let located = Located {
             probe: self.probe(&object)?,
             object,
         };
         self.remember_located(identifier, &located);
         Ok(located)
+    }
+
+    /// Ask the source for `identifier`, remembering a miss (when the negative cache is on).
+    fn locate_in_source(&self, identifier: &str) -> std::result::Result<Object, SourceError> {
+        let found = self.source.locate(identifier);
+        if matches!(found, Err(SourceError::NotFound(_))) && !self.settings.negative.is_zero() {
+            let weight = identifier.len() as u64 + ENTRY_OVERHEAD;
+            self.missing
+                .insert(identifier.to_owned(), Instant::now(), weight);
+        }
+        found
+    }
+
+    /// Forget that `identifier` named nothing: a crawl or the watch has seen it (an operator's
+    /// or the filesystem's word beats the negative cache's window).
+    pub(crate) fn forget_missing(&self, identifier: &str) {
+        self.missing.remove(identifier);
+        self.source.forget(identifier);
     }
 
     /// The probe of an object version: from the store's probe cache, or read from its header.

@@ -299,6 +299,10 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Forget what this backend remembers of `identifier`'s absence (a remote backend's recent
+    /// HEAD answers): a crawl or the watch has said it exists, so the next lookup asks again.
+    fn forget(&self, _identifier: &str) {}
+
     /// Every identifier the backend holds (names with a known extension, without it), sorted.
     fn list(&self) -> Result<Vec<String>, SourceError>;
 

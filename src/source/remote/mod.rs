@@ -427,6 +427,19 @@ impl<F: Fetch> Backend for RemoteBackend<F> {
         }
     }
 
+    fn forget(&self, identifier: &str) {
+        let Ok(names) = self.shared.fetch.candidates(identifier) else {
+            return;
+        };
+        if let Ok(mut seen) = self.shared.seen.lock() {
+            for name in names {
+                if seen.get(&name).is_some_and(|s| s.meta.is_none()) {
+                    seen.remove(&name);
+                }
+            }
+        }
+    }
+
     fn refresh_now(&self, object: &Object) -> Option<Result<Object, SourceError>> {
         match self.shared.head_seen(&object.name)? {
             Some(meta) => Some(Ok(object_of(meta))),
