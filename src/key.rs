@@ -117,6 +117,13 @@ pub(crate) fn document_etag(bytes: &[u8]) -> String {
     format!("\"{}\"", &hex.as_str()[..32])
 }
 
+/// The CDN cache tag of every answer for `identifier` (`cdn.tag_header`), and the tag a purge of it
+/// names: 64 bits of its blake3, in hex, so any identifier makes a short tag of safe characters.
+pub(crate) fn cdn_tag(identifier: &str) -> String {
+    let hash = blake3::hash(identifier.as_bytes());
+    format!("iiif-{}", &hash.to_hex().as_str()[..16])
+}
+
 /// [`content_hash`] of everything `reader` yields (for objects written as a stream).
 pub(crate) fn content_hash_reader(reader: &mut impl std::io::Read) -> std::io::Result<ContentHash> {
     let mut h = blake3::Hasher::new();

@@ -736,3 +736,84 @@ fn a_cluster_sharing_its_derivatives_renders_each_once_and_survives_losing_a_nod
     assert_eq!(purged.status, 200, "{}", purged.text());
     assert!(weed.keys("shared").is_empty(), "{:?}", weed.keys("shared"));
 }
+
+/// A caching nginx (`proxy_cache`) as the CDN stand-in in front of iiifd.
+fn cdn_site(upstream: SocketAddr, port: u16, cache: &Path) -> String {
+    format!(
+        "proxy_cache_path {} keys_zone=cdn:1m;\n\
+         server {{\n  listen 127.0.0.1:{port};\n  location / {{\n    proxy_pass http://{upstream};\n    \
+         proxy_set_header Host $host;\n    proxy_cache cdn;\n    \
+         add_header X-Cdn $upstream_cache_status always;\n  }}\n}}\n",
+        cache.display()
+    )
+}
+
+/// `[cdn]` with a real cache in front: every kind of answer for an identifier carries its tag (the
+/// same on all of them, hits of the CDN and of iiifd's memo included), and `stale-if-error` lets
+/// the cache keep answering while iiifd is down.
+#[test]
+fn a_cache_in_front_sees_one_tag_per_image_and_serves_stale_through_an_outage() {
+    let mut s = Server::start_with(
+        &[],
+        &[
+            ("IIIFD_CDN__TAG_HEADER", "Surrogate-Key"),
+            ("IIIFD_CDN__STALE_IF_ERROR_SECS", "3600"),
+            ("IIIFD_CDN__STALE_WHILE_REVALIDATE_SECS", "30"),
+            ("IIIFD_HTTP__MAX_AGE", "1"),
+        ],
+    );
+    let cache = tempfile::tempdir().expect("tempdir");
+    let nginx = Nginx::start(&cdn_site(s.addr, free_port(), &cache.path().join("c")));
+    let tile = "/iiif/3/chart/0,0,256,256/256,/0/default.jpg";
+    let mut tags = std::collections::BTreeSet::new();
+    for path in [
+        "/iiif/3/chart",
+        "/iiif/3/chart/info.json",
+        "/iiif/2/chart/info.json",
+        tile,
+        tile,
+        "/iiif/3/chart/full/!200,200/0/default.png",
+    ] {
+        let r = nginx.get(path);
+        assert!(matches!(r.status, 200 | 303), "{path}: {}", r.status);
+        let tag = r.header("surrogate-key").unwrap_or_default().to_owned();
+        let (hashed, raw) = tag.split_once(' ').unwrap_or_default();
+        assert!(hashed.starts_with("iiif-"), "{path}: {tag:?}");
+        assert_eq!(raw, "chart", "{path}");
+        tags.insert(tag);
+        if r.status == 200 {
+            let cc = r.header("cache-control").unwrap_or_default();
+            assert!(cc.contains("stale-if-error=3600"), "{path}: {cc}");
+            assert!(cc.contains("stale-while-revalidate=30"), "{path}: {cc}");
+        }
+    }
+    assert_eq!(
+        tags.len(),
+        1,
+        "one tag for every answer of one image: {tags:?}"
+    );
+    // Another image, another tag; and iiifd's own memo hit carries it too.
+    let other = s.get("/iiif/3/page/info.json");
+    assert_ne!(
+        other.header("surrogate-key"),
+        tags.iter().next().map(String::as_str)
+    );
+    assert_eq!(s.get(tile).header("cache-status"), Some("iiifd; hit"));
+    assert_eq!(
+        s.get(tile).header("surrogate-key"),
+        tags.iter().next().map(String::as_str)
+    );
+
+    // iiifd gone, the cached answers expired: the cache still answers, from its stale copy.
+    let fresh = nginx.get(tile);
+    assert_eq!(fresh.status, 200);
+    s.kill9();
+    // max-age=1 on nginx's one-second clock: past it for sure.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let stale = nginx.get(tile);
+    assert_eq!(stale.status, 200, "{}", stale.text());
+    assert_eq!(stale.header("x-cdn"), Some("STALE"));
+    assert_eq!(stale.body, fresh.body);
+    // What the cache never held is an error.
+    assert!(nginx.get("/iiif/3/chart/full/64,/0/default.jpg").status >= 500);
+}

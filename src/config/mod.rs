@@ -6,6 +6,7 @@
 
 mod access;
 mod admission;
+mod cdn;
 mod crawl;
 mod http;
 mod render;
@@ -15,6 +16,7 @@ mod store;
 pub use access::{AccessConfig, AccessPolicy, AccessRule, Secret};
 pub(crate) use admission::mask;
 pub use admission::{AdmissionConfig, ClientClass, Network};
+pub use cdn::CdnConfig;
 pub use crawl::CrawlConfig;
 pub use http::{AdminConfig, CompatConfig, HttpConfig, InfoConfig, LogConfig, ViewerConfig};
 pub use render::{ColorMode, LimitsConfig, RenderConfig, TilePassthrough};
@@ -67,6 +69,8 @@ pub struct Config {
     pub access: AccessConfig,
     /// `[admission]`: who renders first when renders must wait (fairness under harvesters).
     pub admission: AdmissionConfig,
+    /// `[cdn]`: cache tags, purge calls and stale-serving directives for a CDN in front.
+    pub cdn: CdnConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -91,6 +95,7 @@ impl Default for Config {
             info: InfoConfig::default(),
             access: AccessConfig::default(),
             admission: AdmissionConfig::default(),
+            cdn: CdnConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -160,6 +165,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.access.validate()?;
         self.admission.validate()?;
+        self.cdn.validate()?;
         let bad = |key: &str, why: &str| Err(ConfigError(format!("key `{key}`: {why}")));
         for t in &self.crawl.watch_thumbnails {
             let parsed = crate::iiif::parse::parse_image_params(

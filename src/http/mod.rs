@@ -6,6 +6,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod auth;
+pub(crate) mod cdn;
 pub(crate) mod headers;
 pub(crate) mod response;
 pub(crate) mod routes;

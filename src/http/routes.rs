@@ -298,6 +298,7 @@ fn base_redirect(
     );
     let mut resp = response::base(StatusCode::SEE_OTHER, "");
     response::set(&mut resp, header::LOCATION, &location);
+    super::cdn::tag(&mut resp, &app.config().cdn, identifier);
     resp
 }
 
@@ -339,7 +340,11 @@ async fn info(
         .modified
         .unwrap_or(std::time::UNIX_EPOCH)
         .max(app.started());
-    let cache_control = format!("public, max-age={}", app.config().http.max_age);
+    let cache_control = format!(
+        "public, max-age={}{}",
+        app.config().http.max_age,
+        super::cdn::stale_directives(&app.config().cdn)
+    );
     let last_modified = httpdate::fmt_http_date(modified);
     let conditional = not_modified(
         header_str(headers, header::IF_NONE_MATCH),
@@ -360,6 +365,7 @@ async fn info(
     response::set(&mut resp, header::CACHE_CONTROL, &cache_control);
     response::set(&mut resp, header::LAST_MODIFIED, &last_modified);
     response::set(&mut resp, header::VARY, "Accept");
+    super::cdn::tag(&mut resp, &app.config().cdn, identifier);
     Ok(resp)
 }
 
@@ -468,7 +474,10 @@ async fn image(
         Gate::Public => response::set(
             &mut resp,
             header::CACHE_CONTROL,
-            &format!("public, max-age={max_age}"),
+            &format!(
+                "public, max-age={max_age}{}",
+                super::cdn::stale_directives(&app.config().cdn)
+            ),
         ),
         // The answer depends on the visitor's cookie: no shared cache may keep it.
         Gate::Private(_) => {
@@ -481,6 +490,7 @@ async fn image(
         }
     }
     response::set(&mut resp, header::LINK, &link);
+    super::cdn::tag(&mut resp, &app.config().cdn, identifier);
     if let Some((path, object, key)) = remember {
         app.memo()
             .remember(path, headers, &object, key, resp.headers());
