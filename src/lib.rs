@@ -38,6 +38,7 @@ mod access;
 mod admission;
 mod app;
 mod bounded;
+mod cdn;
 pub mod cli;
 pub mod config;
 mod crawl;

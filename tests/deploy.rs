@@ -817,3 +817,125 @@ fn a_cache_in_front_sees_one_tag_per_image_and_serves_stale_through_an_outage() 
     // What the cache never held is an error.
     assert!(nginx.get("/iiif/3/chart/full/64,/0/default.jpg").status >= 500);
 }
+
+/// A purge endpoint on loopback that records each call (request line and `Authorization`) and
+/// refuses the first `refuse` calls with 503.
+fn purge_recorder(refuse: usize) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&calls);
+    std::thread::spawn(move || {
+        let mut n = 0;
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = vec![0u8; 8192];
+            let len = stream.read(&mut buf).unwrap_or(0);
+            let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+            let line = text.lines().next().unwrap_or("").to_owned();
+            let auth = text
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("authorization: ")
+                        .or(l.strip_prefix("Authorization: "))
+                })
+                .unwrap_or("")
+                .to_owned();
+            n += 1;
+            let status = if n <= refuse { "503 Busy" } else { "200 OK" };
+            if let Ok(mut calls) = seen.lock() {
+                calls.push(format!("{line} | {auth} | {status}"));
+            }
+            let _ = stream.write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (addr, calls)
+}
+
+/// Wait until `calls` holds `n` entries (or fail after 20 s).
+fn wait_for_calls(calls: &std::sync::Mutex<Vec<String>>, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = calls.lock().map(|c| c.clone()).unwrap_or_default();
+        if now.len() >= n {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "purge calls: {now:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `cdn.purge_url`: an admin purge of one identifier calls it once with the image's tag (its
+/// token from the environment); a changed source calls it too; a refused call is retried and
+/// counted, and never holds a request up.
+#[test]
+fn purges_reach_the_cdn_with_the_tag_and_are_retried_when_refused() {
+    let (addr, calls) = purge_recorder(2);
+    let url = format!("http://{addr}/purge/{{tag}}");
+    let s = Server::start_with(
+        &[],
+        &[
+            ("IIIFD_CDN__TAG_HEADER", "Cache-Tag"),
+            ("IIIFD_CDN__PURGE_URL", &url),
+            (
+                "IIIFD_CDN__PURGE_HEADERS",
+                r#"["Authorization: Bearer ${TEST_CDN_TOKEN}"]"#,
+            ),
+            ("TEST_CDN_TOKEN", "t0ken"),
+        ],
+    );
+    let tag_of = |id: &str| {
+        let r = s.get(&format!("/iiif/3/{id}/info.json"));
+        assert_eq!(r.status, 200, "{id}");
+        let tag = r.header("cache-tag").unwrap_or_default();
+        tag.split(',').next().unwrap_or_default().to_owned()
+    };
+    let chart = tag_of("chart");
+    assert!(s.get("/iiif/3/chart/full/64,/0/default.jpg").status == 200);
+
+    // Refused twice (503), then accepted: one purge, two retries, sent.
+    let started = Instant::now();
+    let r = s.admin_post("/admin/store/purge?id=chart", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the purge waited for the CDN"
+    );
+    let got = wait_for_calls(&calls, 3);
+    for call in &got {
+        assert!(
+            call.starts_with(&format!("POST /purge/{chart} HTTP/1.1")),
+            "{call}"
+        );
+        assert!(call.contains("| Bearer t0ken |"), "{call}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.metric("iiifd_cdn_purges_total{result=\"sent\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "not counted sent");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.metric("iiifd_cdn_purge_retries_total"), 2.0);
+    assert_eq!(s.metric("iiifd_cdn_purges_pending"), 0.0);
+
+    // A source that changes: seen on the next request, purged once.
+    let src = s.images.join("changing.png");
+    let write = |w: u32| {
+        let img = image::RgbImage::from_pixel(w, 40, image::Rgb([200, 10, 10]));
+        img.save(&src).expect("png");
+    };
+    write(60);
+    let changing = tag_of("changing.png");
+    std::thread::sleep(Duration::from_millis(1_100)); // a new mtime second
+    write(70);
+    assert_eq!(s.get("/iiif/3/changing.png/info.json").json()["width"], 70);
+    let got = wait_for_calls(&calls, 4);
+    assert!(
+        got[3].starts_with(&format!("POST /purge/{changing} ")),
+        "{got:?}"
+    );
+    assert_eq!(got.len(), 4, "one purge per change: {got:?}");
+}

@@ -100,8 +100,11 @@ fn no_import_cycle_and_every_engine_in_its_room() {
             ("sled::", &["store/index.rs"]),
             ("blake3::", &["key.rs"]),
             ("object_store::", &["source/s3.rs"]),
-            // Two clients: of image sources, and of the institution's access decision service.
-            ("reqwest::", &["source/http.rs", "access/decision.rs"]),
+            // Three clients: of image sources, of the institution's access decision service, of the CDN.
+            (
+                "reqwest::",
+                &["source/http.rs", "access/decision.rs", "cdn.rs"],
+            ),
             ("rustls::", &["source/remote/client.rs"]),
         ] {
             assert!(

@@ -211,6 +211,9 @@ impl App {
                 load(&t.pending),
             );
         }
+        if let Some(purger) = &self.purger {
+            purger.render_metrics(&mut out);
+        }
         out
     }
 }

@@ -103,6 +103,8 @@ pub struct App {
     started: std::time::SystemTime,
     /// Answers to repeat hits (see [`crate::memo`]).
     memo: Memo,
+    /// The CDN purger (`cdn.purge_url`).
+    purger: Option<Arc<crate::cdn::Purger>>,
 }
 
 impl App {
@@ -184,6 +186,13 @@ impl App {
             settings,
             admission,
         ));
+        let purger = crate::cdn::Purger::start(&config.cdn, &|name| std::env::var(name).ok())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+            .map(Arc::new);
+        if let Some(purger) = &purger {
+            let purger = Arc::clone(purger);
+            pipeline.on_source_change(Box::new(move |identifier| purger.purge(identifier)));
+        }
         let crawler = Arc::new(Crawler::new(
             Arc::clone(&pipeline),
             Arc::clone(&store),
@@ -212,6 +221,7 @@ impl App {
             watch: std::sync::Mutex::new(None),
             started: std::time::SystemTime::now(),
             memo,
+            purger,
         })
     }
 
@@ -276,6 +286,13 @@ impl App {
     }
 
     /// The hit memo.
+    /// Ask the CDN in front to drop every answer for `identifier` (when `cdn.purge_url` is set).
+    pub(crate) fn purge_cdn(&self, identifier: &str) {
+        if let Some(purger) = &self.purger {
+            purger.purge(identifier);
+        }
+    }
+
     pub(crate) fn memo(&self) -> &Memo {
         &self.memo
     }

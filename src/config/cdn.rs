@@ -5,7 +5,7 @@ use super::ConfigError;
 use serde::{Deserialize, Serialize};
 
 /// `[cdn]`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CdnConfig {
     /// The response header that carries each image's cache tag, e.g. `Surrogate-Key` (Fastly),
@@ -22,6 +22,31 @@ pub struct CdnConfig {
     /// Seconds a CDN may keep serving a stored answer when iiifd errs or cannot be reached
     /// (`stale-if-error`, RFC 5861); 0: not sent. Env: `IIIFD_CDN__STALE_IF_ERROR_SECS`.
     pub stale_if_error_secs: u64,
+    /// Called when an image's derivatives are purged (the admin purge) or its source is seen to
+    /// have changed; empty (the default): never. `{tag}` is the image's tag, `{identifier}` the
+    /// identifier URL-encoded. Env: `IIIFD_CDN__PURGE_URL`.
+    pub purge_url: String,
+    /// The purge call's method. Env: `IIIFD_CDN__PURGE_METHOD`.
+    pub purge_method: String,
+    /// Its headers, `Name: value`; `${NAME}` in a value is the environment variable's value, read
+    /// at start (keep API tokens out of the file). Env: `IIIFD_CDN__PURGE_HEADERS` (a TOML array).
+    pub purge_headers: Vec<String>,
+    /// Its body (`{tag}` and `{identifier}` filled in); empty: none. Env: `IIIFD_CDN__PURGE_BODY`.
+    pub purge_body: String,
+}
+
+impl Default for CdnConfig {
+    fn default() -> Self {
+        CdnConfig {
+            tag_header: String::new(),
+            stale_while_revalidate_secs: 0,
+            stale_if_error_secs: 0,
+            purge_url: String::new(),
+            purge_method: "POST".into(),
+            purge_headers: Vec::new(),
+            purge_body: String::new(),
+        }
+    }
 }
 
 impl CdnConfig {

@@ -86,10 +86,17 @@ async fn maintenance(app: &Arc<App>, req: &Request<Bytes>, name: &str) -> Result
         Some(Err(why)) => return Err(Error::BadRequest(why.into())),
         None => return Err(Error::NoRoute(ROUTES)),
     };
+    let purged = match &op {
+        Maintenance::Purge(id) => Some(id.clone()),
+        _ => None,
+    };
     let store = Arc::clone(app.store());
     let (key, report) = blocking(move || op.run(&store))
         .await?
         .map_err(store_error)?;
+    if let Some(id) = purged {
+        app.purge_cdn(&id);
+    }
     // A count is wrapped under its name; a report is the object it is.
     Ok(response::json(&if report.is_object() {
         report

@@ -163,6 +163,9 @@ struct Produced {
     found: bool,
 }
 
+/// What is told of a changed source: its identifier.
+pub(crate) type ChangeListener = Box<dyn Fn(&str) + Send + Sync>;
+
 /// The pipeline: a source backend, the store, the renderer and what they share.
 pub(crate) struct Pipeline {
     source: Arc<dyn Backend>,
@@ -187,6 +190,8 @@ pub(crate) struct Pipeline {
     copies_building: Mutex<HashSet<DerivativeKey>>,
     /// Source versions known to have a tiled copy (their renders read levels, not the whole image).
     copies_known: BoundedCache<String, ()>,
+    /// Told the identifier whenever its source is seen to have changed (the CDN purge).
+    on_change: std::sync::OnceLock<ChangeListener>,
     /// The encoder description of each format (part of every key), made once; indexed by
     /// `Format as usize` (the order of `Format::ALL`).
     encoders: [String; Format::ALL.len()],
@@ -219,6 +224,7 @@ impl Pipeline {
             admission,
             copies_building: Mutex::new(HashSet::new()),
             copies_known: BoundedCache::new("copies_known", MARKS_BYTES),
+            on_change: std::sync::OnceLock::new(),
         }
     }
 
@@ -233,6 +239,12 @@ impl Pipeline {
         out.extend(self.decoded.reports());
         out.extend(self.source.caches());
         out
+    }
+
+    /// Have `listener` told of every source seen to have changed (set once; later calls are
+    /// ignored).
+    pub(crate) fn on_source_change(&self, listener: ChangeListener) {
+        let _ = self.on_change.set(listener);
     }
 
     /// Remember `located` as what `identifier` names.

@@ -69,6 +69,9 @@ impl Pipeline {
                         object,
                     };
                     self.remember_located(identifier, &located);
+                    if let Some(tell) = self.on_change.get() {
+                        tell(identifier);
+                    }
                     return Ok(located);
                 }
                 // Moved or removed: look for it afresh.
