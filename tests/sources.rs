@@ -171,6 +171,21 @@ fn the_s3_source_serves_what_the_directory_serves_and_survives_an_outage() {
     std::thread::sleep(Duration::from_millis(2_500)); // past the revalidation window
     let hit = s3.get(url);
     assert_eq!(hit.status, 200, "a stored derivative, through the outage");
+    // The info.json of an image seen before: from the last version seen, kept briefly, and saying so.
+    let info = s3.get("/iiif/3/p.png/info.json");
+    assert_eq!(info.status, 200, "{}", info.text());
+    assert_eq!(info.json()["width"], W / 2);
+    assert_eq!(
+        info.header("cache-status"),
+        Some("iiifd; detail=source-unavailable")
+    );
+    assert!(
+        info.header("cache-control")
+            .unwrap_or_default()
+            .contains("max-age=60"),
+        "{:?}",
+        info.header("cache-control")
+    );
     let started = Instant::now();
     // Another tile of cold.tif: its bytes were never read.
     let cold = s3.get("/iiif/3/cold.tif/1024,768,176,132/176,/0/default.jpg");
@@ -216,6 +231,10 @@ fn the_s3_source_serves_what_the_directory_serves_and_survives_an_outage() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Fresh answers again: no note, the configured max-age.
+    let info = s3.get("/iiif/3/p.png/info.json");
+    assert_eq!(info.status, 200);
+    assert_eq!(info.header("cache-status"), None);
 }
 
 fn admin_post(server: &Server, path: &str, body: &str) -> Response {

@@ -306,6 +306,9 @@ fn profile_link(version: ApiVersion) -> String {
     format!("<{}>;rel=\"profile\"", version.profile_uri())
 }
 
+/// `max-age` of an info.json answered from the last version seen while the source fails.
+const STALE_INFO_MAX_AGE: u64 = 60;
+
 async fn info(
     app: &Arc<App>,
     headers: &HeaderMap,
@@ -340,9 +343,15 @@ async fn info(
         .modified
         .unwrap_or(std::time::UNIX_EPOCH)
         .max(app.started());
+    // While the source service fails, the document rests on the last version seen: it is sent,
+    // but kept briefly, and says so.
+    let outage = app.pipeline().source().outage();
+    let max_age = match outage {
+        true => app.config().http.max_age.min(STALE_INFO_MAX_AGE),
+        false => app.config().http.max_age,
+    };
     let cache_control = format!(
-        "public, max-age={}{}",
-        app.config().http.max_age,
+        "public, max-age={max_age}{}",
         super::cdn::stale_directives(&app.config().cdn)
     );
     let last_modified = httpdate::fmt_http_date(modified);
@@ -365,6 +374,13 @@ async fn info(
     response::set(&mut resp, header::CACHE_CONTROL, &cache_control);
     response::set(&mut resp, header::LAST_MODIFIED, &last_modified);
     response::set(&mut resp, header::VARY, "Accept");
+    if outage {
+        response::set(
+            &mut resp,
+            HeaderName::from_static("cache-status"),
+            "iiifd; detail=source-unavailable",
+        );
+    }
     super::cdn::tag(&mut resp, &app.config().cdn, identifier);
     Ok(resp)
 }

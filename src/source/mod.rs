@@ -299,6 +299,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Whether the service is failing and answers rest on versions remembered from before (a
+    /// remote backend whose last version check failed); a local one never is.
+    fn outage(&self) -> bool {
+        false
+    }
+
     /// Forget what this backend remembers of `identifier`'s absence (a remote backend's recent
     /// HEAD answers): a crawl or the watch has said it exists, so the next lookup asks again.
     fn forget(&self, _identifier: &str) {}

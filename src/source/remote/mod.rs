@@ -88,6 +88,9 @@ struct Shared<F: Fetch> {
     io: Io,
     revalidate: Duration,
     seen: Mutex<HashMap<String, Seen>>,
+    /// The last version check failed and a remembered version stood in for it (cleared by the
+    /// next check that succeeds).
+    outage: std::sync::atomic::AtomicBool,
     blocks: BlockCache,
     disk: DiskCache,
     /// Objects larger than this are refused before a download (`limits.max_source_bytes`).
@@ -138,6 +141,7 @@ impl<F: Fetch> RemoteBackend<F> {
                 fetch,
                 revalidate: settings.revalidate,
                 seen: Mutex::new(HashMap::new()),
+                outage: std::sync::atomic::AtomicBool::new(false),
                 blocks: BlockCache::new(settings.block_cache_bytes),
                 disk: DiskCache::open(
                     &settings.cache_dir,
@@ -176,7 +180,10 @@ impl<F: Fetch> Shared<F> {
             Err(_) => None,
         };
         let meta = match self.fetch.head(&self.io, name) {
-            Ok(meta) => meta,
+            Ok(meta) => {
+                self.outage.store(false, Ordering::Relaxed);
+                meta
+            }
             Err(e @ (SourceError::Unavailable { .. } | SourceError::Timeout { .. })) => {
                 let Some(previous) = previous else {
                     return Err(e);
@@ -185,6 +192,7 @@ impl<F: Fetch> Shared<F> {
                     name,
                     "source version check failed ({e}); using the last one seen"
                 );
+                self.outage.store(true, Ordering::Relaxed);
                 Some(previous)
             }
             Err(e) => return Err(e),
@@ -425,6 +433,10 @@ impl<F: Fetch> Backend for RemoteBackend<F> {
             Some(meta) => Ok(object_of(meta)),
             None => Err(SourceError::NotFound(object.name.clone())),
         }
+    }
+
+    fn outage(&self) -> bool {
+        self.shared.outage.load(Ordering::Relaxed)
     }
 
     fn forget(&self, identifier: &str) {
