@@ -248,10 +248,7 @@ fn watch_warms_new_and_changed_sources_before_the_first_visitor() {
     std::fs::write(server.images.join("arrivals/notes.txt"), b"not an image").expect("txt");
     // Asked for before it exists: a 404 the negative cache keeps for 30 s, unless the watch sees
     // the file arrive (checked below: it is served at once).
-    assert_eq!(
-        server.get("/iiif/3/arrivals%2Fnew/info.json").status,
-        404
-    );
+    assert_eq!(server.get("/iiif/3/arrivals%2Fnew/info.json").status, 404);
     let copied = Instant::now();
     std::fs::copy(write(1800, 1200), server.images.join("arrivals/new.jpg")).expect("copy");
     let took = warmed(1.0);
