@@ -1160,3 +1160,113 @@ fn a_turned_pyramidal_tiff_is_served_as_displayed() {
     );
     assert!(mean < 3.0, "reduced level: mean difference {mean:.2}");
 }
+
+/// A GIF of `frames` frames of `w` x `h`, frame i lasting `delay(i)` hundredths of a second.
+fn animated_gif(w: u32, h: u32, frames: u32, delay: impl Fn(u32) -> u32) -> Vec<u8> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    let mut out = Vec::new();
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut out, 30);
+        enc.set_repeat(Repeat::Infinite).expect("repeat");
+        for i in 0..frames {
+            let img = image::RgbaImage::from_fn(w, h, |x, y| {
+                let on = (x + i * 3) % 40 < 20;
+                image::Rgba([
+                    if on { 220 } else { 20 },
+                    (y * 255 / h) as u8,
+                    (i * 2) as u8,
+                    255,
+                ])
+            });
+            let d = image::Delay::from_numer_denom_ms(delay(i) * 10, 1);
+            enc.encode_frame(image::Frame::from_parts(img, 0, 0, d))
+                .expect("frame");
+        }
+    }
+    out
+}
+
+/// Frame count, each frame's duration (ms) and the size, as Pillow reads the GIF.
+fn pillow_frames(gif: &[u8]) -> (u64, Vec<u64>, (u64, u64)) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a.gif");
+    std::fs::write(&path, gif).expect("write");
+    let script = "import sys, json\nfrom PIL import Image\nim = Image.open(sys.argv[1])\nd = []\n\
+                  for i in range(im.n_frames):\n    im.seek(i)\n    d.append(im.info.get('duration', 0))\n\
+                  print(json.dumps([im.n_frames, d, list(im.size)]))\n";
+    let out = std::process::Command::new(crate::corpus::reference_python())
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let delays = v[1]
+        .as_array()
+        .map(|a| a.iter().filter_map(|d| d.as_u64()).collect())
+        .unwrap_or_default();
+    (
+        v[0].as_u64().unwrap_or(0),
+        delays,
+        (v[2][0].as_u64().unwrap_or(0), v[2][1].as_u64().unwrap_or(0)),
+    )
+}
+
+/// An animated GIF asked for whole as a GIF keeps every frame and its delay through a resize
+/// (checked by Pillow); a region, another format or a still GIF gets one frame; frames count
+/// against the decode budget together.
+#[test]
+fn animated_gifs_stay_animated_through_a_resize() {
+    let server = Server::start_with(&[], &[("IIIFD_RENDER__MAX_DECODE_BYTES", "40000000")]);
+    let delay = |i: u32| if i % 3 == 0 { 7 } else { 4 };
+    std::fs::write(
+        server.images.join("anim.gif"),
+        animated_gif(300, 200, 120, delay),
+    )
+    .expect("gif");
+    let r = server.get("/iiif/3/anim.gif/full/!200,200/0/default.gif");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (n, delays, size) = pillow_frames(&r.body);
+    assert_eq!(n, 120);
+    assert_eq!(size, (200, 133));
+    let want: Vec<u64> = (0..120).map(|i| u64::from(delay(i)) * 10).collect();
+    assert_eq!(delays, want);
+    // Rotated and gray: still every frame, turned.
+    let r = server.get("/iiif/3/anim.gif/full/!200,200/90/gray.gif");
+    assert_eq!(r.status, 200);
+    let (n, _, size) = pillow_frames(&r.body);
+    assert_eq!((n, size), (120, (133, 200)));
+    // A region, or another format: the first frame.
+    let r = server.get("/iiif/3/anim.gif/0,0,100,100/max/0/default.gif");
+    assert_eq!(pillow_frames(&r.body).0, 1);
+    assert_eq!(
+        server
+            .get("/iiif/3/anim.gif/full/!200,200/0/default.png")
+            .image()
+            .width(),
+        200
+    );
+    // A still GIF stays one frame.
+    std::fs::write(
+        server.images.join("still.gif"),
+        animated_gif(300, 200, 1, delay),
+    )
+    .expect("gif");
+    let r = server.get("/iiif/3/still.gif/full/!200,200/0/default.gif");
+    assert_eq!(r.status, 200);
+    assert_eq!(pillow_frames(&r.body).0, 1);
+    // 200 frames of 300x200 RGBA are 48 MB: past the 40 MB budget, refused with a reason.
+    std::fs::write(
+        server.images.join("long.gif"),
+        animated_gif(300, 200, 200, delay),
+    )
+    .expect("gif");
+    let r = server.get("/iiif/3/long.gif/full/!200,200/0/default.gif");
+    assert_eq!(r.status, 501, "{}", r.text());
+    assert!(r.text().contains("frames"), "{}", r.text());
+}

@@ -14,6 +14,7 @@
 //! flat sources and reads them back, [`pool`] runs renders on a fixed set of threads. Sources come
 //! in as a [`SourceRef`]: a reader and a fingerprint from a `source::Backend`, never a path.
 
+pub(crate) mod animated;
 pub(crate) mod cache;
 pub(crate) mod color;
 pub(crate) mod decode;
@@ -125,6 +126,11 @@ pub(crate) fn render(
     max_decode_bytes: u64,
 ) -> Result<Vec<u8>> {
     let kind = src.kind;
+    if kind == SourceKind::Gif && req.format() == crate::iiif::Format::Gif {
+        if let Some(animation) = animated::render(src.reader, req, max_decode_bytes)? {
+            return Ok(animation);
+        }
+    }
     let (img, region) = match kind {
         SourceKind::Jpeg => match decode::jpeg::region(src, cache, req, max_decode_bytes)? {
             Some(found) => found,
