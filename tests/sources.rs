@@ -515,10 +515,11 @@ fn a_flood_of_missing_identifiers_costs_the_bucket_one_lookup() {
         .find(|(n, _)| *n == "p.jpg")
         .expect("a jpg in the corpus");
     let mut env = s3_env(&weed);
-    env.push(("IIIFD_SOURCE__NEGATIVE_SECS", "3".into()));
+    env.push(("IIIFD_SOURCE__NEGATIVE_SECS", "10".into()));
     let s3 = start(&env);
 
     let before = source_requests(&s3);
+    let flood = Instant::now();
     for i in 0..1000 {
         let url = if i % 2 == 0 {
             "/iiif/3/guess/info.json"
@@ -529,18 +530,22 @@ fn a_flood_of_missing_identifiers_costs_the_bucket_one_lookup() {
         assert_eq!(r.status, 404, "{url}: {}", r.text());
     }
     let used = source_requests(&s3) - before;
-    // One lookup: a HEAD for the name and for each of the 11 extensions a source may have (the
-    // issue's "at most 10" counted nine), and not one more for the other 999 requests.
+    // One lookup per 10 s window (a loaded machine may take longer than one for the 1,000): a
+    // HEAD for the name and for each of the 11 extensions a source may have (the issue's "at
+    // most 10" counted nine), and not one more for the other requests.
+    let windows = 1.0 + (flood.elapsed().as_secs_f64() / 10.0).floor();
     assert!(
-        (1.0..=12.0).contains(&used),
-        "1,000 requests for a missing identifier cost {used} source requests"
+        used >= 1.0 && used <= 12.0 * windows,
+        "1,000 requests for a missing identifier cost {used} source requests in {:?}",
+        flood.elapsed()
     );
-    assert_eq!(metric(&s3, "iiifd_source_negative_hits_total"), 999.0);
+    assert!(metric(&s3, "iiifd_source_negative_hits_total") >= 1000.0 - windows);
 
     // Uploaded after a 404: still 404 from memory within the window...
     for name in ["late", "crawled"] {
         assert_eq!(s3.get(&format!("/iiif/3/{name}/info.json")).status, 404);
     }
+    let missed = Instant::now();
     weed.put("masters", "collection/late.jpg", jpg);
     weed.put("masters", "collection/crawled.jpg", jpg);
     assert_eq!(s3.get("/iiif/3/late/info.json").status, 404);
@@ -559,7 +564,7 @@ fn a_flood_of_missing_identifiers_costs_the_bucket_one_lookup() {
         "within the window"
     );
     // After the window the bucket is asked again.
-    std::thread::sleep(Duration::from_millis(3_200));
+    std::thread::sleep(Duration::from_millis(10_300).saturating_sub(missed.elapsed()));
     let r = s3.get("/iiif/3/late/info.json");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["width"], W);
