@@ -110,16 +110,20 @@ impl Purger {
             "# HELP iiifd_cdn_purges_total CDN purge calls by outcome (failed: given up after retries, or dropped).\n\
              # TYPE iiifd_cdn_purges_total counter\n\
              iiifd_cdn_purges_total{{result=\"sent\"}} {}\n\
-             iiifd_cdn_purges_total{{result=\"failed\"}} {}\n\
-             # HELP iiifd_cdn_purge_retries_total CDN purge calls repeated after a refusal or an error.\n\
-             # TYPE iiifd_cdn_purge_retries_total counter\n\
-             iiifd_cdn_purge_retries_total {}\n\
-             # HELP iiifd_cdn_purges_pending CDN purges queued or in flight.\n\
-             # TYPE iiifd_cdn_purges_pending gauge\n\
-             iiifd_cdn_purges_pending {}\n",
+             iiifd_cdn_purges_total{{result=\"failed\"}} {}\n",
             c.sent.load(Ordering::Relaxed),
             c.failed.load(Ordering::Relaxed),
+        );
+        crate::metrics::counter(
+            out,
+            "iiifd_cdn_purge_retries_total",
+            "CDN purge calls repeated after a refusal or an error.",
             c.retries.load(Ordering::Relaxed),
+        );
+        crate::metrics::gauge(
+            out,
+            "iiifd_cdn_purges_pending",
+            "CDN purges queued or in flight.",
             c.pending.load(Ordering::Relaxed),
         );
     }

@@ -81,17 +81,14 @@ impl Pipeline {
                 Err(e) => return Err(e.into()),
             }
         }
-        let object = match self.missing.get(identifier) {
-            Some(at) if at.elapsed() < self.settings.negative => {
+        if let Some(at) = self.missing.get(identifier) {
+            if at.elapsed() < self.settings.negative {
                 self.metrics.negative_hits.fetch_add(1, Ordering::Relaxed);
                 return Err(SourceError::NotFound(identifier.to_owned()).into());
             }
-            Some(_) => {
-                self.missing.remove(identifier);
-                self.locate_in_source(identifier)?
-            }
-            None => self.locate_in_source(identifier)?,
-        };
+            self.missing.remove(identifier);
+        }
+        let object = self.locate_in_source(identifier)?;
         let located = Located {
             probe: self.probe(&object)?,
             object,
