@@ -34,6 +34,17 @@ pub fn encode(img: DynamicImage, format: Format) -> Result<Vec<u8>, RenderError>
     render::encode::encode(img, format, &render::EncodeSettings::default(), None)
 }
 
+/// Encode as `format` at `quality` (jpg, webp, jp2, avif) and `effort` (avif's speed, jxl's
+/// effort), the other settings the defaults.
+pub fn encode_tuned(
+    img: DynamicImage,
+    format: Format,
+    quality: u8,
+    effort: Option<u8>,
+) -> Result<Vec<u8>, RenderError> {
+    render::encode::encode_tuned(img, format, quality, effort)
+}
+
 /// Render `req` from a source held in memory, cold (no decoded cache), default settings.
 pub fn render(source: &[u8], req: &CanonicalRequest) -> Result<Vec<u8>, RenderError> {
     let reader = bytes_reader(source.to_vec());

@@ -52,6 +52,7 @@ pub mod internals;
 mod key;
 mod memo;
 mod metrics;
+mod pages;
 mod pipeline;
 mod render;
 pub mod source;

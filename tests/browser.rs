@@ -193,3 +193,51 @@ fn the_auth2_client_flow_draws_a_restricted_image_in_chromium() {
     assert_eq!(step(1, "token")["profile"], "invalidOrigin", "{runs}");
     assert_eq!(step(1, "probe-with-token")["status"], 401);
 }
+
+/// AVIF output as a browser shows it: Chromium decodes iiifd's avif (and, beside it, webp and png)
+/// at the size asked, with the picture's colours where they should be.
+#[test]
+fn chromium_decodes_the_avif_output() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir()
+            && Path::new("/usr/bin/chromium").exists(),
+        "needs Debian chromium and `npm ci --prefix tests/browser` (tests/setup.sh installs both)"
+    );
+    let s = Server::start();
+    // Four flat quadrants: red, green, blue, gray.
+    let quadrants = [[220, 30, 30], [30, 200, 40], [30, 40, 210], [128, 128, 128]];
+    let img = image::RgbImage::from_fn(640, 480, |x, y| {
+        image::Rgb(quadrants[usize::from(x >= 320) + 2 * usize::from(y >= 240)])
+    });
+    img.save(s.images.join("quad.png")).expect("test image");
+    let base = format!("http://{}", s.addr);
+    let urls: Vec<String> = ["avif", "webp", "png"]
+        .iter()
+        .map(|f| format!("{base}/iiif/3/quad/full/320,/0/default.{f}"))
+        .collect();
+    let mut args = vec![format!("{base}/iiif/3/quad/info.json")];
+    args.extend(urls.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = node("decode.mjs", &args);
+    for (i, f) in ["avif", "webp", "png"].iter().enumerate() {
+        let d = &r[i];
+        assert_eq!(d["ok"], true, "{f}: Chromium could not decode it: {d}");
+        assert_eq!(
+            (d["width"].as_u64(), d["height"].as_u64()),
+            (Some(320), Some(240)),
+            "{f}: {d}"
+        );
+        for (q, want) in quadrants.iter().enumerate() {
+            let got = &d["samples"][q];
+            for c in 0..3 {
+                let v = got[c].as_i64().unwrap_or(-100);
+                assert!(
+                    (v - i64::from(want[c])).abs() <= 12,
+                    "{f}: quadrant {q} channel {c}: {v} for {}: {d}",
+                    want[c]
+                );
+            }
+        }
+    }
+}

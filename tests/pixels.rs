@@ -1163,11 +1163,21 @@ fn a_turned_pyramidal_tiff_is_served_as_displayed() {
 
 /// A GIF of `frames` frames of `w` x `h`, frame i lasting `delay(i)` hundredths of a second.
 fn animated_gif(w: u32, h: u32, frames: u32, delay: impl Fn(u32) -> u32) -> Vec<u8> {
-    use image::codecs::gif::{GifEncoder, Repeat};
+    looping_gif(w, h, frames, delay, image::codecs::gif::Repeat::Infinite)
+}
+
+fn looping_gif(
+    w: u32,
+    h: u32,
+    frames: u32,
+    delay: impl Fn(u32) -> u32,
+    repeat: image::codecs::gif::Repeat,
+) -> Vec<u8> {
+    use image::codecs::gif::GifEncoder;
     let mut out = Vec::new();
     {
         let mut enc = GifEncoder::new_with_speed(&mut out, 30);
-        enc.set_repeat(Repeat::Infinite).expect("repeat");
+        enc.set_repeat(repeat).expect("repeat");
         for i in 0..frames {
             let img = image::RgbaImage::from_fn(w, h, |x, y| {
                 let on = (x + i * 3) % 40 < 20;
@@ -1186,14 +1196,20 @@ fn animated_gif(w: u32, h: u32, frames: u32, delay: impl Fn(u32) -> u32) -> Vec<
     out
 }
 
-/// Frame count, each frame's duration (ms) and the size, as Pillow reads the GIF.
+/// Frame count, each frame's duration (ms) and the size, as Pillow reads the GIF or WebP.
 fn pillow_frames(gif: &[u8]) -> (u64, Vec<u64>, (u64, u64)) {
+    let (n, delays, size, _) = pillow_animation(gif);
+    (n, delays, size)
+}
+
+/// [`pillow_frames`], with the format Pillow found and its loop count: "GIF 0" (forever).
+fn pillow_animation(gif: &[u8]) -> (u64, Vec<u64>, (u64, u64), String) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("a.gif");
+    let path = dir.path().join("animation");
     std::fs::write(&path, gif).expect("write");
     let script = "import sys, json\nfrom PIL import Image\nim = Image.open(sys.argv[1])\nd = []\n\
-                  for i in range(im.n_frames):\n    im.seek(i)\n    d.append(im.info.get('duration', 0))\n\
-                  print(json.dumps([im.n_frames, d, list(im.size)]))\n";
+                  for i in range(im.n_frames):\n    im.seek(i)\n    im.load()\n    d.append(im.info.get('duration', 0))\n\
+                  print(json.dumps([im.n_frames, d, list(im.size), '%s %s' % (im.format, im.info.get('loop'))]))\n";
     let out = std::process::Command::new(crate::corpus::reference_python())
         .arg("-c")
         .arg(script)
@@ -1214,6 +1230,7 @@ fn pillow_frames(gif: &[u8]) -> (u64, Vec<u64>, (u64, u64)) {
         v[0].as_u64().unwrap_or(0),
         delays,
         (v[2][0].as_u64().unwrap_or(0), v[2][1].as_u64().unwrap_or(0)),
+        v[3].as_str().unwrap_or("").to_owned(),
     )
 }
 
@@ -1269,4 +1286,179 @@ fn animated_gifs_stay_animated_through_a_resize() {
     let r = server.get("/iiif/3/long.gif/full/!200,200/0/default.gif");
     assert_eq!(r.status, 501, "{}", r.text());
     assert!(r.text().contains("frames"), "{}", r.text());
+
+    // As an animated WebP: the same frames and delays (Pillow reads it).
+    let r = server.get("/iiif/3/anim.gif/full/!200,200/0/default.webp");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (n, delays, size, kind) = pillow_animation(&r.body);
+    assert_eq!((n, size, kind.as_str()), (120, (200, 133), "WEBP 0"));
+    assert_eq!(delays, want);
+    // An animated WebP source: animated out as gif and webp, its region a still.
+    std::fs::write(server.images.join("anim2.webp"), &r.body).expect("webp");
+    let r = server.get("/iiif/3/anim2/full/!100,100/0/default.gif");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (n, delays, size, kind) = pillow_animation(&r.body);
+    assert_eq!((n, size, kind.as_str()), (120, (100, 67), "GIF 0"));
+    assert_eq!(delays, want);
+    let r = server.get("/iiif/3/anim2/full/!100,100/180/default.webp");
+    assert_eq!(pillow_frames(&r.body).0, 120);
+    let r = server.get("/iiif/3/anim2/10,10,50,50/max/0/default.webp");
+    assert_eq!(pillow_frames(&r.body).0, 1);
+    // A source's own loop count is kept.
+    std::fs::write(
+        server.images.join("thrice.gif"),
+        looping_gif(60, 40, 5, delay, image::codecs::gif::Repeat::Finite(3)),
+    )
+    .expect("gif");
+    for f in ["gif", "webp"] {
+        let r = server.get(&format!("/iiif/3/thrice/full/max/0/default.{f}"));
+        let (n, _, _, kind) = pillow_animation(&r.body);
+        assert_eq!(n, 5);
+        assert!(kind.ends_with(" 3"), "{f}: {kind}");
+    }
+}
+
+/// Mean absolute difference per sample of two RGB images of one size.
+fn mean_error(a: &RgbImage, b: &RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| f64::from(x.abs_diff(*y)))
+        .sum::<f64>()
+        / a.as_raw().len() as f64
+}
+
+/// The formats beyond the spec's usual four, each decoded by a reference decoder that is not
+/// ours: jp2 by opj_decompress (OpenJPEG's own tool), jxl by jxl-oxide (lossless: exact). avif is
+/// decoded by Chromium in tests/browser.rs. Listed in extraFormats, and a region, a size and
+/// gray work through them as through jpg.
+#[test]
+fn jp2_and_jxl_output_decode_in_reference_decoders() {
+    let s = Server::start();
+    let pic = picture(600, 400);
+    DynamicImage::ImageRgb8(pic.clone())
+        .save(s.images.join("pic.png"))
+        .expect("png");
+    let info: serde_json::Value =
+        serde_json::from_slice(&s.get("/iiif/3/pic/info.json").body).expect("info");
+    for f in ["jp2", "avif", "jxl"] {
+        assert!(
+            info["extraFormats"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v == f)),
+            "{f} in {info}"
+        );
+    }
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let opj = |bytes: &[u8]| -> DynamicImage {
+        let (from, to) = (tmp.path().join("out.jp2"), tmp.path().join("out.png"));
+        std::fs::write(&from, bytes).expect("write");
+        let status = std::process::Command::new("opj_decompress")
+            .arg("-i")
+            .arg(&from)
+            .arg("-o")
+            .arg(&to)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("opj_decompress (libopenjp2-tools) must be installed");
+        assert!(status.success(), "opj_decompress refused iiifd's jp2");
+        image::open(&to).expect("png")
+    };
+    let r = s.get("/iiif/3/pic/full/max/0/default.jp2");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("image/jp2"));
+    let back = opj(&r.body).to_rgb8();
+    let err = mean_error(&back, &pic);
+    assert!(err < 3.0, "jp2 mean error {err}");
+    let r = s.get("/iiif/2/pic/100,50,300,200/150,/0/gray.jp2");
+    assert_eq!(r.status, 200);
+    let back = opj(&r.body);
+    assert_eq!((back.width(), back.height()), (150, 100));
+    assert!(!back.color().has_color(), "gray is one component");
+
+    let jxl = |bytes: &[u8]| -> RgbImage {
+        let img = jxl_oxide::JxlImage::builder()
+            .read(std::io::Cursor::new(bytes))
+            .expect("jxl-oxide reads iiifd's jxl");
+        let render = img.render_frame(0).expect("renders");
+        let fb = render.image_all_channels();
+        assert_eq!(fb.channels(), 3);
+        let px = fb.buf().iter().map(|v| (v * 255.0).round() as u8).collect();
+        RgbImage::from_raw(fb.width() as u32, fb.height() as u32, px).expect("size")
+    };
+    let r = s.get("/iiif/3/pic/full/max/0/default.jxl");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("image/jxl"));
+    assert_eq!(jxl(&r.body), pic, "jxl is lossless");
+    let r = s.get("/iiif/3/pic/100,50,300,200/max/0/default.jxl");
+    let want = image::imageops::crop_imm(&pic, 100, 50, 300, 200).to_image();
+    assert_eq!(jxl(&r.body), want);
+}
+
+/// A multi-page TIFF's pages by identifier suffix (`book;3`): each page has its own info.json and
+/// pixels, checked against the page written; a page past the last is 404, and the identifier
+/// alone is the first page.
+#[test]
+fn pages_of_a_multi_page_tiff_are_served_by_suffix() {
+    let s = Server::start();
+    let page = |i: u32| -> RgbImage {
+        let (w, h) = (300 + 37 * i, 200 + 11 * i);
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(i * 50) as u8, (x * 255 / w) as u8, (y * 255 / h) as u8])
+        })
+    };
+    let mut file = Vec::new();
+    {
+        let mut enc =
+            tiff::encoder::TiffEncoder::new(std::io::Cursor::new(&mut file)).expect("tiff");
+        for i in 1..=5 {
+            let p = page(i);
+            enc.write_image::<tiff::encoder::colortype::RGB8>(p.width(), p.height(), p.as_raw())
+                .expect("page");
+        }
+    }
+    std::fs::write(s.images.join("book.tif"), &file).expect("write");
+
+    let info = |id: &str| -> (u16, serde_json::Value) {
+        let r = s.get(&format!("/iiif/3/{id}/info.json"));
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
+        )
+    };
+    let (status, v) = info("book;3");
+    assert_eq!(status, 200);
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(411), Some(233))
+    );
+    assert!(
+        v["id"].as_str().is_some_and(|id| id.ends_with("/book%3B3")),
+        "{v}"
+    );
+    let (_, first) = info("book");
+    assert_eq!(first["width"].as_u64(), Some(337));
+
+    let png = |path: &str| -> RgbImage {
+        let r = s.get(path);
+        assert_eq!(r.status, 200, "{path}");
+        image::load_from_memory(&r.body).expect("png").to_rgb8()
+    };
+    assert_eq!(png("/iiif/3/book;3/full/max/0/default.png"), page(3));
+    let want = image::imageops::crop_imm(&page(3), 100, 50, 200, 150).to_image();
+    assert_eq!(png("/iiif/3/book;3/100,50,200,150/max/0/default.png"), want);
+    assert_eq!(png("/iiif/2/book;5/full/full/0/default.png"), page(5));
+    assert_eq!(png("/iiif/3/book/full/max/0/default.png"), page(1));
+
+    for missing in ["book;6", "book;0", "book;-1", "nothing;2"] {
+        assert_eq!(info(missing).0, 404, "{missing}");
+        assert_eq!(
+            s.get(&format!("/iiif/3/{missing}/full/max/0/default.jpg"))
+                .status,
+            404,
+            "{missing}"
+        );
+    }
 }

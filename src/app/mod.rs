@@ -117,6 +117,8 @@ impl App {
 
     /// [`App::new`] with another source backend (the image directory in `config` is not used).
     pub fn with_source(config: Config, source: Arc<dyn Backend>) -> io::Result<App> {
+        // Page identifiers work the same over every backend.
+        let source = crate::pages::Paged::wrap(source, config.source.page_delimiter());
         let access = Access::new(&config.access)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let (mut store, recovery) = Store::open(store_settings(&config)).map_err(|e| {

@@ -702,6 +702,22 @@ mod tests {
         assert!(msg(&[("IIIFD_LIMTS__MAX_AREA", "5")]).contains("limts"));
         assert!(msg(&[("IIIFD_TILE_SIZE", "1")]).contains("tile_size"));
         assert!(msg(&[("IIIFD_PREFIX", "iiif")]).contains("prefix"));
+        for bad in ["/", ";;", "x"] {
+            let m = msg(&[("IIIFD_SOURCE__PAGE_DELIMITER", bad)]);
+            assert!(m.contains("source.page_delimiter"), "{bad}: {m}");
+        }
+        for good in ["", ";", ":", "-", "@"] {
+            let c = Config::load(
+                None,
+                &env(&[("IIIFD_SOURCE__PAGE_DELIMITER", good)]),
+                &Overrides::default(),
+            );
+            assert_eq!(
+                c.map(|c| c.source.page_delimiter()).ok(),
+                Some(good.chars().next()),
+                "{good:?}"
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub struct SourceConfig {
     /// image that appears meanwhile is served at once when `crawl.watch` or a crawl sees it,
     /// otherwise after at most this long. 0 turns it off. Env: `IIIFD_SOURCE__NEGATIVE_SECS`.
     pub negative_secs: u64,
+    /// The delimiter of page identifiers: `book;3` is page 3 of the multi-page TIFF `book` (as
+    /// iipsrv's `IIIF_DELIMITER`). One of `;` `:` `-` `@`, or empty for no page identifiers. An
+    /// identifier that names a file as it is always wins. Env: `IIIFD_SOURCE__PAGE_DELIMITER`.
+    pub page_delimiter: String,
     /// Deadline of one remote read (HEAD, ranged GET, whole download), retries included; past it
     /// the request gets 504. Env: `IIIFD_SOURCE__TIMEOUT_SECS`.
     pub timeout_secs: u64,
@@ -95,6 +99,7 @@ impl Default for SourceConfig {
             kind: "fs".into(),
             revalidate_secs: 30,
             negative_secs: 30,
+            page_delimiter: ";".into(),
             timeout_secs: 20,
             block_cache_bytes: 64 << 20,
             block_bytes: 1 << 20,
@@ -105,12 +110,30 @@ impl Default for SourceConfig {
     }
 }
 
+/// The delimiters a page suffix may use (`crate::pages`): characters that IIIF viewers pass
+/// through unencoded and that are rare in file names.
+const PAGE_DELIMITERS: [char; 4] = [';', ':', '-', '@'];
+
+impl SourceConfig {
+    /// The page delimiter, when page identifiers are on and the setting is a valid one.
+    pub(crate) fn page_delimiter(&self) -> Option<char> {
+        let mut chars = self.page_delimiter.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) if PAGE_DELIMITERS.contains(&c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 impl super::Config {
     pub(super) fn validate_source(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("key `{key}`: {why}")));
         let src = &self.source;
         if src.timeout_secs == 0 {
             return bad("source.timeout_secs", "must be above 0");
+        }
+        if !(src.page_delimiter.is_empty() || src.page_delimiter().is_some()) {
+            return bad("source.page_delimiter", "must be one of ; : - @, or empty");
         }
         if !src.block_bytes.is_power_of_two() || !(16 << 10..=16 << 20).contains(&src.block_bytes) {
             return bad(

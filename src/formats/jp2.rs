@@ -126,7 +126,7 @@ fn box_spans(data: &[u8]) -> impl Iterator<Item = ([u8; 4], usize, usize)> + '_ 
 }
 
 /// The boxes inside `data` that lie wholly within it, with their contents.
-fn boxes(data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
+pub(crate) fn boxes(data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
     box_spans(data).map_while(|(kind, start, end)| Some((kind, data.get(start..end)?)))
 }
 

@@ -40,7 +40,7 @@ pub(crate) fn not_modified(
 }
 
 /// The format a 1.1 request without an extension gets: the highest-`q` image type in `Accept` that
-/// iiifd renders, else jpg.
+/// iiifd renders cheaply ([`Format::NEGOTIABLE`]), else jpg.
 pub(crate) fn negotiate_format(accept: Option<&str>) -> Format {
     let mut best: Option<(f32, Format)> = None;
     for item in accept.unwrap_or("").split(',') {
@@ -51,7 +51,7 @@ pub(crate) fn negotiate_format(accept: Option<&str>) -> Format {
             .next()
             .and_then(|v| v.parse::<f32>().ok())
             .unwrap_or(1.0);
-        let format = Format::RENDERED
+        let format = Format::NEGOTIABLE
             .into_iter()
             .find(|f| f.media_type() == media);
         if let Some(f) = format {

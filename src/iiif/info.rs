@@ -650,7 +650,15 @@ mod tests {
             serde_json::json!([1, 2, 4, 8, 16])
         );
         assert_eq!(v["sizes"][0]["width"], 375);
-        assert_eq!(v["extraFormats"], serde_json::json!(["gif", "tif", "webp"]));
+        // avif and jxl only when built in (cargo features, on by default).
+        let mut extra = vec!["gif", "tif", "webp", "jp2"];
+        if cfg!(feature = "avif") {
+            extra.push("avif");
+        }
+        if cfg!(feature = "jxl") {
+            extra.push("jxl");
+        }
+        assert_eq!(v["extraFormats"], serde_json::json!(extra));
     }
 
     #[test]

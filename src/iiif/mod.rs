@@ -123,15 +123,19 @@ pub enum Format {
     Gif,
     /// `tif`, image/tiff.
     Tif,
-    /// `jp2`: a valid format iiifd does not produce yet (501).
+    /// `jp2`, image/jp2 (OpenJPEG, lossy 9/7).
     Jp2,
     /// `pdf`: a valid format iiifd does not produce (501).
     Pdf,
+    /// `avif`, image/avif: not a spec name, listed in `extraFormats` when built in (as iipsrv does).
+    Avif,
+    /// `jxl`, image/jxl (lossless): as `avif`.
+    Jxl,
 }
 
 impl Format {
     /// Every format the spec names, in declaration order (`ALL[f as usize] == f`).
-    pub const ALL: [Format; 7] = [
+    pub const ALL: [Format; 9] = [
         Format::Jpg,
         Format::Png,
         Format::Webp,
@@ -139,10 +143,29 @@ impl Format {
         Format::Tif,
         Format::Jp2,
         Format::Pdf,
+        Format::Avif,
+        Format::Jxl,
     ];
 
-    /// Formats iiifd can encode, in the order info.json lists them.
-    pub const RENDERED: [Format; 5] = [
+    /// Formats iiifd can encode in this build, in the order info.json lists them. avif and jxl are
+    /// cargo features (on by default), so a build without them does not claim them.
+    pub const RENDERED: &'static [Format] = &[
+        Format::Jpg,
+        Format::Png,
+        Format::Gif,
+        Format::Tif,
+        Format::Webp,
+        Format::Jp2,
+        #[cfg(feature = "avif")]
+        Format::Avif,
+        #[cfg(feature = "jxl")]
+        Format::Jxl,
+    ];
+
+    /// Formats a 1.1 request without an extension may be given by `Accept`: the cheap ones.
+    /// Browsers put `image/avif` first in `Accept`, and an AV1 encode of every tile a viewer asks
+    /// for would cost it seconds; avif, jxl and jp2 are only sent when a URL names them.
+    pub const NEGOTIABLE: [Format; 5] = [
         Format::Jpg,
         Format::Png,
         Format::Gif,
@@ -160,6 +183,8 @@ impl Format {
             Format::Tif => "tif",
             Format::Jp2 => "jp2",
             Format::Pdf => "pdf",
+            Format::Avif => "avif",
+            Format::Jxl => "jxl",
         }
     }
 
@@ -173,6 +198,8 @@ impl Format {
             Format::Tif => "image/tiff",
             Format::Jp2 => "image/jp2",
             Format::Pdf => "application/pdf",
+            Format::Avif => "image/avif",
+            Format::Jxl => "image/jxl",
         }
     }
 
@@ -189,12 +216,18 @@ impl Format {
     /// Whether the encoding loses information (jpg, webp as iiifd writes them). A lossless format's
     /// pixels must not depend on the internal route that produced them (a tiled copy is lossy).
     pub fn is_lossy(self) -> bool {
-        matches!(self, Format::Jpg | Format::Webp)
+        matches!(
+            self,
+            Format::Jpg | Format::Webp | Format::Jp2 | Format::Avif
+        )
     }
 
     /// Whether the format keeps an alpha channel (so rotated corners can be transparent).
     pub fn has_alpha(self) -> bool {
-        matches!(self, Format::Png | Format::Webp | Format::Gif | Format::Tif)
+        matches!(
+            self,
+            Format::Png | Format::Webp | Format::Gif | Format::Tif | Format::Avif | Format::Jxl
+        )
     }
 }
 

@@ -674,8 +674,8 @@ mod tests {
             }
         }
         assert_eq!(
-            parse_route("3/i/full/max/0/default.jp2", Format::Jpg),
-            Err(ParseError::UnsupportedFormat(Format::Jp2))
+            parse_route("3/i/full/max/0/default.pdf", Format::Jpg),
+            Err(ParseError::UnsupportedFormat(Format::Pdf))
         );
     }
 

@@ -126,8 +126,15 @@ pub(crate) fn render(
     max_decode_bytes: u64,
 ) -> Result<Vec<u8>> {
     let kind = src.kind;
-    if kind == SourceKind::Gif && req.format() == crate::iiif::Format::Gif {
-        if let Some(animation) = animated::render(src.reader, req, max_decode_bytes)? {
+    if matches!(kind, SourceKind::Gif | SourceKind::Webp) {
+        let animation = animated::render(
+            src.reader,
+            kind,
+            req,
+            settings.webp_quality,
+            max_decode_bytes,
+        )?;
+        if let Some(animation) = animation {
             return Ok(animation);
         }
     }
@@ -302,6 +309,9 @@ pub(crate) fn copy_helps(src: SourceRef<'_>) -> bool {
 pub(crate) fn decode_bytes(bytes: &[u8], max_decode_bytes: u64) -> Result<image::DynamicImage> {
     let reader = crate::source::memory::bytes_reader(bytes.to_vec());
     let kind = SourceKind::of(&*reader).map_err(SourceError::from)?;
+    if kind == SourceKind::Jp2 {
+        return decode::jp2::whole(&*reader, max_decode_bytes);
+    }
     if kind == SourceKind::Jpeg {
         let info = decode::jpeg::read_info(bytes)?;
         if !info.cmyk {

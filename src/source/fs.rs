@@ -38,6 +38,7 @@ impl FsBackend {
             len: meta.len(),
             modified: meta.modified().ok(),
             name,
+            page: None,
         }
     }
 }

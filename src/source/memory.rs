@@ -57,6 +57,7 @@ impl MemoryBackend {
             fingerprint: Fingerprint::new(format!("memory:{name}:{}:{}", s.bytes.len(), s.version)),
             len: s.bytes.len() as u64,
             modified: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s.version)),
+            page: None,
         })
     }
 }

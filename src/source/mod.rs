@@ -170,6 +170,20 @@ pub struct Object {
     pub len: u64,
     /// When it last changed, if the backend knows (`Last-Modified`).
     pub modified: Option<SystemTime>,
+    /// The page of a multi-page object this is (`crate::pages`): `None` for a whole object, which
+    /// is all a backend itself ever returns.
+    pub page: Option<Page>,
+}
+
+/// One page of a multi-page object, served under an identifier of its own (`crate::pages`). The
+/// object's `fingerprint` is the page's (the whole object's plus the page number, so every cache
+/// keyed by fingerprint tells pages apart); `whole` is the object's own, for the backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// 1 for the first page.
+    pub number: u32,
+    /// The whole object's fingerprint, as its backend gave it.
+    pub whole: Fingerprint,
 }
 
 /// Random-access reads of one object.

@@ -184,6 +184,64 @@ pub(crate) fn read_pyramid(file: &dyn ObjectReader) -> Result<Option<Pyramid>> {
 
 /// The byte order and format of a TIFF, and the offset of its first directory; `None` when the file
 /// is not a TIFF at all.
+/// Bytes laid over a file at offsets: (offset, bytes).
+pub(crate) type Patches = Vec<(u64, Vec<u8>)>;
+
+/// Directories followed in the chain when looking for pages: a book of a thousand pages with a
+/// reduction or two each.
+const MAX_PAGE_IFDS: usize = 4096;
+
+/// How to read one page of a multi-page TIFF as a file of its own: byte patches (offset, bytes)
+/// that point the header at the page's directory and end the chain after the page's reductions.
+/// One entry per page, first page first; empty when the file is not a TIFF.
+///
+/// A page is a directory of the main chain that is not a reduced-resolution image (NewSubfileType
+/// bit 0, as libtiff and vips mark pyramid levels); reductions that follow a page belong to it.
+pub(crate) fn pages(file: &dyn ObjectReader) -> Result<Vec<Patches>> {
+    let Some((r, first)) = header(file)? else {
+        return Ok(Vec::new());
+    };
+    let encode = |v: u64| -> Vec<u8> {
+        match (r.big, r.le) {
+            (true, true) => v.to_le_bytes().to_vec(),
+            (true, false) => v.to_be_bytes().to_vec(),
+            (false, true) => (v as u32).to_le_bytes().to_vec(),
+            (false, false) => (v as u32).to_be_bytes().to_vec(),
+        }
+    };
+    // (the page's directory, where the last directory of the page keeps its next offset)
+    let mut found: Vec<(u64, u64)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut at = first;
+    while at != 0 && seen.len() < MAX_PAGE_IFDS {
+        if !seen.insert(at) {
+            return Err(SourceError::Undecodable("TIFF directory loop".into()));
+        }
+        let (tags, next) = r.ifd(at)?;
+        let entries = tags.len() as u64;
+        let next_at = if r.big {
+            at + 8 + 20 * entries
+        } else {
+            at + 2 + 12 * entries
+        };
+        let reduced = tags
+            .iter()
+            .find(|t| t.code == 254)
+            .and_then(|t| r.values(t).first().copied())
+            .is_some_and(|v| v & 1 == 1);
+        match found.last_mut() {
+            Some(page) if reduced => page.1 = next_at,
+            _ => found.push((at, next_at)),
+        }
+        at = next;
+    }
+    let head_at = if r.big { 8 } else { 4 };
+    Ok(found
+        .into_iter()
+        .map(|(ifd, end)| vec![(head_at, encode(ifd)), (end, encode(0))])
+        .collect())
+}
+
 fn header(file: &dyn ObjectReader) -> Result<Option<(Reader<'_>, u64)>> {
     let mut head = [0u8; 16];
     let n = file.read_at(&mut head, 0).map_err(io)?;

@@ -410,6 +410,7 @@ fn object_of(meta: Meta) -> Object {
         fingerprint: meta.fingerprint,
         len: meta.len,
         modified: meta.modified,
+        page: None,
     }
 }
 

@@ -335,3 +335,25 @@ pub(crate) fn region(
         }
     }
 }
+
+/// A whole JPEG 2000 image at full resolution, decoded at once within `max` (in-memory bytes: the
+/// fuzzers, the hostile-input tests, and checks of iiifd's own jp2 output).
+pub(crate) fn whole(reader: &dyn crate::source::ObjectReader, max: u64) -> Result<DynamicImage> {
+    let head = reader.read_range(0, 1 << 20).map_err(SourceError::from)?;
+    let header = jp2::read_header(&head)
+        .ok_or_else(|| RenderError::Undecodable("unreadable JPEG 2000 header".into()))?;
+    let (w, h) = (u64::from(header.width), u64::from(header.height));
+    if w.saturating_mul(h).saturating_mul(DECODE_BYTES_PER_PIXEL) > max {
+        return Err(RenderError::TooLarge(format!(
+            "decoding {w}x{h} pixels would exceed render.max_decode_bytes ({max})"
+        )));
+    }
+    let area = Area {
+        x0: header.x0,
+        y0: header.y0,
+        x1: header.x0.saturating_add(header.width),
+        y1: header.y0.saturating_add(header.height),
+    };
+    let mut decoder = Decoder::open(reader, head.starts_with(&[0xFF, 0x4F]), 0)?;
+    decoder.decode(reader, reference_area(&header, area))
+}
