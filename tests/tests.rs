@@ -4,6 +4,7 @@
 mod access;
 mod admission;
 mod browser;
+mod clients;
 mod cluster;
 mod color;
 mod common;

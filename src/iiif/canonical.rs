@@ -84,6 +84,9 @@ pub struct CanonicalRequest {
     width: u32,
     height: u32,
     max_size: (u32, u32),
+    /// The tile size info.json advertises for the image, when known: it settles which scale a 2.1
+    /// `w,` of width 1 was laid out at ([`level_height`]).
+    tile: Option<u32>,
     mirror: bool,
     degrees: f64,
     quality: Quality,
@@ -115,14 +118,84 @@ pub fn scale_dim(value: u32, num: u32, den: u32) -> u32 {
     u32::try_from(r).unwrap_or(u32::MAX)
 }
 
-/// Largest size with the aspect ratio of `w` x `h` that fits `limits` without enlarging: the widest
-/// width whose `w,` size (height by [`scale_dim`], as a `w,` request computes it) is within every limit.
-/// So `max` under a limit is exactly the `w,` size at the same width, and 2.1's canonical form of `max`
-/// is that `w,` rather than a `w,h` that differs from it by a rounding (which would read as a distortion).
+/// The size of `max` for a `w` x `h` region under `limits` (never enlarging), as the 3.0
+/// implementation notes (§4, "Maximum size calculation") compute it: scaled into `maxArea` by the
+/// square root of the area ratio with both sides rounded down, then clamped to `maxWidth` and then
+/// `maxHeight`, the other side following from the region's own aspect ratio, rounded. So an image
+/// of 4007x2997 under a 1,000,000-pixel area is 1156x864, as every server following the note
+/// answers, and info.json lists that size. Where rounding a side up to one pixel would break a
+/// limit (a region thousands of times longer than wide), [`fit_by_width`] finds a size that holds.
 pub fn fit(w: u32, h: u32, limits: &Limits) -> (u32, u32) {
     if limits.allows(w, h) {
         return (w, h);
     }
+    let (width, height) = (u64::from(w), u64::from(h));
+    let (mut cw, mut ch) = (width, height);
+    if limits.max_area < cw * ch {
+        let scale = (limits.max_area as f64 / (cw * ch) as f64).sqrt();
+        cw = (cw as f64 * scale) as u64;
+        ch = (ch as f64 * scale) as u64;
+    }
+    let (mw, mh) = (u64::from(limits.max_width), u64::from(limits.max_height));
+    if mw < cw {
+        cw = mw;
+        ch = (height * mw * 2 + width) / (2 * width);
+    }
+    if mh < ch {
+        ch = mh;
+        cw = (width * mh * 2 + height) / (2 * height);
+    }
+    let size = (
+        u32::try_from(cw.max(1)).unwrap_or(u32::MAX),
+        u32::try_from(ch.max(1)).unwrap_or(u32::MAX),
+    );
+    if limits.allows(size.0, size.1) {
+        size
+    } else {
+        fit_by_width(w, h, limits)
+    }
+}
+
+/// The height a 2.1 or 1.1 client lays out for a `w,` request of a region `rw` x `rh` (and, with
+/// the sides swapped, the width for `,h`). Tiling clients (OpenSeadragon up to 5, Leaflet-IIIF)
+/// compute a tile's output size per side at a power-of-two scale, `ceil(side / 2^k)`, and send only
+/// the width; the height they lay out is the same ceiling of the region's height, which rounding
+/// the aspect ratio can miss by a pixel (`0,0,4096,4003/512,` is laid out 512x501, not 512x500). So
+/// when `w` is the region's width at some scale `2^-k` the height is taken at that scale; any other
+/// width keeps the aspect ratio, rounded.
+///
+/// A width of 1 fits every scale past the region's width: then the scale at which the region is
+/// one `tile` (the size info.json advertises) is taken, as a client laid it out, else the least
+/// scaling. (One URL can still be two layouts: the last row of a 1-pixel-wide image is the same
+/// request at two levels. No server can answer both; see tests/clients.rs.)
+pub fn level_height(rw: u32, rh: u32, w: u32, tile: Option<u32>) -> u32 {
+    let mut first = None;
+    for k in 0..32u32 {
+        let level = rw.div_ceil(1 << k);
+        if level < w {
+            break;
+        }
+        if level > w {
+            continue;
+        }
+        first.get_or_insert(k);
+        let one_tile = tile.is_some_and(|t| {
+            let span = u64::from(t) << k;
+            u64::from(rw) <= span && u64::from(rh) <= span
+        });
+        if one_tile || w > 1 {
+            return rh.div_ceil(1 << k).max(1);
+        }
+    }
+    match first {
+        Some(k) => rh.div_ceil(1 << k).max(1),
+        None => scale_dim(rh, w, rw).max(1),
+    }
+}
+
+/// The widest size with the aspect ratio of `w` x `h` whose `w,` height is within every limit: the
+/// fallback of [`fit`] for regions so thin that the note's rounding breaks a limit.
+fn fit_by_width(w: u32, h: u32, limits: &Limits) -> (u32, u32) {
     let at = |cw: u32| (cw, scale_dim(h, cw, w).max(1));
     // An upper bound from each limit, then step down past the rounding of the derived height. The
     // bounds are within a pixel or two of the answer, so the loop runs a handful of times.
@@ -194,6 +267,17 @@ impl CanonicalRequest {
         img: ImageSize,
         limits: &Limits,
     ) -> Result<CanonicalRequest, CanonicalError> {
+        CanonicalRequest::resolve_tiled(req, img, limits, None)
+    }
+
+    /// [`CanonicalRequest::resolve`] for an image whose info.json advertises `tile` (see
+    /// [`level_height`]).
+    pub fn resolve_tiled(
+        req: &ImageRequest,
+        img: ImageSize,
+        limits: &Limits,
+        tile: Option<u32>,
+    ) -> Result<CanonicalRequest, CanonicalError> {
         if img.width == 0 || img.height == 0 {
             return Err(CanonicalError::ZeroSize);
         }
@@ -211,6 +295,12 @@ impl CanonicalRequest {
             // 2.1 and 1.1 `full` is the region's own size: over the limits it is refused like any
             // other over-limit size (only `max` is scaled down to fit).
             SizeKind::Full => (rw, rh),
+            SizeKind::Width(w) if req.version != ApiVersion::V3 => {
+                (w, level_height(rw, rh, w, tile))
+            }
+            SizeKind::Height(h) if req.version != ApiVersion::V3 => {
+                (level_height(rh, rw, h, tile), h)
+            }
             SizeKind::Width(w) => (w, scale_dim(rh, w, rw).max(1)),
             SizeKind::Height(h) => (scale_dim(rw, h, rh).max(1), h),
             SizeKind::Percent(p) => {
@@ -259,6 +349,7 @@ impl CanonicalRequest {
             width,
             height,
             max_size,
+            tile,
             mirror: req.rotation.mirror,
             degrees: req.rotation.degrees,
             quality: req.quality,
@@ -351,7 +442,7 @@ impl CanonicalRequest {
             ApiVersion::V2 | ApiVersion::V1 => {
                 if (w, h) == (rw, rh) {
                     "full".into()
-                } else if scale_dim(rh, w, rw).max(1) == h {
+                } else if level_height(rw, rh, w, self.tile) == h {
                     format!("{w},")
                 } else {
                     format!("{w},{h}")
@@ -494,32 +585,79 @@ mod tests {
         )
     }
 
-    /// Spec point: `max` under a width limit is exactly the `w,` size at that width (it was one pixel
-    /// shorter, 1000x748 against 1000x749), so 2.1's canonical form of `max` is `w,`, not a distorting `w,h`.
+    /// Spec point: `max` under `maxArea` is the 3.0 implementation note's size (1156x864 for
+    /// 4007x2997 under a million pixels; widest-width-first gave 1156x865), in every version; under
+    /// `maxWidth` the height follows rounded (1000x748). 2.1's canonical form says `w,` when that
+    /// request gives the same size, else `w,h`.
     #[test]
-    fn max_under_a_limit_is_the_w_comma_size() {
-        let limits = Limits {
-            max_width: 1000,
+    fn max_under_a_limit_is_the_implementation_notes_size() {
+        let area = Limits {
+            max_width: 10_000,
             max_height: 10_000,
-            max_area: 40_000_000,
+            max_area: 1_000_000,
+        };
+        for v in [ApiVersion::V3, ApiVersion::V2] {
+            let max = canon_limited(v, (4007, 2997), area, "full/max/0/default.jpg");
+            let max = max.expect("max fits");
+            assert_eq!((max.width(), max.height()), (1156, 864), "{v:?}");
+        }
+        let max = canon_limited(ApiVersion::V2, (4007, 2997), area, "full/max/0/default.jpg")
+            .expect("fits");
+        assert_eq!(max.to_path(), "full/1156,864/0/default.jpg");
+        let width = Limits {
+            max_width: 1000,
+            ..Limits::default()
         };
         let max = canon_limited(
             ApiVersion::V2,
             (4007, 2997),
-            limits,
+            width,
             "full/max/0/default.jpg",
         )
         .expect("max fits");
         let w = canon_limited(
             ApiVersion::V2,
             (4007, 2997),
-            limits,
+            width,
             "full/1000,/0/default.jpg",
         )
         .expect("w, fits");
-        assert_eq!((max.width(), max.height()), (w.width(), w.height()));
+        assert_eq!((max.width(), max.height()), (1000, 748));
+        assert_eq!((w.width(), w.height()), (1000, 748));
         assert_eq!(max.to_path(), "full/1000,/0/default.jpg");
         assert_eq!(max.key_material(), w.key_material());
+    }
+
+    /// Spec point: a 2.1 `w,` tile is as tall as tiling clients lay it out, the region's height at
+    /// the same power-of-two scale rounded up (`0,0,4096,4003/512,` is 512x501); other widths keep
+    /// the aspect ratio; 3.0's `w,` rounds, and its canonical form names the height.
+    #[test]
+    fn w_comma_heights_are_the_clients_level_heights() {
+        let at = |v, path: &str| {
+            let c = canon(v, 10_000, 8_003, path).expect("valid");
+            (c.width(), c.height(), c.to_path())
+        };
+        let (w, h, path) = at(ApiVersion::V2, "0,0,4096,4003/512,/0/default.jpg");
+        assert_eq!((w, h), (512, 501));
+        assert_eq!(path, "0,0,4096,4003/512,/0/default.jpg");
+        assert_eq!(at(ApiVersion::V1, "0,0,4096,4003/,501/0/native.jpg").0, 512);
+        // Edge tile at 1/8: 10000 - 8192 = 1808 wide is 226; 3907 tall is 489 (488.4 rounded up).
+        assert_eq!(
+            at(ApiVersion::V2, "8192,4096,1808,3907/226,/0/default.jpg").1,
+            489
+        );
+        assert_eq!(at(ApiVersion::V2, "full/300,/0/default.jpg").1, 240);
+        let (_, h, path) = at(ApiVersion::V3, "0,0,4096,4003/512,/0/default.jpg");
+        assert_eq!(
+            (h, path.as_str()),
+            (500, "0,0,4096,4003/512,500/0/default.jpg")
+        );
+        assert_eq!(
+            level_height(1, 5000, 1, None),
+            5000,
+            "a 1-pixel width: the least scaling"
+        );
+        assert_eq!(level_height(3, 5000, 1, None), 1250);
     }
 
     /// Spec point: 2.1 and 1.1 `full` above the limits is refused like any other over-limit size, not
@@ -596,9 +734,12 @@ mod tests {
     }
 
     proptest! {
-        /// `max` under any limits is within them, never enlarges, and is the `w,` size at its width.
+        /// `max` under any limits is within them, never enlarges, and is what the 3.0
+        /// implementation note's code computes (written again here from the note, in floating
+        /// point as its Python is) unless the note's size breaks a limit (a region so thin that a
+        /// side rounds up to one pixel); its 2.1 canonical form resolves to the same size.
         #[test]
-        fn max_is_a_w_comma_size_within_the_limits(
+        fn max_follows_the_implementation_note(
             w in 1u32..40_000, h in 1u32..40_000,
             mw in 1u32..12_000, mh in 1u32..12_000, ma in 1u64..50_000_000,
         ) {
@@ -607,13 +748,28 @@ mod tests {
             let max = max.expect("max always has a size within the limits");
             prop_assert!(limits.allows(max.width(), max.height()));
             prop_assert!(max.width() <= w && max.height() <= h);
-            // Unless the image is so thin that one pixel of width breaks a limit (then the height is
-            // fitted instead), `max` is the `w,` size at its width.
-            if limits.allows(1, scale_dim(h, 1, w).max(1)) {
-                let path = format!("full/{},/0/default.jpg", max.width());
-                let wc = canon_limited(ApiVersion::V2, (w, h), limits, &path).expect("w, of max");
-                prop_assert_eq!((wc.width(), wc.height()), (max.width(), max.height()));
+            let (width, height) = (f64::from(w), f64::from(h));
+            let (mut nw, mut nh) = (width, height);
+            if (ma as f64) < nw * nh {
+                let scale = (ma as f64 / (nw * nh)).sqrt();
+                nw = (nw * scale).floor();
+                nh = (nh * scale).floor();
             }
+            if f64::from(mw) < nw {
+                nw = f64::from(mw);
+                nh = (height * f64::from(mw) / width + 0.5).floor();
+            }
+            if f64::from(mh) < nh {
+                nh = f64::from(mh);
+                nw = (width * f64::from(mh) / height + 0.5).floor();
+            }
+            let note = (nw.max(1.0) as u32, nh.max(1.0) as u32);
+            if limits.allows(note.0, note.1) {
+                prop_assert_eq!((max.width(), max.height()), note);
+            }
+            let again = canon_limited(ApiVersion::V2, (w, h), limits, &max.to_path())
+                .expect("the canonical form serves");
+            prop_assert_eq!((again.width(), again.height()), (max.width(), max.height()));
         }
 
         /// A degraded request never exceeds the ceiling's resolution over its region, never grows,

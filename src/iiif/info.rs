@@ -4,7 +4,7 @@
 //! Lists only what iiifd really does: every feature, quality and format named here is exercised by the
 //! conformance run in CI.
 
-use super::canonical::{fit, scale_dim, ImageSize};
+use super::canonical::{fit, level_height, ImageSize};
 use super::{ApiVersion, Format, Limits};
 use serde::Serialize;
 
@@ -199,23 +199,46 @@ pub fn tile_within(tile: u32, limits: &Limits) -> u32 {
 }
 
 /// The image's size at each scale factor, smallest first, keeping only those within the limits. The
-/// width is OpenSeadragon's level width (`ceil(width / 2^k)`); the height is what a `w,` request at that
-/// width returns, because 2.1 clients (OpenSeadragon among them) ask for a listed size as `w,` and must
-/// get exactly the size listed. Never empty: when no level fits the limits, the `max` size is listed
-/// (OpenSeadragon throws on `"sizes": []`).
+/// width is OpenSeadragon's level width (`ceil(width / 2^k)`) and the height its level height
+/// (`ceil(height / 2^k)`), which is what a 2.1 `w,` request at that width returns
+/// ([`level_height`]): 2.1 clients ask for a listed size as `w,` and must get exactly the size
+/// listed. Never empty: when no level fits the limits, the `max` size is listed (OpenSeadragon
+/// throws on `"sizes": []`).
 pub fn sizes(size: ImageSize, tile: u32, limits: &Limits) -> Vec<(u32, u32)> {
     let mut out: Vec<(u32, u32)> = scale_factors(size, tile)
         .into_iter()
         .rev()
         .map(|s| {
             let w = size.width.div_ceil(s);
-            (w, scale_dim(size.height, w, size.width).max(1))
+            (w, level_height(size.width, size.height, w, Some(tile)))
         })
         .filter(|&(w, h)| limits.allows(w, h))
         .collect();
     out.dedup();
     if out.is_empty() {
         out.push(fit(size.width, size.height, limits));
+    }
+    out
+}
+
+/// [`sizes`] as info.json lists them: with the `max` size last when the limits make it smaller
+/// than the image (the largest size a client may ask for, as the 3.0 implementation note computes
+/// it). A 2.1 client asks for a listed size as `w,`, so in 2.1 and 1.1 it is listed only when that
+/// request returns it; 3.0 clients ask for `w,h`. (Not in [`sizes`], which the crawl warms and
+/// admission counts as viewer-shaped: `max` of a large image is neither cheap nor a viewer's.)
+fn listed_sizes(
+    version: ApiVersion,
+    size: ImageSize,
+    tile: u32,
+    limits: &Limits,
+) -> Vec<(u32, u32)> {
+    let mut out = sizes(size, tile, limits);
+    let max = fit(size.width, size.height, limits);
+    let reachable = version == ApiVersion::V3
+        || level_height(size.width, size.height, max.0, Some(tile)) == max.1;
+    let larger = |&(w, h): &(u32, u32)| (w, h) != max && w <= max.0 && h <= max.1;
+    if reachable && out.last().is_some_and(larger) {
+        out.push(max);
     }
     out
 }
@@ -350,7 +373,7 @@ pub fn info_json(version: ApiVersion, input: &InfoInput<'_>) -> String {
     } = *input;
     let tile = tile_within(tile, &limits);
     let factors = scale_factors(size, tile);
-    let sizes = sizes(size, tile, &limits);
+    let sizes = listed_sizes(version, size, tile, &limits);
     let result = match version {
         ApiVersion::V3 => serde_json::to_string(&Info3 {
             context: match auth {
@@ -711,15 +734,32 @@ mod tests {
             );
             assert!(w <= 300 && w * h <= 40_000, "{w}x{h}");
         }
-        // A thin image whose every level is over the limits still lists its `max` size.
+        // A thin image: its 1-pixel level at 1/1024 (the scale at which it is one 100 px tile) is
+        // 1x98, what 2.1's `1,` returns; `max` (1x100) is listed after it in 3.0, whose clients
+        // ask for `w,h`, and not in 2.1, where `1,` could not return it.
         let limits = Limits {
             max_width: 10_000,
             max_height: 100,
             max_area: 40_000_000,
         };
         let v = doc(ApiVersion::V2, (2, 100_000), limits, 512);
-        assert_eq!(v["sizes"], serde_json::json!([{"width": 1, "height": 100}]));
+        assert_eq!(v["sizes"], serde_json::json!([{"width": 1, "height": 98}]));
         assert_eq!(v["tiles"][0]["width"], 100);
+        let v = doc(ApiVersion::V3, (2, 100_000), limits, 512);
+        let listed: Vec<(u64, u64)> = v["sizes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| {
+                        (
+                            s["width"].as_u64().unwrap_or(0),
+                            s["height"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(listed, vec![(1, 98), (1, 100)]);
     }
 
     /// Spec point: a 2.1 `sizes` entry is what its `w,` request returns (17x313 was listed where `17,`
@@ -749,7 +789,8 @@ mod tests {
                     Format::Jpg,
                 )
                 .expect("parses");
-                let c = CanonicalRequest::resolve(&req, size, &Limits::default()).expect("serves");
+                let c = CanonicalRequest::resolve_tiled(&req, size, &Limits::default(), Some(256))
+                    .expect("serves");
                 assert_eq!((c.width(), c.height()), (sw, sh), "{w}x{h}");
             }
         }
@@ -758,6 +799,12 @@ mod tests {
     #[test]
     fn sizes_respect_limits() {
         let v = parse(ApiVersion::V3, 20000, 15000);
+        // `max` under the 40-megapixel area, as the 3.0 implementation note computes it, is last.
+        let last = v["sizes"].as_array().and_then(|a| a.last()).cloned();
+        assert_eq!(
+            last.map(|s| (s["width"].clone(), s["height"].clone())),
+            Some((7302.into(), 5477.into()))
+        );
         for s in v["sizes"].as_array().expect("sizes") {
             let (w, h) = (
                 s["width"].as_u64().unwrap_or(0),

@@ -269,7 +269,10 @@ impl Pipeline {
         degrade: Option<Degrade>,
     ) -> Result<(CanonicalRequest, DerivativeKey)> {
         let size = source.size();
-        let mut canonical = CanonicalRequest::resolve(request, size, &self.settings.limits)?;
+        let limits = &self.settings.limits;
+        // The tile info.json advertises for this image (2.1 `w,` heights depend on it).
+        let tile = tile_within(source.probe.tile.unwrap_or(self.settings.tile_size), limits);
+        let mut canonical = CanonicalRequest::resolve_tiled(request, size, limits, Some(tile))?;
         if let Some(d) = degrade {
             canonical = canonical.degraded(size, d.size(size));
         }
