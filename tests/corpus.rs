@@ -1,6 +1,7 @@
 //! The real-world corpus: every image file Pillow's source distribution ships as its own test data
 //! (JPEG, PNG, GIF, WebP, TIFF and JPEG 2000 in their odd variants, truncated and hostile files
-//! among them; fetched by `tests/setup.sh`, pinned by hash), asked of the real binary and compared
+//! among them; fetched by `tests/setup.sh`, pinned by hash), with the classes it lacks made by
+//! `tests/corpus/fixtures.py`, asked of the real binary and compared
 //! with Pillow's decode of the same file (`tests/corpus/reference.py` says how the reference is
 //! normalised).
 //!
@@ -59,6 +60,20 @@ fn real_world_files_are_served_as_the_reference_decoder_shows_them() {
         "the corpus is missing from {}: run tests/setup.sh",
         corpus.display()
     );
+    // The classes the public corpus lacks, made here as the tools that produce them do
+    // (tests/corpus/fixtures.py: palette PNGs with tRNS, one huge IDAT, old-style JPEG TIFF of one
+    // strip, compat-order LZW, CMYK variants), beside it.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/fixtures.py");
+    let made = Command::new(&python)
+        .arg(&fixtures)
+        .arg(&images)
+        .output()
+        .expect("run the fixture script");
+    assert!(
+        made.status.success(),
+        "fixtures.py failed: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     // Under a memory target (render.max_memory_bytes), which the pass must stay within.
     let server = Server::start_on(
         &images,
@@ -86,6 +101,14 @@ fn real_world_files_are_served_as_the_reference_decoder_shows_them() {
     let rows = report["files"].as_array().expect("files");
     assert!(rows.len() >= 500, "only {} corpus files", rows.len());
     let known = known();
+    let ours = rows
+        .iter()
+        .filter(|r| r["file"].as_str().is_some_and(|f| f.starts_with("iiifd-")))
+        .count();
+    assert_eq!(
+        ours, 9,
+        "every fixture of tests/corpus/fixtures.py is in the pass"
+    );
 
     let mut failures = Vec::new();
     let mut by_status: HashMap<String, usize> = HashMap::new();

@@ -33,8 +33,16 @@ pub(super) fn decompress(
         }
         2..=4 => return ccitt(f, &raw, rows),
         5 => {
-            // TIFF's LZW grows its code width one code early ("early change").
-            let mut lzw = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8);
+            // TIFF's LZW grows its code width one code early ("early change"). Files from
+            // libtiff before 1991 ("compat" LZW) put codes LSB first and grow the width as GIF
+            // does; libtiff tells them by their first code, a clear (256), read in that order:
+            // a zero byte, then a byte with its low bit set.
+            let compat = raw.len() >= 2 && raw[0] == 0 && raw[1] & 1 == 1;
+            let mut lzw = if compat {
+                weezl::decode::Decoder::new(weezl::BitOrder::Lsb, 8)
+            } else {
+                weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8)
+            };
             let result = lzw.into_stream(&mut out).decode_all(&raw[..]);
             if let Err(e) = result.status {
                 // Data past the chunk's size is what `Capped` refuses: what came before is kept.
