@@ -23,6 +23,9 @@ enum Client {
 /// What a client asks for at one image: the URL tail (region/size) and the size it lays out.
 type Plan = Vec<(String, (u32, u32))>;
 
+/// Which clients ask for a URL, and the size each lays it out at.
+type Asks = Vec<(Client, (u32, u32))>;
+
 /// OpenSeadragon's IIIFTileSource.getTileUrl for every tile of every level.
 fn openseadragon(client: Client, v3: bool, w: u32, h: u32, tile: u32, max_sf: u32) -> Plan {
     let max_level = max_sf.trailing_zeros();
@@ -122,7 +125,7 @@ fn viewers_tiles_come_back_at_the_size_they_laid_out() {
                 .and_then(|a| a.iter().filter_map(|v| v.as_u64()).max())
                 .expect("scale factors") as u32;
             // URL -> every (client, layout) that asks for it.
-            let mut wanted: BTreeMap<String, Vec<(Client, (u32, u32))>> = BTreeMap::new();
+            let mut wanted: BTreeMap<String, Asks> = BTreeMap::new();
             for client in [Client::Osd5, Client::Osd6, Client::Leaflet] {
                 let plan = match client {
                     Client::Leaflet => leaflet(v3, w, h, tile),

@@ -61,7 +61,7 @@ fn real_world_files_are_served_as_the_reference_decoder_shows_them() {
         corpus.display()
     );
     // The classes the public corpus lacks, made here as the tools that produce them do
-    // (tests/corpus/fixtures.py: palette PNGs with tRNS, one huge IDAT, old-style JPEG TIFF of one
+    // (tests/corpus/fixtures.py: palette and low-bit gray PNGs with tRNS, one huge IDAT, old-style JPEG TIFF of one
     // strip, compat-order LZW, CMYK variants), beside it.
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/fixtures.py");
     let made = Command::new(&python)
@@ -106,7 +106,7 @@ fn real_world_files_are_served_as_the_reference_decoder_shows_them() {
         .filter(|r| r["file"].as_str().is_some_and(|f| f.starts_with("iiifd-")))
         .count();
     assert_eq!(
-        ours, 9,
+        ours, 12,
         "every fixture of tests/corpus/fixtures.py is in the pass"
     );
 

@@ -2,7 +2,8 @@
 """Real-world file classes the public corpus lacks, written the way the tools that produce them
 write them (run by tests/corpus.rs into the corpus directory, before the pass; deterministic):
 
-- palette PNGs of 1 and 2 bits with a tRNS chunk (Pillow, as optimisers write them);
+- palette PNGs of 1 and 2 bits with a tRNS chunk (Pillow, as optimisers write them), and gray
+  PNGs of 1, 2 and 4 bits with a tRNS key;
 - a PNG whose image data is one huge IDAT chunk (as pngcrush-style rewriters leave it);
 - an old-style JPEG TIFF (compression 6) of one strip without RowsPerStrip, 2x2 subsampled, its
   JPEG stream behind JPEGInterchangeFormat (as early scanners' software wrote it);
@@ -166,6 +167,21 @@ def main(out):
         buf = io.BytesIO()
         im.save(buf, "PNG", bits=bits, transparency=bytes([0, 255, 128, 255][:colours]))
         open(os.path.join(out, f"iiifd-palette{bits}-trns.png"), "wb").write(buf.getvalue())
+
+    # Gray PNGs of 1, 2 and 4 bits with a tRNS key (a valid level of the depth).
+    for depth in (1, 2, 4):
+        top = (1 << depth) - 1
+        rows = []
+        for y in range(h):
+            bits = "".join(format((x // 3 + y // 2) % (top + 1), f"0{depth}b") for x in range(w))
+            bits += "0" * (-len(bits) % 8)
+            rows.append(bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)))
+        raw = b"".join(b"\0" + r for r in rows)
+        data = (b"\x89PNG\r\n\x1a\n"
+                + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, 0))
+                + chunk(b"tRNS", struct.pack(">H", top // 2 + 1 if depth > 1 else 1))
+                + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+        open(os.path.join(out, f"iiifd-gray{depth}-trns.png"), "wb").write(data)
 
     # One huge IDAT (Pillow writes 64 KB chunks): a 700x500 photograph is several.
     buf = io.BytesIO()

@@ -4,7 +4,8 @@ iiifd, its pixels compared with Pillow's decode of the same file.
 
 For each file: info.json, `full/max/0/default.png` (lossless, so pixels can be compared) and a
 `^!64,64` jpg thumbnail. The reference is Pillow's first frame, normalised as iiifd documents it:
-EXIF/TIFF orientation applied (from EXIF, not XMP, as browsers); an embedded RGB, gray or CMYK ICC profile converted to sRGB (lcms2,
+EXIF/TIFF orientation applied (from EXIF, not XMP, as browsers); a low-bit gray PNG's tRNS key
+applied at its level, as browsers do; an embedded RGB, gray or CMYK ICC profile converted to sRGB (lcms2,
 Pillow's ImageCms); samples deeper than 8 bits scaled from their full range (signed: shifted by
 half the range; float: 0.0..1.0); then RGBA. Colour under a transparent pixel is not compared
 (both sides premultiplied).
@@ -81,6 +82,22 @@ def reference(path):
             im.putalpha(mask)
     elif im.mode == "L" and tags is not None and tags.get(339, (1,))[0] == 2:
         im = signed_8bit(im)
+    elif im.mode in ("1", "L") and isinstance(im.info.get("transparency"), int):
+        # A gray PNG of 1, 2 or 4 bits with a tRNS key: Pillow keeps the key at the file's depth
+        # but scales the samples to 8 bits (and "1" ignores it), so no pixel matches. Browsers
+        # (Chromium, libpng) make the key's level transparent; so does the reference. A key out
+        # of the depth's range is invalid and ignored, as browsers do.
+        with open(path, "rb") as f:
+            head = f.read(26)
+        depth, colour = (head[24], head[25]) if head[:8] == b"\x89PNG\r\n\x1a\n" else (8, None)
+        if colour == 0 and depth < 8:
+            key, top = im.info["transparency"], (1 << depth) - 1
+            im = im.convert("L")
+            level = key * 255 // top
+            mask = Image.new("L", im.size)
+            mask.putdata([0 if key <= top and v == level else 255 for v in im.getdata()])
+            im = im.convert("LA")
+            im.putalpha(mask)
     icc = im.info.get("icc_profile")
     if icc and im.mode in ("RGB", "RGBA", "L", "LA", "CMYK"):
         try:

@@ -73,7 +73,9 @@ pub(crate) fn decode(
     match decode_reader(image_reader, max_decode_bytes) {
         // A PNG whose checksums are wrong: browsers and Pillow show it, so do we.
         Err(RenderError::Undecodable(first)) if kind == SourceKind::Png => {
-            png_ignoring_crc(reader, max_decode_bytes).map_err(|_| RenderError::Undecodable(first))
+            png_ignoring_crc(reader, max_decode_bytes)
+                .map(|img| low_bit_gray_key(reader, img))
+                .map_err(|_| RenderError::Undecodable(first))
         }
         // A GIF with no colour table at all: shown with a gray ramp, as Pillow shows it.
         Err(RenderError::Undecodable(first)) if kind == SourceKind::Gif => {
@@ -85,8 +87,39 @@ pub(crate) fn decode(
                 .map_err(|e| RenderError::Source(e.into()))?;
             decode_reader(image_reader, max_decode_bytes)
         }
+        Ok(img) if kind == SourceKind::Png => Ok(low_bit_gray_key(reader, img)),
         other => other,
     }
+}
+
+/// A gray PNG of 1, 2 or 4 bits with a tRNS key, made transparent where the key says. The `png`
+/// crate compares each sample with the first byte of the two-byte key, which is 0 for these
+/// depths, so level 0 turned transparent instead of the key's level. Applied again here on the
+/// expanded samples: a sample of depth d is expanded by 255 / (2^d - 1), one level to one value.
+/// A key above the depth's range is ignored (the PNG spec makes it invalid).
+fn low_bit_gray_key(reader: &dyn ObjectReader, img: DynamicImage) -> DynamicImage {
+    let Ok(png) = png::Decoder::new_with_options(reader.stream(), png_options()).read_info() else {
+        return img;
+    };
+    let info = png.info();
+    let depth = info.bit_depth as u8;
+    if info.color_type != png::ColorType::Grayscale || depth >= 8 {
+        return img;
+    }
+    let Some(&[hi, lo]) = info.trns.as_deref() else {
+        return img;
+    };
+    let (key, top) = (u16::from_be_bytes([hi, lo]), (1u16 << depth) - 1);
+    let level = (u32::from(key) * 255 / u32::from(top)) as u8;
+    let mut la = img.to_luma_alpha8();
+    for p in la.pixels_mut() {
+        p.0[1] = if key <= top && p.0[0] == level {
+            0
+        } else {
+            255
+        };
+    }
+    DynamicImage::ImageLumaA8(la)
 }
 
 /// A CMYK or YCCK JPEG (the only JPEGs decoded whole: libjpeg's route takes the rest): its inks,
