@@ -162,7 +162,7 @@ fn bad_crawl_requests_and_the_warm_command() {
         post(
             &s,
             "/admin/crawl",
-            r#"{"identifiers": ["chart"], "formats": ["jp2"]}"#
+            r#"{"identifiers": ["chart"], "formats": ["pdf"]}"#
         )
         .status,
         400
