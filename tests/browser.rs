@@ -25,14 +25,19 @@ fn node(script: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("result JSON")
 }
 
-#[test]
-fn openseadragon_loads_every_tile_in_chromium() {
+/// Chromium and Playwright are installed (tests/setup.sh), or the test says what is missing.
+fn browser_ready() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").is_dir()
             && Path::new("/usr/bin/chromium").exists(),
         "needs Debian chromium and `npm ci --prefix tests/browser` (tests/setup.sh installs both)"
     );
+}
+
+#[test]
+fn openseadragon_loads_every_tile_in_chromium() {
+    browser_ready();
     let s = Server::start();
     let img = image::RgbImage::from_fn(6000, 4000, |x, y| {
         image::Rgb([
@@ -118,12 +123,7 @@ fn openseadragon_loads_every_tile_in_chromium() {
 /// drawn; a page on a third origin holding the same cookie gets `invalidOrigin` and no image.
 #[test]
 fn the_auth2_client_flow_draws_a_restricted_image_in_chromium() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir()
-            && Path::new("/usr/bin/chromium").exists(),
-        "needs Debian chromium and `npm ci --prefix tests/browser` (tests/setup.sh installs both)"
-    );
+    browser_ready();
     // The viewer pages' server (in auth.mjs) listens on this port, for two host names.
     let port = crate::common::quiet_port();
     let viewer = format!("http://viewer.example.test:{port}");
@@ -198,12 +198,7 @@ fn the_auth2_client_flow_draws_a_restricted_image_in_chromium() {
 /// at the size asked, with the picture's colours where they should be.
 #[test]
 fn chromium_decodes_the_avif_output() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir()
-            && Path::new("/usr/bin/chromium").exists(),
-        "needs Debian chromium and `npm ci --prefix tests/browser` (tests/setup.sh installs both)"
-    );
+    browser_ready();
     let s = Server::start();
     // Four flat quadrants: red, green, blue, gray.
     let quadrants = [[220, 30, 30], [30, 200, 40], [30, 40, 210], [128, 128, 128]];

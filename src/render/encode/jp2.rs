@@ -10,10 +10,11 @@
 #![allow(unsafe_code)]
 
 use crate::formats::jp2::boxes;
+use crate::render::decode::jp2::ffi::{handlers, Session};
 use crate::render::{RenderError, Result};
 use image::DynamicImage;
 use openjpeg_sys as opj;
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::c_void;
 
 /// The compression ratio (raw bytes / coded bytes) that `quality` stands for: 16 at 85, fewer bytes
 /// for lower qualities, as JPEG's bytes fall.
@@ -59,45 +60,6 @@ unsafe extern "C" fn seek_fn(to: i64, data: *mut c_void) -> opj::OPJ_BOOL {
     }
     sink.at = to as usize;
     1
-}
-
-unsafe extern "C" fn error_fn(msg: *const c_char, data: *mut c_void) {
-    if msg.is_null() || data.is_null() {
-        return;
-    }
-    // SAFETY: `data` is the String owned by `encode` for the codec's lifetime; `msg` is a
-    // NUL-terminated string from OpenJPEG.
-    let out = unsafe { &mut *data.cast::<String>() };
-    if out.len() < 1000 {
-        out.push_str(unsafe { CStr::from_ptr(msg) }.to_string_lossy().trim_end());
-        out.push_str("; ");
-    }
-}
-
-unsafe extern "C" fn quiet_fn(_msg: *const c_char, _data: *mut c_void) {}
-
-/// OpenJPEG's objects, destroyed in reverse order whatever happens.
-struct Session {
-    image: *mut opj::opj_image_t,
-    codec: *mut opj::opj_codec_t,
-    stream: *mut opj::opj_stream_t,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // SAFETY: each pointer is null or was created by OpenJPEG and is destroyed once, here.
-        unsafe {
-            if !self.stream.is_null() {
-                opj::opj_stream_destroy(self.stream);
-            }
-            if !self.codec.is_null() {
-                opj::opj_destroy_codec(self.codec);
-            }
-            if !self.image.is_null() {
-                opj::opj_image_destroy(self.image);
-            }
-        }
-    }
 }
 
 /// Encode as a JP2 file (gray or RGB; alpha is composited onto white by the caller), with `icc`
@@ -179,10 +141,7 @@ pub(crate) fn encode(img: &DynamicImage, quality: u8, icc: Option<&[u8]>) -> Res
         if s.codec.is_null() {
             return Err(failed("codec creation", ""));
         }
-        let errors_ptr: *mut String = &mut errors;
-        opj::opj_set_error_handler(s.codec, Some(error_fn), errors_ptr.cast());
-        opj::opj_set_warning_handler(s.codec, Some(quiet_fn), std::ptr::null_mut());
-        opj::opj_set_info_handler(s.codec, Some(quiet_fn), std::ptr::null_mut());
+        handlers(s.codec, &mut errors);
         if opj::opj_setup_encoder(s.codec, &mut params, s.image) == 0 {
             return Err(failed("setup", &errors));
         }

@@ -72,8 +72,8 @@ unsafe extern "C" fn error_fn(msg: *const c_char, data: *mut c_void) {
     if msg.is_null() || data.is_null() {
         return;
     }
-    // SAFETY: `data` is the String owned by `decode` for the codec's lifetime; `msg` is a
-    // NUL-terminated string from openjpeg.
+    // SAFETY: `data` is the String its codec's owner keeps for the codec's lifetime (see
+    // `handlers`); `msg` is a NUL-terminated string from openjpeg.
     let out = unsafe { &mut *data.cast::<String>() };
     if out.len() < 1000 {
         out.push_str(unsafe { CStr::from_ptr(msg) }.to_string_lossy().trim_end());
@@ -83,11 +83,27 @@ unsafe extern "C" fn error_fn(msg: *const c_char, data: *mut c_void) {
 
 unsafe extern "C" fn quiet_fn(_msg: *const c_char, _data: *mut c_void) {}
 
-/// Everything openjpeg allocated for one decode, released on drop in the right order.
-struct Session {
-    stream: *mut opj::opj_stream_t,
-    codec: *mut opj::opj_codec_t,
-    image: *mut opj::opj_image_t,
+/// Send `codec`'s errors to `errors` (kept to 1,000 characters) and drop its warnings and
+/// information messages. Shared with the jp2 encoder (`render::encode::jp2`).
+///
+/// # Safety
+/// `codec` is a live openjpeg codec, and `errors` stays valid (not moved or dropped) until the
+/// codec is destroyed.
+pub(crate) unsafe fn handlers(codec: *mut opj::opj_codec_t, errors: *mut String) {
+    // SAFETY: as the caller promises; the callbacks match openjpeg's handler signature.
+    unsafe {
+        opj::opj_set_error_handler(codec, Some(error_fn), errors.cast());
+        opj::opj_set_warning_handler(codec, Some(quiet_fn), std::ptr::null_mut());
+        opj::opj_set_info_handler(codec, Some(quiet_fn), std::ptr::null_mut());
+    }
+}
+
+/// Everything openjpeg allocated for one decode or encode, released on drop in the right order.
+/// Shared with the jp2 encoder.
+pub(crate) struct Session {
+    pub(crate) stream: *mut opj::opj_stream_t,
+    pub(crate) codec: *mut opj::opj_codec_t,
+    pub(crate) image: *mut opj::opj_image_t,
 }
 
 impl Drop for Session {
@@ -177,10 +193,7 @@ impl Decoder {
             if d.session.codec.is_null() {
                 return Err(RenderError::bug("openjpeg: no codec"));
             }
-            let errors_ptr: *mut String = &mut *d.errors;
-            opj::opj_set_error_handler(d.session.codec, Some(error_fn), errors_ptr.cast());
-            opj::opj_set_warning_handler(d.session.codec, Some(quiet_fn), std::ptr::null_mut());
-            opj::opj_set_info_handler(d.session.codec, Some(quiet_fn), std::ptr::null_mut());
+            handlers(d.session.codec, &mut *d.errors);
             let mut params: opj::opj_dparameters_t = std::mem::zeroed();
             opj::opj_set_default_decoder_parameters(&mut params);
             params.cp_reduce = reduce;

@@ -10,7 +10,7 @@
 //! render.
 
 mod blocks;
-mod ffi;
+pub(crate) mod ffi;
 mod pixels;
 
 use crate::formats::jp2;
