@@ -3,7 +3,7 @@
 //! carrier (EXIF in PNG `eXIf` and WebP `EXIF` as well as JPEG). The reference for the conversion is
 //! computed here from the published definitions of Adobe RGB (1998) and sRGB, not by a CMS.
 
-use crate::common::images::jpeg;
+use crate::common::images::{jpeg, mean_diff};
 use crate::common::inproc::InProcess;
 use iiifd::config::ColorMode;
 use image::{ImageDecoder, ImageEncoder, RgbImage};
@@ -121,16 +121,6 @@ fn rgb(s: &InProcess, path: &str) -> RgbImage {
     let r = s.get(path);
     assert_eq!(r.status, 200, "{path}: {}", r.text());
     r.image().to_rgb8()
-}
-
-fn mean_diff(a: &RgbImage, b: &RgbImage) -> f64 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| f64::from(x.abs_diff(*y)))
-        .sum::<f64>()
-        / a.len() as f64
 }
 
 fn max_diff(a: &RgbImage, b: &RgbImage) -> u8 {

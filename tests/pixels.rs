@@ -1318,17 +1318,6 @@ fn animated_gifs_stay_animated_through_a_resize() {
     }
 }
 
-/// Mean absolute difference per sample of two RGB images of one size.
-fn mean_error(a: &RgbImage, b: &RgbImage) -> f64 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| f64::from(x.abs_diff(*y)))
-        .sum::<f64>()
-        / a.as_raw().len() as f64
-}
-
 /// The formats beyond the spec's usual four, each decoded by a reference decoder that is not
 /// ours: jp2 by opj_decompress (OpenJPEG's own tool), jxl by jxl-oxide (lossless: exact). avif is
 /// decoded by Chromium in tests/browser.rs. Listed in extraFormats, and a region, a size and
@@ -1370,7 +1359,7 @@ fn jp2_and_jxl_output_decode_in_reference_decoders() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("image/jp2"));
     let back = opj(&r.body).to_rgb8();
-    let err = mean_error(&back, &pic);
+    let err = crate::common::images::mean_diff(&back, &pic);
     assert!(err < 3.0, "jp2 mean error {err}");
     let r = s.get("/iiif/2/pic/100,50,300,200/150,/0/gray.jp2");
     assert_eq!(r.status, 200);
