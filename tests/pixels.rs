@@ -1451,3 +1451,24 @@ fn pages_of_a_multi_page_tiff_are_served_by_suffix() {
         );
     }
 }
+
+/// An output whose encoder would need more than the decode budget is refused (501, with the reason)
+/// before anything is decoded, as a decode that large is; a smaller size of it, or another format,
+/// is served.
+#[test]
+fn outputs_whose_encoder_exceeds_the_budget_are_refused() {
+    let s = Server::start_with(&[], &[("IIIFD_RENDER__MAX_DECODE_BYTES", "4000000")]);
+    DynamicImage::ImageRgb8(picture(600, 400))
+        .save(s.images.join("pic.png"))
+        .expect("png");
+    // 600x400 as jp2 holds about 20 bytes a pixel in OpenJPEG (4.8 MB), as avif 30 (7.2 MB).
+    for f in ["jp2", "avif"] {
+        let r = s.get(&format!("/iiif/3/pic/full/max/0/default.{f}"));
+        assert_eq!(r.status, 501, "{f}: {}", r.text());
+        assert!(r.text().contains("encoding 600x400"), "{f}: {}", r.text());
+        let r = s.get(&format!("/iiif/3/pic/full/300,/0/default.{f}"));
+        assert_eq!(r.status, 200, "{f} at 300x200: {}", r.text());
+    }
+    assert_eq!(s.get("/iiif/3/pic/full/max/0/default.jxl").status, 200);
+    assert_eq!(s.get("/iiif/3/pic/full/max/0/default.jpg").status, 200);
+}

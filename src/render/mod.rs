@@ -125,6 +125,7 @@ pub(crate) fn render(
     settings: &EncodeSettings,
     max_decode_bytes: u64,
 ) -> Result<Vec<u8>> {
+    encoder_fits(req, max_decode_bytes)?;
     let kind = src.kind;
     if matches!(kind, SourceKind::Gif | SourceKind::Webp) {
         let animation = animated::render(
@@ -264,6 +265,42 @@ pub(crate) enum Route {
     Source { wants_copy: bool },
 }
 
+/// What the encoders of `format` hold beyond the output's pixels, per output pixel, as measured
+/// on a 40-megapixel `full/max` (VmHWM above the same request as jpg): OpenJPEG keeps every sample
+/// as an i32 twice over (19 bytes), rav1e its 10-bit planes and analysis (29 bytes at 12 MP, and
+/// 7.5 s), zune-jpegxl its rows and histograms (6 bytes). The others stream or are negligible.
+fn encoder_bytes_per_pixel(format: crate::iiif::Format) -> u64 {
+    use crate::iiif::Format;
+    match format {
+        Format::Jp2 => 20,
+        Format::Avif => 30,
+        Format::Jxl => 7,
+        _ => 0,
+    }
+}
+
+/// An output whose encoder would need more than `render.max_decode_bytes` is refused (501) before
+/// anything is decoded, as a decode that large is: the memory bound counts one such budget per
+/// render. (Arbitrary rotation enlarges the canvas by at most 2x.)
+fn encoder_fits(req: &CanonicalRequest, max_decode_bytes: u64) -> Result<()> {
+    let per_pixel = encoder_bytes_per_pixel(req.format());
+    let mut pixels = u64::from(req.width()) * u64::from(req.height());
+    if req.degrees() % 90.0 != 0.0 {
+        pixels = pixels.saturating_mul(2);
+    }
+    let need = pixels.saturating_mul(per_pixel);
+    if need > max_decode_bytes {
+        return Err(RenderError::TooLarge(format!(
+            "encoding {}x{} as {} would take about {need} bytes, above render.max_decode_bytes \
+             ({max_decode_bytes}); ask for a smaller size",
+            req.width(),
+            req.height(),
+            req.format()
+        )));
+    }
+    Ok(())
+}
+
 /// Render `req`, choosing the route: from the tiled `copy` when there is one, the output is lossy
 /// (a lossless output never depends on whether the copy exists yet, since the copy's tiles are
 /// JPEG) and the pixels are not already decoded in memory (then they beat reading tiles from
@@ -280,6 +317,7 @@ pub(crate) fn render_by_route(
     settings: &EncodeSettings,
     max_decode_bytes: u64,
 ) -> Result<(Vec<u8>, Route)> {
+    encoder_fits(req, max_decode_bytes)?;
     let from_copy = copy
         .filter(|_| req.format().is_lossy())
         .filter(|_| !level_in_memory(cache, fingerprint, req))
