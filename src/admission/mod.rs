@@ -28,7 +28,7 @@ use crate::access::{glob, Degrade};
 use crate::config::{mask, AdmissionConfig, Network};
 use crate::iiif::canonical::{CanonicalRequest, ImageSize, Rect};
 use crate::iiif::info::{scale_factors, sizes};
-use crate::iiif::Limits;
+use crate::iiif::{Format, Limits};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// How a render is scheduled.
@@ -300,7 +300,13 @@ pub(crate) fn lane(
     cheap_max: u64,
 ) -> Lane {
     let output = u64::from(req.width()) * u64::from(req.height());
-    if viewer_shaped(req, size, tile, limits) && decode_pixels.saturating_add(output) <= cheap_max {
+    // An AV1 or JPEG 2000 encode costs a tile 60x or 13x a JPEG one (benches/formats.rs): never
+    // the reserved threads' kind of work, whoever asks.
+    let slow_encoder = matches!(req.format(), Format::Avif | Format::Jp2);
+    if !slow_encoder
+        && viewer_shaped(req, size, tile, limits)
+        && decode_pixels.saturating_add(output) <= cheap_max
+    {
         Lane::Cheap
     } else {
         Lane::Heavy
@@ -570,6 +576,24 @@ mod tests {
             Lane::Heavy
         );
         assert_eq!(lane(&odd, size, 256, &limits, 100, 4 << 20), Lane::Heavy);
+        // The same tile as avif or jp2: slow encoders are never cheap; jxl (lossless, fast) is.
+        for (format, want) in [
+            (Format::Avif, Lane::Heavy),
+            (Format::Jp2, Lane::Heavy),
+            (Format::Jxl, Lane::Cheap),
+        ] {
+            let r = parse_image_params(
+                ApiVersion::V3,
+                "512,768,256,256",
+                "256,256",
+                "0",
+                &format!("default.{}", format.extension()),
+                format,
+            )
+            .expect("parses");
+            let c = CanonicalRequest::resolve(&r, size, &limits).expect("valid");
+            assert_eq!(lane(&c, size, 256, &limits, 65_536, 4 << 20), want, "{format}");
+        }
     }
 
     proptest! {
