@@ -45,14 +45,18 @@ impl Paged {
     fn page_of(&self, whole: Object, number: u32, identifier: &str) -> Result<Object, SourceError> {
         let reader = self.inner.open(&whole)?;
         let pages = tiff::pages(&*reader)?;
-        if number as usize > pages.len() {
+        let found = (number as usize)
+            .checked_sub(1)
+            .and_then(|i| pages.into_iter().nth(i));
+        let Some(patches) = found else {
             return Err(SourceError::NotFound(identifier.to_owned()));
-        }
+        };
         Ok(Object {
             fingerprint: Fingerprint::new(format!("{} page {number}", whole.fingerprint.as_str())),
             page: Some(Page {
                 number,
                 whole: whole.fingerprint,
+                patches,
             }),
             ..whole
         })
@@ -134,11 +138,10 @@ impl Backend for Paged {
             return self.inner.open(object);
         };
         let reader = self.inner.open(&Paged::whole(object, page))?;
-        let patches = tiff::pages(&*reader)?
-            .into_iter()
-            .nth(page.number as usize - 1)
-            .ok_or_else(|| SourceError::NotFound(object.name.clone()))?;
-        Ok(Arc::new(PageReader { reader, patches }))
+        Ok(Arc::new(PageReader {
+            reader,
+            patches: page.patches.clone(),
+        }))
     }
 
     fn sidecar(&self, identifier: &str) -> Result<Option<Vec<u8>>, SourceError> {

@@ -1450,6 +1450,22 @@ fn pages_of_a_multi_page_tiff_are_served_by_suffix() {
             "{missing}"
         );
     }
+
+    // The book replaced by one of three other pages: page 3 is the new third page, 5 is gone.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut file = Vec::new();
+    {
+        let mut enc =
+            tiff::encoder::TiffEncoder::new(std::io::Cursor::new(&mut file)).expect("tiff");
+        for i in 6..=8 {
+            let p = page(i);
+            enc.write_image::<tiff::encoder::colortype::RGB8>(p.width(), p.height(), p.as_raw())
+                .expect("page");
+        }
+    }
+    std::fs::write(s.images.join("book.tif"), &file).expect("write");
+    assert_eq!(png("/iiif/3/book;3/full/max/0/default.png"), page(8));
+    assert_eq!(info("book;5").0, 404);
 }
 
 /// An output whose encoder would need more than the decode budget is refused (501, with the reason)

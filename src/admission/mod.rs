@@ -592,7 +592,11 @@ mod tests {
             )
             .expect("parses");
             let c = CanonicalRequest::resolve(&r, size, &limits).expect("valid");
-            assert_eq!(lane(&c, size, 256, &limits, 65_536, 4 << 20), want, "{format}");
+            assert_eq!(
+                lane(&c, size, 256, &limits, 65_536, 4 << 20),
+                want,
+                "{format}"
+            );
         }
     }
 

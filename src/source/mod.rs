@@ -184,6 +184,9 @@ pub struct Page {
     pub number: u32,
     /// The whole object's fingerprint, as its backend gave it.
     pub whole: Fingerprint,
+    /// Bytes laid over the whole object's, (offset, bytes), that make it read as this page alone:
+    /// found once when the page is located, not at every open.
+    pub patches: Vec<(u64, Vec<u8>)>,
 }
 
 /// Random-access reads of one object.
