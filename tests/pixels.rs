@@ -1384,6 +1384,16 @@ fn jp2_and_jxl_output_decode_in_reference_decoders() {
     let r = s.get("/iiif/3/pic/100,50,300,200/max/0/default.jxl");
     let want = image::imageops::crop_imm(&pic, 100, 50, 300, 200).to_image();
     assert_eq!(jxl(&r.body), want);
+    // A side of one pixel: the jxl encoder cannot write it (501 with the reason); the others can.
+    let r = s.get("/iiif/3/pic/full/1,1/0/default.jxl");
+    assert_eq!(r.status, 501, "{}", r.text());
+    assert!(r.text().contains("2 pixels a side"), "{}", r.text());
+    for f in ["jp2", "avif", "webp", "png", "gif", "tif", "jpg"] {
+        for size in ["1,1", "1,2", "2,1"] {
+            let r = s.get(&format!("/iiif/3/pic/full/{size}/0/default.{f}"));
+            assert_eq!(r.status, 200, "{size}.{f}: {}", r.text());
+        }
+    }
 }
 
 /// A multi-page TIFF's pages by identifier suffix (`book;3`): each page has its own info.json and

@@ -22,6 +22,13 @@ pub(crate) fn encode(img: &DynamicImage) -> Result<Vec<u8>> {
 /// [`encode`] at another effort (for benches/formats.rs).
 pub(crate) fn encode_at(img: &DynamicImage, effort: u8) -> Result<Vec<u8>> {
     let (w, h) = (img.width() as usize, img.height() as usize);
+    // zune-jpegxl refuses a side of one pixel; so does iiifd, as a format it cannot write (501),
+    // rather than as a failure.
+    if w < 2 || h < 2 {
+        return Err(RenderError::Unsupported(format!(
+            "jxl output of {w}x{h}: the encoder needs at least 2 pixels a side"
+        )));
+    }
     let (space, px) = match (img.color().has_color(), img.color().has_alpha()) {
         (false, false) => (ColorSpace::Luma, img.to_luma8().into_raw()),
         (false, true) => (ColorSpace::LumaA, img.to_luma_alpha8().into_raw()),
@@ -58,6 +65,19 @@ mod tests {
             fb.channels(),
             fb.buf().to_vec(),
         )
+    }
+
+    #[test]
+    fn a_one_pixel_side_is_refused_as_unsupported_and_two_encode() {
+        for (w, h) in [(1, 1), (1, 2), (2, 1), (1, 40)] {
+            let img = DynamicImage::new_rgb8(w, h);
+            assert!(
+                matches!(encode(&img), Err(RenderError::Unsupported(_))),
+                "{w}x{h}"
+            );
+        }
+        let (w, h, _, _) = decode(&encode(&DynamicImage::new_rgb8(2, 2)).expect("encodes"));
+        assert_eq!((w, h), (2, 2));
     }
 
     #[test]
