@@ -247,6 +247,52 @@ mod tests {
     }
 
     #[test]
+    fn reductions_belong_to_the_page_before_them() {
+        // Page 1 (40x30) with a reduction (20x15, NewSubfileType 1), then page 2 (50x10): two pages,
+        // and page 1 read alone still has its reduction chained after it.
+        let mut file = Vec::new();
+        {
+            let mut enc =
+                ::tiff::encoder::TiffEncoder::new(std::io::Cursor::new(&mut file)).expect("tiff");
+            for (w, h, reduced) in [(40u32, 30u32, false), (20, 15, true), (50, 10, false)] {
+                let mut image = enc
+                    .new_image::<::tiff::encoder::colortype::Gray8>(w, h)
+                    .expect("image");
+                if reduced {
+                    image
+                        .encoder()
+                        .write_tag(::tiff::tags::Tag::NewSubfileType, 1u32)
+                        .expect("tag");
+                }
+                image
+                    .write_data(&vec![if reduced { 9 } else { 200 }; (w * h) as usize])
+                    .expect("data");
+            }
+        }
+        let pages = tiff::pages(&*bytes_reader(file.clone())).expect("reads");
+        assert_eq!(pages.len(), 2);
+        let read = |patches: tiff::Patches| {
+            let page = PageReader {
+                reader: bytes_reader(file.clone()),
+                patches,
+            };
+            let mut bytes = vec![0; file.len()];
+            page.read_at(&mut bytes, 0).expect("reads");
+            let mut dec = ::tiff::decoder::Decoder::new(std::io::Cursor::new(bytes)).expect("tiff");
+            let mut sizes = vec![dec.dimensions().expect("size")];
+            while dec.more_images() {
+                dec.next_image().expect("next");
+                sizes.push(dec.dimensions().expect("size"));
+            }
+            sizes
+        };
+        let mut it = pages.into_iter();
+        let (first, second) = (it.next().expect("page 1"), it.next().expect("page 2"));
+        assert_eq!(read(first), vec![(40, 30), (20, 15)]);
+        assert_eq!(read(second), vec![(50, 10)]);
+    }
+
+    #[test]
     fn page_identifiers_resolve_and_the_whole_name_wins() {
         let memory = Arc::new(MemoryBackend::new());
         memory.insert("book.tif", multipage(5));
