@@ -2,7 +2,7 @@
 //! pixels, beside JPEG at the default quality, for the settings iiifd could use. The defaults of
 //! `src/render/encode/{jp2,avif,jxl}.rs` were chosen from this table (the README's format table).
 //!
-//! `cargo bench --bench formats` (release). The source is `FORMATS_SOURCE`, else the peer
+//! `cargo bench --bench formats` (release; under `cargo test` only a quick check). The source is `FORMATS_SOURCE`, else the peer
 //! benchmark's photograph (`/tmp/iiif-bench/corpus/source.jpg`), else examples/images/chart.jpg.
 //! avif's PSNR needs `avifdec` (Debian's libavif-bin); without it the column says `-`.
 
@@ -70,6 +70,32 @@ fn decode(format: Format, bytes: &[u8]) -> Option<DynamicImage> {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets without `--bench`: a quick check that every
+    // format encodes and decodes back at its size, not the measurement.
+    if !std::env::args().any(|a| a == "--bench") {
+        let tile = image::open(source())
+            .expect("the source image opens")
+            .crop_imm(0, 0, 64, 48);
+        for format in [
+            Format::Jpg,
+            Format::Webp,
+            Format::Png,
+            Format::Jp2,
+            Format::Avif,
+            Format::Jxl,
+        ] {
+            let Ok(bytes) = encode_tuned(tile.clone(), format, 85, None) else {
+                continue; // not built in
+            };
+            if let Some(back) = decode(format, &bytes) {
+                assert_eq!((back.width(), back.height()), (64, 48), "{format}");
+            }
+        }
+        println!(
+            "formats: every built-in format encodes (run `cargo bench --bench formats` to measure)"
+        );
+        return;
+    }
     let path = source();
     let img = image::open(&path).expect("the source image opens");
     let (w, h) = (img.width(), img.height());
