@@ -391,6 +391,10 @@ impl CanonicalRequest {
     pub fn region(&self) -> Rect {
         self.region
     }
+    /// Whether the region is the whole image.
+    pub fn is_full_region(&self) -> bool {
+        self.full_region
+    }
     /// Output width before rotation.
     pub fn width(&self) -> u32 {
         self.width

@@ -32,7 +32,9 @@ pub(crate) fn render(
     webp_quality: u8,
     max_decode_bytes: u64,
 ) -> Result<Option<Vec<u8>>> {
-    if !matches!(req.format(), Format::Gif | Format::Webp) {
+    // Checked before the source is opened: a tile of a still GIF or WebP (the common case) costs
+    // nothing here.
+    if !matches!(req.format(), Format::Gif | Format::Webp) || !req.is_full_region() {
         return Ok(None);
     }
     let Some(animation) = decode(reader, kind, req, max_decode_bytes)? else {

@@ -224,6 +224,9 @@ pub(crate) fn render_tiled_copy(
     settings: &EncodeSettings,
     max_decode_bytes: u64,
 ) -> Option<Result<Vec<u8>>> {
+    if let Err(e) = encoder_fits(req, max_decode_bytes) {
+        return Some(Err(e));
+    }
     let pyramid = tiff::read_pyramid(copy).ok()??;
     // The copy's tiles are an intermediate (quality 92, 4:4:4), never sent as they are; the copy
     // carries the source's profile, so colour is handled as from the source.
@@ -317,7 +320,6 @@ pub(crate) fn render_by_route(
     settings: &EncodeSettings,
     max_decode_bytes: u64,
 ) -> Result<(Vec<u8>, Route)> {
-    encoder_fits(req, max_decode_bytes)?;
     let from_copy = copy
         .filter(|_| req.format().is_lossy())
         .filter(|_| !level_in_memory(cache, fingerprint, req))
