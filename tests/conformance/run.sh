@@ -7,7 +7,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 ID=67352ccc-d1b0-11e1-89ae-279075081939
-BIN="${IIIFD_BIN:-$ROOT/target/debug/iiifd}"
+BIN="${IIIFD_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/iiifd}"
 [[ -x "$BIN" ]] || (cd "$ROOT" && cargo build --quiet)
 
 WORK="$(mktemp -d)"
